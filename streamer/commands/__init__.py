@@ -1,0 +1,1 @@
+"""Sub-commands of the ``streamer`` CLI (see :mod:`streamer.cli`)."""

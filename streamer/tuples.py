@@ -1,0 +1,55 @@
+"""The unit of data everywhere downstream: a batch of MINFLUX tuples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TupleBatch:
+    """n tuples: photon counts and the beam positions they were measured at.
+
+    counts: (n, 2, 3) uint16, axis x then y, exposures at centre-L/2, centre, centre+L/2.
+    positions: (n, 2, 3) float32 absolute beam-minimum positions in nm.
+    trace_id: (n,) int64 ruler / trace the tuple belongs to (-1 when unknown).
+    time_s: (n,) float64 acquisition time of the tuple (NaN when unknown).
+    """
+
+    counts: np.ndarray
+    positions: np.ndarray
+    trace_id: np.ndarray
+    time_s: np.ndarray
+
+    @classmethod
+    def build(
+        cls,
+        counts: np.ndarray,
+        positions: np.ndarray,
+        trace_id: np.ndarray | None = None,
+        time_s: np.ndarray | None = None,
+    ) -> "TupleBatch":
+        n = len(counts)
+        return cls(
+            counts=np.asarray(counts).reshape(n, 2, 3),
+            positions=np.asarray(positions).reshape(n, 2, 3),
+            trace_id=np.full(n, -1, np.int64) if trace_id is None else np.asarray(trace_id, np.int64),
+            time_s=np.full(n, np.nan) if time_s is None else np.asarray(time_s, np.float64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def __getitem__(self, idx) -> "TupleBatch":
+        return TupleBatch(self.counts[idx], self.positions[idx], self.trace_id[idx], self.time_s[idx])
+
+    @property
+    def centre(self) -> np.ndarray:
+        """(n, 2) centre of each axis' pattern (the middle exposure)."""
+        return self.positions[:, :, 1]
+
+    @property
+    def photons(self) -> np.ndarray:
+        """(n,) total photons of each tuple."""
+        return self.counts.sum(axis=(1, 2), dtype=np.int64)
