@@ -41,9 +41,9 @@ def fit(counts: np.ndarray, positions: np.ndarray, background: float, v0: float,
     lam = np.full(len(y), 1e-2)
     eye = np.eye(pm.N_PARAMS)
     for _ in range(iterations):
-        grad = np.einsum("nki,nk->ni", J, y / mu - 1.0)
+        grad = np.matmul((y / mu - 1.0)[:, None, :], J)[:, 0]
         info = pm.fisher_information(mu, J)
-        damped = info + (lam[:, None, None] * np.einsum("nii->ni", info)[:, :, None] + 1e-9) * eye
+        damped = info + (lam[:, None, None] * np.diagonal(info, axis1=1, axis2=2)[:, :, None] + 1e-9) * eye
         step = np.linalg.solve(damped, grad[:, :, None])[:, :, 0]
         trial = theta + step
         trial[:, 1:3] = np.clip(np.abs(trial[:, 1:3]), 0.0, D_MAX_NM)  # likelihood is even in d_a
