@@ -15,6 +15,14 @@ COMMANDS: dict[str, str] = {
     "simulate": "simulate",
     "estimate": "estimate",
     "demo": "demo",
+    "compile": "compile",
+    "publish": "publish",
+    "worker": "worker",
+    "sink": "sink",
+    "run": "run",
+    "keys": "keys",
+    "monitor": "monitor",
+    "convert": "convert",
 }
 
 

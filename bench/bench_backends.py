@@ -1,0 +1,179 @@
+"""Micro-benchmark: us/row of tree-ensemble backends x batch sizes, side by side.
+
+    .venv/bin/python bench/bench_backends.py                      # reference models, all sizes
+    .venv/bin/python bench/bench_backends.py --model compiled_models/static/xgb.ubj
+
+Backends: XGBoost ``inplace_predict`` (1 thread / all threads), stock TL2cgen
+(``tl2cgen.Predictor`` + ``tl2cgen.DMatrix``, the path measured ~5x slower than XGBoost on large
+batches), and our compiled library's blocked batch entry point (1 thread / all threads, and a
+``-march=native`` build). Inputs are simulated static-regime features, not random numbers, so
+branch behaviour is realistic. Without ``--model``, reference boosters (500 trees depth 8 and
+150 trees depth 6 on the ``all`` feature set) are trained once and cached in ``data/bench_models``.
+
+Writes ``bench/results/backends-<utc>.json`` and, with ``--write-results``, replaces the
+"## Backend micro-benchmark" section of ``bench/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from streamer.backends import CompiledBackend, XGBoostBackend  # noqa: E402
+from streamer.compile import CompileOptions, ensure_library, measure_us_per_row  # noqa: E402
+from streamer.features import batch_features, feature_names  # noqa: E402
+from streamer.simulate import simulate  # noqa: E402
+
+SIZES = (1, 10, 100, 1000, 10_000, 100_000)
+SECTION = "## Backend micro-benchmark"
+REFERENCE_MODELS = {"t500d8": (500, 8), "t150d6": (150, 6)}
+
+
+def simulated_features(n: int, seed: int, names) -> tuple[np.ndarray, np.ndarray]:
+    rec = simulate("static", max(1, n // 100), 100, seed)
+    return batch_features(rec.tuples, names)[:n], rec.truth["d_nm"][:n].astype(np.float32)
+
+
+def train_reference(path: Path, n_trees: int, depth: int, feature_set: str = "all",
+                    n_rows: int = 200_000, seed: int = 1) -> Path:
+    """Train (once) a distance regressor of the given size on simulated static rulers."""
+    import xgboost as xgb
+
+    if path.is_file():
+        return path
+    names = feature_names(feature_set)
+    X, y = simulated_features(n_rows, seed, names)
+    booster = xgb.train({"max_depth": depth, "eta": 0.05, "tree_method": "hist", "nthread": 0,
+                         "subsample": 0.8}, xgb.DMatrix(X, y, feature_names=list(names)), n_trees)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    booster.save_model(str(path))
+    return path
+
+
+class StockTL2cgen:
+    """The stock TL2cgen Python path: DMatrix construction + Predictor.predict per batch."""
+
+    def __init__(self, lib: Path, nthread: int) -> None:
+        import tl2cgen
+
+        self._tl2cgen = tl2cgen
+        self.predictor = tl2cgen.Predictor(str(lib), nthread=nthread)
+        self.name = f"tl2cgen-stock[{nthread}t]"
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.predictor.predict(self._tl2cgen.DMatrix(X)).reshape(len(X), -1)
+
+
+def build_backends(model: Path, lib_dir: Path, threads: int, variants: list[str]) -> dict:
+    base = ensure_library(model, CompileOptions(), lib_dir)
+    out = {
+        "xgboost 1t": XGBoostBackend(model, nthread=1),
+        f"xgboost {threads}t": XGBoostBackend(model, nthread=threads),
+        "tl2cgen stock 1t": StockTL2cgen(base, 1),
+        "compiled 1t": CompiledBackend(base, nthread=1),
+        f"compiled {threads}t": CompiledBackend(base, nthread=threads),
+    }
+    if "march" in variants:
+        lib = ensure_library(model, CompileOptions(march="native"), lib_dir)
+        out["compiled native 1t"] = CompiledBackend(lib, nthread=1)
+    if "annotate" in variants:
+        lib = ensure_library(model, CompileOptions(annotate=True), lib_dir)
+        out["compiled annot 1t"] = CompiledBackend(lib, nthread=1)
+    if "unit1" in variants:  # one tree per unit
+        lib = ensure_library(model, CompileOptions(trees_per_unit=1), lib_dir)
+        out["compiled tpu1 1t"] = CompiledBackend(lib, nthread=1)
+    if "noblock" in variants:  # block of 1 row = stock row-by-row order through all trees
+        lib = ensure_library(model, CompileOptions(block_rows=1), lib_dir)
+        out["compiled rowwise 1t"] = CompiledBackend(lib, nthread=1)
+    return out
+
+
+def markdown(results: list[dict], sizes) -> str:
+    lines = []
+    for res in results:
+        lines.append(f"**{res['model_name']}** ({res['num_tree']} trees, depth {res['depth']}, "
+                     f"{res['num_feature']} features; parity max |compiled - xgboost| = "
+                     f"{res['parity_max_abs']:.2e} nm over {res['parity_rows']} rows)\n")
+        lines.append("| backend | " + " | ".join(f"n={n:,}" for n in sizes) + " |")
+        lines.append("|---|" + "---:|" * len(sizes))
+        for name, row in res["us_per_row"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{row[str(n)]:.3g}" for n in sizes) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, body: str) -> None:
+    text = path.read_text() if path.is_file() else "# Benchmark results\n"
+    start = text.find(SECTION)
+    if start >= 0:
+        nxt = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + body.rstrip() + "\n" + (text[nxt:] if nxt >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + body.rstrip() + "\n"
+    path.write_text(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", action="append", type=Path, help="XGBoost model file(s); default: reference models")
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads of the multi-thread rows")
+    ap.add_argument("--variants", nargs="*", default=["march"],
+                    help="extra compiled builds: march annotate unit1 noblock")
+    ap.add_argument("--lib-dir", type=Path, default=ROOT / "compiled_models" / "lib")
+    ap.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per cell (best of repeats)")
+    ap.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    args = ap.parse_args(argv)
+
+    models = args.model or [train_reference(ROOT / "data" / "bench_models" / f"{k}.ubj", *v)
+                            for k, v in REFERENCE_MODELS.items()]
+    results = []
+    for model in models:
+        import xgboost as xgb
+
+        booster = xgb.Booster(model_file=str(model))
+        names = booster.feature_names or feature_names("all")
+        X, _ = simulated_features(max(args.sizes), seed=99, names=names)
+        backends = build_backends(model, args.lib_dir, args.threads, args.variants)
+        ref = backends["xgboost 1t"].predict(X)
+        parity = {name: float(np.max(np.abs(b.predict(X).reshape(ref.shape) - ref)))
+                  for name, b in backends.items()}
+        table = {}
+        for name, b in backends.items():
+            table[name] = {str(n): measure_us_per_row(b, X[:n], min_time_s=args.min_time) for n in args.sizes}
+            print(name, " ".join(f"{n}:{table[name][str(n)]:.3g}" for n in args.sizes), flush=True)
+        depth = int(json.loads(booster.save_config())["learner"]["gradient_booster"]["tree_train_param"]["max_depth"])
+        results.append({
+            "model": str(model), "model_name": model.stem, "num_tree": booster.num_boosted_rounds(),
+            "depth": depth, "num_feature": booster.num_features(), "parity_rows": len(X),
+            "parity_max_abs": max(v for k, v in parity.items() if not k.startswith("xgboost")),
+            "parity_by_backend": parity, "us_per_row": table,
+        })
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = ROOT / "bench" / "results" / f"backends-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"utc": stamp, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "sizes": args.sizes, "results": results, "command": " ".join(sys.argv)}
+    out.write_text(json.dumps(meta, indent=1))
+    md = markdown(results, args.sizes)
+    print(md)
+    if args.write_results:
+        cmd = "`.venv/bin/python bench/bench_backends.py " + " ".join(sys.argv[1:]) + "`"
+        body = (f"{SECTION}\n\nus/row (best of repeats, lower is better) on this machine "
+                f"({os.cpu_count()} cores), {stamp}. Command: {cmd}; raw: `{out.relative_to(ROOT)}`.\n\n{md}")
+        write_section(ROOT / "bench" / "RESULTS.md", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""``streamer compile``: build native libraries for trained boosters (once per machine)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+HELP = "compile trained XGBoost boosters to native shared libraries (cached in compiled_models/lib)"
+
+PARITY_TOLERANCE_NM = 1e-3
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="*", type=Path,
+                   help="model files (.ubj/.json), manifest.json files or bundle directories "
+                        "(default: every compiled_models/*/manifest.json)")
+    p.add_argument("--models-dir", type=Path, default=Path("compiled_models"),
+                   help="where bundles are looked for when no paths are given")
+    p.add_argument("--lib-dir", type=Path, default=None, help="library cache (default compiled_models/lib)")
+    p.add_argument("--march", default=None, help="-march value, e.g. native (default: compiler default)")
+    p.add_argument("--trees-per-unit", type=int, default=None)
+    p.add_argument("--block-rows", type=int, default=None)
+    p.add_argument("--annotate", action="store_true", help="branch hints from the model's node cover")
+    p.add_argument("--force", action="store_true", help="rebuild even if a cached library exists")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="skip measuring the xgboost/compiled crossover used by the auto backend")
+    p.add_argument("--parity-rows", type=int, default=100_000,
+                   help="random rows for the compiled-vs-xgboost parity check (0 = skip)")
+
+
+def model_files(paths: list[Path], models_dir: Path) -> list[Path]:
+    """Expand model files, manifests and bundle directories into booster files."""
+    if not paths:
+        paths = sorted(models_dir.glob("*/manifest.json"))
+        if not paths:
+            raise FileNotFoundError(f"no model bundles (*/manifest.json) under {models_dir}; "
+                                    "train models first or pass model files")
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            p = p / "manifest.json"
+        if not p.exists():
+            raise FileNotFoundError(f"not found: {p}")
+        if p.name == "manifest.json":
+            manifest = json.loads(p.read_text())
+            boosters = manifest.get("boosters")
+            if not isinstance(boosters, dict) or not boosters:
+                raise ValueError(f"{p}: manifest has no 'boosters' mapping")
+            out.extend(p.parent / name for name in boosters.values())
+        else:
+            out.append(p)
+    return list(dict.fromkeys(out))
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..backends import CompiledBackend, XGBoostBackend
+    from ..compile import CompileOptions, build_library, library_path, random_features, write_crossover
+
+    overrides = {k: v for k, v in {"march": args.march, "trees_per_unit": args.trees_per_unit,
+                                   "block_rows": args.block_rows}.items() if v is not None}
+    options = CompileOptions(annotate=args.annotate, **overrides)
+    failed = 0
+    for model in model_files(args.paths, args.models_dir):
+        if not model.is_file():
+            raise FileNotFoundError(f"booster listed in manifest not found: {model}")
+        lib = library_path(model, options, args.lib_dir)
+        t0 = time.perf_counter()
+        if args.force or not lib.is_file():
+            info = build_library(model, lib, options)
+            status = f"built in {info['compile_s']:.1f} s ({info['num_tree']} trees, {info['units']} units)"
+            if not args.no_calibrate:
+                write_crossover(lib, model)
+        else:
+            status = "cached"
+        line = f"{model} -> {lib}: {status}"
+        if args.parity_rows > 0:
+            X = random_features(model, args.parity_rows, seed=7)
+            diff = float(np.max(np.abs(CompiledBackend(lib).predict(X) - XGBoostBackend(model).predict(X))))
+            ok = diff < PARITY_TOLERANCE_NM
+            failed += not ok
+            line += f"; parity max|diff| {diff:.2e} on {args.parity_rows} rows {'ok' if ok else 'FAILED'}"
+        meta_path = Path(str(lib) + ".json")
+        cross = json.loads(meta_path.read_text()).get("crossover", {}).get("1t") if meta_path.is_file() else None
+        if cross:
+            line += f"; auto: xgboost from n={cross['xgboost_from']}" if cross["xgboost_from"] else "; auto: compiled at all sizes"
+        print(line + f" [{time.perf_counter() - t0:.1f} s]", flush=True)
+    return 1 if failed else 0

@@ -1,0 +1,99 @@
+"""``streamer monitor``: live pyqtgraph view of the results a sink republishes on PUB."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+HELP = "live monitor (pyqtgraph): distance trace with 90% interval band, histogram, rates"
+
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5557"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=DEFAULT_ADDRESS,
+                   help=f"the sink's PUB address to subscribe to (default {DEFAULT_ADDRESS})")
+    p.add_argument("--fps", type=float, default=30.0, help="GUI frames per second (default 30)")
+    p.add_argument("--drain-budget-ms", type=float, default=12.0,
+                   help="max time per frame spent reading messages; the rest is dropped by ZeroMQ (default 12)")
+    p.add_argument("--rcvhwm", type=int, default=1000, help="receive high-water mark in messages (default 1000)")
+    p.add_argument("--capacity", type=int, default=200_000, help="tuples kept in memory (default 200000)")
+    p.add_argument("--window", type=int, default=50_000, help="tuples shown initially (default 50000)")
+    p.add_argument("--max-points", type=int, default=2000, help="points drawn per curve (bin means; default 2000)")
+    p.add_argument("--trace", type=int, default=None, help="start with this trace id selected")
+    p.add_argument("--duration", type=float, default=None, help="close after this many seconds")
+    p.add_argument("--screenshot", default=None,
+                   help="save a PNG of the window when closing (with --duration: headless capture)")
+    p.add_argument("--size", default="1280x760", help="window size WxH (default 1280x760)")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size must look like 1280x760, got {text!r}") from None
+    if w < 200 or h < 150:
+        raise ValueError(f"--size too small: {text}")
+    return w, h
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.fps <= 0 or args.drain_budget_ms <= 0:
+        raise ValueError("--fps and --drain-budget-ms must be > 0")
+    if args.capacity < 100 or args.window < 100:
+        raise ValueError("--capacity and --window must be >= 100 tuples")
+    width, height = _size(args.size)
+    if args.screenshot and args.duration is None:
+        raise ValueError("--screenshot needs --duration (how long to collect data before the capture)")
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # headless: still runs, e.g. for --screenshot
+
+    import pyqtgraph as pg  # Qt only for this command
+
+    from ..monitor.model import MonitorModel
+    from ..monitor.subscriber import ResultSubscriber
+    from ..monitor.window import MonitorWindow
+
+    app = pg.mkQApp("streamer monitor")
+    model = MonitorModel(capacity=args.capacity, trace_capacity=args.capacity)
+    subscriber = ResultSubscriber(args.address, rcvhwm=args.rcvhwm)
+    window = MonitorWindow(model, subscriber, frame_ms=max(1, int(1000 / args.fps)),
+                           drain_budget_s=args.drain_budget_ms / 1e3, max_points=args.max_points,
+                           window_tuples=min(args.window, args.capacity),
+                           title=f"MINFLUX distance monitor - {args.address}")
+    if args.trace is not None:
+        window.select_trace(args.trace)
+    window.resize(width, height)
+    window.show()
+    window.start()
+    started = time.monotonic()
+
+    def finish() -> None:
+        if args.screenshot:  # capture while the window is still shown
+            window.redraw(force=True)
+            app.processEvents()
+            if not window.grab().save(args.screenshot):
+                print(f"could not write {args.screenshot}", file=sys.stderr)
+            else:
+                print(f"saved screenshot to {args.screenshot}")
+        window.close()
+
+    if args.duration is not None:
+        pg.QtCore.QTimer.singleShot(int(args.duration * 1000), finish)
+    # Qt's loop does not return to Python for SIGINT; the frame timer runs Python often enough
+    signal.signal(signal.SIGINT, lambda *_: window.close())
+    print(f"monitor subscribed to {args.address}; close the window (or Ctrl-C) to quit", flush=True)
+    try:
+        app.exec()
+    finally:
+        window.timer.stop()
+        subscriber.close()
+    c = model.counters
+    frames = sorted(window.frame_times)
+    p99 = frames[int(0.99 * (len(frames) - 1))] * 1e3 if frames else float("nan")
+    print(f"monitor: {c.tuples:,} tuples in {c.messages:,} messages over {time.monotonic() - started:.1f} s; "
+          f"{c.missed_messages:,} messages not shown; GUI frame p99 {p99:.1f} ms")
+    return 0

@@ -1,0 +1,37 @@
+"""``streamer run``: the whole local pipeline (sink + N workers + replay publisher), then a summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..pipeline import defaults
+from ..pipeline.launcher import run_local_pipeline
+from ..pipeline.report import format_summary
+from . import publish
+
+HELP = "run sink + N workers locally, replay a file (or simulation) through them, print the summary"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    publish.add_arguments(p, with_endpoint=False)
+    p.add_argument("-w", "--workers", type=int, default=2)
+    p.add_argument("--predictor", default=defaults.DEFAULT_PREDICTOR)
+    p.add_argument("--out", default=None, help="persist results (results-*.npz, errors.jsonl) here")
+    p.add_argument("--json", default=None, help="also write the summary as JSON to this file")
+    p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    p.add_argument("-v", "--verbose", action="store_true", help="show sink/worker output")
+
+
+def run(args: argparse.Namespace) -> int:
+    rec = publish.load_source(args)
+    summary = run_local_pipeline(rec, workers=args.workers, predictor=args.predictor,
+                                 packet_size=args.packet_size, rate=args.rate, repeat=args.repeat,
+                                 out_dir=args.out, timeout=args.timeout, quiet=not args.verbose)
+    print(f"{summary['predictor']} x {args.workers} workers, packets of {args.packet_size}"
+          + (f", paced at {args.rate:,.0f} tuples/s" if args.rate else ", as fast as possible"))
+    print(format_summary(summary))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(summary, fh, indent=1)
+    return 0 if summary["tuples"] == summary["publisher"]["tuples"] - summary["rejected_tuples"] else 1

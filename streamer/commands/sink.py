@@ -1,0 +1,50 @@
+"""``streamer sink``: ingest, dispatch to workers, reorder/dedupe, persist and republish results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .. import schema
+from ..pipeline import defaults
+from ..pipeline.sink import SinkConfig, run_sink
+
+HELP = "run the sink: ingest packets, dispatch to workers, persist + republish ordered results"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ingest", default=defaults.DEFAULT_INGEST, help="PULL endpoint publishers push to")
+    p.add_argument("--work", default=defaults.DEFAULT_WORK, help="ROUTER endpoint workers connect to")
+    p.add_argument("--results", default=defaults.DEFAULT_RESULTS, help="PUB endpoint: result/stats/error")
+    p.add_argument("--out", default=None, help="directory for results-*.npz chunks and errors.jsonl")
+    p.add_argument("--curve", default=None, metavar="DIR",
+                   help="CurveZMQ key directory (`streamer keys DIR`); required to bind a non-loopback address")
+    p.add_argument("--window", type=int, default=defaults.WINDOW, help="packets held before ingest pauses")
+    p.add_argument("--ingest-hwm", type=int, default=defaults.INGEST_HWM)
+    p.add_argument("--heartbeat-timeout", type=float, default=defaults.HEARTBEAT_TIMEOUT_S)
+    p.add_argument("--job-timeout", type=float, default=defaults.JOB_TIMEOUT_S)
+    p.add_argument("--max-deliveries", type=int, default=defaults.MAX_DELIVERIES)
+    p.add_argument("--max-packet-bytes", type=int, default=schema.MAX_PACKET_BYTES)
+    p.add_argument("--stats-interval", type=float, default=defaults.STATS_INTERVAL_S)
+    p.add_argument("--chunk-tuples", type=int, default=defaults.CHUNK_TUPLES)
+    p.add_argument("--exit-after-end", type=int, default=0,
+                   help="exit after N streams sent their end marker and were drained (0: until SIGINT/SIGTERM)")
+    p.add_argument("--drain-timeout", type=float, default=10.0)
+    p.add_argument("--summary", default=None, help="write the final summary as JSON here")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.window < 1 or args.ingest_hwm < 1:
+        raise ValueError("--window and --ingest-hwm must be >= 1")
+    cfg = SinkConfig(ingest=args.ingest, work=args.work, results=args.results, out_dir=args.out,
+                     curve_dir=args.curve, window=args.window, ingest_hwm=args.ingest_hwm,
+                     heartbeat_timeout=args.heartbeat_timeout, job_timeout=args.job_timeout,
+                     max_deliveries=args.max_deliveries, max_packet_bytes=args.max_packet_bytes,
+                     stats_interval=args.stats_interval, chunk_tuples=args.chunk_tuples,
+                     exit_after_end=args.exit_after_end, drain_timeout=args.drain_timeout,
+                     summary_path=args.summary, verbose=args.verbose)
+    summary = run_sink(cfg)
+    if args.verbose:
+        print(json.dumps(summary, indent=1))
+    return 0

@@ -1,0 +1,135 @@
+"""Per-tuple feature vectors for the trained distance models (vectorized, float32).
+
+Two feature groups, selectable by name so the ablation can compare them:
+
+* ``published``: the 15 features of the published XGBoost baseline (6 photon ratios n_k/N,
+  6 beam positions, 2 modulation depths (n- + n+ - 2 n0)/N, log N). Beam positions are made
+  relative to each axis' centre exposure and divided by the nominal L/2, a fixed constant, so a
+  tuple's features never depend on the other tuples of its batch (the published code z-scored
+  with batch statistics, which changes a tuple's prediction with the packet it arrives in).
+* ``physics``: the exact per-axis harmonic fit of the 3 counts (DESIGN.md section 1): raw and
+  background-corrected visibilities (nominal b = 1, v0 = 1), the closed-form projected
+  separations and their hypot, the pair-midpoint offsets from the centre, the x/y photon split
+  and log N. These are the sufficient quantities the physics estimators use, so a small tree
+  ensemble only has to learn the correction for unknown background/brightness and the prior.
+
+Everything is float32: numpy's float32 trig is much faster than float64 and the features only
+need ~1e-6 relative precision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import physics
+from .tuples import TupleBatch
+
+NOMINAL_BACKGROUND = 1.0  # counts per exposure assumed by the closed-form features
+NOMINAL_V0 = 1.0
+
+_AXES = ("x", "y")
+_EXPOSURES = ("m", "0", "p")
+
+PUBLISHED_FEATURES: tuple[str, ...] = (
+    *(f"ratio_{a}{e}" for a in _AXES for e in _EXPOSURES),
+    *(f"pos_{a}{e}" for a in _AXES for e in _EXPOSURES),
+    "moddepth_x", "moddepth_y",
+    "log_n",
+)
+PHYSICS_FEATURES: tuple[str, ...] = (
+    "vis_raw_x", "vis_raw_y",
+    "vis_bc_x", "vis_bc_y",
+    "dcf_x", "dcf_y", "dcf",
+    "mid_x", "mid_y",
+    "frac_x",
+    "log_n",
+)
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "published": PUBLISHED_FEATURES,
+    "physics": PHYSICS_FEATURES,
+    "all": tuple(dict.fromkeys(PUBLISHED_FEATURES + PHYSICS_FEATURES)),
+}
+ALL_FEATURES = FEATURE_SETS["all"]
+
+_F32_K = np.float32(physics.K_NM)
+_SEP_SCALE = np.float32(physics.LAMBDA_NM / (2.0 * np.pi))
+
+
+def feature_names(feature_set: str) -> tuple[str, ...]:
+    """Names of a feature set ("published", "physics" or "all")."""
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {feature_set!r}; known: {', '.join(FEATURE_SETS)}")
+    return FEATURE_SETS[feature_set]
+
+
+def _physics_columns(c: np.ndarray, positions: np.ndarray, n_tot: np.ndarray) -> dict[str, np.ndarray]:
+    """Harmonic fit n_k = m0 - P cos(K u_k) + Q sin(K u_k) per axis, in float32."""
+    p = positions.astype(np.float32, copy=False)
+    h1 = p[..., 1] - p[..., 0]
+    h2 = p[..., 2] - p[..., 1]
+    kh1, kh2 = _F32_K * h1, _F32_K * h2
+    c1, s1, c2, s2 = np.cos(kh1), np.sin(kh1), np.cos(kh2), np.sin(kh2)
+    dm = c[..., 0] - c[..., 1]
+    dp = c[..., 2] - c[..., 1]
+    det = (1.0 - c1) * s2 + (1.0 - c2) * s1
+    P = (dm * s2 + dp * s1) / det
+    Q = (dp * (1.0 - c1) - dm * (1.0 - c2)) / det
+    m0 = c[..., 1] + P
+    m1 = np.hypot(P, Q)
+    safe_m0 = np.where(m0 > 0, m0, np.float32(1.0))
+    vis_raw = np.where(m0 > 0, m1 / safe_m0, np.float32(0.0))
+    denom = m0 - np.float32(NOMINAL_BACKGROUND)
+    vis_bc = np.where(denom > 0, m1 / np.where(denom > 0, denom, np.float32(1.0)), np.float32(0.0))
+    d_axes = _SEP_SCALE * np.arccos(np.clip(vis_bc / np.float32(NOMINAL_V0), 0.0, 1.0))
+    # midpoint of the pair relative to the centre exposure: n_k is minimal where K(m - u) = 0
+    mid = -np.arctan2(Q, P) / _F32_K
+    n_axis = c.sum(axis=2)
+    return {
+        "vis_raw_x": vis_raw[:, 0], "vis_raw_y": vis_raw[:, 1],
+        "vis_bc_x": vis_bc[:, 0], "vis_bc_y": vis_bc[:, 1],
+        "dcf_x": d_axes[:, 0], "dcf_y": d_axes[:, 1], "dcf": np.hypot(d_axes[:, 0], d_axes[:, 1]),
+        "mid_x": mid[:, 0], "mid_y": mid[:, 1],
+        "frac_x": n_axis[:, 0] / np.maximum(n_tot, np.float32(1.0)),
+    }
+
+
+def _published_columns(c: np.ndarray, positions: np.ndarray, n_tot: np.ndarray) -> dict[str, np.ndarray]:
+    inv_n = np.float32(1.0) / np.maximum(n_tot, np.float32(1.0))
+    ratio = c * inv_n[:, None, None]
+    p = positions.astype(np.float32, copy=False)
+    rel = (p - p[..., 1:2]) * np.float32(1.0 / physics.HALF_L_NM)
+    mod = (c[..., 0] + c[..., 2] - 2.0 * c[..., 1]) * inv_n[:, None]
+    cols = {}
+    for i, a in enumerate(_AXES):
+        for j, e in enumerate(_EXPOSURES):
+            cols[f"ratio_{a}{e}"] = ratio[:, i, j]
+            cols[f"pos_{a}{e}"] = rel[:, i, j]
+        cols[f"moddepth_{a}"] = mod[:, i]
+    return cols
+
+
+def compute_features(counts: np.ndarray, positions: np.ndarray, names: tuple[str, ...] | list[str]) -> np.ndarray:
+    """(n, len(names)) float32 C-contiguous feature matrix for counts/positions (n, 2, 3)."""
+    counts = np.asarray(counts)
+    positions = np.asarray(positions)
+    if counts.ndim != 3 or counts.shape[1:] != (2, 3) or positions.shape != counts.shape:
+        raise ValueError(f"counts and positions must both be (n, 2, 3); got {counts.shape} and {positions.shape}")
+    unknown = set(names) - set(ALL_FEATURES)
+    if unknown:
+        raise ValueError(f"unknown feature names {sorted(unknown)}")
+    c = counts.astype(np.float32)
+    n_tot = c.sum(axis=(1, 2))
+    cols: dict[str, np.ndarray] = {"log_n": np.log1p(n_tot)}
+    if any(name in PHYSICS_FEATURES for name in names):
+        cols.update(_physics_columns(c, positions, n_tot))
+    if any(name in PUBLISHED_FEATURES for name in names):
+        cols.update(_published_columns(c, positions, n_tot))
+    out = np.empty((len(c), len(names)), np.float32)
+    for j, name in enumerate(names):
+        out[:, j] = cols[name]
+    return out
+
+
+def batch_features(batch: TupleBatch, names: tuple[str, ...] | list[str]) -> np.ndarray:
+    """:func:`compute_features` for a :class:`TupleBatch`."""
+    return compute_features(batch.counts, batch.positions, names)

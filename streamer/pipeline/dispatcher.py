@@ -1,0 +1,144 @@
+"""Credit-based job bookkeeping: which worker holds which packet, and re-sending what a dead one held.
+
+Pure logic, no sockets (the sink drives it), so every rule here is unit-testable:
+* a worker announces free slots (its prefetch) when first seen; each dispatch uses one credit and
+  each answer returns one, so no worker ever holds more than ``prefetch`` jobs (back-pressure);
+* a worker that says goodbye, disappears (send fails) or stays silent past the heartbeat timeout is
+  dropped and its jobs go back to the FRONT of the queue, oldest first, so order is preserved;
+* a job unanswered for ``job_timeout`` is re-queued too; the first answer wins, later ones are
+  ignored (``redundant``) -- that is what makes re-sending safe;
+* a job that was dispatched ``max_deliveries`` times without an answer is poison (it kills
+  workers): it is given up and reported instead of being re-sent forever.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from . import defaults
+
+
+@dataclass
+class Job:
+    id: int
+    raw: bytes
+    stream: str
+    seq: int
+    deliveries: int = 0
+    worker: bytes | None = None
+    sent_at: float = 0.0
+
+
+@dataclass
+class WorkerState:
+    identity: bytes
+    credits: int
+    last_seen: float
+    jobs: set[int] = field(default_factory=set)
+    stale: set[int] = field(default_factory=set)  # re-sent elsewhere after a timeout, still occupying a slot
+
+
+class Dispatcher:
+    def __init__(self, heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT_S,
+                 job_timeout: float = defaults.JOB_TIMEOUT_S, max_deliveries: int = defaults.MAX_DELIVERIES):
+        self.heartbeat_timeout = heartbeat_timeout
+        self.job_timeout = job_timeout
+        self.max_deliveries = max_deliveries
+        self.pending: deque[Job] = deque()
+        self.in_flight: dict[int, Job] = {}
+        self.workers: dict[bytes, WorkerState] = {}
+        self.resent = 0
+        self.redundant = 0
+        self.workers_lost = 0
+        self._announced: dict[bytes, int] = {}  # prefetch each worker announced (re-registration)
+
+    # ------------------------------------------------------------------ workers
+    def seen(self, identity: bytes, now: float, free_slots: int | None = None) -> bool:
+        """Any message from a worker; registers it (True) when unknown, with ``free_slots`` credits."""
+        if free_slots is not None:
+            self._announced[identity] = max(0, free_slots)
+        w = self.workers.get(identity)
+        if w is None:
+            # a worker declared dead that speaks again gets its slots back; answers to jobs it held
+            # before are then redundant and return no credit, so it holds at most 2 x prefetch once
+            self.workers[identity] = WorkerState(identity, self._announced.get(identity, 0), now)
+            return True
+        w.last_seen = now
+        return False
+
+    def lost(self, identity: bytes) -> list[Job]:
+        """Drop a worker; re-queue its jobs at the front. Returns jobs given up as poison."""
+        w = self.workers.pop(identity, None)
+        if w is None:
+            return []
+        self.workers_lost += 1
+        return self._requeue(sorted(w.jobs))
+
+    def _requeue(self, job_ids: list[int]) -> list[Job]:
+        poison = []
+        for jid in reversed(job_ids):  # appendleft in reverse keeps the oldest first
+            job = self.in_flight.pop(jid)
+            job.worker = None
+            if job.deliveries >= self.max_deliveries:
+                poison.append(job)
+            else:
+                self.resent += 1
+                self.pending.appendleft(job)
+        return poison[::-1]
+
+    def expire(self, now: float) -> tuple[list[bytes], list[Job]]:
+        """Drop silent workers and re-queue timed-out jobs: (lost worker ids, poison jobs)."""
+        dead = [i for i, w in self.workers.items() if now - w.last_seen > self.heartbeat_timeout]
+        poison = [job for i in dead for job in self.lost(i)]
+        late = [jid for jid, job in self.in_flight.items() if now - job.sent_at > self.job_timeout]
+        if late:
+            for jid in late:
+                job = self.in_flight[jid]
+                w = self.workers.get(job.worker)
+                if w is not None:  # the slot stays occupied until the worker answers
+                    w.jobs.discard(jid)
+                    w.stale.add(jid)
+            poison += self._requeue(sorted(late))
+        return dead, poison
+
+    # ------------------------------------------------------------------ jobs
+    def add(self, job: Job) -> None:
+        self.pending.append(job)
+
+    def credits(self) -> int:
+        return sum(w.credits for w in self.workers.values())
+
+    def assign(self, now: float) -> tuple[bytes, Job] | None:
+        """Next (worker, job) to send: the oldest pending job to the worker with most credits."""
+        if not self.pending:
+            return None
+        best = max(self.workers.values(), key=lambda w: w.credits, default=None)
+        if best is None or best.credits <= 0:
+            return None
+        job = self.pending.popleft()
+        best.credits -= 1
+        best.jobs.add(job.id)
+        job.worker, job.sent_at = best.identity, now
+        job.deliveries += 1
+        self.in_flight[job.id] = job
+        return best.identity, job
+
+    def unassign(self, identity: bytes, job: Job) -> None:
+        """The send to ``identity`` failed (peer gone): undo and drop the worker."""
+        job.deliveries -= 1
+        self.lost(identity)
+
+    def complete(self, job_id: int, identity: bytes) -> Job | None:
+        """An answer for ``job_id``; None when it was already answered (a re-sent duplicate)."""
+        w = self.workers.get(identity)
+        if w is not None and (job_id in w.jobs or job_id in w.stale):
+            w.jobs.discard(job_id)
+            w.stale.discard(job_id)
+            w.credits += 1
+        job = self.in_flight.pop(job_id, None)
+        if job is None:
+            self.redundant += 1
+            return None
+        # if it was re-sent to another worker, that worker's answer will be redundant and free its slot
+        return job

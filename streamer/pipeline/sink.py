@@ -1,0 +1,409 @@
+"""The sink process: ingest + dispatcher + ordered, de-duplicated output.
+
+Sockets (all bound by the sink; connectors can come and go):
+  ingest  PULL    publishers PUSH ``tuples`` / ``end`` packets here
+  work    ROUTER  workers (DEALER) ask for jobs with credits and answer with results or rejections
+  results PUB     topics ``result`` (the worker's result message, forwarded as is), ``stats``, ``error``
+
+The dispatcher lives in the sink because the component that knows what was delivered is the one
+that decides what to re-send: acknowledgements are function calls and cannot be lost. Output is
+released strictly in arrival order (= seq order per stream), at most ``window`` packets are held,
+and the ingest socket is only read while there is room -- its high-water mark then blocks the
+publishers (back-pressure end to end, bounded memory everywhere).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from .. import schema
+from ..schema import PacketError
+from . import defaults
+from .dispatcher import Dispatcher, Job
+from .security import CurveServer, check_bind
+from .tracker import SeqTracker
+from .writer import ResultWriter
+
+# latency histogram: 0.001 ms .. 100 s, 100 log bins per decade (2.3% resolution), bounded memory
+_EDGES_MS = np.logspace(-3, 5, 801)
+
+
+class LatencyStats:
+    """Per-packet latency (t_sink - t_acq): a cumulative histogram plus the current interval's values."""
+
+    def __init__(self) -> None:
+        self.hist = np.zeros(len(_EDGES_MS) + 1, np.int64)
+        self.recent: list[float] = []
+        self.max_ms = 0.0
+
+    def add(self, ms: float) -> None:
+        self.hist[np.searchsorted(_EDGES_MS, ms)] += 1
+        self.max_ms = max(self.max_ms, ms)
+        if len(self.recent) < 200_000:
+            self.recent.append(ms)
+
+    def interval(self) -> dict[str, float]:
+        vals, self.recent = np.asarray(self.recent), []
+        if not len(vals):
+            return {"n": 0}
+        p50, p90, p99 = np.percentile(vals, [50, 90, 99])
+        return {"p50": p50, "p90": p90, "p99": p99, "max": float(vals.max()), "n": len(vals)}
+
+    def overall(self) -> dict[str, float]:
+        total = int(self.hist.sum())
+        if not total:
+            return {"n": 0}
+        cum = np.cumsum(self.hist)
+        # upper edge of the bin that holds the quantile (conservative by < 2.3%)
+        q = {f"p{p:g}": min(self.max_ms, float(_EDGES_MS[min(np.searchsorted(cum, p / 100 * total),
+                                                              len(_EDGES_MS) - 1)]))
+             for p in (50, 90, 99, 99.9)}
+        return {**q, "max": self.max_ms, "n": total}
+
+
+@dataclass
+class _Done:
+    kind: str  # "result" | "rejected"
+    payload: bytes = b""
+    result: schema.Result | None = None
+    error: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _End:
+    stream: str
+    total: int
+
+
+@dataclass
+class SinkConfig:
+    ingest: str = defaults.DEFAULT_INGEST
+    work: str = defaults.DEFAULT_WORK
+    results: str = defaults.DEFAULT_RESULTS
+    out_dir: str | None = None
+    curve_dir: str | None = None
+    window: int = defaults.WINDOW
+    ingest_hwm: int = defaults.INGEST_HWM
+    heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT_S
+    job_timeout: float = defaults.JOB_TIMEOUT_S
+    max_deliveries: int = defaults.MAX_DELIVERIES
+    max_packet_bytes: int = schema.MAX_PACKET_BYTES
+    stats_interval: float = defaults.STATS_INTERVAL_S
+    chunk_tuples: int = defaults.CHUNK_TUPLES
+    exit_after_end: int = 0  # exit once this many streams ended and were drained (0: run until signalled)
+    drain_timeout: float = 10.0  # on shutdown, wait this long for in-flight work
+    summary_path: str | None = None
+    verbose: bool = False
+
+
+class Sink:
+    def __init__(self, cfg: SinkConfig):
+        check_bind([cfg.ingest, cfg.work, cfg.results], cfg.curve_dir)
+        self.cfg = cfg
+        self.ctx = zmq.Context()
+        self.curve = CurveServer(self.ctx, cfg.curve_dir) if cfg.curve_dir else None
+        self.ingest = self._bind(zmq.PULL, cfg.ingest, rcvhwm=cfg.ingest_hwm)
+        self.work = self._bind(zmq.ROUTER, cfg.work, router_mandatory=1, sndhwm=0, rcvhwm=0)
+        self.pub = self._bind(zmq.PUB, cfg.results, sndhwm=100_000)
+        # a worker whose connection drops (SIGKILL closes its socket) is probed at once, not after
+        # the heartbeat timeout: a send to a vanished ROUTER peer fails with EHOSTUNREACH
+        self.monitor = self.work.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.dispatcher = Dispatcher(cfg.heartbeat_timeout, cfg.job_timeout, cfg.max_deliveries)
+        self.tracker = SeqTracker()
+        self.writer = ResultWriter(cfg.out_dir, cfg.chunk_tuples) if cfg.out_dir else None
+        self.latency = LatencyStats()
+        self.order: deque[int | _End] = deque()
+        self.done: dict[int, _Done] = {}
+        self.next_job = 0
+        self.packets = self.tuples = self.rejected = self.rejected_tuples = self.ended = 0
+        self.reasons: dict[str, int] = {}
+        self.t_start = time.time()
+        self.t_first: float | None = None
+        self.t_last_release = 0.0
+        self._interval_tuples = 0
+        self._t_stats = time.monotonic()
+        self._probe_at: list[float] = []
+        self._stopping = False
+        self._stop_deadline = 0.0
+
+    def _bind(self, kind: int, endpoint: str, **opts: int) -> zmq.Socket:
+        s = self.ctx.socket(kind)
+        for k, v in opts.items():
+            s.setsockopt(getattr(zmq, k.upper()), v)
+        if self.curve:
+            self.curve.apply(s)
+        try:
+            s.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise ValueError(f"cannot bind {endpoint}: {exc}") from None
+        return s
+
+    # ------------------------------------------------------------------ main loop
+    def request_stop(self, *_: Any) -> None:
+        if not self._stopping:
+            self._stopping = True
+            self._stop_deadline = time.monotonic() + self.cfg.drain_timeout
+
+    def run(self) -> dict[str, Any]:
+        poller = zmq.Poller()
+        poller.register(self.work, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        ingest_polled = False
+        try:
+            while True:
+                now = time.monotonic()
+                self._dispatch()
+                want_ingest = not self._stopping and len(self.order) < self.cfg.window
+                if want_ingest != ingest_polled:
+                    (poller.register(self.ingest, zmq.POLLIN) if want_ingest else poller.unregister(self.ingest))
+                    ingest_polled = want_ingest
+                timeout = 50 if not self._probe_at else max(0, int((min(self._probe_at) - now) * 1000))
+                events = dict(poller.poll(timeout))
+                if self.work in events:
+                    self._on_work()
+                if self.ingest in events:
+                    self._on_ingest()
+                if self.monitor in events:
+                    self._on_monitor()
+                self._release()
+                self._housekeeping()
+                if self._finished():
+                    break
+        finally:
+            summary = self._close()
+        return summary
+
+    def _finished(self) -> bool:
+        if self.order:
+            if self._stopping and time.monotonic() > self._stop_deadline:
+                print(f"sink: drain timeout, {len(self.order)} packets not released", flush=True)
+                return True
+            return False
+        if self._stopping:
+            return True
+        return bool(self.cfg.exit_after_end and self.ended >= self.cfg.exit_after_end)
+
+    # ------------------------------------------------------------------ ingest
+    def _on_ingest(self) -> None:
+        while len(self.order) < self.cfg.window:
+            try:
+                raw = self.ingest.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._accept(raw)
+
+    def _accept(self, raw: bytes) -> None:
+        stream = seq = None
+        try:
+            if len(raw) > self.cfg.max_packet_bytes:
+                raise PacketError("oversized", f"{len(raw)} bytes > {self.cfg.max_packet_bytes}")
+            msg = schema.unpack(raw)
+            stream, seq = schema.header(msg)
+            kind = msg.get("kind")
+            if kind == "end":
+                self.order.append(_End(stream, seq))
+                return
+            if kind != "tuples":
+                raise PacketError("unknown-kind", repr(kind))
+        except PacketError as exc:
+            self._reject(exc.reason, exc.detail, stream, seq, None, "sink")
+            return
+        if self.tracker.classify(stream, seq) == "duplicate":
+            return  # counted by the tracker; never dispatched, never in the output
+        job = Job(self.next_job, raw, stream, seq)
+        self.next_job += 1
+        self.dispatcher.add(job)
+        self.order.append(job.id)
+
+    # ------------------------------------------------------------------ workers
+    def _dispatch(self) -> None:
+        now = time.monotonic()
+        while (assignment := self.dispatcher.assign(now)) is not None:
+            identity, job = assignment
+            try:
+                self.work.send_multipart([identity, b"JOB", job.id.to_bytes(8, "little"), job.raw],
+                                         copy=len(job.raw) < 65536)
+            except zmq.ZMQError as exc:  # EHOSTUNREACH: the worker is gone
+                if self.cfg.verbose:
+                    print(f"sink: worker {identity!r} unreachable ({exc}); re-queueing", flush=True)
+                self.dispatcher.unassign(identity, job)
+                self._poisoned(self.dispatcher.lost(identity))
+
+    def _on_work(self) -> None:
+        now = time.monotonic()
+        for _ in range(1000):
+            try:
+                frames = self.work.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._worker_message(frames, now)
+            except (IndexError, ValueError) as exc:  # a buggy peer must not take the sink down
+                if self.cfg.verbose:
+                    print(f"sink: malformed worker message ignored: {exc!r}", flush=True)
+
+    def _worker_message(self, frames: list[bytes], now: float) -> None:
+        identity, cmd = frames[0], frames[1]
+        if cmd == b"HB":
+            if self.dispatcher.seen(identity, now, int(frames[2])):
+                self._publish_stats()  # a new worker: tell waiting launchers at once
+        elif cmd in (b"DONE", b"FAIL"):
+            self.dispatcher.seen(identity, now)
+            job = self.dispatcher.complete(int.from_bytes(frames[2], "little"), identity)
+            if job is not None:
+                self.done[job.id] = self._answer(cmd, frames[3], job)
+        elif cmd == b"BYE":
+            self._poisoned(self.dispatcher.lost(identity))
+
+    def _answer(self, cmd: bytes, payload: bytes, job: Job) -> _Done:
+        try:
+            if cmd == b"DONE":
+                res = schema.decode_result(payload)
+                if (res.stream, res.seq) != (job.stream, job.seq):
+                    raise PacketError("worker-error", f"result for {res.stream}/{res.seq}, job {job.stream}/{job.seq}")
+                return _Done("result", payload, res)
+            err = schema.unpack(payload)
+            return _Done("rejected", error=err)
+        except PacketError as exc:
+            return _Done("rejected", error={"reason": "worker-error", "detail": f"bad worker answer: {exc}",
+                                            "stream": job.stream, "seq": job.seq, "source": "sink"})
+
+    def _poisoned(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self.done[job.id] = _Done("rejected", error={
+                "reason": "redelivery-limit", "stream": job.stream, "seq": job.seq, "source": "sink",
+                "detail": f"dispatched {job.deliveries} times, every worker holding it died or timed out"})
+
+    def _on_monitor(self) -> None:
+        while self.monitor.poll(0):
+            recv_monitor_message(self.monitor)
+            t = time.monotonic()
+            self._probe_at += [t, t + 0.02, t + 0.1, t + 0.5]
+
+    def _probe(self) -> None:
+        """Send PING to every worker; ROUTER_MANDATORY makes a vanished one fail at once."""
+        for identity in list(self.dispatcher.workers):
+            try:
+                self.work.send_multipart([identity, b"PING"], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                if self.cfg.verbose:
+                    print(f"sink: worker {identity!r} disconnected; re-sending its jobs", flush=True)
+                self._poisoned(self.dispatcher.lost(identity))
+
+    # ------------------------------------------------------------------ output
+    def _release(self) -> None:
+        now = time.time()
+        while self.order:
+            head = self.order[0]
+            if isinstance(head, _End):
+                self.tracker.end(head.stream, head.total)
+                self.ended += 1
+                self.order.popleft()
+                continue
+            done = self.done.pop(head, None)
+            if done is None:
+                return
+            self.order.popleft()
+            if done.kind == "rejected":
+                e = done.error
+                self._reject(e.get("reason", "worker-error"), e.get("detail", ""), e.get("stream"), e.get("seq"),
+                             e.get("n"), e.get("source", ""))
+                continue
+            res = done.result
+            self.pub.send_multipart([schema.TOPIC_RESULT, done.payload], copy=len(done.payload) < 65536)
+            if self.writer:
+                self.writer.add(res, now)
+            self.packets += 1
+            self.tuples += res.n
+            self._interval_tuples += res.n
+            self.latency.add((now - res.t_acq) * 1e3)
+            if self.t_first is None:
+                self.t_first = now
+            self.t_last_release = now
+
+    def _reject(self, reason: str, detail: str, stream: str | None, seq: int | None, n: int | None,
+                source: str) -> None:
+        if reason not in schema.REASONS:
+            detail, reason = f"{reason}: {detail}", "worker-error"
+        self.rejected += 1
+        self.rejected_tuples += n or 0
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        payload = schema.encode_error(reason, detail, stream=stream, seq=seq, source=source, n=n)
+        self.pub.send_multipart([schema.TOPIC_ERROR, payload])
+        if self.writer:
+            self.writer.add_error(schema.unpack(payload))
+        if self.cfg.verbose:
+            print(f"sink: rejected {stream}/{seq}: {reason} {detail}", flush=True)
+
+    # ------------------------------------------------------------------ stats
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if self._probe_at and now >= min(self._probe_at):
+            self._probe_at = [t for t in self._probe_at if t > now]
+            self._probe()
+        _, poison = self.dispatcher.expire(now)
+        self._poisoned(poison)
+        if now - self._t_stats >= self.cfg.stats_interval:
+            self._publish_stats()
+
+    def stats(self, final: bool = False) -> dict[str, Any]:
+        now_m, now = time.monotonic(), time.time()
+        dt = max(now_m - self._t_stats, 1e-9)
+        span = (self.t_last_release - self.t_first) if self.t_first else 0.0
+        d = self.dispatcher
+        return {
+            "uptime_s": now - self.t_start,
+            "packets": self.packets, "tuples": self.tuples,
+            "rate_tuples_s": self._interval_tuples / dt,
+            "mean_rate_tuples_s": self.tuples / span if span > 0 else 0.0,
+            "latency_ms": self.latency.overall() if final else self.latency.interval(),
+            "gaps": self.tracker.gaps, "duplicates": self.tracker.duplicates, "late": self.tracker.late,
+            "rejected": self.rejected, "rejected_tuples": self.rejected_tuples,
+            "rejected_by_reason": dict(self.reasons),
+            "resent": d.resent, "redundant_answers": d.redundant, "workers_lost": d.workers_lost,
+            "workers": len(d.workers), "in_flight": len(d.in_flight), "queued": len(d.pending),
+            "streams": self.tracker.summary(), "final": final,
+        }
+
+    def _publish_stats(self, final: bool = False) -> dict[str, Any]:
+        st = self.stats(final)
+        self._t_stats = time.monotonic()
+        self._interval_tuples = 0
+        self.pub.send_multipart([schema.TOPIC_STATS, schema.encode_stats(st)])
+        return st
+
+    def _close(self) -> dict[str, Any]:
+        if self.writer:
+            self.writer.close()
+        summary = self._publish_stats(final=True)
+        summary["results_dir"] = self.cfg.out_dir
+        if self.cfg.summary_path:
+            tmp = Path(self.cfg.summary_path + ".tmp")
+            tmp.write_text(json.dumps(summary, indent=1))
+            tmp.rename(self.cfg.summary_path)
+        time.sleep(0.05)  # let the final stats leave the PUB socket
+        self.work.disable_monitor()
+        for s in (self.monitor, self.ingest, self.work, self.pub):
+            s.close(linger=200)
+        if self.curve:
+            self.curve.stop()
+        self.ctx.term()
+        return summary
+
+
+def run_sink(cfg: SinkConfig) -> dict[str, Any]:
+    """Run until SIGINT/SIGTERM (then drain) or until ``exit_after_end`` streams ended."""
+    sink = Sink(cfg)
+    signal.signal(signal.SIGINT, sink.request_stop)
+    signal.signal(signal.SIGTERM, sink.request_stop)
+    return sink.run()
