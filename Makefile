@@ -9,6 +9,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(VENV)/bin/streamer compile --missing-ok  # native model libraries, once per machine (see README)
 	touch $(STAMP)
 
 install: $(STAMP)

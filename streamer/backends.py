@@ -20,7 +20,6 @@ Kinds
 from __future__ import annotations
 
 import ctypes
-import json
 from pathlib import Path
 from typing import Protocol
 
@@ -159,10 +158,14 @@ def load_backend(model_path: str | Path, kind: str = "auto", **opts) -> Backend:
 
 
 def _auto_routes(lib: Path, compiled: CompiledBackend, model_path, nthread: int) -> list:
-    """Routes from the crossover stored beside the library (compiled everywhere if none)."""
-    meta_path = Path(str(lib) + ".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    crossover = meta.get("crossover", {}).get(f"{nthread}t")
+    """Routes from the crossover stored beside the library, measured once if not there yet.
+
+    ``streamer compile`` measures it right after building (1 thread, the worker setting); other
+    thread counts are measured the first time an auto backend with that count is loaded.
+    """
+    from .compile import ensure_crossover
+
+    crossover = ensure_crossover(lib, model_path, nthread)
     routes: list[tuple[int, Backend]] = [(0, compiled)]
     if crossover and crossover.get("xgboost_from") is not None:
         routes.append((int(crossover["xgboost_from"]), XGBoostBackend(model_path, nthread=nthread)))

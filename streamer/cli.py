@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "keys": "keys",
     "monitor": "monitor",
     "convert": "convert",
+    "train": "train",
+    "evaluate": "evaluate",
 }
 
 

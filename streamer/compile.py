@@ -41,15 +41,21 @@ from pathlib import Path
 #: default library cache (git-ignored), relative to the working directory
 DEFAULT_LIB_DIR = Path("compiled_models") / "lib"
 #: bump when the generated batch code or build recipe changes, so old libraries are rebuilt
-BUILD_VERSION = 1
+BUILD_VERSION = 5
+LAYOUTS = ("array", "tl2cgen")
+#: deepest tree the array layout pads to a complete tree (2**depth leaves per tree)
+MAX_ARRAY_DEPTH = 12
 
 
 @dataclass(frozen=True)
 class CompileOptions:
     """What determines the generated machine code (all of it goes into the library name).
 
+    layout:         ``array``: branch-free traversal of complete-tree arrays (default, see module
+                    doc); ``tl2cgen``: TL2cgen's nested if/else code, walked unit by unit.
     trees_per_unit: trees per generated C function; also the granularity of the row-block loop.
-    block_rows:     rows walked through one unit before moving to the next unit.
+    block_rows:     rows walked through one unit (tl2cgen) or one tree (array) at a time.
+    interleave:     array layout: rows traversed in lock-step so their loads overlap.
     march:          ``-march`` value (e.g. ``native``); ``None`` = compiler default (portable).
     openmp:         build with OpenMP so ``nthread > 1`` splits row blocks over threads.
     annotate:       branch annotation (TL2cgen ``annotate_in``) from the model's own node cover
@@ -57,12 +63,22 @@ class CompileOptions:
     cc:             C compiler.
     """
 
+    layout: str = "array"
     trees_per_unit: int = 8
     block_rows: int = 64
+    interleave: int = 8
     march: str | None = None
     openmp: bool = True
     annotate: bool = False
     cc: str = "gcc"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}")
+        if min(self.trees_per_unit, self.block_rows, self.interleave) < 1:
+            raise ValueError("trees_per_unit, block_rows and interleave must be >= 1")
+        if self.annotate and self.layout != "tl2cgen":
+            raise ValueError("annotate applies to the branchy tl2cgen layout only")
 
     def cflags(self) -> list[str]:
         flags = ["-O3", "-fPIC", "-std=c99"]
@@ -168,11 +184,22 @@ def _annotation(model_path: Path, tl_model, out_path: Path) -> Path:
 
 
 def generate_sources(model_path: Path, src_dir: Path, options: CompileOptions) -> dict:
-    """Write TL2cgen C sources + our ``batch.c`` into ``src_dir``; return a small summary."""
-    import tl2cgen
+    """Write the C sources of ``options.layout`` into ``src_dir``; return a small summary."""
     import treelite
 
     tl_model = treelite.frontend.load_xgboost_model(str(model_path))
+    header = tl_model.get_header_accessor()
+    if int(max(header.get_field("num_class"))) != 1:
+        raise ValueError(f"{model_path}: multi-class boosters are not supported (regression only)")
+    if options.layout == "array":
+        return _generate_array_sources(tl_model, src_dir, options)
+    return _generate_tl2cgen_sources(model_path, tl_model, src_dir, options)
+
+
+def _generate_tl2cgen_sources(model_path: Path, tl_model, src_dir: Path, options: CompileOptions) -> dict:
+    """TL2cgen's generated C + ``batch.c`` walking its units over row blocks."""
+    import tl2cgen
+
     n_units = max(1, -(-tl_model.num_tree // max(1, options.trees_per_unit)))
     params: dict = {"parallel_comp": n_units}
     if options.annotate:
@@ -180,12 +207,17 @@ def generate_sources(model_path: Path, src_dir: Path, options: CompileOptions) -
     tl2cgen.generate_c_code(tl_model, str(src_dir), params=params)
     recipe = json.loads((src_dir / "recipe.json").read_text())
     main_c = (src_dir / "main.c").read_text()
-    # TL2cgen adds base scores after all units; copy those exact statements so the batch path
-    # does the same float operations in the same order.
     m = re.search(r"// Apply base_scores\n(.*?)// Apply postprocessor", main_c, re.S)
     if m is None:
         raise RuntimeError("unexpected TL2cgen main.c layout: no base_scores block")
-    base_stmts = m.group(1).strip()
+    # TL2cgen 1.0 (bundled Treelite 4.1) adds base_scores[0] to every output, which is wrong for
+    # multi-output boosters whose intercept is a vector (XGBoost >= 3 multi-quantile: one
+    # intercept per alpha). Rewrite the block from the model's own base_scores, in both
+    # TL2cgen's predict() and our batch entry point, keeping TL2cgen's order (after the trees).
+    base = [float(v) for v in tl_model.get_header_accessor().get_field("base_scores")]
+    base_stmts = "\n  ".join(f"result[{i}] += {v!r};" for i, v in enumerate(base))
+    main_c = main_c[: m.start(1)] + base_stmts + "\n  \n  " + main_c[m.end(1):]
+    (src_dir / "main.c").write_text(main_c)
     num_feature = int(re.search(r"get_num_feature\(void\) \{\s*return (\d+);", main_c).group(1))
     units = sorted(int(u) for u in re.findall(r"void predict_unit(\d+)\(", (src_dir / "header.h").read_text()))
     if units != list(range(n_units)):
@@ -251,6 +283,227 @@ int streamer_predict_batch(const float* X, int64_t n, float* out, int nthread) {
   for (int64_t b = 0; b < nblock; ++b) {{
     int64_t r0 = b * SB_BLOCK, nr = (n - r0 < SB_BLOCK) ? n - r0 : SB_BLOCK;
     sb_block(X + r0 * SB_NF, nr, out + r0 * N_TARGET);
+  }}
+  return 0;
+}}
+"""
+
+
+# treelite node_type / comparison-operator codes (treelite/include/treelite/enum/*.h)
+_TL_LEAF, _TL_NUMERICAL = 0, 1
+_TL_OP_LT = 2
+
+
+def _complete_tree_arrays(tree, depth: int):
+    """One tree as complete-tree arrays in level order (node i -> children 2i+1, 2i+2).
+
+    A leaf shallower than ``depth`` becomes a dummy split whose whole subtree carries the leaf's
+    value, so every row walks exactly ``depth`` levels without a branch. Returns (feat, thr, leaf)
+    with ``feat`` = feature index | (missing goes right) << 15.
+    """
+    import numpy as np
+
+    g = lambda f: np.asarray(tree.get_field(f))  # noqa: E731
+    cleft, cright, split, thr_in = g("cleft"), g("cright"), g("split_index"), g("threshold")
+    default_left, node_type, cmp, value = g("default_left"), g("node_type"), g("cmp"), g("leaf_value")
+    if len(g("leaf_vector")):
+        raise ValueError("vector-leaf trees (multi_strategy=multi_output_tree) are not supported by layout 'array'")
+    n_inner = (1 << depth) - 1
+    feat = np.zeros(n_inner, np.uint16)
+    thr = np.zeros(n_inner, np.float32)
+    leaf = np.zeros(1 << depth, np.float32)
+    stack = [(0, 0, 0)]  # (treelite node id, position in complete tree, level)
+    while stack:
+        nid, pos, level = stack.pop()
+        if node_type[nid] == _TL_LEAF:
+            # all complete-tree leaves under `pos` get this value
+            first = pos
+            for _ in range(depth - level):
+                first = 2 * first + 1
+            span = 1 << (depth - level)
+            leaf[first - n_inner: first - n_inner + span] = value[nid]
+            continue
+        if node_type[nid] != _TL_NUMERICAL or cmp[nid] != _TL_OP_LT:
+            raise ValueError("only numerical '<' splits are supported by layout 'array' (no categorical splits)")
+        if split[nid] >= 1 << 15:
+            raise ValueError("layout 'array' supports at most 32768 features")
+        feat[pos] = int(split[nid]) | (0 if default_left[nid] else 1 << 15)
+        thr[pos] = thr_in[nid]
+        stack.append((int(cleft[nid]), 2 * pos + 1, level + 1))
+        stack.append((int(cright[nid]), 2 * pos + 2, level + 1))
+    return feat, thr, leaf
+
+
+def _tree_depth(tree) -> int:
+    import numpy as np
+
+    cleft, cright = np.asarray(tree.get_field("cleft")), np.asarray(tree.get_field("cright"))
+    depth, stack = 0, [(0, 0)]
+    while stack:
+        nid, d = stack.pop()
+        if cleft[nid] < 0:
+            depth = max(depth, d)
+        else:
+            stack += [(int(cleft[nid]), d + 1), (int(cright[nid]), d + 1)]
+    return depth
+
+
+def _c_floats(a) -> str:
+    # 9 significant digits round-trip float32 exactly; the exponent form is always a float literal
+    def lit(v: float) -> str:
+        if v != v:
+            return "NAN"
+        if v in (float("inf"), float("-inf")):
+            return "INFINITY" if v > 0 else "-INFINITY"
+        return f"{v:.8e}f"
+
+    return ",".join(lit(v) for v in a.tolist())
+
+
+def _generate_array_sources(tl_model, src_dir: Path, options: CompileOptions) -> dict:
+    """``model.c``: level-order arrays of every tree + a branch-free blocked traversal kernel."""
+    import numpy as np
+
+    header = tl_model.get_header_accessor()
+    num_feature = int(header.get_field("num_feature")[0])
+    num_target = int(header.get_field("num_target")[0])
+    if str(header.get_field("postprocessor")) != "identity" or int(header.get_field("average_tree_output")[0]):
+        raise ValueError("layout 'array' supports plain additive regression boosters only")
+    targets = np.asarray(header.get_field("target_id")).astype(np.int32)
+    base = [float(v) for v in header.get_field("base_scores")]
+    trees = [tl_model.get_tree_accessor(i) for i in range(tl_model.num_tree)]
+    depth = max(1, max(_tree_depth(t) for t in trees))
+    if depth > MAX_ARRAY_DEPTH:
+        raise ValueError(f"trees of depth {depth} > {MAX_ARRAY_DEPTH}: use layout 'tl2cgen'")
+    if (targets < 0).any() and num_target > 1:
+        raise ValueError("trees shared across targets are not supported by layout 'array'")
+    parts = [_complete_tree_arrays(t, depth) for t in trees]
+    feat = np.concatenate([p[0] for p in parts])
+    thr = np.concatenate([p[1] for p in parts])
+    leaf = np.concatenate([p[2] for p in parts])
+    code = _ARRAY_C.format(
+        num_feature=num_feature, num_target=num_target, num_tree=len(trees), depth=depth,
+        block=options.block_rows, interleave=options.interleave,
+        feat=",".join(map(str, feat.tolist())), thr=_c_floats(thr), leaf=_c_floats(leaf),
+        target=",".join(str(max(int(t), 0)) for t in targets),
+        base_stmts="\n  ".join(f"result[{i}] += {v!r};" for i, v in enumerate(base)))
+    (src_dir / "model.c").write_text(code)
+    return {"num_tree": len(trees), "num_feature": num_feature, "units": 1, "depth": depth, "sources": ["model"]}
+
+
+_ARRAY_C = r"""
+/* Generated by streamer.compile (layout "array"): complete-tree arrays + branch-free traversal. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define NF {num_feature}
+#define NT {num_target}
+#define NTREE {num_tree}
+#define DEPTH {depth}
+#define NI ((1 << DEPTH) - 1)
+#define NL (1 << DEPTH)
+#define BLOCK {block}
+#define R {interleave}
+
+static const uint16_t feat[(size_t)NTREE * NI] = {{ {feat} }};
+static const float thr[(size_t)NTREE * NI] = {{ {thr} }};
+static const float leaf[(size_t)NTREE * NL] = {{ {leaf} }};
+static const int32_t target[NTREE] = {{ {target} }};
+
+int32_t get_num_feature(void) {{ return NF; }}
+int32_t get_num_target(void) {{ return NT; }}
+
+static void apply_base(float* result) {{
+  {base_stmts}
+}}
+
+/* One level: go right iff x >= threshold, or x is NaN and the node's missing default is right
+   (bit 15 of feat). x >= thr is false for NaN, so this matches XGBoost's x < thr -> left. */
+#define STEP_NAN(idx, row, nan_aware) do {{ \
+    uint32_t f_ = F[idx]; float x_ = (row)[f_ & 0x7fffu]; \
+    idx = 2u * idx + 1u + (uint32_t)((x_ >= T[idx]) | ((nan_aware) & (x_ != x_) & (int)(f_ >> 15))); \
+  }} while (0)
+#define STEP(idx, row) STEP_NAN(idx, row, 1)
+
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
+/* A single row: walk R trees in lock-step instead (independent load chains, same sum order). */
+static void predict_row(const float* x, float* o) {{
+  int t = 0;
+  for (; t + R <= NTREE; t += R) {{
+    uint32_t idx[R];
+    for (int k = 0; k < R; ++k) idx[k] = 0;
+    for (int d = 0; d < DEPTH; ++d)
+      for (int k = 0; k < R; ++k) {{
+        const uint16_t* F = feat + (size_t)(t + k) * NI;
+        const float* T = thr + (size_t)(t + k) * NI;
+        STEP(idx[k], x);
+      }}
+    for (int k = 0; k < R; ++k) o[target[t + k]] += leaf[(size_t)(t + k) * NL + idx[k] - NI];
+  }}
+  for (; t < NTREE; ++t) {{
+    const uint16_t* F = feat + (size_t)t * NI;
+    const float* T = thr + (size_t)t * NI;
+    uint32_t i = 0;
+    for (int d = 0; d < DEPTH; ++d) STEP(i, x);
+    o[target[t]] += leaf[(size_t)t * NL + i - NI];
+  }}
+}}
+
+/* Full groups of R rows walk each tree together (the tree's arrays stay in L1 for the block);
+   leftover rows use predict_row. Per row, trees are summed in model order either way. */
+static ALWAYS_INLINE void walk_groups(const float* X, int64_t nfull, float* out, const int nan_aware) {{
+  for (int t = 0; t < NTREE; ++t) {{
+    const uint16_t* F = feat + (size_t)t * NI;
+    const float* T = thr + (size_t)t * NI;
+    const float* L = leaf + (size_t)t * NL - NI;
+    float* o = out + target[t];
+    for (int64_t r = 0; r < nfull; r += R) {{
+      uint32_t idx[R];
+      for (int k = 0; k < R; ++k) idx[k] = 0;
+      for (int d = 0; d < DEPTH; ++d)
+        for (int k = 0; k < R; ++k) STEP_NAN(idx[k], X + (r + k) * NF, nan_aware);
+      for (int k = 0; k < R; ++k) o[(r + k) * NT] += L[idx[k]];
+    }}
+  }}
+}}
+
+static void predict_block(const float* X, int64_t nrow, float* out) {{
+  memset(out, 0, sizeof(float) * (size_t)(nrow * NT));
+  int64_t nfull = nrow - nrow % R;
+  /* blocks without missing values (the usual case) skip the default-direction term */
+  int has_nan = 0;
+  for (int64_t i = 0; i < nfull * NF; ++i) has_nan |= (X[i] != X[i]);
+  if (has_nan) walk_groups(X, nfull, out, 1); else walk_groups(X, nfull, out, 0);
+  for (int64_t r = nfull; r < nrow; ++r) predict_row(X + r * NF, out + r * NT);
+  for (int64_t r = 0; r < nrow; ++r) apply_base(out + r * NT);
+}}
+
+/* X: (n, NF) row-major float32 (NaN = missing); out: (n, NT) float32. */
+int streamer_predict_batch(const float* X, int64_t n, float* out, int nthread) {{
+  if (n < 0 || X == NULL || out == NULL) return 1;
+  int64_t nblock = (n + BLOCK - 1) / BLOCK;
+#ifdef _OPENMP
+  if (nthread > 1 && nblock > 1) {{
+    #pragma omp parallel for num_threads(nthread) schedule(static)
+    for (int64_t b = 0; b < nblock; ++b) {{
+      int64_t r0 = b * BLOCK, nr = (n - r0 < BLOCK) ? n - r0 : BLOCK;
+      predict_block(X + r0 * NF, nr, out + r0 * NT);
+    }}
+    return 0;
+  }}
+#endif
+  for (int64_t b = 0; b < nblock; ++b) {{
+    int64_t r0 = b * BLOCK, nr = (n - r0 < BLOCK) ? n - r0 : BLOCK;
+    predict_block(X + r0 * NF, nr, out + r0 * NT);
   }}
   return 0;
 }}
@@ -355,6 +608,24 @@ def write_crossover(lib: str | Path, model_path: str | Path, nthreads=(1,), size
     meta["crossover"] = crossover
     meta_path.write_text(json.dumps(meta, indent=1))
     return crossover
+
+
+def ensure_crossover(lib: str | Path, model_path: str | Path, nthread: int = 1) -> dict:
+    """The stored crossover for ``nthread`` threads, measuring it first (once, under a lock)."""
+    lib = Path(lib)
+    meta_path = Path(str(lib) + ".json")
+    key = f"{nthread}t"
+
+    def stored():
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        return meta.get("crossover", {}).get(key)
+
+    if stored() is None:
+        with open(lib.parent / f".{lib.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if stored() is None:
+                write_crossover(lib, model_path, nthreads=(nthread,))
+    return stored()
 
 
 def random_features(model_path: str | Path, n: int, seed: int = 0):

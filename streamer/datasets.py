@@ -6,7 +6,7 @@ its distance, orientation, background and brightness, so a per-tuple split leaks
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -19,13 +19,12 @@ class DataConfig:
     """What to simulate for one regime (defaults: the sizes ``streamer train`` uses)."""
 
     regime: str = "static"
-    n_groups: int = 6000  # rulers (static) or traces (dynamic)
-    tuples_per_group: int = 200
+    n_groups: int = 30000  # rulers (static) or traces (dynamic)
+    tuples_per_group: int = 80
     seed: int = 20261123
     # fractions of groups for early-stopping validation and conformal calibration; the rest trains
     val_fraction: float = 0.15
-    cal_fraction: float = 0.15
-    simulator: dict = field(default_factory=dict)  # InstrumentParams/params overrides (recorded)
+    cal_fraction: float = 0.2
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -53,3 +53,52 @@ def markdown_table(rows: list[dict], columns: list[str], headers: list[str] | No
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# held-out evaluation of a shipped bundle against the physics estimators and the CRB
+
+
+def timed(fn, *args, repeat: int = 1):
+    """(result, seconds per call) of the fastest of ``repeat`` calls."""
+    import time
+
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
+def throughput_us_per_tuple(predictor, batch, batch_size: int = 1000, repeat: int = 5) -> float:
+    """Single-thread cost of ``predictor.predict`` per tuple on packets of ``batch_size`` tuples."""
+    chunks = [batch[i:i + batch_size] for i in range(0, min(len(batch), 50 * batch_size), batch_size)]
+
+    def run():
+        for c in chunks:
+            predictor.predict(c)
+
+    _, dt = timed(run, repeat=repeat)
+    return dt / sum(len(c) for c in chunks) * 1e6
+
+
+def accuracy_rows(d_true: np.ndarray, estimates: dict[str, np.ndarray], crb: np.ndarray,
+                  intervals: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[dict]:
+    """Per true-distance class: RMSE and bias of each estimator, RMS CRB, coverage/width of each interval."""
+    classes = distance_classes(d_true)
+    rows = []
+    for label in [None, *np.unique(classes)]:
+        sel = np.ones(len(d_true), bool) if label is None else classes == label
+        row: dict = {"class": "all" if label is None else f"{label:g}", "n": int(sel.sum())}
+        for name, est in estimates.items():
+            err = est[sel] - d_true[sel]
+            row[f"{name}_rmse"] = float(np.sqrt(np.mean(err**2)))
+            row[f"{name}_bias"] = float(np.mean(err))
+        row["crb"] = float(np.sqrt(np.mean(crb[sel] ** 2)))
+        for name, (lo, hi) in intervals.items():
+            y = d_true[sel]
+            row[f"{name}_cov"] = float(np.mean((y >= lo[sel]) & (y <= hi[sel])))
+            row[f"{name}_width"] = float(np.mean(hi[sel] - lo[sel]))
+        rows.append(row)
+    return rows

@@ -47,6 +47,7 @@ PHYSICS_FEATURES: tuple[str, ...] = (
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "published": PUBLISHED_FEATURES,
     "physics": PHYSICS_FEATURES,
+    "closed-form": ("dcf_x", "dcf_y", "dcf", "log_n"),  # ablation: the closed-form estimate + photon count
     "all": tuple(dict.fromkeys(PUBLISHED_FEATURES + PHYSICS_FEATURES)),
 }
 ALL_FEATURES = FEATURE_SETS["all"]

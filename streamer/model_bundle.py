@@ -1,9 +1,9 @@
 """On-disk model bundle: ``compiled_models/<regime>/manifest.json`` plus portable XGBoost boosters.
 
 Manifest keys (the contract other modules build against): ``regime``, ``feature_set``,
-``feature_names``, ``boosters`` {role: filename} with roles ``point`` (mean distance, nm) and
-``interval`` (two outputs: the 5% and 95% conditional quantiles), ``calibration`` (the stored
-CQR correction, see :mod:`streamer.conformal`), ``data`` (seed, sizes, simulator parameters),
+``feature_names``, ``boosters`` {role: filename} with the role ``point`` (mean distance, nm;
+the interval needs no booster), ``calibration`` (the stored label-conditional conformal quantiles,
+see :mod:`streamer.conformal`), ``data`` (seed, sizes, simulator parameters),
 ``training`` (booster parameters, rounds), ``metrics``, ``flags`` (photon range the model was
 trained on) and ``sha256`` {filename: hash}. Boosters are XGBoost UBJSON (``.ubj``).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 #: the bundles shipped with the repository
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "compiled_models"
 MANIFEST = "manifest.json"
-ROLES = ("point", "interval")
+ROLES = ("point",)
 
 
 def sha256_file(path: Path) -> str:
@@ -32,8 +32,9 @@ def bundle_dir(regime_or_path: str | Path) -> Path:
     return DEFAULT_MODELS_DIR / str(regime_or_path)
 
 
-def save_bundle(out_dir: Path, manifest: dict, boosters: dict) -> Path:
-    """Write boosters ({role: xgboost.Booster}) as ``<role>.ubj`` and the manifest with hashes."""
+def save_bundle(out_dir: Path, manifest: dict, boosters: dict) -> dict:
+    """Write boosters ({role: xgboost.Booster}) as ``<role>.ubj`` and the manifest with hashes;
+    returns the manifest as written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files, hashes = {}, {}
@@ -44,7 +45,7 @@ def save_bundle(out_dir: Path, manifest: dict, boosters: dict) -> Path:
         hashes[name] = sha256_file(out_dir / name)
     manifest = {**manifest, "boosters": files, "sha256": hashes}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    return out_dir / MANIFEST
+    return manifest
 
 
 def load_manifest(directory: str | Path, verify: bool = True) -> dict:
@@ -74,5 +75,4 @@ def load_manifest(directory: str | Path, verify: bool = True) -> dict:
 def model_id(manifest: dict) -> str:
     """Short identifier carried with every result: regime + hash prefix of the point booster."""
     point = manifest["boosters"]["point"]
-    interval = manifest["boosters"]["interval"]
-    return f"xgb-{manifest['regime']}-{manifest['sha256'][point][:8]}{manifest['sha256'][interval][:4]}"
+    return f"xgb-{manifest['regime']}-{manifest['sha256'][point][:12]}"

@@ -72,3 +72,20 @@ def load_predictor(spec: str) -> Predictor:
     if spec not in PREDICTORS:
         raise ValueError(f"unknown predictor {spec!r}; known: {', '.join(sorted(PREDICTORS))}")
     return PREDICTORS[spec]()
+
+
+def _trained_model(regime: str, backend: str) -> Callable[[], Predictor]:
+    """Factory for a trained bundle; imported lazily so physics-only workers skip XGBoost."""
+
+    def make() -> Predictor:
+        from .model_predictor import ModelPredictor
+
+        return ModelPredictor(regime, backend=backend)
+
+    return make
+
+
+# "static"/"dynamic": compiled ensemble (auto-routed); "<regime>-xgboost": XGBoost's own predictor
+for _regime in ("static", "dynamic"):
+    register(_regime, _trained_model(_regime, "auto"))
+    register(f"{_regime}-xgboost", _trained_model(_regime, "xgboost"))

@@ -74,7 +74,7 @@ REASONS: dict[str, str] = {
     "non-finite": "NaN or inf in positions, centre, half_l, time or t_acq",
     "negative": "a value that cannot be negative is (seq, t_acq, half_l <= 0, time)",
     "non-increasing-positions": "beam positions of an axis not strictly increasing (c-L/2 < c < c+L/2)",
-    "non-monotonic-time": "per-tuple 'time' decreases within the packet",
+    "non-monotonic-time": "per-tuple 'time' decreases between consecutive tuples of the same trace",
     "redelivery-limit": "the packet was re-sent to workers too often (it kills them); dropped",
     "worker-error": "the predictor raised on a packet that passed validation",
 }
@@ -310,8 +310,11 @@ def validate_packet(msg: dict, max_tuples: int = MAX_TUPLES) -> Packet:
             raise PacketError("non-finite", "time")
         if (time_s < 0).any():
             raise PacketError("negative", "time")
-        if n > 1 and (np.diff(time_s) < 0).any():
-            raise PacketError("non-monotonic-time")
+        back = np.diff(time_s) < 0
+        if trace_id is not None:  # a packet may hold the end of one trace and the start of the next
+            back &= trace_id[1:] == trace_id[:-1]
+        if back.any():
+            raise PacketError("non-monotonic-time", f"at tuple {int(np.argmax(back)) + 1}")
     batch = TupleBatch.build(counts, positions, trace_id, time_s)
     return Packet(stream, seq, t_acq, batch, time_s is not None, trace_id is not None)
 

@@ -1,11 +1,12 @@
-"""Train one regime's distance models: point booster, quantile booster, CQR calibration, bundle.
+"""Train one regime's distance model: point booster, conformal calibration, bundle.
 
 Pipeline (``streamer train`` runs it per regime)::
 
     simulate (seed) -> split by ruler/trace: train | validation | calibration
     -> features -> point booster (squared error, early stopping on validation)
-    -> interval booster (5%/95% quantiles, early stopping on validation)
-    -> MAPIE CQR on calibration -> manifest + boosters in compiled_models/<regime>/
+    -> photon exponent of the interval score (fitted on validation residuals)
+    -> label-conditional conformal calibration with MAPIE on calibration rulers
+    -> manifest + booster in compiled_models/<regime>/
 
 The test set used by ``streamer evaluate`` is simulated separately with another seed, so it
 shares no ruler with any of these parts.
@@ -28,9 +29,11 @@ PHOTON_FLAG_QUANTILES = (0.005, 0.995)
 
 @dataclass
 class BoosterParams:
-    max_depth: int = 6
-    eta: float = 0.1
-    max_rounds: int = 200
+    # small on purpose: depth 4 x <= 100 trees is as accurate as depth 6-8 x 150-500 (see the
+    # ablation in bench/RESULTS.md) and ~2x cheaper per tuple
+    max_depth: int = 4
+    eta: float = 0.3
+    max_rounds: int = 100
     min_child_weight: float = 50.0
     subsample: float = 0.8
     reg_lambda: float = 1.0
@@ -48,9 +51,8 @@ class BoosterParams:
 class TrainConfig:
     feature_set: str = "physics"
     point: BoosterParams = field(default_factory=BoosterParams)
-    interval: BoosterParams = field(default_factory=lambda: BoosterParams(max_depth=5, max_rounds=150))
-    quantiles: tuple[float, float] = (0.05, 0.95)
     confidence_level: float = 0.9
+    bin_width_nm: float = 1.0  # true-distance bins of the label-conditional calibration
     early_stopping_rounds: int = 20
     balance_classes: bool | None = None  # None: on for the dynamic regime (few discrete distances)
     nthread: int = 2
@@ -69,8 +71,8 @@ class Split:
     trace_id: np.ndarray
 
 
-def prepare_splits(data: datasets.DataConfig, names: tuple[str, ...], balance: bool) -> dict[str, Split]:
-    """Simulate, split by group into train/val/cal and compute features."""
+def prepare_splits(data: datasets.DataConfig, names: tuple[str, ...], balance: bool) -> tuple[dict[str, Split], dict]:
+    """Simulate, split by group into train/val/cal and compute features; also the simulator's meta."""
     rec = datasets.simulate_regime(data.regime, data.n_groups, data.tuples_per_group, data.seed)
     val, cal, train = datasets.group_split(rec.tuples.trace_id, (data.val_fraction, data.cal_fraction), data.seed + 1)
     X = compute_features(rec.tuples.counts, rec.tuples.positions, names)
@@ -80,7 +82,7 @@ def prepare_splits(data: datasets.DataConfig, names: tuple[str, ...], balance: b
     for name, mask in (("train", train), ("val", val), ("cal", cal)):
         w = datasets.class_balance_weights(y[mask]) if balance else np.ones(int(mask.sum()), np.float32)
         out[name] = Split(X[mask], y[mask], w, photons[mask], rec.tuples.trace_id[mask])
-    return out
+    return out, rec.meta
 
 
 def _fit(params: dict, train: Split, val: Split, max_rounds: int, early_stopping: int):
@@ -101,19 +103,6 @@ def train_point(train: Split, val: Split, cfg: TrainConfig):
     return _fit(params, train, val, cfg.point.max_rounds, cfg.early_stopping_rounds)
 
 
-def train_interval(train: Split, val: Split, cfg: TrainConfig):
-    """One booster, two outputs: the lower and upper conditional quantiles."""
-    params = {**cfg.interval.xgb_params(), "objective": "reg:quantileerror",
-              "quantile_alpha": np.asarray(cfg.quantiles), "nthread": cfg.nthread, "seed": cfg.seed}
-    return _fit(params, train, val, cfg.interval.max_rounds, cfg.early_stopping_rounds)
-
-
-def cqr_estimators(point, interval, n_features: int):
-    """scikit-learn views (lower, upper, point) of the two boosters, for MAPIE."""
-    wrap = conformal.BoosterRegressor
-    return wrap(interval, n_features, 0), wrap(interval, n_features, 1), wrap(point, n_features)
-
-
 def summarize(y: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> dict:
     err = d - y
     return {
@@ -130,7 +119,7 @@ def train_regime(data: datasets.DataConfig, cfg: TrainConfig, out_dir: Path | No
     t0 = time.perf_counter()
     names = feature_names(cfg.feature_set)
     balance = (data.regime == "dynamic") if cfg.balance_classes is None else cfg.balance_classes
-    splits = prepare_splits(data, names, balance)
+    splits, sim_meta = prepare_splits(data, names, balance)
     tr, va, ca = splits["train"], splits["val"], splits["cal"]
     log(f"[{data.regime}] {len(tr.y):,} train / {len(va.y):,} val / {len(ca.y):,} cal tuples "
         f"({len(np.unique(tr.trace_id))}/{len(np.unique(va.trace_id))}/{len(np.unique(ca.trace_id))} groups), "
@@ -138,19 +127,16 @@ def train_regime(data: datasets.DataConfig, cfg: TrainConfig, out_dir: Path | No
 
     point, n_point = train_point(tr, va, cfg)
     log(f"[{data.regime}] point booster: {n_point} trees, depth {cfg.point.max_depth}; {time.perf_counter() - t0:.1f} s")
-    interval, n_int = train_interval(tr, va, cfg)
-    log(f"[{data.regime}] interval booster: {n_int} rounds x 2 quantiles, depth {cfg.interval.max_depth}; "
-        f"{time.perf_counter() - t0:.1f} s")
 
-    lower, upper, centre = cqr_estimators(point, interval, len(names))
-    calibration = conformal.calibrate_cqr(lower, upper, centre, ca.X, ca.y.astype(np.float64), cfg.confidence_level)
-    calibration["quantiles"] = list(cfg.quantiles)
-
-    # validation rulers were only used to pick the number of trees, never to calibrate
-    q = interval.inplace_predict(va.X)
-    lo, hi = conformal.apply_cqr(q[:, 0], q[:, 1], calibration)
-    metrics = {"validation": summarize(va.y, point.inplace_predict(va.X), lo, hi)}
-    log(f"[{data.regime}] CQR q = {calibration['q_nm']:.3f} nm; validation {metrics['validation']}")
+    # the score's photon exponent comes from validation rulers, the quantiles from calibration rulers
+    d_val = point.inplace_predict(va.X)
+    power = conformal.fit_photon_power(d_val - va.y, va.photons)
+    calibration = conformal.calibrate(conformal.BoosterRegressor(point, len(names)), ca.X, ca.y, ca.photons,
+                                      power, cfg.confidence_level, cfg.bin_width_nm)
+    lo, hi, _ = conformal.apply_intervals(d_val, va.photons, conformal.IntervalCalibration(calibration))
+    metrics = {"validation": summarize(va.y, d_val, lo, hi)}
+    log(f"[{data.regime}] photon exponent p = {power:.3f}; {len(calibration['q_bins'])} calibration bins; "
+        f"validation {metrics['validation']}")
 
     photon_lo, photon_hi = np.quantile(tr.photons, PHOTON_FLAG_QUANTILES)
     manifest = {
@@ -158,7 +144,7 @@ def train_regime(data: datasets.DataConfig, cfg: TrainConfig, out_dir: Path | No
         "format_version": 1,
         "feature_set": cfg.feature_set,
         "feature_names": list(names),
-        "outputs": {"point": ["distance_nm"], "interval": [f"q{a:g}" for a in cfg.quantiles]},
+        "outputs": {"point": ["distance_nm"]},
         "calibration": calibration,
         "flags": {
             "low_photons_below": float(photon_lo),
@@ -166,15 +152,16 @@ def train_regime(data: datasets.DataConfig, cfg: TrainConfig, out_dir: Path | No
             "distance_range_nm": [float(tr.y.min()), float(tr.y.max())],
         },
         "data": {**data.to_dict(), "sizes": {k: int(len(s.y)) for k, s in splits.items()},
-                 "class_balanced": balance},
-        "training": {**cfg.to_dict(), "trees": {"point": n_point, "interval": n_int * len(cfg.quantiles)},
+                 "groups": {k: int(len(np.unique(s.trace_id))) for k, s in splits.items()},
+                 "class_balanced": balance, "simulator": sim_meta},
+        "training": {**cfg.to_dict(), "trees": {"point": n_point},
                      "xgboost_version": _xgb_version(), "seconds": round(time.perf_counter() - t0, 1)},
         "metrics": metrics,
     }
     if out_dir is not None:
-        model_bundle.save_bundle(Path(out_dir), manifest, {"point": point, "interval": interval})
+        manifest = model_bundle.save_bundle(Path(out_dir), manifest, {"point": point})
         log(f"[{data.regime}] wrote {out_dir}")
-    manifest["_boosters"] = {"point": point, "interval": interval}
+    manifest["_boosters"] = {"point": point}
     return manifest
 
 

@@ -62,14 +62,19 @@ def eval_rows():
     return _with_missing(X, 3)
 
 
+@pytest.mark.parametrize("layout", ["array", "tl2cgen"])
 @pytest.mark.parametrize("which", ["single", "quant"])
-def test_compiled_matches_xgboost(models, lib_dir, eval_rows, which):
+def test_compiled_matches_xgboost(models, lib_dir, eval_rows, which, layout):
+    # "quant" also guards our fix of TL2cgen 1.0 adding base_scores[0] to every quantile
     ref = XGBoostBackend(models[which]).predict(eval_rows)
-    comp = load_backend(models[which], "compiled", lib_dir=lib_dir)
+    comp = load_backend(models[which], "compiled", lib_dir=lib_dir, options=CompileOptions(layout=layout))
     out = comp.predict(eval_rows)
     assert out.shape == ref.shape == ((len(eval_rows),) if which == "single" else (len(eval_rows), 3))
     assert out.dtype == np.float32
     assert np.max(np.abs(out - ref)) < TOL_NM
+    # NaN-free input takes the kernel's fast path (no missing-value term)
+    clean, _ = _data(50_000, 4)
+    assert np.max(np.abs(comp.predict(clean) - XGBoostBackend(models[which]).predict(clean))) < TOL_NM
     # the multi-quantile outputs must really differ per alpha (not one column copied)
     if which == "quant":
         assert np.mean(out[:, 0] < out[:, 2]) > 0.9
@@ -115,7 +120,9 @@ def test_library_cache_is_reused_and_keyed_by_model_and_options(models, lib_dir,
 
 def test_annotated_and_row_by_row_builds_keep_parity(models, lib_dir, eval_rows):
     ref = XGBoostBackend(models["single"]).predict(eval_rows)
-    for opts in (CompileOptions(annotate=True, openmp=False), CompileOptions(trees_per_unit=1, block_rows=1)):
+    for opts in (CompileOptions(layout="tl2cgen", annotate=True, openmp=False),
+                 CompileOptions(layout="tl2cgen", trees_per_unit=1, block_rows=1),
+                 CompileOptions(interleave=3, block_rows=10)):
         out = CompiledBackend(ensure_library(models["single"], opts, lib_dir)).predict(eval_rows)
         assert np.max(np.abs(out - ref)) < TOL_NM
 
@@ -172,3 +179,14 @@ def test_concurrent_loaders_build_once(models, tmp_path):
         libs = pool.starmap(ensure_library, [(models["quant"], None, tmp_path)] * 2)
     assert libs[0] == libs[1] and libs[0].is_file()
     assert [p.name for p in tmp_path.glob("*.so")] == [libs[0].name]
+
+
+def test_compile_cli_missing_ok_and_bad_options(tmp_path, capsys):
+    assert cli.main(["compile", "--models-dir", str(tmp_path), "--missing-ok"]) == 0
+    assert "nothing to compile" in capsys.readouterr().out
+    assert cli.main(["compile", "--models-dir", str(tmp_path)]) == 2  # no bundles, not ok
+    assert "no model bundles" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="layout"):
+        CompileOptions(layout="sparse")
+    with pytest.raises(ValueError, match="annotate"):
+        CompileOptions(annotate=True)  # branch hints mean nothing to the branch-free layout

@@ -66,7 +66,8 @@ def test_nested_npy_last_iteration_valid_only_roundtrip(tmp_path, truth):
     np.save(src, nested_array(truth))
     rec, report = load_abberior(src, distance_nm=12.0)
     check(rec, truth)
-    assert report == {"localizations": N, "invalid_dropped": 3, "unlocalized_dropped": 0, "kept": 9}
+    assert report == {"localizations": N, "invalid_dropped": 3, "unlocalized_dropped": 0, "kept": 9,
+                      "resorted_by_time": False}
     assert rec.meta["centre_from"] == "loc - (lcx, lcy)" and rec.meta["half_l_from"] == "ext / 2"
     back = load_recording(rec.save(tmp_path / "o.npz"))
     check(back, truth)
@@ -138,9 +139,12 @@ def test_malformed_abberior_files(tmp_path, truth):
     with pytest.raises(ValueError, match=r"6 counts per localization .* got shape \(12, 4\)"):
         load_abberior(tmp_path / "shape.npy")
     negative = nested_array(truth)
+    negative["itr"]["phe"][1, -1, 0] = -3  # localization 1 is invalid: its counts are not used
+    np.save(tmp_path / "neg.npy", negative)
+    check(load_abberior(tmp_path / "neg.npy")[0], truth)
     negative["itr"]["phe"][0, -1, 0] = -3
     np.save(tmp_path / "neg.npy", negative)
-    with pytest.raises(ValueError, match=r"integer counts in \[0, 65535\]; 1 localization"):
+    with pytest.raises(ValueError, match=r"integer counts in \[0, 65535\]; 1 valid localization"):
         load_abberior(tmp_path / "neg.npy")
     none_valid = nested_array(truth)
     none_valid["vld"] = False
@@ -171,3 +175,17 @@ def test_unknown_file_type(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(ValueError, match="cannot tell the format"):
         load_any(tmp_path / "x.csv")
+
+
+def test_out_of_order_export_is_replayed_in_time_order_and_packets_validate(tmp_path, truth):
+    from streamer.schema import decode_packet, encode_batch
+
+    perm = np.random.default_rng(0).permutation(N)
+    src = tmp_path / "shuffled.npy"
+    np.save(src, nested_array(truth)[perm])
+    rec, report = load_abberior(src)
+    assert report["resorted_by_time"]
+    check(rec, truth)  # truth is in time order
+    packet = decode_packet(encode_batch("test", 0, rec.tuples))  # what `streamer publish` sends
+    np.testing.assert_array_equal(packet.batch.counts, rec.tuples.counts)
+    np.testing.assert_array_equal(packet.batch.time_s, rec.tuples.time_s)

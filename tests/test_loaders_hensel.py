@@ -112,7 +112,7 @@ def test_state_files_keep_only_two_emitter_tuples(tmp_path, sim):
     write(filt, tmp_path / "Dyn" / "filtered" / "raw" / "20nm" / exp / "filtered.pkl")
     results = pd.DataFrame({"experiment_id": [exp, exp, "other"], "segment_id": [1.0, 2.0, 0.0],
                             "state_id": [2.0, 1.0, 0.0], "photons": [20.0, 10.0, 1.0]})
-    write(results, tmp_path / "Dyn" / "filtered" / "post_filtered" / "filter-results.pkl")
+    write(results, tmp_path / "Dyn" / "filtered" / "filter-results.pkl")
 
     rec, report = load_hensel(src)
     expected = np.r_[np.arange(0, 3), np.arange(4, 70)]
@@ -200,3 +200,14 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "x.csv"), str(tmp_path / "o.npz")]) == 2
     assert main(["convert", str(bad), str(tmp_path / "o.txt")]) == 2
     assert "must end in .npz" in capsys.readouterr().err
+
+
+def test_converted_tuples_pass_packet_validation(tmp_path, sim):
+    from streamer.schema import decode_packet, encode_batch
+
+    counts, positions, traces = sim
+    src = write(hensel_frame(counts, positions * 1e-9, traces), tmp_path / "20nm" / "parsed.pkl")
+    rec = load_any(src)
+    packet = decode_packet(encode_batch("test", 0, rec.tuples))  # what `streamer publish` sends
+    np.testing.assert_array_equal(packet.batch.counts, counts)
+    np.testing.assert_array_equal(packet.batch.trace_id, traces)

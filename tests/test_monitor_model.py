@@ -48,13 +48,15 @@ def test_curve_is_bin_means_of_the_newest_tuples():
         model.ingest(**b)
     dist = np.concatenate([b["distance"] for b in blocks])
     lower = np.concatenate([b["lower"] for b in blocks])
-    curve = model.curve(max_points=400, window=3000)  # 3000 newest tuples, k = ceil(3000/400) = 8
-    assert curve.per_point == 8 and curve.n_tuples == 3000
+    # 3000 newest tuples: k = ceil(3000/400) = 8 for the line, ceil(3000/100) = 30 for the band
+    curve = model.curve(max_points=400, window=3000, band_points=100)
+    assert curve.per_point == 8 and curve.band_per_point == 30 and curve.n_tuples == 3000
     m = 3000 // 8 * 8
     expect = dist[-m:].reshape(-1, 8).mean(axis=1)
     np.testing.assert_allclose(curve.distance, expect, rtol=1e-5)
-    np.testing.assert_allclose(curve.lower, lower[-m:].reshape(-1, 8).mean(axis=1), rtol=1e-5)
     np.testing.assert_allclose(curve.x, np.arange(6000 - m, 6000).reshape(-1, 8).mean(axis=1))
+    np.testing.assert_allclose(curve.lower, lower[-3000:].reshape(-1, 30).mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(curve.band_x, np.arange(3000, 6000).reshape(-1, 30).mean(axis=1))
     assert curve.x_label.startswith("tuple number")
     small = model.curve(max_points=400, window=300)  # fewer than max_points: raw tuples
     assert small.per_point == 1

@@ -100,8 +100,11 @@ def test_array_content_rejections(batch):
     assert reason(schema.encode_packet("s", 0, batch.counts, pos)) == "non-increasing-positions"
     assert reason(schema.encode_packet("s", 0, batch.counts, centre=batch.centre, half_l=-15)) == "negative"
     t = batch.time_s.copy()
-    t[10] = t[9] - 1
+    t[10] = t[9] - 1e-4
     assert reason(schema.encode_packet("s", 0, batch.counts, batch.positions, time_s=t)) == "non-monotonic-time"
+    tid = batch.trace_id.copy()
+    tid[10:] += 1  # a new trace may start at an earlier time
+    assert schema.decode_packet(schema.encode_packet("s", 0, batch.counts, batch.positions, time_s=t, trace_id=tid))
     t[10] = np.inf
     assert reason(schema.encode_packet("s", 0, batch.counts, batch.positions, time_s=t)) == "non-finite"
     # float counts have the wrong byte length: dtype errors are size errors by construction

@@ -22,10 +22,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--march", default=None, help="-march value, e.g. native (default: compiler default)")
     p.add_argument("--trees-per-unit", type=int, default=None)
     p.add_argument("--block-rows", type=int, default=None)
-    p.add_argument("--annotate", action="store_true", help="branch hints from the model's node cover")
+    p.add_argument("--layout", choices=("array", "tl2cgen"), default=None,
+                   help="array: branch-free complete-tree arrays (default); tl2cgen: TL2cgen's if/else code")
+    p.add_argument("--annotate", action="store_true",
+                   help="tl2cgen layout: branch hints from the model's node cover")
     p.add_argument("--force", action="store_true", help="rebuild even if a cached library exists")
     p.add_argument("--no-calibrate", action="store_true",
                    help="skip measuring the xgboost/compiled crossover used by the auto backend")
+    p.add_argument("--missing-ok", action="store_true",
+                   help="exit 0 without doing anything when no model bundles exist (install step)")
     p.add_argument("--parity-rows", type=int, default=100_000,
                    help="random rows for the compiled-vs-xgboost parity check (0 = skip)")
 
@@ -60,9 +65,13 @@ def run(args: argparse.Namespace) -> int:
     from ..backends import CompiledBackend, XGBoostBackend
     from ..compile import CompileOptions, build_library, library_path, random_features, write_crossover
 
-    overrides = {k: v for k, v in {"march": args.march, "trees_per_unit": args.trees_per_unit,
+    overrides = {k: v for k, v in {"layout": args.layout, "march": args.march,
+                                   "trees_per_unit": args.trees_per_unit,
                                    "block_rows": args.block_rows}.items() if v is not None}
     options = CompileOptions(annotate=args.annotate, **overrides)
+    if args.missing_ok and not args.paths and not any(args.models_dir.glob("*/manifest.json")):
+        print(f"streamer compile: no model bundles under {args.models_dir}; nothing to compile")
+        return 0
     failed = 0
     for model in model_files(args.paths, args.models_dir):
         if not model.is_file():

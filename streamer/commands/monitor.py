@@ -8,9 +8,9 @@ import signal
 import sys
 import time
 
-HELP = "live monitor (pyqtgraph): distance trace with 90% interval band, histogram, rates"
+from ..pipeline.defaults import DEFAULT_RESULTS as DEFAULT_ADDRESS
 
-DEFAULT_ADDRESS = "tcp://127.0.0.1:5557"
+HELP = "live monitor (pyqtgraph): distance trace with 90% interval band, histogram, rates"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ then y) and refuses exports that only carry aggregates, saying why.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,6 @@ class AbberiorExport:
     path: Path
     layout: str
     fields: dict[str, np.ndarray]
-    available: list[str] = field(default_factory=list)
 
 
 def _read_npy(path: Path) -> AbberiorExport:
@@ -62,9 +61,8 @@ def _read_npy(path: Path) -> AbberiorExport:
         last = itr[:, -1]
         fields = {n: arr[n] for n in names if n != "itr"}
         fields.update({n: last[n] for n in itr.dtype.names})
-        return AbberiorExport(path, "nested (Imspector <= m2205)", fields, names + list(itr.dtype.names))
-    fields = {n: arr[n] for n in names}
-    return _final_rows(AbberiorExport(path, "flat (Imspector m2410)", fields, names))
+        return AbberiorExport(path, "nested (Imspector <= m2205)", fields)
+    return _final_rows(AbberiorExport(path, "flat (Imspector m2410)", {n: arr[n] for n in names}))
 
 
 def _final_rows(exp: AbberiorExport) -> AbberiorExport:
@@ -106,10 +104,9 @@ def _read_mat(path: Path) -> AbberiorExport:
                 raise ValueError(f"{path}: itr.{name} should be (localizations={n}, iterations[, k]), "
                                  f"got shape {value.shape}")
             fields[name] = value[:, -1]
-        return AbberiorExport(path, "nested (Imspector <= m2205)", fields,
-                              sorted(variables) + list(itr.dtype.names))
+        return AbberiorExport(path, "nested (Imspector <= m2205)", fields)
     fields = {k: _rows(v, n, path, k) for k, v in variables.items()}
-    return _final_rows(AbberiorExport(path, "flat (Imspector m2410)", fields, sorted(variables)))
+    return _final_rows(AbberiorExport(path, "flat (Imspector m2410)", fields))
 
 
 def _rows(value: np.ndarray, n: int, path: Path, name: str) -> np.ndarray:
@@ -162,12 +159,7 @@ def _counts(exp: AbberiorExport, counts_field: str) -> np.ndarray:
     if raw.size != 6 * n or raw.ndim < 2:
         raise ValueError(f"{exp.path}: field '{counts_field}' must hold 6 counts per localization "
                          f"((n, 6) or (n, 2, 3)); got shape {raw.shape}")
-    raw = raw.reshape(n, 2, 3)
-    bad = ~np.isfinite(raw) | (raw < 0) | (raw > np.iinfo(np.uint16).max) | (raw != np.round(raw))
-    if bad.any():
-        raise ValueError(f"{exp.path}: field '{counts_field}' must hold integer counts in [0, 65535]; "
-                         f"{int(bad.any(axis=(1, 2)).sum())} localization(s) do not")
-    return raw
+    return raw.reshape(n, 2, 3)
 
 
 def load_abberior(path: str | Path, *, counts_field: str = DEFAULT_COUNTS_FIELD, half_l_nm: float | None = None,
@@ -197,6 +189,8 @@ def load_abberior(path: str | Path, *, counts_field: str = DEFAULT_COUNTS_FIELD,
             centre -= rel
             centre_from = "loc - (lcx, lcy)"
     if half_l_nm is not None:
+        if not (np.isfinite(half_l_nm) and half_l_nm > 0):
+            raise ValueError(f"half L must be a positive number of nm, got {half_l_nm}")
         half = np.full((n_all, 2), float(half_l_nm))
         half_from = "given"
     elif "ext" in exp.fields:
@@ -210,15 +204,28 @@ def load_abberior(path: str | Path, *, counts_field: str = DEFAULT_COUNTS_FIELD,
     if not keep.any():
         raise ValueError(f"{exp.path}: no valid final-iteration localizations with finite loc and L/2 "
                          f"({int(valid.sum())} of {n_all} flagged valid)")
+    c = counts[keep]
+    bad = ~np.isfinite(c) | (c < 0) | (c > np.iinfo(np.uint16).max) | (c != np.round(c))
+    if bad.any():
+        raise ValueError(f"{exp.path}: field '{counts_field}' must hold integer counts in [0, 65535]; "
+                         f"{int(bad.any(axis=(1, 2)).sum())} valid localization(s) do not")
+    if not np.isfinite(tim[keep]).all():
+        raise ValueError(f"{exp.path}: field 'tim' has {int((~np.isfinite(tim[keep])).sum())} non-finite "
+                         f"value(s) among the kept localizations")
+    rows = np.flatnonzero(keep)
+    time_sorted = bool((np.diff(tim[rows]) >= 0).all())
+    if not time_sorted:  # replay order is acquisition order; packets require non-decreasing time
+        rows = rows[np.argsort(tim[rows], kind="stable")]
     offsets = np.array([-1.0, 0.0, 1.0])
-    positions = centre[keep, :, None] * M_TO_NM + half[keep, :, None] * offsets
-    batch = TupleBatch.build(counts[keep].astype(np.uint16), positions.astype(np.float32), tid[keep], tim[keep])
+    positions = centre[rows, :, None] * M_TO_NM + half[rows, :, None] * offsets
+    batch = TupleBatch.build(counts[rows].astype(np.uint16), positions.astype(np.float32), tid[rows], tim[rows])
     truth = {} if distance_nm is None else {"d_nm": np.full(len(batch), float(distance_nm))}
     report = {
         "localizations": n_all,
         "invalid_dropped": int((~valid).sum()),
         "unlocalized_dropped": int((valid & ~keep).sum()),
         "kept": int(keep.sum()),
+        "resorted_by_time": not time_sorted,
     }
     meta = {
         "source": f"abberior-{exp.path.suffix.lower().lstrip('.')}",

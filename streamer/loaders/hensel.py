@@ -7,13 +7,14 @@ DataFrame pickled with ``DataFrame.to_pickle``, one row per exposure, columns
   | tuple (tuple index within the file) | trace (ruler index within the file) | experiment_id (str)
 
 stored as ``.../<NN>nm/.../<experiment>/parsed.pkl``; the folder name gives the nominal distance.
-The authors' filtering step writes ``filtered.pkl`` / ``segmented.pkl`` (rows with ``segment_id`` and
-``state_id``: 2 = both emitters on, 1 = one on, 0 = background) into a mirrored ``filtered/`` tree,
-plus ``filter-results.pkl`` (state per ``experiment_id`` x ``segment_id``). When such a state file is
+The authors' ``process_batch`` writes ``<session>/parsed/<rel>/<experiment>/parsed.pkl``, then
+``<session>/filtered/<rel>/<experiment>/filtered.pkl`` and ``segmented.pkl`` (rows with ``segment_id``
+and ``state_id``: 2 = both emitters on, 1 = one on, 0 = background) and
+``<session>/filtered/filter-results.pkl`` (state per ``experiment_id`` x ``segment_id``). When such a state file is
 found (or given) only two-emitter tuples are kept.
 
-The pivot to (n, 2, 3) is vectorized: one groupby ``ngroup`` for the tuple key, ``bincount`` for
-completeness, ``lexsort`` + ``reshape`` for ordering. No per-tuple Python loops.
+The pivot to (n, 2, 3) is vectorized: ``factorize`` for the tuple key, ``bincount`` for completeness,
+``lexsort`` + ``reshape`` for ordering. No per-tuple Python loops (0.15-0.3 M tuples/s including unpickling, 2 shared cores).
 """
 
 from __future__ import annotations
@@ -83,11 +84,9 @@ def find_state_file(parsed: Path) -> Path | None:
 
 
 def _find_results_file(state_file: Path) -> Path | None:
-    for parent in Path(state_file).parents:
-        for c in (parent / STATE_RESULTS_NAME, parent / "post_filtered" / STATE_RESULTS_NAME):
-            if c.is_file():
-                return c
-    return None
+    """The nearest ``filter-results.pkl`` above a state file (the authors write it at the filtered/ root)."""
+    return next((p / STATE_RESULTS_NAME for p in Path(state_file).parents if (p / STATE_RESULTS_NAME).is_file()),
+                None)
 
 
 def read_frame(path: Path, what: str = "parsed.pkl") -> pd.DataFrame:
@@ -191,7 +190,8 @@ def _read_one(path: Path, states: Path | None | bool, report: HenselReport) -> t
     }
     bad_axis = ~np.isin(cols["axis"], (0, 1))
     if bad_axis.any():
-        raise ValueError(f"{path}: column 'axis' must be 0 (x) or 1 (y); found {sorted(set(cols['axis'][bad_axis]))}")
+        found = sorted(set(cols["axis"][bad_axis].tolist()))
+        raise ValueError(f"{path}: column 'axis' must be 0 (x) or 1 (y); found {found}")
     ph = cols["photons"]
     if (ph < 0).any() or (ph > np.iinfo(np.uint16).max).any() or not np.all(ph == np.round(ph)):
         raise ValueError(f"{path}: column 'photons' must hold integer counts in [0, 65535]; "
@@ -263,15 +263,16 @@ def pivot_exposures(long: dict[str, np.ndarray], source: str, report: HenselRepo
         same = (g == g[:, :1]) | (np.isnan(g) & np.isnan(g[:, :1]))
         if not same.all():
             raise ValueError(f"{source}: column '{col}' differs within {int((~same.all(1)).sum())} tuple(s)")
-    ok = (np.diff(positions, axis=2) > 0).all(axis=(1, 2))  # 3 distinct beam positions per axis
-    report.degenerate_dropped += int((~ok).sum())
-    if not ok.any():
+    distinct = (np.diff(positions, axis=2) > 0).all(axis=(1, 2))  # 3 distinct beam positions per axis
+    if not distinct.any():
         raise ValueError(f"{source}: every complete tuple has coinciding beam positions on an axis")
-    factor, unit = _scale_to_nm(positions[ok, :, 2] - positions[ok, :, 0], pos_unit, source)
+    factor, unit = _scale_to_nm(positions[distinct, :, 2] - positions[distinct, :, 0], pos_unit, source)
     report.pos_unit = unit
+    positions_nm = (positions * factor).astype(np.float32)
+    ok = distinct & (np.diff(positions_nm, axis=2) > 0).all(axis=(1, 2))  # still distinct in float32
+    report.degenerate_dropped += int((~ok).sum())
     trace_id = (long["exp"][first] << TRACE_BITS) | long["trace"][first]
-    batch = TupleBatch.build(counts[ok].astype(np.uint16), (positions[ok] * factor).astype(np.float32),
-                             trace_id[ok], None)
+    batch = TupleBatch.build(counts[ok].astype(np.uint16), positions_nm[ok], trace_id[ok], None)
     return batch, long["gt"][first][ok], long["nominal"][first][ok], long["state"][first][ok].astype(np.int8)
 
 
@@ -310,7 +311,7 @@ def load_hensel(path: str | Path, *, states: str | Path | bool | None = None, tw
     meta = {
         "source": "hensel-parsed-pkl",
         "source_path": str(path),
-        "nominal_distance_nm": sorted(set(np.unique(truth["d_nm"]).tolist())) if "d_nm" in truth else None,
+        "nominal_distance_nm": np.unique(truth["d_nm"]).tolist() if "d_nm" in truth else None,
         "pos_unit_in_source": report.pos_unit,
         "trace_id_encoding": f"experiment_index << {TRACE_BITS} | trace",
         "experiments": experiments,

@@ -60,7 +60,7 @@ class Counters:
     missed_messages: int = 0  # result seqs the monitor never saw (display-side drops, HWM)
     duplicate_messages: int = 0  # result seqs seen twice (the sink should never send these)
     rate: float = 0.0  # tuples/s arriving at the monitor, recent window
-    latency_ms: dict[str, float] = field(default_factory=dict)  # monitor-side p50/p99 (if timestamps)
+    latency_ms: dict[str, float] = field(default_factory=dict)  # display lag p50/p99 over recent frames
     rejected: int = 0  # error-channel messages (malformed packets)
     last_error: str = ""
     flag_counts: dict[str, int] = field(default_factory=dict)  # in the current window
@@ -94,8 +94,9 @@ class MonitorModel:
         self.hist_edges = np.arange(hist_range_nm[0], hist_range_nm[1] + hist_bin_nm / 2, hist_bin_nm)
         self._rate_window_s = rate_window_s
         self._arrivals: deque[tuple[float, int]] = deque()
-        self._latency = RingColumns(20_000, {"latency": np.float64})
+        self._latency = RingColumns(300, {"latency": np.float64})  # ~10 s of frames
         self._last_seq: dict[str, int] = {}
+        self._first_seq: dict[str, int] = {}  # seqs before the first one shown are not counted
         self._traces: dict[int, int] = {}  # trace id -> last ordinal seen
         self._max_traces = max_traces
         self._model_ids: dict[str, None] = {}
@@ -149,6 +150,7 @@ class MonitorModel:
         c = self.counters
         c.messages += 1
         last = self._last_seq.get(stream)
+        self._first_seq.setdefault(stream, seq)
         if last is not None:
             if seq > last + 1:
                 c.missed_messages += seq - last - 1
@@ -163,6 +165,10 @@ class MonitorModel:
     def last_seq(self, stream: str = "") -> int | None:
         """Newest result seq seen on ``stream`` (None before the first)."""
         return self._last_seq.get(stream)
+
+    def first_seq(self, stream: str = "") -> int | None:
+        """First result seq seen on ``stream``: missed-message counting starts there."""
+        return self._first_seq.get(stream)
 
     def note_stats(self, stats: dict) -> None:
         """Keep the newest statistics message from the sink (rates, latency, gaps, rejects)."""

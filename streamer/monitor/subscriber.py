@@ -19,6 +19,8 @@ import zmq
 from .. import schema
 from .model import MonitorModel
 
+RCVMORE = zmq.RCVMORE
+
 #: result columns handed to :meth:`MonitorModel.ingest` (schema key -> ingest argument)
 _COLUMNS = {"distance": "distance", "lower": "lower", "upper": "upper", "flags": "flags",
             "trace_id": "trace_id", "time": "time_s"}
@@ -27,12 +29,15 @@ _COLUMNS = {"distance": "distance", "lower": "lower", "upper": "upper", "flags":
 class ResultSubscriber:
     """SUB socket connected to a sink's PUB address; :meth:`drain` feeds a :class:`MonitorModel`."""
 
-    def __init__(self, address: str, *, rcvhwm: int = 1000, context: zmq.Context | None = None,
-                 clock=time.time) -> None:
+    def __init__(self, address: str, *, rcvhwm: int = 1000, rcvbuf: int = 512 << 10,
+                 context: zmq.Context | None = None, clock=time.time) -> None:
         self.address = address
         self._ctx = context or zmq.Context.instance()
         self.socket = self._ctx.socket(zmq.SUB)
         self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
+        # a fixed kernel receive buffer: autotuning would let tens of MB (seconds of results)
+        # queue up in front of a monitor that cannot keep up
+        self.socket.setsockopt(zmq.RCVBUF, rcvbuf)
         self.socket.setsockopt(zmq.LINGER, 0)
         for topic in (schema.TOPIC_RESULT, schema.TOPIC_STATS, schema.TOPIC_ERROR):
             self.socket.setsockopt(zmq.SUBSCRIBE, topic)
@@ -58,12 +63,18 @@ class ResultSubscriber:
             try:
                 topic = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
+                # ZeroMQ's I/O thread moves at most RCVHWM messages into our queue at a time;
+                # keep reading while more arrive, or the backlog (and the lag) would build upstream
+                if sock.poll(1):
+                    continue
                 break
             read += 1
             # multipart messages arrive whole, so these recv calls never raise Again
-            payload = sock.recv(zmq.NOBLOCK) if sock.rcvmore else None
+            # getsockopt, not the .rcvmore attribute: pyzmq resolves attributes through an import
+            # that PySide6's import hook makes ~20 us slow
+            payload = sock.recv(zmq.NOBLOCK) if sock.getsockopt(RCVMORE) else None
             extra = 0
-            while sock.rcvmore:
+            while sock.getsockopt(RCVMORE):
                 sock.recv(zmq.NOBLOCK)
                 extra += 1
             if payload is None or extra:
@@ -106,9 +117,9 @@ class ResultSubscriber:
                 fill = -1 if key == "trace_id" else np.nan  # optional keys: unknown for senders without them
                 cols[arg] = np.concatenate([b.arrays[key] if key in b.arrays else np.full(b.n, fill, dtype)
                                             for b in blocks])
-        now = self._clock()
-        # one latency per packet (acquisition -> on screen), like the sink's per-packet statistics
-        model.ingest(latency_s=np.array([now - b.t_acq for b in blocks]), **cols)
+        # display lag: age of the newest result this frame shows (acquisition -> on screen); older
+        # results read in the same frame are not "late", the screen is as fresh as its newest data
+        model.ingest(latency_s=np.array([self._clock() - blocks[-1].t_acq]), **cols)
 
     def close(self) -> None:
         self.socket.close(linger=0)
@@ -117,13 +128,13 @@ class ResultSubscriber:
 def _stats_summary(stats: dict) -> dict:
     """The sink statistics worth a line in the status panel (keys from :data:`schema.STATS_FIELDS`)."""
     out: dict = {}
-    if "rate_tuples_s" in stats:
-        out["rate/s"] = float(stats["rate_tuples_s"])
+    if isinstance(stats.get("rate_tuples_s"), (int, float)):
+        out["tuples/s"] = float(stats["rate_tuples_s"])
     lat = stats.get("latency_ms")
     if isinstance(lat, dict):
         for q in ("p50", "p99"):
             if isinstance(lat.get(q), (int, float)):
-                out[f"lat {q} ms"] = float(lat[q])
+                out[f"latency {q} ms"] = float(lat[q])
     for key in ("tuples", "gaps", "duplicates", "rejected", "resent", "workers"):
         if isinstance(stats.get(key), (int, float)):
             out[key] = stats[key]

@@ -8,6 +8,7 @@ read at its receive high-water mark, so the pipeline never waits for the monitor
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from typing import Protocol
@@ -23,6 +24,18 @@ TRACE_PEN = pg.mkPen((255, 200, 40), width=1.5)
 BOUND_PEN = pg.mkPen((80, 160, 255, 160), width=1)
 
 
+def check_qt_binding() -> None:
+    """Refuse the one binding known to corrupt the interpreter (clear error instead of a crash)."""
+    if pg.Qt.QT_LIB == "PySide6" and sys.version_info < (3, 12):
+        import PySide6
+
+        if tuple(int(v) for v in PySide6.__version__.split(".")[:2]) == (6, 12):
+            raise RuntimeError(
+                f"PySide6 {PySide6.__version__} drops a reference to None on every void Qt call under "
+                f"Python {sys.version_info.major}.{sys.version_info.minor}, which crashes a live monitor "
+                "(Fatal Python error: none_dealloc). Install 'PySide6-Essentials<6.12' or use Python >= 3.12.")
+
+
 class Source(Protocol):
     """What feeds the window: drains pending messages into the model within a time budget."""
 
@@ -31,6 +44,14 @@ class Source(Protocol):
 
 def _fmt_rate(x: float) -> str:
     return f"{x / 1e3:,.1f} k/s" if x >= 1e3 else f"{x:,.0f} /s"
+
+
+def _fmt_num(v) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, int) or abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
 
 
 def format_counters(c: Counters, selected: int | None) -> str:
@@ -42,11 +63,11 @@ def format_counters(c: Counters, selected: int | None) -> str:
         f"rate       : {_fmt_rate(c.rate)} at monitor",
     ]
     if c.latency_ms:
-        lines.append(f"latency    : p50 {c.latency_ms['p50']:.2f} ms  p99 {c.latency_ms['p99']:.2f} ms (acq -> monitor)")
+        lines.append(f"display lag: p50 {c.latency_ms['p50']:.1f} ms  p99 {c.latency_ms['p99']:.1f} ms "
+                     "(acquisition -> newest result on screen, last ~10 s)")
     lines.append(f"not shown  : {c.missed_messages:,} result messages skipped by the monitor (display only)")
     if p:
-        lines.append("pipeline   : " + "  ".join(f"{k} {v:,.4g}" if isinstance(v, (int, float)) else f"{k} {v}"
-                                              for k, v in p.items()))
+        lines.append("pipeline   : " + "  ".join(f"{k} {_fmt_num(v)}" for k, v in p.items()) + "  (sink statistics)")
     lines.append(f"rejected   : {c.rejected:,} malformed packets" + (f"  (last: {c.last_error})" if c.last_error else ""))
     flagged = "  ".join(f"{k} {v:,}" for k, v in c.flag_counts.items() if v)
     lines.append(f"flags      : {flagged or 'none'} (in view)")
@@ -62,11 +83,14 @@ class MonitorWindow(QtWidgets.QWidget):
                  drain_budget_s: float = 0.012, max_points: int = 2000, band_points: int = 300,
                  window_tuples: int = 50_000,
                  counters_every_s: float = 0.25, title: str = "MINFLUX distance monitor") -> None:
+        check_qt_binding()
         super().__init__()
         self.model, self.source = model, source
         self.drain_budget_s, self.max_points, self.band_points = drain_budget_s, max_points, band_points
         self.counters_every_s = counters_every_s
-        self.frame_times: deque[float] = deque(maxlen=10_000)  # seconds per GUI tick (drain + draw)
+        self.frame_times: deque[float] = deque(maxlen=10_000)  # seconds per GUI tick (drain + redraw)
+        self.frame_intervals: deque[float] = deque(maxlen=10_000)  # seconds between ticks (incl. painting)
+        self._last_tick: float | None = None
         self._drawn_version = -1
         self._last_counters = -np.inf
         self._known_traces: list[int] = []
@@ -81,7 +105,10 @@ class MonitorWindow(QtWidgets.QWidget):
         controls = QtWidgets.QHBoxLayout()
         controls.addWidget(QtWidgets.QLabel("trace:"))
         self.trace_box = QtWidgets.QComboBox()
-        self.trace_box.addItem("all traces", None)
+        # entries are kept in a Python list, not as Qt item data: PySide6 mis-counts references
+        # to None passed through itemData/findData, which crashes the interpreter eventually
+        self._box_traces: list[int | None] = []
+        self._set_trace_items([], None)
         self.trace_box.setMinimumWidth(140)
         self.trace_box.activated.connect(self._on_trace_chosen)
         controls.addWidget(self.trace_box)
@@ -106,9 +133,11 @@ class MonitorWindow(QtWidgets.QWidget):
         self.band = pg.FillBetweenItem(self.lower_curve, self.upper_curve, brush=BAND_BRUSH)
         self.trace_plot.addItem(self.band)
         self.distance_curve = self.trace_plot.plot(pen=TRACE_PEN, name="distance")
-        self.trace_plot.legend.addItem(pg.BarGraphItem(x=[0], height=[0], width=1, brush=BAND_BRUSH), "90% interval")
+        self._band_legend = pg.BarGraphItem(x=[0], height=[0], width=1, brush=BAND_BRUSH)
+        self._band_in_legend = False
 
-        self.hist_plot = self.plots.addPlot(row=0, col=1, title="distance histogram (per tuple, in view)")
+        self.hist_plot = self.plots.addPlot(row=0, col=1, title="distance histogram (in view; edge bins hold overflow)")
+        self.hist_plot.setToolTip("values outside the axis range are counted in the first / last bin")
         self.hist_plot.setLabel("bottom", "distance", units="nm")
         self.hist_plot.setLabel("left", "tuples")
         self.hist_plot.showGrid(x=True, y=True, alpha=0.2)
@@ -134,15 +163,23 @@ class MonitorWindow(QtWidgets.QWidget):
         self._drawn_version = -1
 
     def _on_trace_chosen(self, index: int) -> None:
-        self.select_trace(self.trace_box.itemData(index))
+        if 0 <= index < len(self._box_traces):
+            self.select_trace(self._box_traces[index])
+
+    def _set_trace_items(self, traces: list[int], current: int | None) -> None:
+        entries: list[int | None] = [None] + sorted(set(traces) | ({current} if current is not None else set()))
+        self.trace_box.blockSignals(True)
+        self.trace_box.clear()
+        self.trace_box.addItems(["all traces" if t is None else f"trace {t}" for t in entries])
+        self._box_traces = entries
+        self.trace_box.setCurrentIndex(entries.index(current))
+        self.trace_box.blockSignals(False)
 
     def select_trace(self, trace: int | None) -> None:
         self.model.select_trace(trace)
-        i = self.trace_box.findData(trace)
-        if i < 0 and trace is not None:
-            self.trace_box.addItem(f"trace {trace}", trace)
-            i = self.trace_box.count() - 1
-        self.trace_box.setCurrentIndex(max(i, 0))
+        if trace not in self._box_traces:
+            self._set_trace_items([t for t in self._box_traces if t is not None], trace)
+        self.trace_box.setCurrentIndex(self._box_traces.index(trace))
         self._last_counters = -np.inf
         self._invalidate()
 
@@ -151,14 +188,7 @@ class MonitorWindow(QtWidgets.QWidget):
         if traces == self._known_traces or self.trace_box.view().isVisible():
             return  # never rebuild the list while the user has it open
         self._known_traces = traces
-        current = self.model.selected_trace
-        self.trace_box.blockSignals(True)
-        self.trace_box.clear()
-        self.trace_box.addItem("all traces", None)
-        for t in sorted(set(traces) | ({current} if current is not None else set())):
-            self.trace_box.addItem(f"trace {t}", t)
-        self.trace_box.setCurrentIndex(max(self.trace_box.findData(current), 0))
-        self.trace_box.blockSignals(False)
+        self._set_trace_items(traces, self.model.selected_trace)
 
     # -- frame loop -----------------------------------------------------------------------
     def start(self) -> None:
@@ -167,6 +197,9 @@ class MonitorWindow(QtWidgets.QWidget):
     def tick(self) -> None:
         """One GUI frame: bounded drain, then redraw what changed."""
         t0 = time.perf_counter()
+        if self._last_tick is not None:
+            self.frame_intervals.append(t0 - self._last_tick)
+        self._last_tick = t0
         if self.source is not None:
             self.source.drain(self.model, self.drain_budget_s)
         self.redraw()
@@ -191,6 +224,12 @@ class MonitorWindow(QtWidgets.QWidget):
         self.lower_curve.setData(curve.band_x if has_band else empty, curve.lower if has_band else empty)
         self.upper_curve.setData(curve.band_x if has_band else empty, curve.upper if has_band else empty)
         self.band.setVisible(has_band)
+        if has_band != self._band_in_legend:
+            if has_band:
+                self.trace_plot.legend.addItem(self._band_legend, "90% interval")
+            else:
+                self.trace_plot.legend.removeItem(self._band_legend)
+            self._band_in_legend = has_band
         per = f"{curve.per_point} tuples per point" if curve.per_point > 1 else "1 tuple per point"
         band = f", band {curve.band_per_point}" if has_band and curve.band_per_point > 1 else ""
         self.trace_plot.setTitle(f"distance with 90% conformal interval: last {curve.n_tuples:,} tuples, {per}{band}")

@@ -1,0 +1,58 @@
+"""The trained-model :class:`~streamer.predictor.Predictor`: features -> tree ensemble -> interval -> flags.
+
+Per batch this is fully vectorized numpy plus one backend call (compiled or XGBoost native); the
+conformal interval uses the quantiles stored at calibration time (no MAPIE on the hot path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import conformal, model_bundle
+from .features import compute_features
+from .predictor import FLAG_LOW_PHOTONS, FLAG_OUT_OF_RANGE, Prediction
+from .tuples import TupleBatch
+
+
+class ModelPredictor:
+    """Distance + label-conditional 90% interval from a bundle in ``compiled_models/<regime>``.
+
+    Flags: ``FLAG_LOW_PHOTONS`` below the 0.5% photon quantile of the training tuples (a
+    background-only or bleached tuple, or the low tail the model saw rarely);
+    ``FLAG_OUT_OF_RANGE`` above the 99.5% quantile (photon counts the model and its calibration
+    never saw) or when no distance in the calibrated range is plausible.
+    """
+
+    def __init__(self, bundle: str | Path, backend: str = "auto", nthread: int = 1, **backend_opts) -> None:
+        from .backends import load_backend
+
+        self.manifest = model_bundle.load_manifest(bundle)
+        directory = Path(self.manifest["_dir"])
+        self.regime = self.manifest["regime"]
+        self.feature_names = tuple(self.manifest["feature_names"])
+        self.backend = load_backend(directory / self.manifest["boosters"]["point"], kind=backend,
+                                    nthread=nthread, **backend_opts)
+        if self.backend.num_feature != len(self.feature_names):
+            raise ValueError(f"{directory}: booster expects {self.backend.num_feature} features, "
+                             f"manifest lists {len(self.feature_names)}")
+        self.calibration = conformal.IntervalCalibration(self.manifest["calibration"])
+        flags = self.manifest["flags"]
+        self._low = np.float32(flags["low_photons_below"])
+        self._high = np.float32(flags["out_of_range_photons_above"])
+        self.model_id = model_bundle.model_id(self.manifest)
+
+    def predict(self, batch: TupleBatch) -> Prediction:
+        X = compute_features(batch.counts, batch.positions, self.feature_names)
+        d = np.asarray(self.backend.predict(X), np.float32).reshape(-1)
+        photons = batch.counts.sum(axis=(1, 2), dtype=np.float32)
+        lo, hi, empty = conformal.apply_intervals(d, photons, self.calibration)
+        flags = np.where(photons < self._low, FLAG_LOW_PHOTONS, 0).astype(np.uint8)
+        flags |= np.where((photons > self._high) | empty, FLAG_OUT_OF_RANGE, 0).astype(np.uint8)
+        return Prediction(d, lo, hi, flags, self.model_id)
+
+
+def factory(regime: str, backend: str = "auto"):
+    """Registry factory: ``load_predictor("static")`` etc. (see :mod:`streamer.predictor`)."""
+    return lambda: ModelPredictor(regime, backend=backend)
