@@ -62,6 +62,14 @@ def train_reference(path: Path, n_trees: int, depth: int, feature_set: str = "al
     return path
 
 
+def bundle_boosters() -> list[Path]:
+    """Boosters of the trained bundles in compiled_models/*/manifest.json (if any)."""
+    out = []
+    for manifest in sorted((ROOT / "compiled_models").glob("*/manifest.json")):
+        out += [manifest.parent / name for name in json.loads(manifest.read_text()).get("boosters", {}).values()]
+    return out
+
+
 class StockTL2cgen:
     """The stock TL2cgen Python path: DMatrix construction + Predictor.predict per batch."""
 
@@ -111,11 +119,15 @@ def measure_table(backends: dict, X: np.ndarray, sizes, rounds: int, min_time: f
     return table
 
 
+def model_label(model: Path) -> str:
+    return f"{model.parent.name}/{model.stem}" if model.parent.parent.name == "compiled_models" else model.stem
+
+
 def markdown(results: list[dict], sizes) -> str:
     lines = []
     for res in results:
         lines.append(f"**{res['model_name']}** ({res['num_tree']} trees, depth {res['depth']}, "
-                     f"{res['num_feature']} features; parity max |compiled - xgboost| = "
+                     f"{res['num_feature']} features; array-layout build {res['compiled_build']['compile_s']:.1f} s; parity max |compiled - xgboost| = "
                      f"{res['parity_max_abs']:.2e} nm over {res['parity_rows']} rows)\n")
         lines.append("| backend | " + " | ".join(f"n={n:,}" for n in sizes) + " |")
         lines.append("|---|" + "---:|" * len(sizes))
@@ -150,7 +162,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     models = args.model or [train_reference(ROOT / "data" / "bench_models" / f"{k}.ubj", *v)
-                            for k, v in REFERENCE_MODELS.items()]
+                            for k, v in REFERENCE_MODELS.items()] + bundle_boosters()
     results = []
     for model in models:
         import xgboost as xgb
@@ -163,12 +175,13 @@ def main(argv=None) -> int:
         parity = {name: float(np.max(np.abs(b.predict(X).reshape(ref.shape) - ref)))
                   for name, b in backends.items()}
         table = measure_table(backends, X, args.sizes, args.rounds, args.min_time)
-        depth = int(json.loads(booster.save_config())["learner"]["gradient_booster"]["tree_train_param"]["max_depth"])
+        lib_info = json.loads(Path(str(backends["compiled 1t"].library) + ".json").read_text())
+        depth = lib_info["depth"]
         results.append({
-            "model": str(model), "model_name": model.stem, "num_tree": booster.num_boosted_rounds(),
+            "model": str(model), "model_name": model_label(model), "num_tree": booster.num_boosted_rounds(),
             "depth": depth, "num_feature": booster.num_features(), "parity_rows": len(X),
             "parity_max_abs": max(v for k, v in parity.items() if not k.startswith("xgboost")),
-            "parity_by_backend": parity, "us_per_row": table,
+            "parity_by_backend": parity, "us_per_row": table, "compiled_build": lib_info,
         })
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = ROOT / "bench" / "results" / f"backends-{stamp}.json"

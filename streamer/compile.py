@@ -1,15 +1,24 @@
-"""Compile XGBoost boosters to native shared libraries (Treelite -> TL2cgen C code -> gcc).
+"""Compile XGBoost boosters to native shared libraries (Treelite -> C -> gcc -O3).
 
-Why a custom batch entry point
-------------------------------
-TL2cgen emits one C function per group of trees ("translation unit", ``parallel_comp``) and a
-``predict(row)`` that runs every tree for one row. For a 500-tree depth-8 model that is ~4 MB
-of branchy machine code: calling it row by row streams the whole code through the 64 KB L1
-instruction cache for *every* row, which is what made TL2cgen ~5x slower than XGBoost on large
-batches (XGBoost walks a block of rows through one tree at a time). We add
-``streamer_predict_batch`` (generated into ``batch.c``), which does the same loop interchange:
-for a block of rows, each small unit of trees runs over all rows of the block while its code is
-hot. Additions per row stay in tree order, so results match ``predict`` bit for bit.
+Two layouts, both exposing ``streamer_predict_batch(X, n, out, nthread)`` (called through ctypes
+by :class:`streamer.backends.CompiledBackend`) plus ``get_num_feature``/``get_num_target``:
+
+``array`` (default)
+    Every tree as a complete binary tree in level order: uint16 feature (bit 15 = missing goes
+    right), float32 threshold, 2**depth leaves. A row walks exactly ``depth`` levels without a
+    data-dependent branch (``i = 2i + 1 + (x >= thr)``); within a row block each tree walks 8
+    rows in lock-step so their loads overlap; a lone row walks 8 trees in lock-step instead.
+    Compiles in seconds (it is mostly constant data).
+``tl2cgen``
+    TL2cgen's nested if/else code, one C function ("unit") per few trees. TL2cgen's own
+    ``predict(row)`` runs *all* trees for one row, streaming megabytes of branchy code through
+    the 32 KB L1 instruction cache for every row; our ``batch.c`` walks one unit over a block of
+    rows instead (loop interchange), which is ~3x faster but still branch-bound. Kept for
+    comparison; compiles ~60x slower than ``array`` for a 500-tree depth-8 model.
+
+Both add trees per row in model order and take the per-output intercepts from Treelite
+(TL2cgen 1.0 wrongly adds the first intercept to every output of multi-quantile boosters), so
+they match ``Booster.inplace_predict`` to float32 rounding.
 
 Cache
 -----
@@ -38,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-#: default library cache (git-ignored), relative to the working directory
+#: library cache (git-ignored) for models outside a bundle, relative to the working directory
 DEFAULT_LIB_DIR = Path("compiled_models") / "lib"
 #: bump when the generated batch code or build recipe changes, so old libraries are rebuilt
 BUILD_VERSION = 5
@@ -130,11 +139,25 @@ def _compiler_version(cc: str) -> str:
     return _CC_VERSION[cc]
 
 
+def default_lib_dir(model_path: str | Path) -> Path:
+    """``$STREAMER_LIB_DIR`` if set; else ``<root>/compiled_models/lib`` for a model inside a
+    ``compiled_models/<regime>/`` bundle (independent of the working directory); else
+    ``compiled_models/lib`` under the working directory."""
+    env = os.environ.get("STREAMER_LIB_DIR")
+    if env:
+        return Path(env)
+    parents = Path(model_path).resolve().parents
+    for p in parents:
+        if p.name == "compiled_models":
+            return p / "lib"
+    return DEFAULT_LIB_DIR
+
+
 def library_path(model_path: str | Path, options: CompileOptions | None = None,
                  lib_dir: str | Path | None = None) -> Path:
     """Where the library for this model + options + CPU lives (whether or not it exists yet)."""
     options = options or CompileOptions()
-    lib_dir = Path(lib_dir) if lib_dir is not None else DEFAULT_LIB_DIR
+    lib_dir = Path(lib_dir) if lib_dir is not None else default_lib_dir(model_path)
     return lib_dir / f"{file_sha256(model_path)[:16]}-{options.key()}-{cpu_id()}.so"
 
 
@@ -192,8 +215,11 @@ def generate_sources(model_path: Path, src_dir: Path, options: CompileOptions) -
     if int(max(header.get_field("num_class"))) != 1:
         raise ValueError(f"{model_path}: multi-class boosters are not supported (regression only)")
     if options.layout == "array":
-        return _generate_array_sources(tl_model, src_dir, options)
-    return _generate_tl2cgen_sources(model_path, tl_model, src_dir, options)
+        summary = _generate_array_sources(tl_model, src_dir, options)
+    else:
+        summary = _generate_tl2cgen_sources(model_path, tl_model, src_dir, options)
+        summary["depth"] = max(_tree_depth(tl_model.get_tree_accessor(i)) for i in range(tl_model.num_tree))
+    return summary
 
 
 def _generate_tl2cgen_sources(model_path: Path, tl_model, src_dir: Path, options: CompileOptions) -> dict:
@@ -543,7 +569,7 @@ def build_library(model_path: str | Path, lib: str | Path, options: CompileOptio
             "model": str(model_path), "model_sha256": file_sha256(model_path),
             "options": dataclasses.asdict(options), "cflags": cflags,
             "compiler": _compiler_version(options.cc), "cpu_id": cpu_id(),
-            "num_tree": summary["num_tree"], "num_feature": summary["num_feature"],
+            "num_tree": summary["num_tree"], "depth": summary["depth"], "num_feature": summary["num_feature"],
             "units": summary["units"], "codegen_s": round(t_gen, 3),
             "compile_s": round(elapsed, 3), "jobs": jobs, "built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

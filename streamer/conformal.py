@@ -18,6 +18,10 @@ rulers). Intervals are the hull of that set, clipped to the calibrated distance 
 Adaptivity: the score is the absolute residual scaled by s(N) = (N / 100)^p, with the exponent p
 fitted on validation rulers (not on calibration ones), so widths shrink with photon count.
 
+d_hat here is the booster's posterior-mean output, not the de-shrunk distance the worker reports
+(:mod:`streamer.debias`): the conformal guarantee holds for any fixed score, and this one gives
+the narrower, more photon-adaptive intervals (measured: 12.8 vs 14.4 nm mean width on static).
+
 MAPIE does the conformal step: per bin, a ``SplitConformalRegressor`` (prefit, absolute score) is
 conformalized on the scaled problem (y * s, d_hat * s), whose absolute residual is our score.
 The worker never calls MAPIE: :func:`apply_intervals` uses the stored Q_b with numpy, and

@@ -19,11 +19,11 @@ class DataConfig:
     """What to simulate for one regime (defaults: the sizes ``streamer train`` uses)."""
 
     regime: str = "static"
-    n_groups: int = 30000  # rulers (static) or traces (dynamic)
+    n_groups: int = 45000  # rulers (static) or traces (dynamic)
     tuples_per_group: int = 80
     seed: int = 20261123
     # fractions of groups for early-stopping validation and conformal calibration; the rest trains
-    val_fraction: float = 0.15
+    val_fraction: float = 0.3  # also fits the de-shrinking map and the photon exponent
     cal_fraction: float = 0.2
 
     def to_dict(self) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import conformal, model_bundle
+from . import conformal, debias, model_bundle
 from .features import compute_features
 from .predictor import FLAG_LOW_PHOTONS, FLAG_OUT_OF_RANGE, Prediction
 from .tuples import TupleBatch
@@ -18,6 +18,9 @@ from .tuples import TupleBatch
 
 class ModelPredictor:
     """Distance + label-conditional 90% interval from a bundle in ``compiled_models/<regime>``.
+
+    The distance is the booster output passed through the bundle's de-shrinking map (unbiased
+    per true distance, see :mod:`streamer.debias`); ``raw_distance`` gives the posterior mean.
 
     Flags: ``FLAG_LOW_PHOTONS`` below the 0.5% photon quantile of the training tuples (a
     background-only or bleached tuple, or the low tail the model saw rarely);
@@ -38,6 +41,7 @@ class ModelPredictor:
             raise ValueError(f"{directory}: booster expects {self.backend.num_feature} features, "
                              f"manifest lists {len(self.feature_names)}")
         self.calibration = conformal.IntervalCalibration(self.manifest["calibration"])
+        self.debias = self.manifest.get("debias")
         flags = self.manifest["flags"]
         self._low = np.float32(flags["low_photons_below"])
         self._high = np.float32(flags["out_of_range_photons_above"])
@@ -45,14 +49,18 @@ class ModelPredictor:
 
     def predict(self, batch: TupleBatch) -> Prediction:
         X = compute_features(batch.counts, batch.positions, self.feature_names)
-        d = np.asarray(self.backend.predict(X), np.float32).reshape(-1)
         photons = batch.counts.sum(axis=(1, 2), dtype=np.float32)
-        lo, hi, empty = conformal.apply_intervals(d, photons, self.calibration)
+        raw = np.asarray(self.backend.predict(X), np.float32).reshape(-1)
+        d = debias.apply(raw, self.debias, photons)
+        # the interval's conformal score is defined on the posterior-mean output (streamer.conformal)
+        lo, hi, empty = conformal.apply_intervals(raw, photons, self.calibration)
         flags = np.where(photons < self._low, FLAG_LOW_PHOTONS, 0).astype(np.uint8)
         flags |= np.where((photons > self._high) | empty, FLAG_OUT_OF_RANGE, 0).astype(np.uint8)
         return Prediction(d, lo, hi, flags, self.model_id)
 
 
-def factory(regime: str, backend: str = "auto"):
-    """Registry factory: ``load_predictor("static")`` etc. (see :mod:`streamer.predictor`)."""
-    return lambda: ModelPredictor(regime, backend=backend)
+    def raw_distance(self, batch: TupleBatch) -> np.ndarray:
+        """The booster's squared-error output (posterior mean under the training prior), no de-shrinking."""
+        X = compute_features(batch.counts, batch.positions, self.feature_names)
+        return np.asarray(self.backend.predict(X), np.float32).reshape(-1)
+

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import conformal, datasets, model_bundle
+from . import conformal, datasets, debias, model_bundle
 from .features import compute_features, feature_names
 
 #: photon-count quantiles of the training set outside which a tuple is flagged
@@ -52,7 +52,11 @@ class TrainConfig:
     feature_set: str = "physics"
     point: BoosterParams = field(default_factory=BoosterParams)
     confidence_level: float = 0.9
-    bin_width_nm: float = 1.0  # true-distance bins of the label-conditional calibration
+    bin_width_nm: float = 1.0  # true-distance bins of the label-conditional calibration and de-shrinking
+    debias_iterations: int | None = 5  # None: ship the posterior mean (squared-error output) as is
+    # one de-shrinking map per photon-count quantile bin: shrinkage weakens with N. Static tuples
+    # span a narrow photon range, where extra bins only add noise (measured), so train uses 1 there
+    debias_photon_bins: int = 5
     early_stopping_rounds: int = 20
     balance_classes: bool | None = None  # None: on for the dynamic regime (few discrete distances)
     nthread: int = 2
@@ -128,13 +132,22 @@ def train_regime(data: datasets.DataConfig, cfg: TrainConfig, out_dir: Path | No
     point, n_point = train_point(tr, va, cfg)
     log(f"[{data.regime}] point booster: {n_point} trees, depth {cfg.point.max_depth}; {time.perf_counter() - t0:.1f} s")
 
-    # the score's photon exponent comes from validation rulers, the quantiles from calibration rulers
-    d_val = point.inplace_predict(va.X)
-    power = conformal.fit_photon_power(d_val - va.y, va.photons)
+    # de-shrinking map and the score's photon exponent come from validation rulers, the conformal
+    # quantiles from calibration rulers, so calibration data never shaped the estimator. The
+    # interval score uses the posterior-mean output (see streamer.conformal for why).
+    raw_val = point.inplace_predict(va.X)
+    deshrink = None
+    if cfg.debias_iterations is not None:
+        deshrink = debias.fit_by_photons(raw_val, va.y, va.photons, conformal.label_bins(va.y, cfg.bin_width_nm),
+                                         cfg.debias_photon_bins, cfg.debias_iterations)
+    d_val = debias.apply(raw_val, deshrink, va.photons)
+    power = conformal.fit_photon_power(raw_val - va.y, va.photons)
     calibration = conformal.calibrate(conformal.BoosterRegressor(point, len(names)), ca.X, ca.y, ca.photons,
                                       power, cfg.confidence_level, cfg.bin_width_nm)
-    lo, hi, _ = conformal.apply_intervals(d_val, va.photons, conformal.IntervalCalibration(calibration))
-    metrics = {"validation": summarize(va.y, d_val, lo, hi)}
+    calibration["score_uses"] = "posterior-mean booster output (before de-shrinking)"
+    lo, hi, _ = conformal.apply_intervals(raw_val, va.photons, conformal.IntervalCalibration(calibration))
+    metrics = {"validation": summarize(va.y, d_val, lo, hi),
+               "validation_posterior_mean_rmse_nm": float(np.sqrt(np.mean((raw_val - va.y) ** 2)))}
     log(f"[{data.regime}] photon exponent p = {power:.3f}; {len(calibration['q_bins'])} calibration bins; "
         f"validation {metrics['validation']}")
 
@@ -145,6 +158,7 @@ def train_regime(data: datasets.DataConfig, cfg: TrainConfig, out_dir: Path | No
         "feature_set": cfg.feature_set,
         "feature_names": list(names),
         "outputs": {"point": ["distance_nm"]},
+        "debias": deshrink,
         "calibration": calibration,
         "flags": {
             "low_photons_below": float(photon_lo),

@@ -165,6 +165,10 @@ def test_cli_compiles_every_booster_of_a_manifest(models, lib_dir, tmp_path, cap
     assert rc == 0, out
     assert out.count("parity max|diff|") == 2 and "FAILED" not in out
     assert ensure_library(bundle / "quant.json", lib_dir=lib_dir, build=False).is_file()
+    (bundle / "manifest.json").write_text(json.dumps({"boosters": {"point": "single.ubj"},
+                                                      "sha256": {"single.ubj": "0" * 64}}))
+    assert cli.main(["compile", str(bundle), "--lib-dir", str(lib_dir)]) == 2
+    assert "sha256 does not match" in capsys.readouterr().err
     (bundle / "manifest.json").write_text(json.dumps({"sha256": "x"}))
     assert cli.main(["compile", str(bundle), "--lib-dir", str(lib_dir)]) == 2
     assert "no 'boosters'" in capsys.readouterr().err
@@ -190,3 +194,29 @@ def test_compile_cli_missing_ok_and_bad_options(tmp_path, capsys):
         CompileOptions(layout="sparse")
     with pytest.raises(ValueError, match="annotate"):
         CompileOptions(annotate=True)  # branch hints mean nothing to the branch-free layout
+
+
+def test_cover_annotation_equals_annotate_branch_on_training_data(tmp_path):
+    """Our data-free branch annotation (XGBoost node cover) is what TL2cgen counts on the data."""
+    import tl2cgen
+    import treelite
+
+    from streamer.compile import _annotation
+
+    X, y = _data(3000, 5)
+    booster = xgb.train({"max_depth": 4, "nthread": 1}, xgb.DMatrix(X, y), 5)  # no subsampling
+    booster.save_model(str(tmp_path / "m.ubj"))
+    tl_model = treelite.frontend.load_xgboost_model(str(tmp_path / "m.ubj"))
+    tl2cgen.annotate_branch(tl_model, tl2cgen.DMatrix(X), str(tmp_path / "from_data.json"))
+    ours = _annotation(tmp_path / "m.ubj", tl_model, tmp_path / "from_cover.json")
+    assert json.loads(ours.read_text()) == json.loads((tmp_path / "from_data.json").read_text())
+
+
+def test_default_library_dir_follows_the_bundle_not_the_cwd(tmp_path, monkeypatch):
+    from streamer.compile import default_lib_dir
+
+    monkeypatch.delenv("STREAMER_LIB_DIR", raising=False)
+    model = tmp_path / "repo" / "compiled_models" / "static" / "point.ubj"
+    assert default_lib_dir(model) == (tmp_path / "repo" / "compiled_models" / "lib").resolve()
+    monkeypatch.setenv("STREAMER_LIB_DIR", str(tmp_path / "elsewhere"))
+    assert default_lib_dir(model) == tmp_path / "elsewhere"

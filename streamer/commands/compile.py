@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from ..compile import file_sha256
+
 HELP = "compile trained XGBoost boosters to native shared libraries (cached in compiled_models/lib)"
 
 PARITY_TOLERANCE_NM = 1e-3
@@ -18,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: every compiled_models/*/manifest.json)")
     p.add_argument("--models-dir", type=Path, default=Path("compiled_models"),
                    help="where bundles are looked for when no paths are given")
-    p.add_argument("--lib-dir", type=Path, default=None, help="library cache (default compiled_models/lib)")
+    p.add_argument("--lib-dir", type=Path, default=None,
+                   help="library cache (default: compiled_models/lib of the bundle; $STREAMER_LIB_DIR overrides)")
     p.add_argument("--march", default=None, help="-march value, e.g. native (default: compiler default)")
     p.add_argument("--trees-per-unit", type=int, default=None)
     p.add_argument("--block-rows", type=int, default=None)
@@ -53,7 +56,12 @@ def model_files(paths: list[Path], models_dir: Path) -> list[Path]:
             boosters = manifest.get("boosters")
             if not isinstance(boosters, dict) or not boosters:
                 raise ValueError(f"{p}: manifest has no 'boosters' mapping")
-            out.extend(p.parent / name for name in boosters.values())
+            digests = manifest.get("sha256") if isinstance(manifest.get("sha256"), dict) else {}
+            for name in boosters.values():
+                booster = p.parent / name
+                if name in digests and booster.is_file() and file_sha256(booster) != digests[name]:
+                    raise ValueError(f"{booster}: sha256 does not match {p} (bundle modified or half-written)")
+                out.append(booster)
         else:
             out.append(p)
     return list(dict.fromkeys(out))

@@ -66,6 +66,7 @@ def run_worker(endpoint: str = defaults.DEFAULT_WORK, predictor: str = defaults.
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, name.encode())
     sock.setsockopt(zmq.LINGER, 2000)
+    sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a sink that is not connected
     apply_client(sock, curve_dir)
     sock.connect(endpoint)
     stop = False
@@ -77,7 +78,19 @@ def run_worker(endpoint: str = defaults.DEFAULT_WORK, predictor: str = defaults.
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     hb = [b"HB", str(prefetch).encode()]
-    sock.send_multipart(hb)
+
+    def send(frames: list[bytes], wait_ms: int = 0) -> bool:
+        """Never block for long: with the sink gone, heartbeats are dropped and answers given up
+        (the sink re-sends unanswered jobs), so SIGTERM always ends the worker."""
+        if wait_ms and not sock.poll(wait_ms, zmq.POLLOUT):
+            return False
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
+            return True
+        except zmq.Again:
+            return False
+
+    send(hb)
     last_hb = time.monotonic()
     jobs = 0
     if verbose:
@@ -87,16 +100,16 @@ def run_worker(endpoint: str = defaults.DEFAULT_WORK, predictor: str = defaults.
             frames = sock.recv_multipart()
             if frames[0] == b"JOB" and len(frames) == 3:
                 status, payload = handle(model, frames[2], max_tuples, name)
-                sock.send_multipart([status, frames[1], payload], copy=len(payload) < 65536)
+                send([status, frames[1], payload], wait_ms=1000)
                 jobs += 1
         elif stop:
             break
         now = time.monotonic()
         if now - last_hb >= heartbeat_s:
-            sock.send_multipart(hb)
+            send(hb)
             last_hb = now
-    sock.send(b"BYE")
-    sock.close()
+    send([b"BYE"], wait_ms=200)
+    sock.close(linger=500)
     ctx.term()
     if verbose:
         print(f"worker {name}: {jobs} jobs, bye", flush=True)
