@@ -119,6 +119,25 @@ def measure_table(backends: dict, X: np.ndarray, sizes, rounds: int, min_time: f
     return table
 
 
+def model_feature_names(model: Path, booster) -> list[str]:
+    """Feature names stored in the booster, else in the bundle manifest beside it."""
+    if booster.feature_names:
+        return list(booster.feature_names)
+    manifest = model.parent / "manifest.json"
+    if manifest.is_file() and "feature_names" in json.loads(manifest.read_text()):
+        return json.loads(manifest.read_text())["feature_names"]
+    raise ValueError(f"{model}: no feature names in the booster or a manifest beside it")
+
+
+def model_depth(model: Path) -> int:
+    import treelite
+
+    from streamer.compile import _tree_depth
+
+    tl_model = treelite.frontend.load_xgboost_model(str(model))
+    return max(_tree_depth(tl_model.get_tree_accessor(i)) for i in range(tl_model.num_tree))
+
+
 def model_label(model: Path) -> str:
     return f"{model.parent.name}/{model.stem}" if model.parent.parent.name == "compiled_models" else model.stem
 
@@ -168,7 +187,7 @@ def main(argv=None) -> int:
         import xgboost as xgb
 
         booster = xgb.Booster(model_file=str(model))
-        names = booster.feature_names or feature_names("all")
+        names = model_feature_names(model, booster)
         X, _ = simulated_features(max(args.sizes), seed=99, names=names)
         backends = build_backends(model, args.lib_dir, args.threads, args.variants)
         ref = backends["xgboost 1t"].predict(X)
@@ -176,7 +195,7 @@ def main(argv=None) -> int:
                   for name, b in backends.items()}
         table = measure_table(backends, X, args.sizes, args.rounds, args.min_time)
         lib_info = json.loads(Path(str(backends["compiled 1t"].library) + ".json").read_text())
-        depth = lib_info["depth"]
+        depth = model_depth(model)
         results.append({
             "model": str(model), "model_name": model_label(model), "num_tree": booster.num_boosted_rounds(),
             "depth": depth, "num_feature": booster.num_features(), "parity_rows": len(X),

@@ -88,8 +88,18 @@ def take(rec: Recording, n: int) -> tuple[Recording, int]:
 
 # ------------------------------------------------------------------------------------------ pipeline
 
-def run_pipeline(rec: Recording, *, workers: int, predictor: str, packet_size: int, rate: float | None = None,
-                 repeat: int = 1, monitor: bool = False, timeout: float = 600.0) -> dict:
+def run_pipeline(rec: Recording, **kw) -> dict:
+    """:func:`_run_pipeline`, or a row with the error (a hung or failed run must not stop the bench)."""
+    try:
+        return _run_pipeline(rec, **kw)
+    except Exception as exc:
+        n = len(rec) * kw.get("repeat", 1)
+        return {k: kw.get(k) for k in ("workers", "predictor", "packet_size", "rate")} | {
+            "tuples": n, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _run_pipeline(rec: Recording, *, workers: int, predictor: str, packet_size: int, rate: float | None = None,
+                  repeat: int = 1, monitor: bool = False, timeout: float = 600.0) -> dict:
     """One replay through a fresh local pipeline; throughput, latency, integrity, peak RSS."""
     mon = None
     with LocalPipeline(workers, predictor) as pipe, PeakRSS() as rss:
@@ -193,8 +203,9 @@ def bench_backends(rec: Recording, cfg: dict) -> list[dict]:
         est = min(2 * row["in_process_tuples_per_s"], 1.5e6)
         repeat = max(1, round(cfg["backend_pipe_s"] * est / len(data)))
         try:
-            row["pipeline"] = run_pipeline(data, workers=2, predictor=pipe_spec, packet_size=1000, repeat=repeat)
-            log(f"backend {label}: {row['pipeline']['tuples_per_s']:,.0f} tuples/s end to end")
+            row["pipeline"] = run_pipeline(data, workers=2, predictor=pipe_spec, packet_size=1000, repeat=repeat,
+                                       timeout=cfg["timeout"])
+            log(f"backend {label} end to end: {describe(row['pipeline'])}")
         except Exception as exc:
             row["pipeline"] = {"error": f"{type(exc).__name__}: {exc}"}
         rows.append(row)
@@ -202,6 +213,14 @@ def bench_backends(rec: Recording, cfg: dict) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ report
+
+def describe(r: dict) -> str:
+    if "error" in r:
+        return f"FAILED ({r['error']})"
+    lat = r["latency_ms"]
+    return (f"{r['tuples_per_s']:,.0f} tuples/s, latency p50 {lat['p50']:.3g} p99 {lat['p99']:.3g} ms, "
+            f"complete {r['complete']}")
+
 
 def _f(v, fmt="{:,.0f}") -> str:
     return "n/a" if v is None else fmt.format(v)
@@ -226,22 +245,30 @@ def markdown_pipeline(res: dict, command: str, json_rel: str, png_rel: str) -> s
            "complete | peak RSS sink / worker (MiB) |",
            "|---:|---:|---:|---:|---:|---|---|---|"]
     for r in grid:
+        if "error" in r:
+            out.append(f"| {r['workers']} | {r['packet_size']:,} | {r['tuples']:,} | failed: {r['error'][:120]} | | | | |")
+            continue
         out.append(f"| {r['workers']} | {r['packet_size']:,} | {r['tuples']:,} | {_f(r['tuples_per_s'])} | "
                    f"{_f(r['sink_tuples_per_s'])} | {_lat(r)} | {'yes' if r['complete'] else 'NO'} | "
                    f"{_f(r['peak_rss_mib']['sink'], '{:.0f}')} / {_f(r['peak_rss_mib']['worker_max'], '{:.0f}')} |")
-    best = max(grid, key=lambda r: r["tuples_per_s"])
-    out += ["", f"Best end-to-end: **{best['tuples_per_s']:,.0f} tuples/s** ({best['workers']} workers, packets of "
+    best = max((r for r in grid if "error" not in r), key=lambda r: r["tuples_per_s"], default=None)
+    out += ["", "no successful run" if best is None else f"Best end-to-end: **{best['tuples_per_s']:,.0f} tuples/s** ({best['workers']} workers, packets of "
             f"{best['packet_size']:,}); target >= 300,000.", "",
             "Paced like a live acquisition (publisher on a fixed schedule):", "",
             "| rate (tuples/s) | packet | workers | tuples | latency p50 / p90 / p99 / max (ms) | "
             "publisher behind schedule (max, ms) | complete |",
             "|---:|---:|---:|---:|---|---:|---|"]
     for r in paced:
+        if "error" in r:
+            out.append(f"| {r['rate']:,.0f} | {r['packet_size']:,} | {r['workers']} | {r['tuples']:,} | "
+                       f"failed: {r['error'][:120]} | | |")
+            continue
         lat = r["latency_ms"]
         out.append(f"| {r['rate']:,.0f} | {r['packet_size']:,} | {r['workers']} | {r['tuples']:,} | "
                    + " / ".join(_f(lat.get(k), "{:.3g}") for k in ("p50", "p90", "p99", "max"))
                    + f" | {r['max_behind_schedule_s'] * 1e3:.1f} | {'yes' if r['complete'] else 'NO'} |")
-    target = next((r for r in paced if r["rate"] == 10_000 and r["packet_size"] == 10 and r["workers"] == 2), None)
+    target = next((r for r in paced if r["rate"] == 10_000 and r["packet_size"] == 10 and r["workers"] == 2
+                   and "error" not in r), None)
     if target:
         out += ["", f"Latency at 10,000 tuples/s in packets of 10 (2 workers): **p99 {target['latency_ms']['p99']:.3g} ms** "
                 "(target < 5 ms)."]
@@ -251,7 +278,10 @@ def markdown_pipeline(res: dict, command: str, json_rel: str, png_rel: str) -> s
                 "| run | monitor | end-to-end tuples/s | latency p50 / p99 / max (ms) | peak RSS monitor (MiB) | monitor summary |",
                 "|---|---|---:|---|---:|---|"]
         for r in mon:
-            out.append(f"| {r['label']} | {'yes' if r.get('monitor_summary') is not None else 'no'} | "
+            if "error" in r:
+                out.append(f"| {r['label']} | {'yes' if r['with_monitor'] else 'no'} | failed: {r['error'][:120]} | | | |")
+                continue
+            out.append(f"| {r['label']} | {'yes' if r['with_monitor'] else 'no'} | "
                        f"{_f(r['tuples_per_s'])} | {_lat(r)} | {_f(r['peak_rss_mib'].get('monitor'), '{:.0f}')} | "
                        f"{r.get('monitor_summary') or ''} |")
     out += ["", f"Peak RSS of the bench process (publisher, holds the recording): {res['bench_peak_rss_mib']:.0f} MiB. "
@@ -298,10 +328,17 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"predictor of the throughput/latency runs (default {defaults.DEFAULT_PREDICTOR})")
     ap.add_argument("--skip", nargs="*", default=[], choices=["grid", "paced", "monitor", "backends"],
                     help="leave parts out (their tables are then empty)")
+    ap.add_argument("--packets", type=int, nargs="+", default=None,
+                    help="packet sizes of the throughput grid (default 10 100 1000 10000)")
+    ap.add_argument("--run-timeout", type=float, default=None,
+                    help="seconds before one pipeline run is abandoned (default 60 quick, 180 full)")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
-    cfg = MODES[mode]
+    cfg = dict(MODES[mode])
+    if args.packets:
+        cfg["grid"] = {p: cfg["grid"].get(p, max(cfg["grid"].values())) for p in args.packets}
+    cfg["timeout"] = args.run_timeout or (60.0 if args.quick else 180.0)
     command = "python bench/bench_pipeline.py" + (" --quick" if args.quick else "")
     if args.predictor != defaults.DEFAULT_PREDICTOR:
         command += f" --predictor {args.predictor}"
@@ -320,18 +357,17 @@ def main(argv: list[str] | None = None) -> int:
             for workers in (1, 2):
                 for packet, n in cfg["grid"].items():
                     data, repeat = take(rec, n)
-                    r = run_pipeline(data, workers=workers, predictor=args.predictor, packet_size=packet, repeat=repeat)
+                    r = run_pipeline(data, workers=workers, predictor=args.predictor, packet_size=packet, repeat=repeat,
+                                     timeout=cfg["timeout"])
                     res["throughput"].append(r)
-                    log(f"{workers} workers, packets of {packet:>6,}: {r['tuples_per_s']:>11,.0f} tuples/s, "
-                        f"p99 {r['latency_ms']['p99']} ms, complete {r['complete']}")
+                    log(f"{workers} workers, packets of {packet:>6,}: {describe(r)}")
         if "paced" not in args.skip:
             for rate, packet, workers in PACED:
                 data, repeat = take(rec, int(rate * cfg["paced_s"]))
                 r = run_pipeline(data, workers=workers, predictor=args.predictor, packet_size=packet, rate=rate,
-                                 repeat=repeat)
+                                 repeat=repeat, timeout=cfg["timeout"])
                 res["paced"].append(r)
-                log(f"paced {rate:,}/s packets of {packet}, {workers} workers: p50 {r['latency_ms']['p50']} "
-                    f"p99 {r['latency_ms']['p99']} ms")
+                log(f"paced {rate:,}/s packets of {packet}, {workers} workers: {describe(r)}")
         if "monitor" not in args.skip:
             for label, rate, monitor in (("300k tuples/s paced, packets of 1000", 300_000, False),
                                          ("300k tuples/s paced, packets of 1000", 300_000, True),
@@ -339,11 +375,10 @@ def main(argv: list[str] | None = None) -> int:
                                          ("as fast as possible, packets of 1000", None, True)):
                 data, repeat = take(rec, cfg["grid"][1000] if rate is None else int(rate * cfg["paced_s"]))
                 r = run_pipeline(data, workers=2, predictor=args.predictor, packet_size=1000, rate=rate,
-                                 repeat=repeat, monitor=monitor)
-                r["label"] = label
+                                 repeat=repeat, monitor=monitor, timeout=cfg["timeout"])
+                r["label"], r["with_monitor"] = label, monitor
                 res["monitor"].append(r)
-                log(f"{label}, monitor {monitor}: {r['tuples_per_s']:,.0f} tuples/s p99 {r['latency_ms']['p99']} ms "
-                    f"{r.get('monitor_summary') or ''}")
+                log(f"{label}, monitor {monitor}: {describe(r)} {r.get('monitor_summary') or ''}")
         if "backends" not in args.skip:
             res["backends"] = bench_backends(rec, cfg)
 

@@ -93,8 +93,7 @@ def test_threads_and_batch_slicing_do_not_change_results(models, lib_dir, eval_r
 
 
 def test_empty_batch_and_bad_shape(models, lib_dir):
-    for kind in ("xgboost", "compiled"):
-        b = load_backend(models["single"], kind, lib_dir=lib_dir) if kind != "xgboost" else load_backend(models["single"], kind)
+    for b in (load_backend(models["single"], "xgboost"), load_backend(models["single"], "compiled", lib_dir=lib_dir)):
         assert b.predict(np.zeros((0, N_FEATURE), np.float32)).shape == (0,)
         with pytest.raises(ValueError, match="shape"):
             b.predict(np.zeros((3, N_FEATURE + 1), np.float32))
