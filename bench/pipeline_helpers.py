@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import resource
@@ -105,6 +106,9 @@ def plot(results: dict, path: Path) -> None:
     p2.setLabel("left", "latency (ms)")
     p2.showGrid(x=True, y=True, alpha=0.3)
     p2.addLegend()
+    sizes = sorted({r["packet_size"] for r in grid})
+    for p in (p1, p2):  # log-mode axes are in log10 units: label the measured packet sizes only
+        p.getAxis("bottom").setTicks([[(math.log10(s), f"{s:,}") for s in sizes], []])
     for i, w in enumerate(sorted({r["workers"] for r in grid})):
         rows = sorted((r for r in grid if r["workers"] == w and "tuples_per_s" in r), key=lambda r: r["packet_size"])
         if not rows:

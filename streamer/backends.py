@@ -13,8 +13,9 @@ Kinds
              rebuilt when the backend is loaded, i.e. at worker start, never per batch). The
              library is called directly through ctypes with the caller's float32 buffer: no
              TL2cgen DMatrix, no copies.
-``auto``     loads both and routes each batch by its size, using the crossover measured on
-             this machine when the library was built (stored beside it as ``<lib>.json``).
+``auto``     routes each batch by its size to compiled or xgboost, using the crossover measured
+             on this machine when the library was built (stored beside it as ``<lib>.so.json``;
+             measured at load if missing). XGBoost is only loaded if it wins somewhere.
 """
 
 from __future__ import annotations

@@ -56,6 +56,10 @@ LAYOUTS = ("array", "tl2cgen")
 MAX_ARRAY_DEPTH = 12
 
 
+class UnsupportedByLayout(ValueError):
+    """The model uses something the chosen layout cannot express (e.g. very deep trees)."""
+
+
 @dataclass(frozen=True)
 class CompileOptions:
     """What determines the generated machine code (all of it goes into the library name).
@@ -167,12 +171,28 @@ def ensure_library(model_path: str | Path, options: CompileOptions | None = None
     """Path of an up-to-date library for ``model_path``, compiling it first if missing.
 
     Call at worker start (or install time), never per batch. ``calibrate`` additionally measures
-    the xgboost/compiled crossover for the ``auto`` backend when a library is built.
+    the xgboost/compiled crossover for the ``auto`` backend when a library is built. With
+    ``options=None`` (the default build) a model the ``array`` layout cannot express falls back
+    to the ``tl2cgen`` layout; a ``<array lib>.unsupported`` marker remembers that decision.
     """
     model_path = Path(model_path)
     if not model_path.is_file():
         raise FileNotFoundError(f"model file not found: {model_path}")
-    options = options or CompileOptions()
+    if options is not None:
+        return _ensure(model_path, options, lib_dir, build, calibrate, verbose)
+    marker = Path(str(library_path(model_path, CompileOptions(), lib_dir)) + ".unsupported")
+    if not marker.is_file():
+        try:
+            return _ensure(model_path, CompileOptions(), lib_dir, build, calibrate, verbose)
+        except UnsupportedByLayout as exc:
+            marker.write_text(f"{exc}\n")
+            if verbose:
+                print(f"{model_path}: {exc}; using layout 'tl2cgen'", file=sys.stderr)
+    return _ensure(model_path, CompileOptions(layout="tl2cgen"), lib_dir, build, calibrate, verbose)
+
+
+def _ensure(model_path: Path, options: CompileOptions, lib_dir, build: bool, calibrate: bool,
+            verbose: bool) -> Path:
     lib = library_path(model_path, options, lib_dir)
     if lib.is_file():
         return lib
@@ -333,7 +353,7 @@ def _complete_tree_arrays(tree, depth: int):
     cleft, cright, split, thr_in = g("cleft"), g("cright"), g("split_index"), g("threshold")
     default_left, node_type, cmp, value = g("default_left"), g("node_type"), g("cmp"), g("leaf_value")
     if len(g("leaf_vector")):
-        raise ValueError("vector-leaf trees (multi_strategy=multi_output_tree) are not supported by layout 'array'")
+        raise UnsupportedByLayout("vector-leaf trees (multi_strategy=multi_output_tree) are not supported by layout 'array'")
     n_inner = (1 << depth) - 1
     feat = np.zeros(n_inner, np.uint16)
     thr = np.zeros(n_inner, np.float32)
@@ -350,9 +370,9 @@ def _complete_tree_arrays(tree, depth: int):
             leaf[first - n_inner: first - n_inner + span] = value[nid]
             continue
         if node_type[nid] != _TL_NUMERICAL or cmp[nid] != _TL_OP_LT:
-            raise ValueError("only numerical '<' splits are supported by layout 'array' (no categorical splits)")
+            raise UnsupportedByLayout("only numerical '<' splits are supported by layout 'array' (no categorical splits)")
         if split[nid] >= 1 << 15:
-            raise ValueError("layout 'array' supports at most 32768 features")
+            raise UnsupportedByLayout("layout 'array' supports at most 32768 features")
         feat[pos] = int(split[nid]) | (0 if default_left[nid] else 1 << 15)
         thr[pos] = thr_in[nid]
         stack.append((int(cleft[nid]), 2 * pos + 1, level + 1))
@@ -394,15 +414,15 @@ def _generate_array_sources(tl_model, src_dir: Path, options: CompileOptions) ->
     num_feature = int(header.get_field("num_feature")[0])
     num_target = int(header.get_field("num_target")[0])
     if str(header.get_field("postprocessor")) != "identity" or int(header.get_field("average_tree_output")[0]):
-        raise ValueError("layout 'array' supports plain additive regression boosters only")
+        raise UnsupportedByLayout("layout 'array' supports plain additive regression boosters only")
     targets = np.asarray(header.get_field("target_id")).astype(np.int32)
     base = [float(v) for v in header.get_field("base_scores")]
     trees = [tl_model.get_tree_accessor(i) for i in range(tl_model.num_tree)]
     depth = max(1, max(_tree_depth(t) for t in trees))
     if depth > MAX_ARRAY_DEPTH:
-        raise ValueError(f"trees of depth {depth} > {MAX_ARRAY_DEPTH}: use layout 'tl2cgen'")
+        raise UnsupportedByLayout(f"trees of depth {depth} > {MAX_ARRAY_DEPTH}: use layout 'tl2cgen'")
     if (targets < 0).any() and num_target > 1:
-        raise ValueError("trees shared across targets are not supported by layout 'array'")
+        raise UnsupportedByLayout("trees shared across targets are not supported by layout 'array'")
     parts = [_complete_tree_arrays(t, depth) for t in trees]
     feat = np.concatenate([p[0] for p in parts])
     thr = np.concatenate([p[1] for p in parts])

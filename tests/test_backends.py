@@ -164,6 +164,14 @@ def test_cli_compiles_every_booster_of_a_manifest(models, lib_dir, tmp_path, cap
     assert rc == 0, out
     assert out.count("parity max|diff|") == 2 and "FAILED" not in out
     assert ensure_library(bundle / "quant.json", lib_dir=lib_dir, build=False).is_file()
+    # --prune keeps exactly the libraries of the current bundles
+    own = tmp_path / "own_lib"
+    assert cli.main(["compile", str(bundle), "--lib-dir", str(own), "--no-calibrate", "--parity-rows", "0"]) == 0
+    stale = own / "0123456789abcdef-0000000000-00000000.so"
+    stale.write_bytes(b"old")
+    assert cli.main(["compile", str(bundle), "--lib-dir", str(own), "--parity-rows", "0", "--prune"]) == 0
+    assert not stale.exists() and len(list(own.glob("*.so"))) == 2
+    capsys.readouterr()
     (bundle / "manifest.json").write_text(json.dumps({"boosters": {"point": "single.ubj"},
                                                       "sha256": {"single.ubj": "0" * 64}}))
     assert cli.main(["compile", str(bundle), "--lib-dir", str(lib_dir)]) == 2
@@ -219,3 +227,24 @@ def test_default_library_dir_follows_the_bundle_not_the_cwd(tmp_path, monkeypatc
     assert default_lib_dir(model) == (tmp_path / "repo" / "compiled_models" / "lib").resolve()
     monkeypatch.setenv("STREAMER_LIB_DIR", str(tmp_path / "elsewhere"))
     assert default_lib_dir(model) == tmp_path / "elsewhere"
+
+
+def test_default_build_falls_back_to_tl2cgen_for_trees_too_deep_for_arrays(tmp_path):
+    from streamer.compile import MAX_ARRAY_DEPTH
+
+    rng = np.random.default_rng(6)
+    X = rng.random((20_000, 3), dtype=np.float32)
+    y = np.sin(40 * X[:, 0]) + np.cos(37 * X[:, 1]) + 0.1 * X[:, 2]  # needs very deep splits
+    depth = MAX_ARRAY_DEPTH + 2
+    booster = xgb.train({"max_depth": depth, "min_child_weight": 0, "lambda": 0, "nthread": 1},
+                        xgb.DMatrix(X, y), 1)
+    path = tmp_path / "deep.ubj"
+    booster.save_model(str(path))
+    with pytest.raises(ValueError, match="layout 'tl2cgen'"):
+        ensure_library(path, CompileOptions(), tmp_path / "lib")  # explicit array layout: clear error
+    lib = ensure_library(path, lib_dir=tmp_path / "lib")
+    info = json.loads(lib.with_name(lib.name + ".json").read_text())
+    assert info["options"]["layout"] == "tl2cgen" and info["depth"] > MAX_ARRAY_DEPTH
+    assert ensure_library(path, lib_dir=tmp_path / "lib") == lib  # remembered, not retried
+    out = CompiledBackend(lib).predict(X)
+    assert np.max(np.abs(out - booster.inplace_predict(X))) < TOL_NM

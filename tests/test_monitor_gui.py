@@ -204,7 +204,8 @@ def test_monitor_shows_real_results_and_screenshot(app, pub_sub, tmp_path):
     assert len(np.unique(px[..., :3].reshape(-1, 3), axis=0)) > 50  # not a blank/flat image
     assert _has_colour(px, (255, 200, 40)) > 2000  # the distance trace and histogram are drawn
     if has_interval:
-        assert _has_colour(px, (80, 160, 255), tol=50) > 2000  # interval band / bounds drawn
+        band_on_black = tuple(round(c * 70 / 255) for c in (80, 160, 255))  # BAND_BRUSH blended on black
+        assert _has_colour(px, band_on_black, tol=12) > 5000  # the interval band is filled
     if os.environ.get("MONITOR_SCREENSHOT"):  # keep a copy to look at
         image.save(os.environ["MONITOR_SCREENSHOT"])
     _dispose(app, win)
@@ -287,3 +288,84 @@ def test_monitor_at_300k_tuples_per_s_never_holds_up_the_publisher(app, packet, 
         assert c.missed_messages > 0.1 * sent, (label, c.missed_messages, sent)
     else:  # a normal GUI shows a good part of 3000 messages/s even on a busy 2-core machine
         assert c.messages >= 0.3 * sent, (label, c.messages, sent)
+
+
+def test_monitor_command_headless_capture(tmp_path):
+    """`streamer monitor --duration --screenshot` against a loopback PUB carrying real results."""
+    results = make_results(n_traces=2, per_trace=2000, packet=100, calibrated=False)
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    shot = tmp_path / "cli.png"
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "monitor", "--address", f"tcp://127.0.0.1:{port}",
+                             "--duration", "2.5", "--screenshot", str(shot), "--size", "900x600"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        assert "subscribed" in proc.stdout.readline()
+        deadline = time.monotonic() + 20
+        i = 0
+        while proc.poll() is None and time.monotonic() < deadline:  # keep publishing until it closes
+            payload = schema.encode_result(replace(results[i % len(results)][2], seq=i), results[i % len(results)][1])
+            pub.send_multipart([schema.TOPIC_RESULT, payload])
+            i += 1
+            time.sleep(0.005)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        pub.close()
+        ctx.term()
+    assert proc.returncode == 0, out
+    summary = next(ln for ln in out.splitlines() if ln.startswith("monitor:"))
+    shown = int(summary.split()[1].replace(",", ""))
+    assert 0 < shown <= i * 100 and shot.stat().st_size > 10_000, summary
+
+
+def test_monitor_command_rejects_bad_options(capsys):
+    from streamer.cli import main
+
+    assert main(["monitor", "--screenshot", "x.png"]) == 2
+    assert "--screenshot needs --duration" in capsys.readouterr().err
+    assert main(["monitor", "--size", "12x9", "--duration", "1"]) == 2
+    assert "--size too small" in capsys.readouterr().err
+
+
+def test_subscriber_decodes_newest_first_and_counts_skipped(monkeypatch):
+    """A frame that cannot decode everything shows the newest results and counts the rest; garbage
+    on the result topic is counted, never raised into the GUI."""
+    results = make_results(n_traces=1, per_trace=1000, packet=10, calibrated=False)
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind("inproc://results")
+    sub = ResultSubscriber("inproc://results", context=ctx)
+    model = MonitorModel(capacity=10_000)
+    try:
+        _connect(pub, sub, model)
+        real_decode = schema.decode_result
+
+        def slow_decode(payload):  # a busy GUI process: 1 ms per decode
+            time.sleep(1e-3)
+            return real_decode(payload)
+
+        monkeypatch.setattr(schema, "decode_result", slow_decode)
+        for frame in range(2):
+            for i in range(frame * 50, frame * 50 + 50):
+                payload, _, pkt = results[i]
+                pub.send_multipart([schema.TOPIC_RESULT, payload])
+            pub.send_multipart([schema.TOPIC_RESULT, b"\xc1 not msgpack"])
+            pub.send_multipart([schema.TOPIC_RESULT, payload, b"extra frame"])
+            time.sleep(0.05)
+            assert sub.drain(model, budget_s=0.01) == 52
+        c = model.counters
+        assert model.last_seq("test") == 99  # the newest result was shown
+        assert 2 <= c.messages < 50  # ~10 ms of 1 ms decodes per frame
+        assert c.messages + c.missed_messages == 99 - model.first_seq("test") + 1
+        assert c.missed_messages > 0 and sub.undecodable == 4
+        assert c.tuples == 10 * c.messages
+    finally:
+        sub.close()
+        pub.close()
+        ctx.term()

@@ -4,7 +4,6 @@ Every test starts real processes (sink, workers) with timeouts and stops them in
 """
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -57,21 +56,22 @@ def test_end_to_end_results_equal_in_process_prediction(rec, tmp_path):
 
 
 def test_sigkill_worker_mid_stream_loses_and_duplicates_nothing(rec, tmp_path):
-    # mle is slow (~20k tuples/s per core): workers always hold jobs when one is killed
+    # mle is slow (~20k tuples/s per core): with 40 packets queued, each worker holds `prefetch`
+    # jobs at the moment the first result comes out, and worker 0 is killed right then
     size = 500
     with LocalPipeline(workers=2, predictor="mle", out_dir=str(tmp_path)) as pipe:
+        sub = Subscriber(pipe.endpoints["results"], topics=["result", "stats"])
+        assert wait_for(sub, lambda t, m: t == "stats", 10)  # subscription is live
         with Publisher(pipe.endpoints["ingest"], "replay") as pub:
-            half = len(rec) // 2
-            for start in range(0, half, size):
+            for start in range(0, len(rec), size):
                 pub.send_batch(rec.tuples[start:start + size])
-            time.sleep(0.3)  # let both workers pick up jobs
+            assert wait_for(sub, lambda t, m: t == "result", 30)
             pipe.kill_worker(0)
-            for start in range(half, len(rec), size):
-                pub.send_batch(rec.tuples[start:start + size])
             pub.end()
+        sub.close()
         summary = pipe.wait(90)
     n_packets = len(rec) // size
-    assert summary["workers_lost"] >= 1 and summary["resent"] >= 1, summary
+    assert summary["workers_lost"] == 1 and summary["resent"] >= 1, summary
     assert summary["tuples"] == len(rec) and summary["packets"] == n_packets
     assert summary["gaps"] == summary["duplicates"] == summary["rejected"] == 0
     assert_exactly_once(tmp_path, n_packets, size, rec)
@@ -124,7 +124,7 @@ def test_malformed_packets_are_rejected_with_reasons_and_workers_survive(rec, tm
 
 
 def test_back_pressure_bounds_queues_then_everything_is_delivered(rec, tmp_path):
-    window, hwm, size = 4, 2, 1000  # ~50 kB packets, so kernel socket buffers hold only a few
+    window, hwm, size = 4, 4, 1000  # ~50 kB packets, so kernel socket buffers hold only a few
     pipe = LocalPipeline(workers=1, out_dir=str(tmp_path), sink_args=["--window", str(window), "--ingest-hwm",
                                                                       str(hwm)])
     try:

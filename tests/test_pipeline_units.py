@@ -1,12 +1,10 @@
 """Dispatcher credit/re-send rules and per-stream gap/duplicate tracking (no sockets)."""
 
-import numpy as np
+import pytest
 
 from streamer.pipeline.dispatcher import Dispatcher, Job
 from streamer.pipeline.security import check_bind, is_local
 from streamer.pipeline.tracker import SeqTracker
-
-import pytest
 
 
 def jobs(d, n):
@@ -107,3 +105,26 @@ def test_endpoint_policy(endpoint, local):
         with pytest.raises(ValueError, match="CurveZMQ"):
             check_bind([endpoint], None)
         check_bind([endpoint], "keys")
+
+
+def test_worker_handle_answers_every_packet_and_never_raises():
+    from streamer import schema
+    from streamer.pipeline.worker import handle
+    from streamer.predictor import load_predictor
+    from streamer.simulate import simulate
+
+    batch = simulate("static", 2, 20, seed=1).tuples
+    status, payload = handle(load_predictor("closed-form"), schema.encode_batch("s", 4, batch), 100, "w")
+    assert status == b"DONE" and schema.decode_result(payload).seq == 4
+
+    class Broken:
+        model_id = "broken"
+
+        def predict(self, batch):
+            raise RuntimeError("boom")
+
+    status, payload = handle(Broken(), schema.encode_batch("s", 5, batch), 100, "w")
+    err = schema.unpack(payload)
+    assert status == b"FAIL" and err["reason"] == "worker-error" and "boom" in err["detail"] and err["seq"] == 5
+    status, payload = handle(Broken(), schema.encode_batch("s", 6, batch), 10, "w")
+    assert status == b"FAIL" and schema.unpack(payload)["reason"] == "oversized"

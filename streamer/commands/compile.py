@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..compile import file_sha256
 
-HELP = "compile trained XGBoost boosters to native shared libraries (cached in compiled_models/lib)"
+HELP = ("compile trained XGBoost boosters to native shared libraries (cached in compiled_models/lib); "
+        "workers load the default build, other options are for experiments")
 
 PARITY_TOLERANCE_NM = 1e-3
 
@@ -23,8 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lib-dir", type=Path, default=None,
                    help="library cache (default: compiled_models/lib of the bundle; $STREAMER_LIB_DIR overrides)")
     p.add_argument("--march", default=None, help="-march value, e.g. native (default: compiler default)")
-    p.add_argument("--trees-per-unit", type=int, default=None)
-    p.add_argument("--block-rows", type=int, default=None)
+    p.add_argument("--trees-per-unit", type=int, default=None, help="tl2cgen layout: trees per C function")
+    p.add_argument("--block-rows", type=int, default=None, help="rows per block (default 64)")
     p.add_argument("--layout", choices=("array", "tl2cgen"), default=None,
                    help="array: branch-free complete-tree arrays (default); tl2cgen: TL2cgen's if/else code")
     p.add_argument("--annotate", action="store_true",
@@ -32,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="rebuild even if a cached library exists")
     p.add_argument("--no-calibrate", action="store_true",
                    help="skip measuring the xgboost/compiled crossover used by the auto backend")
+    p.add_argument("--prune", action="store_true",
+                   help="afterwards delete other libraries in the cache (old models, versions or options)")
     p.add_argument("--missing-ok", action="store_true",
                    help="exit 0 without doing anything when no model bundles exist (install step)")
     p.add_argument("--parity-rows", type=int, default=100_000,
@@ -67,32 +70,46 @@ def model_files(paths: list[Path], models_dir: Path) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
+def _candidates(model: Path, options, lib_dir) -> list[Path]:
+    from ..compile import CompileOptions, library_path
+
+    opts = [options] if options else [CompileOptions(), CompileOptions(layout="tl2cgen")]
+    return [library_path(model, o, lib_dir) for o in opts]
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..backends import CompiledBackend, XGBoostBackend
-    from ..compile import CompileOptions, build_library, library_path, random_features, write_crossover
+    from ..compile import CompileOptions, ensure_library, random_features
 
     overrides = {k: v for k, v in {"layout": args.layout, "march": args.march,
                                    "trees_per_unit": args.trees_per_unit,
                                    "block_rows": args.block_rows}.items() if v is not None}
-    options = CompileOptions(annotate=args.annotate, **overrides)
+    # no option given = the default build workers load (with its automatic layout fallback)
+    options = CompileOptions(annotate=args.annotate, **overrides) if overrides or args.annotate else None
     if args.missing_ok and not args.paths and not any(args.models_dir.glob("*/manifest.json")):
         print(f"streamer compile: no model bundles under {args.models_dir}; nothing to compile")
         return 0
     failed = 0
+    kept: set[Path] = set()
     for model in model_files(args.paths, args.models_dir):
         if not model.is_file():
             raise FileNotFoundError(f"booster listed in manifest not found: {model}")
-        lib = library_path(model, options, args.lib_dir)
         t0 = time.perf_counter()
-        if args.force or not lib.is_file():
-            info = build_library(model, lib, options)
-            status = f"built in {info['compile_s']:.1f} s ({info['num_tree']} trees, {info['units']} units)"
-            if not args.no_calibrate:
-                write_crossover(lib, model)
-        else:
+        if args.force:
+            for stale in _candidates(model, options, args.lib_dir):
+                for f in (stale, Path(str(stale) + ".unsupported")):
+                    f.unlink(missing_ok=True)
+        before = {p: p.stat().st_mtime_ns for p in _candidates(model, options, args.lib_dir) if p.is_file()}
+        lib = ensure_library(model, options, args.lib_dir, calibrate=not args.no_calibrate)
+        kept.add(lib.resolve())
+        if lib in before and before[lib] == lib.stat().st_mtime_ns:
             status = "cached"
+        else:
+            info = json.loads(Path(str(lib) + ".json").read_text())
+            status = (f"built in {info['compile_s']:.1f} s ({info['num_tree']} trees, depth {info['depth']}, "
+                      f"layout {info['options']['layout']})")
         line = f"{model} -> {lib}: {status}"
         if args.parity_rows > 0:
             X = random_features(model, args.parity_rows, seed=7)
@@ -105,4 +122,11 @@ def run(args: argparse.Namespace) -> int:
         if cross:
             line += f"; auto: xgboost from n={cross['xgboost_from']}" if cross["xgboost_from"] else "; auto: compiled at all sizes"
         print(line + f" [{time.perf_counter() - t0:.1f} s]", flush=True)
+    if args.prune:
+        for lib_dir in {p.parent for p in kept}:
+            for old in lib_dir.glob("*.so"):
+                if old.resolve() not in kept:
+                    for f in (old, Path(str(old) + ".json"), lib_dir / f".{old.name}.lock"):
+                        f.unlink(missing_ok=True)
+                    print(f"pruned {old}")
     return 1 if failed else 0

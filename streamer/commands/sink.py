@@ -30,20 +30,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exit-after-end", type=int, default=0,
                    help="exit after N streams sent their end marker and were drained (0: until SIGINT/SIGTERM)")
     p.add_argument("--drain-timeout", type=float, default=10.0)
+    p.add_argument("--report", type=float, default=5.0, help="print a status line every N s (0: never)")
     p.add_argument("--summary", default=None, help="write the final summary as JSON here")
+    p.add_argument("--parent-pid", type=int, default=None, help="drain and exit when this parent process is gone")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.window < 1 or args.ingest_hwm < 1:
-        raise ValueError("--window and --ingest-hwm must be >= 1")
+    # an ingest HWM of 2 stalled a paused-then-resumed PULL in our tests (libzmq 4.3.5): keep >= 4
+    if args.window < 1 or args.ingest_hwm < 4:
+        raise ValueError("--window must be >= 1 and --ingest-hwm >= 4")
     cfg = SinkConfig(ingest=args.ingest, work=args.work, results=args.results, out_dir=args.out,
                      curve_dir=args.curve, window=args.window, ingest_hwm=args.ingest_hwm,
                      heartbeat_timeout=args.heartbeat_timeout, job_timeout=args.job_timeout,
                      max_deliveries=args.max_deliveries, max_packet_bytes=args.max_packet_bytes,
                      stats_interval=args.stats_interval, chunk_tuples=args.chunk_tuples,
                      exit_after_end=args.exit_after_end, drain_timeout=args.drain_timeout,
-                     summary_path=args.summary, verbose=args.verbose)
+                     summary_path=args.summary, report_interval=args.report,
+                     parent_pid=args.parent_pid,
+                     verbose=args.verbose)
     summary = run_sink(cfg)
     if args.verbose:
         print(json.dumps(summary, indent=1))

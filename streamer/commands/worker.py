@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat", type=float, default=defaults.HEARTBEAT_S, help="heartbeat period, s")
     p.add_argument("--max-tuples", type=int, default=schema.MAX_TUPLES, help="reject larger packets")
     p.add_argument("--curve", default=None, metavar="DIR", help="CurveZMQ key directory (client keys)")
+    p.add_argument("--parent-pid", type=int, default=None, help="exit when this parent process is gone")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -26,4 +27,5 @@ def run(args: argparse.Namespace) -> int:
     if args.prefetch < 1:
         raise ValueError("--prefetch must be >= 1")
     return run_worker(args.work, args.predictor, prefetch=args.prefetch, heartbeat_s=args.heartbeat,
-                      max_tuples=args.max_tuples, curve_dir=args.curve, verbose=args.verbose)
+                      max_tuples=args.max_tuples, curve_dir=args.curve, parent_pid=args.parent_pid,
+                      verbose=args.verbose)

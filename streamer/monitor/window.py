@@ -105,8 +105,7 @@ class MonitorWindow(QtWidgets.QWidget):
         controls = QtWidgets.QHBoxLayout()
         controls.addWidget(QtWidgets.QLabel("trace:"))
         self.trace_box = QtWidgets.QComboBox()
-        # entries are kept in a Python list, not as Qt item data: PySide6 mis-counts references
-        # to None passed through itemData/findData, which crashes the interpreter eventually
+        # combo index -> trace id (None: all traces), kept in Python rather than as Qt item data
         self._box_traces: list[int | None] = []
         self._set_trace_items([], None)
         self.trace_box.setMinimumWidth(140)
@@ -221,8 +220,11 @@ class MonitorWindow(QtWidgets.QWidget):
         has_band = bool(np.isfinite(curve.lower).any())
         # bounds are NaN for estimators without calibrated intervals: draw no band then
         empty = np.zeros(0)
-        self.lower_curve.setData(curve.band_x if has_band else empty, curve.lower if has_band else empty)
-        self.upper_curve.setData(curve.band_x if has_band else empty, curve.upper if has_band else empty)
+        # connect="finite": tuples without an interval (flagged) leave a gap in the band
+        self.lower_curve.setData(curve.band_x if has_band else empty, curve.lower if has_band else empty,
+                                 connect="finite")
+        self.upper_curve.setData(curve.band_x if has_band else empty, curve.upper if has_band else empty,
+                                 connect="finite")
         self.band.setVisible(has_band)
         if has_band != self._band_in_legend:
             if has_band:

@@ -124,10 +124,10 @@ class Dispatcher:
         self.in_flight[job.id] = job
         return best.identity, job
 
-    def unassign(self, identity: bytes, job: Job) -> None:
-        """The send to ``identity`` failed (peer gone): undo and drop the worker."""
+    def unassign(self, identity: bytes, job: Job) -> list[Job]:
+        """The send to ``identity`` failed (peer gone): undo, drop the worker; returns poison jobs."""
         job.deliveries -= 1
-        self.lost(identity)
+        return self.lost(identity)
 
     def complete(self, job_id: int, identity: bytes) -> Job | None:
         """An answer for ``job_id``; None when it was already answered (a re-sent duplicate)."""

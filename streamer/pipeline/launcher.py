@@ -21,6 +21,7 @@ from typing import Any
 
 from .. import recording as recording_mod
 from ..client import Subscriber, wait_for
+from ..predictor import PREDICTORS
 from ..recording import Recording
 from . import defaults
 from .publisher import replay
@@ -38,6 +39,8 @@ class LocalPipeline:
                  worker_args: list[str] = (), quiet: bool = True):
         if workers < 1:
             raise ValueError("need at least one worker")
+        if predictor not in PREDICTORS:  # fail here, not after the workers die one by one
+            raise ValueError(f"unknown predictor {predictor!r}; known: {', '.join(sorted(PREDICTORS))}")
         self._tmp = tempfile.mkdtemp(prefix="streamer-")  # short path: ipc paths are limited to ~100 chars
         self.endpoints = endpoints or {k: f"ipc://{self._tmp}/{k}" for k in ("ingest", "work", "results")}
         self.summary_path = os.path.join(self._tmp, "summary.json")
@@ -54,7 +57,8 @@ class LocalPipeline:
     def start(self, ready_timeout: float = 60.0) -> "LocalPipeline":
         e = self.endpoints
         args = ["sink", "--ingest", e["ingest"], "--work", e["work"], "--results", e["results"],
-                "--summary", self.summary_path, "--exit-after-end", str(self.exit_after_end), *self.sink_args]
+                "--summary", self.summary_path, "--exit-after-end", str(self.exit_after_end),
+                "--parent-pid", str(os.getpid()), *self.sink_args]
         if self.out_dir:
             args += ["--out", self.out_dir]
         sub = Subscriber(e["results"], topics=["stats"])
@@ -63,10 +67,14 @@ class LocalPipeline:
             for _ in range(self.n_workers):
                 self.add_worker()
             # publishing before the workers are up would put their start-up into the latency numbers
-            got = wait_for(sub, lambda t, m: m.get("workers", 0) >= self.n_workers or self.sink.poll() is not None,
-                           ready_timeout)
-            if got is None or self.sink.poll() is not None:
-                raise RuntimeError(f"pipeline not ready within {ready_timeout} s (sink exit code {self.sink.poll()})")
+            def died() -> bool:
+                return any(p.poll() is not None for p in [self.sink, *self.workers])
+
+            got = wait_for(sub, lambda t, m: m.get("workers", 0) >= self.n_workers or died(), ready_timeout)
+            if got is None or died():
+                codes = [p.poll() for p in [self.sink, *self.workers]]
+                raise RuntimeError(f"pipeline not ready within {ready_timeout} s (exit codes sink, workers: {codes}; "
+                                   "run with -v to see their output)")
         except BaseException:
             self.stop()
             raise
@@ -76,7 +84,7 @@ class LocalPipeline:
 
     def add_worker(self) -> subprocess.Popen:
         p = subprocess.Popen(_cli("worker", "--work", self.endpoints["work"], "--predictor", self.predictor,
-                                  *self.worker_args), stdout=self.out, stderr=self.out)
+                                  "--parent-pid", str(os.getpid()), *self.worker_args), stdout=self.out, stderr=self.out)
         self.workers.append(p)
         return p
 

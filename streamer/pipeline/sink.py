@@ -15,6 +15,7 @@ publishers (back-pressure end to end, bounded memory everywhere).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections import deque
@@ -103,6 +104,8 @@ class SinkConfig:
     exit_after_end: int = 0  # exit once this many streams ended and were drained (0: run until signalled)
     drain_timeout: float = 10.0  # on shutdown, wait this long for in-flight work
     summary_path: str | None = None
+    report_interval: float = 0.0  # print a one-line status to stdout this often (0: never)
+    parent_pid: int | None = None  # stop (drain) when this process is gone: launchers leave no orphans
     verbose: bool = False
 
 
@@ -135,6 +138,8 @@ class Sink:
         self._probe_at: list[float] = []
         self._stopping = False
         self._stop_deadline = 0.0
+        self._t_report = time.monotonic()
+        self._report_lat: list[float] = []
 
     def _bind(self, kind: int, endpoint: str, **opts: int) -> zmq.Socket:
         s = self.ctx.socket(kind)
@@ -173,6 +178,7 @@ class Sink:
                     self._on_work()
                 if self.ingest in events:
                     self._on_ingest()
+                    self._dispatch()  # hand new packets out before the bookkeeping below
                 if self.monitor in events:
                     self._on_monitor()
                 self._release()
@@ -194,8 +200,11 @@ class Sink:
         return bool(self.cfg.exit_after_end and self.ended >= self.cfg.exit_after_end)
 
     # ------------------------------------------------------------------ ingest
-    def _on_ingest(self) -> None:
-        while len(self.order) < self.cfg.window:
+    def _on_ingest(self, max_packets: int = 16) -> None:
+        # a few at a time, so workers get the first packets while the rest are still being read
+        for _ in range(max_packets):
+            if len(self.order) >= self.cfg.window:
+                return
             try:
                 raw = self.ingest.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -211,6 +220,8 @@ class Sink:
             stream, seq = schema.header(msg)
             kind = msg.get("kind")
             if kind == "end":
+                if self.cfg.verbose:
+                    print(f"sink: end of stream {stream!r} after {seq} packets", flush=True)
                 self.order.append(_End(stream, seq))
                 return
             if kind != "tuples":
@@ -236,8 +247,7 @@ class Sink:
             except zmq.ZMQError as exc:  # EHOSTUNREACH: the worker is gone
                 if self.cfg.verbose:
                     print(f"sink: worker {identity!r} unreachable ({exc}); re-queueing", flush=True)
-                self.dispatcher.unassign(identity, job)
-                self._poisoned(self.dispatcher.lost(identity))
+                self._poisoned(self.dispatcher.unassign(identity, job))
 
     def _on_work(self) -> None:
         now = time.monotonic()
@@ -354,6 +364,8 @@ class Sink:
         _, poison = self.dispatcher.expire(now)
         self._poisoned(poison)
         if now - self._t_stats >= self.cfg.stats_interval:
+            if self.cfg.parent_pid and os.getppid() != self.cfg.parent_pid:
+                self.request_stop()
             self._publish_stats()
 
     def stats(self, final: bool = False) -> dict[str, Any]:
@@ -377,10 +389,26 @@ class Sink:
 
     def _publish_stats(self, final: bool = False) -> dict[str, Any]:
         st = self.stats(final)
+        if self.cfg.report_interval:
+            self._report(st)
         self._t_stats = time.monotonic()
         self._interval_tuples = 0
         self.pub.send_multipart([schema.TOPIC_STATS, schema.encode_stats(st)])
         return st
+
+    def _report(self, st: dict[str, Any]) -> None:
+        lat = st["latency_ms"]
+        if lat.get("n"):
+            self._report_lat.append(lat["p99"])
+        now = time.monotonic()
+        if now - self._t_report < self.cfg.report_interval and not st["final"]:
+            return
+        p99 = f"{max(self._report_lat):.2f} ms" if self._report_lat else "-"
+        self._t_report, self._report_lat = now, []
+        print(f"sink: {st['tuples']:,} tuples {st['rate_tuples_s']:,.0f}/s  worst p99 {p99}  "
+              f"gaps {st['gaps']} dup {st['duplicates']} rejected {st['rejected']} re-sent {st['resent']}  "
+              f"workers {st['workers']} in flight {st['in_flight']} queued {st['queued']}"
+              + ("  (final)" if st["final"] else ""), flush=True)
 
     def _close(self) -> dict[str, Any]:
         if self.writer:

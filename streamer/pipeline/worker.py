@@ -58,7 +58,8 @@ def _i(v):
 
 def run_worker(endpoint: str = defaults.DEFAULT_WORK, predictor: str = defaults.DEFAULT_PREDICTOR, *,
                prefetch: int = defaults.PREFETCH, heartbeat_s: float = defaults.HEARTBEAT_S,
-               max_tuples: int = schema.MAX_TUPLES, curve_dir: str | None = None, verbose: bool = False) -> int:
+               max_tuples: int = schema.MAX_TUPLES, curve_dir: str | None = None, parent_pid: int | None = None,
+               verbose: bool = False) -> int:
     """Serve jobs until SIGINT/SIGTERM; finishes the jobs it already received, then says BYE."""
     model = load_predictor(predictor)  # once: model loading is not on the per-packet path
     name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -105,6 +106,8 @@ def run_worker(endpoint: str = defaults.DEFAULT_WORK, predictor: str = defaults.
         elif stop:
             break
         now = time.monotonic()
+        if parent_pid and os.getppid() != parent_pid:  # the launcher died: do not linger as an orphan
+            stop = True
         if now - last_hb >= heartbeat_s:
             send(hb)
             last_hb = now
