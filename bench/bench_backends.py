@@ -39,6 +39,11 @@ from streamer.simulate import simulate  # noqa: E402
 SIZES = (1, 10, 100, 1000, 10_000, 100_000)
 SECTION = "## Backend micro-benchmark"
 REFERENCE_MODELS = {"t500d8": (500, 8), "t150d6": (150, 6)}
+LEGEND = ("Rows: *xgboost* = `Booster.inplace_predict`; *tl2cgen stock* = `tl2cgen.Predictor` + "
+          "`tl2cgen.DMatrix` on TL2cgen's if/else code; *tl2cgen blocked* = the same code through our "
+          "blocked batch entry point; *compiled* = the default `array` layout that workers load; "
+          "Nt = threads. Inputs: simulated static-regime features. Analysis: README, section "
+          "\"Compiled inference\".")
 
 
 def simulated_features(n: int, seed: int, names) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", nargs="*", default=["tl2cgen", "march"],
                     help="extra builds: tl2cgen (stock TL2cgen code, slow to compile), annotate, march")
     ap.add_argument("--rounds", type=int, default=3, help="turns per size (best of all turns is kept)")
-    ap.add_argument("--lib-dir", type=Path, default=ROOT / "compiled_models" / "lib")
+    ap.add_argument("--lib-dir", type=Path, default=ROOT / "data" / "bench_models" / "lib",
+                    help="library cache of the benchmark builds (kept apart from the workers' cache)")
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per cell, over all rounds")
     ap.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
     args = ap.parse_args(argv)
@@ -188,7 +194,7 @@ def main(argv=None) -> int:
 
         booster = xgb.Booster(model_file=str(model))
         names = model_feature_names(model, booster)
-        X, _ = simulated_features(max(args.sizes), seed=99, names=names)
+        X, _ = simulated_features(max(100_000, *args.sizes), seed=99, names=names)  # parity on >= 100k rows
         backends = build_backends(model, args.lib_dir, args.threads, args.variants)
         ref = backends["xgboost 1t"].predict(X)
         parity = {name: float(np.max(np.abs(b.predict(X).reshape(ref.shape) - ref)))
@@ -213,7 +219,8 @@ def main(argv=None) -> int:
     if args.write_results:
         cmd = "`.venv/bin/python bench/bench_backends.py " + " ".join(sys.argv[1:]) + "`"
         body = (f"{SECTION}\n\nus/row (best of repeats, lower is better) on this machine "
-                f"({os.cpu_count()} cores), {stamp}. Command: {cmd}; raw: `{out.relative_to(ROOT)}`.\n\n{md}")
+                f"({os.cpu_count()} cores), {stamp}. Command: {cmd}; raw: `{out.relative_to(ROOT)}`.\n\n"
+                f"{LEGEND}\n\n{md}")
         write_section(ROOT / "bench" / "RESULTS.md", body)
     return 0
 

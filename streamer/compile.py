@@ -353,7 +353,8 @@ def _complete_tree_arrays(tree, depth: int):
     cleft, cright, split, thr_in = g("cleft"), g("cright"), g("split_index"), g("threshold")
     default_left, node_type, cmp, value = g("default_left"), g("node_type"), g("cmp"), g("leaf_value")
     if len(g("leaf_vector")):
-        raise UnsupportedByLayout("vector-leaf trees (multi_strategy=multi_output_tree) are not supported by layout 'array'")
+        raise UnsupportedByLayout("vector-leaf trees (multi_strategy=multi_output_tree) are not supported "
+                                  "by layout 'array'")
     n_inner = (1 << depth) - 1
     feat = np.zeros(n_inner, np.uint16)
     thr = np.zeros(n_inner, np.float32)
@@ -370,7 +371,8 @@ def _complete_tree_arrays(tree, depth: int):
             leaf[first - n_inner: first - n_inner + span] = value[nid]
             continue
         if node_type[nid] != _TL_NUMERICAL or cmp[nid] != _TL_OP_LT:
-            raise UnsupportedByLayout("only numerical '<' splits are supported by layout 'array' (no categorical splits)")
+            raise UnsupportedByLayout("only numerical '<' splits are supported by layout 'array' "
+                                      "(no categorical splits)")
         if split[nid] >= 1 << 15:
             raise UnsupportedByLayout("layout 'array' supports at most 32768 features")
         feat[pos] = int(split[nid]) | (0 if default_left[nid] else 1 << 15)
@@ -591,7 +593,8 @@ def build_library(model_path: str | Path, lib: str | Path, options: CompileOptio
             "compiler": _compiler_version(options.cc), "cpu_id": cpu_id(),
             "num_tree": summary["num_tree"], "depth": summary["depth"], "num_feature": summary["num_feature"],
             "units": summary["units"], "codegen_s": round(t_gen, 3),
-            "compile_s": round(elapsed, 3), "jobs": jobs, "built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "compile_s": round(elapsed, 3), "jobs": jobs,
+            "built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         lib.parent.mkdir(parents=True, exist_ok=True)
         staged = lib.with_name(f".{lib.name}.{os.getpid()}.tmp")

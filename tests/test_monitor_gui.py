@@ -280,7 +280,9 @@ def test_monitor_at_300k_tuples_per_s_never_holds_up_the_publisher(app, packet, 
     # tick = drain (budget 12 ms) + redraw (+ the injected slowness); interval adds painting
     assert np.percentile(frames, 95) < 0.012 + slow_frame_s + 0.08, (label, np.percentile(frames, [50, 95, 100]))
     assert np.median(intervals) < 0.25 + slow_frame_s, (label, np.percentile(intervals, [50, 95, 100]))
-    assert c.latency_ms["p50"] < 250 + 1e3 * slow_frame_s, (label, c.latency_ms)  # display lag: fresh data
+    # display lag (acquisition -> newest result on screen) stays bounded: a slow GUI can fall behind by
+    # at most what ZeroMQ's queues hold (high-water marks, fixed receive buffer), not by ever more
+    assert c.latency_ms["p50"] < (250 if not slow_frame_s else 600 + 1e3 * slow_frame_s), (label, c.latency_ms)
     # every result between the first and the newest shown is either shown or counted as not shown
     assert c.messages + c.missed_messages == model.last_seq("test") - model.first_seq("test") + 1
     assert c.duplicate_messages == 0

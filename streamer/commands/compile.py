@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         meta_path = Path(str(lib) + ".json")
         cross = json.loads(meta_path.read_text()).get("crossover", {}).get("1t") if meta_path.is_file() else None
         if cross:
-            line += f"; auto: xgboost from n={cross['xgboost_from']}" if cross["xgboost_from"] else "; auto: compiled at all sizes"
+            xgb_from = cross["xgboost_from"]
+            line += f"; auto: xgboost from n={xgb_from}" if xgb_from else "; auto: compiled at all sizes"
         print(line + f" [{time.perf_counter() - t0:.1f} s]", flush=True)
     if args.prune:
         for lib_dir in {p.parent for p in kept}:
