@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pipeline_helpers import PeakRSS, plot, self_peak_rss_mib, write_sections  # noqa: E402
+from pipeline_helpers import PeakRSS, cpu_seconds, plot, self_peak_rss_mib, write_sections  # noqa: E402
 
 from streamer.pipeline import defaults  # noqa: E402
 from streamer.pipeline.launcher import LocalPipeline  # noqa: E402
@@ -104,7 +104,8 @@ def run_pipeline(rec: Recording, **kw) -> dict:
 def _run_pipeline(rec: Recording, *, workers: int, predictor: str, packet_size: int, rate: float | None = None,
                   repeat: int = 1, monitor: bool = False, timeout: float = 600.0) -> dict:
     """One replay through a fresh local pipeline; throughput, latency, integrity, peak RSS."""
-    mon = None
+    mon = mon_cpu = None
+    mon_cpu0 = 0.0
     with LocalPipeline(workers, predictor) as pipe, PeakRSS() as rss:
         rss.watch("sink", pipe.sink.pid)
         for i, w in enumerate(pipe.workers):
@@ -118,12 +119,14 @@ def _run_pipeline(rec: Recording, *, workers: int, predictor: str, packet_size: 
                 rss.watch("monitor", mon.pid)
                 mon.stdout.readline()  # "monitor subscribed ..." once its event loop is about to start
                 time.sleep(0.5)
+                mon_cpu0 = cpu_seconds(mon.pid) or 0.0  # leave its start-up out of its CPU share
             t0 = time.perf_counter()
             sent = replay(rec, pipe.endpoints["ingest"], packet_size=packet_size, rate=rate, repeat=repeat)
             summary = pipe.wait(timeout)
             wall = time.perf_counter() - t0
             mon_line = None
             if mon is not None:
+                mon_cpu = (cpu_seconds(mon.pid) or 0.0) - mon_cpu0  # CPU time while the replay ran
                 mon.send_signal(signal.SIGINT)
                 out, _ = mon.communicate(timeout=30)
                 mon_line = next((ln for ln in out.splitlines() if ln.startswith("monitor:")), out.strip()[-300:])
@@ -146,7 +149,8 @@ def _run_pipeline(rec: Recording, *, workers: int, predictor: str, packet_size: 
         "integrity": {k: summary.get(k) for k in ("gaps", "duplicates", "rejected", "resent")},
         "peak_rss_mib": {"sink": rss.peak.get("sink"), "worker_max": max(worker_peaks) if worker_peaks else None,
                          **({"monitor": rss.peak.get("monitor")} if monitor else {})},
-        **({"monitor_summary": mon_line} if monitor else {}),
+        **({"monitor_summary": mon_line, "monitor_cpu_s": mon_cpu} if monitor else {}),
+        "cpu_s": dict(rss.cpu_s),
     }
 
 
@@ -229,6 +233,12 @@ def _f(v, fmt="{:,.0f}") -> str:
     return "n/a" if v is None else fmt.format(v)
 
 
+def _cores(r: dict) -> str:
+    """Monitor CPU seconds per wall second while the replay ran (its start-up excluded)."""
+    cpu = r.get("monitor_cpu_s")
+    return "" if cpu is None else f"{cpu / r['wall_s']:.2f}"
+
+
 def _lat(r: dict) -> str:
     lat = r["latency_ms"]
     return " / ".join(_f(lat.get(k), "{:.3g}") for k in ("p50", "p99", "max"))
@@ -280,15 +290,16 @@ def markdown_pipeline(res: dict, command: str, json_rel: str, png_rel: str) -> s
     if mon:
         out += ["", "With a live monitor attached (headless `streamer monitor` subscribed to the sink, same run "
                 "otherwise; the monitor shares the 2 cores):", "",
-                "| run | monitor | end-to-end tuples/s | latency p50 / p99 / max (ms) | peak RSS monitor (MiB) | monitor summary |",
-                "|---|---|---:|---|---:|---|"]
+                "| run | monitor | end-to-end tuples/s | latency p50 / p99 / max (ms) | peak RSS monitor (MiB) | "
+                "monitor CPU (cores, during the replay) | monitor summary |",
+                "|---|---|---:|---|---:|---:|---|"]
         for r in mon:
             if "error" in r:
-                out.append(f"| {r['label']} | {'yes' if r['with_monitor'] else 'no'} | failed: {r['error'][:120]} | | | |")
+                out.append(f"| {r['label']} | {'yes' if r['with_monitor'] else 'no'} | failed: {r['error'][:120]} | | | | |")
                 continue
             out.append(f"| {r['label']} | {'yes' if r['with_monitor'] else 'no'} | "
                        f"{_f(r['tuples_per_s'])} | {_lat(r)} | {_f(r['peak_rss_mib'].get('monitor'), '{:.0f}')} | "
-                       f"{r.get('monitor_summary') or ''} |")
+                       f"{_cores(r)} | {r.get('monitor_summary') or ''} |")
     out += ["", f"Peak RSS of the bench process (publisher, holds the recording): {res['bench_peak_rss_mib']:.0f} MiB. "
             "Peak RSS = VmHWM from /proc, sampled every 0.1 s."]
     return "\n".join(out)
@@ -395,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     res["bench_peak_rss_mib"] = self_peak_rss_mib()
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "pipeline" + ("-quick" if args.quick else "")
+    stem = "pipeline" + ("-quick" if args.quick else "") + ("-partial" if args.skip else "")
     json_path, png_path = out_dir / f"{stem}.json", out_dir / f"{stem}.png"
     json_path.write_text(json.dumps(res, indent=1, default=float))
     plot(res, png_path)

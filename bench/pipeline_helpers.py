@@ -22,6 +22,16 @@ def vm_hwm_mib(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process (from /proc/<pid>/stat), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def self_peak_rss_mib() -> float:
     """Peak RSS of this process (ru_maxrss is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -35,6 +45,7 @@ class PeakRSS:
         self.period_s = period_s
         self.pids: dict[str, int] = {}
         self.peak: dict[str, float] = {}
+        self.cpu_s: dict[str, float] = {}  # CPU seconds at the last sample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -46,6 +57,9 @@ class PeakRSS:
             v = vm_hwm_mib(pid)
             if v is not None:
                 self.peak[name] = max(self.peak.get(name, 0.0), v)
+            cpu = cpu_seconds(pid)
+            if cpu is not None:
+                self.cpu_s[name] = cpu
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):

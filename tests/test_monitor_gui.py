@@ -333,6 +333,8 @@ def test_monitor_command_rejects_bad_options(capsys):
     assert "--screenshot needs --duration" in capsys.readouterr().err
     assert main(["monitor", "--size", "12x9", "--duration", "1"]) == 2
     assert "--size too small" in capsys.readouterr().err
+    assert main(["monitor", "--address", "nowhere", "--duration", "1"]) == 2
+    assert "cannot subscribe to 'nowhere'" in capsys.readouterr().err
 
 
 def test_subscriber_decodes_newest_first_and_counts_skipped(monkeypatch):

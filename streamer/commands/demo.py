@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
         res = load_results(out)
     print(f"\npipeline: {args.predictor} x {args.workers} workers, packets of {args.packet_size}")
     print(format_summary(summary))
+    if args.rate is None:
+        print("                  (replayed as fast as possible: latency is time queued in the bounded window;"
+              " try --rate 10000 --packet-size 10 for live-like latency)")
     # replay sends tuples in file order, packet k = tuples [k*size, (k+1)*size): map results back
     idx = res["seq"] * args.packet_size + res["row"]
     complete = len(idx) == len(rec) and np.array_equal(idx, np.arange(len(rec)))

@@ -16,13 +16,13 @@ HELP = "live monitor (pyqtgraph): distance trace with 90% interval band, histogr
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=DEFAULT_ADDRESS,
                    help=f"the sink's PUB address to subscribe to (default {DEFAULT_ADDRESS})")
-    p.add_argument("--fps", type=float, default=30.0, help="GUI frames per second (default 30)")
+    p.add_argument("--fps", type=float, default=20.0, help="GUI frames per second (default 20)")
     p.add_argument("--drain-budget-ms", type=float, default=12.0,
                    help="max time per frame spent reading messages; the rest is dropped by ZeroMQ (default 12)")
     p.add_argument("--rcvhwm", type=int, default=1000, help="receive high-water mark in messages (default 1000)")
     p.add_argument("--capacity", type=int, default=200_000, help="tuples kept in memory (default 200000)")
     p.add_argument("--window", type=int, default=50_000, help="tuples shown initially (default 50000)")
-    p.add_argument("--max-points", type=int, default=2000, help="points drawn per curve (bin means; default 2000)")
+    p.add_argument("--max-points", type=int, default=1000, help="points drawn per curve (bin means; default 1000)")
     p.add_argument("--trace", type=int, default=None, help="start with this trace id selected")
     p.add_argument("--duration", type=float, default=None, help="close after this many seconds")
     p.add_argument("--screenshot", default=None,
@@ -49,17 +49,27 @@ def run(args: argparse.Namespace) -> int:
     if args.screenshot and args.duration is None:
         raise ValueError("--screenshot needs --duration (how long to collect data before the capture)")
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # headless: still runs, e.g. for --screenshot
+        if "QT_QPA_PLATFORM" not in os.environ:  # headless: still runs, e.g. for --screenshot
+            os.environ["QT_QPA_PLATFORM"] = "offscreen"
+            print("no display: running offscreen (use --duration/--screenshot, or Ctrl-C to stop)", flush=True)
 
     import pyqtgraph as pg  # Qt only for this command
+    import zmq
 
     from ..monitor.model import MonitorModel
     from ..monitor.subscriber import ResultSubscriber
-    from ..monitor.window import MonitorWindow
+    from ..monitor.window import MonitorWindow, check_qt_binding
 
+    try:
+        check_qt_binding()
+    except RuntimeError as exc:
+        raise ValueError(str(exc)) from None
     app = pg.mkQApp("streamer monitor")
     model = MonitorModel(capacity=args.capacity, trace_capacity=args.capacity)
-    subscriber = ResultSubscriber(args.address, rcvhwm=args.rcvhwm)
+    try:
+        subscriber = ResultSubscriber(args.address, rcvhwm=args.rcvhwm)
+    except zmq.ZMQError as exc:
+        raise ValueError(f"cannot subscribe to {args.address!r}: {exc}") from None
     window = MonitorWindow(model, subscriber, frame_ms=max(1, int(1000 / args.fps)),
                            drain_budget_s=args.drain_budget_ms / 1e3, max_points=args.max_points,
                            window_tuples=min(args.window, args.capacity),

@@ -14,6 +14,7 @@ publishers (back-pressure end to end, bounded memory everywhere).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -127,7 +128,9 @@ class Sink:
         self.latency = LatencyStats()
         self.order: deque[int | _End] = deque()
         self.done: dict[int, _Done] = {}
-        self.next_job = 0
+        # job ids start at a random offset: answers a worker still holds from a previous sink run
+        # cannot be mistaken for this run's jobs
+        self.next_job = int.from_bytes(os.urandom(5), "little") << 20
         self.packets = self.tuples = self.rejected = self.rejected_tuples = self.ended = 0
         self.reasons: dict[str, int] = {}
         self.t_start = time.time()
@@ -160,6 +163,8 @@ class Sink:
             self._stop_deadline = time.monotonic() + self.cfg.drain_timeout
 
     def run(self) -> dict[str, Any]:
+        gc.collect()
+        gc.freeze()  # start-up objects out of the collector: no multi-ms gen-2 pauses mid-stream
         poller = zmq.Poller()
         poller.register(self.work, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)

@@ -13,6 +13,7 @@ A bad packet is answered with FAIL and the reason; an exception in the predictor
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -78,6 +79,10 @@ def run_worker(endpoint: str = defaults.DEFAULT_WORK, predictor: str = defaults.
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    # a full collection walks the ~100k objects of numpy/zmq/the model (~50 ms here): keep them
+    # out of the collector so a gen-2 pass cannot stall a packet
+    gc.collect()
+    gc.freeze()
     hb = [b"HB", str(prefetch).encode()]
 
     def send(frames: list[bytes], wait_ms: int = 0) -> bool:
