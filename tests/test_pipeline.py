@@ -226,3 +226,11 @@ def test_run_command_prints_summary(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "tuples out        2,000 in 20 packets" in out.stdout and "gaps 0  duplicates 0" in out.stdout
     assert json.loads((tmp_path / "s.json").read_text())["tuples"] == 2000
+
+
+def test_demo_runs_the_full_pipeline_and_checks_truth():
+    out = subprocess.run([sys.executable, "-m", "streamer.cli", "demo", "--traces", "6", "--tuples-per-trace", "500",
+                          "-w", "1"], capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    assert "every tuple exactly once, in order (3,000 of 3,000 tuples persisted)" in out.stdout
+    assert "| all | 3000 |" in out.stdout and "latency (ms)" in out.stdout

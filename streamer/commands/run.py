@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..pipeline import defaults
 from ..pipeline.launcher import run_local_pipeline
@@ -25,9 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     rec = publish.load_source(args)
-    summary = run_local_pipeline(rec, workers=args.workers, predictor=args.predictor,
-                                 packet_size=args.packet_size, rate=args.rate, repeat=args.repeat,
-                                 out_dir=args.out, timeout=args.timeout, quiet=not args.verbose)
+    try:
+        summary = run_local_pipeline(rec, workers=args.workers, predictor=args.predictor,
+                                     packet_size=args.packet_size, rate=args.rate, repeat=args.repeat,
+                                     out_dir=args.out, timeout=args.timeout, quiet=not args.verbose)
+    except (RuntimeError, TimeoutError) as exc:  # a process died or the run overran: say which
+        print(f"streamer run: error: {exc}", file=sys.stderr)
+        return 1
     print(f"{summary['predictor']} x {args.workers} workers, packets of {args.packet_size}"
           + (f", paced at {args.rate:,.0f} tuples/s" if args.rate else ", as fast as possible"))
     print(format_summary(summary))
