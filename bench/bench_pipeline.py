@@ -121,7 +121,8 @@ def _run_pipeline(rec: Recording, *, workers: int, predictor: str, packet_size: 
                 time.sleep(0.5)
                 mon_cpu0 = cpu_seconds(mon.pid) or 0.0  # leave its start-up out of its CPU share
             t0 = time.perf_counter()
-            sent = replay(rec, pipe.endpoints["ingest"], packet_size=packet_size, rate=rate, repeat=repeat)
+            sent = replay(rec, pipe.endpoints["ingest"], packet_size=packet_size, rate=rate, repeat=repeat,
+                          confirm=pipe.endpoints["results"])
             summary = pipe.wait(timeout)
             wall = time.perf_counter() - t0
             mon_line = None

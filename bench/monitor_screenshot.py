@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             mon.stdout.readline()
             time.sleep(1.0)
-            sent = replay(rec, pipe.endpoints["ingest"], packet_size=100, rate=args.rate)
+            sent = replay(rec, pipe.endpoints["ingest"], packet_size=100, rate=args.rate,
+                          confirm=pipe.endpoints["results"])
             summary = pipe.wait(120)
             out, _ = mon.communicate(timeout=60)
         finally:

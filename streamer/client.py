@@ -43,6 +43,7 @@ class Publisher:
             raise ValueError(f"stream id must be 1-{schema.MAX_STREAM_ID} characters")
         self.stream = stream
         self.seq = first_seq
+        self._curve = curve
         self._sock = (context or zmq.Context.instance()).socket(zmq.PUSH)
         self._sock.sndhwm = hwm
         apply_client(self._sock, curve)
@@ -78,6 +79,21 @@ class Publisher:
     def end(self, timeout: float | None = None) -> None:
         """Tell the sink this stream is complete after ``seq`` packets (lets it report tail gaps)."""
         self.send_raw(schema.encode_end(self.stream, self.seq), timeout)
+
+    def end_confirmed(self, results: str = DEFAULT_RESULTS, timeout: float = 60.0) -> dict:
+        """Send the end marker and wait until the sink has released the whole stream.
+
+        Closing a PUSH socket while packets still queue behind a paused sink (its window full)
+        loses them despite ZMQ_LINGER (seen with libzmq 4.3.5), so a publisher that must not
+        lose its tail waits for the sink's ``stats`` to report this stream ended: every packet
+        before the marker has then been released. Returns that stats message.
+        """
+        with Subscriber(results, topics=["stats"], curve=self._curve) as sub:
+            self.end()
+            got = wait_for(sub, lambda _t, m: m.get("streams", {}).get(self.stream, {}).get("ended"), timeout)
+        if got is None:
+            raise BackPressure(f"sink did not confirm the end of stream {self.stream!r} within {timeout} s")
+        return got
 
     def close(self, linger_s: float = 10.0) -> None:
         """Close; waits up to ``linger_s`` for queued packets to leave."""

@@ -55,6 +55,17 @@ def test_end_to_end_results_equal_in_process_prediction(rec, tmp_path):
     assert (res["packet_t_sink"] >= res["packet_t_acq"]).all()
 
 
+def test_many_small_packets_past_the_window_all_arrive(rec, tmp_path):
+    # 600 packets of 10 > the sink's 256-packet window: the sink pauses its ingest and packets queue
+    # in the publisher; replay must not close its socket (dropping that queue) before the sink
+    # confirms the end of the stream (this hung with packets lost before end_confirmed existed)
+    part = rec.subset(slice(0, 6000))
+    summary = run_local_pipeline(part, workers=1, packet_size=10, out_dir=str(tmp_path), timeout=60)
+    assert summary["packets"] == 600 and summary["tuples"] == 6000
+    assert summary["publisher"]["packets"] == 600
+    assert_exactly_once(tmp_path, 600, 10, part)
+
+
 def test_sigkill_worker_mid_stream_loses_and_duplicates_nothing(rec, tmp_path):
     # mle is slow (~20k tuples/s per core): with 40 packets queued, each worker holds `prefetch`
     # jobs at the moment the first result comes out, and worker 0 is killed right then

@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser, with_endpoint: bool = True) -> Non
         p.add_argument("--stream", default="replay", help="stream id")
         p.add_argument("--curve", default=None, metavar="DIR", help="CurveZMQ key directory (client keys)")
         p.add_argument("--no-end", action="store_true", help="do not send the end-of-stream marker")
+        p.add_argument("--results", default=defaults.DEFAULT_RESULTS,
+                       help="the sink's results endpoint: wait there until the sink confirms the stream's end")
+        p.add_argument("--no-confirm", action="store_true",
+                       help="exit right after sending (packets still queued behind a busy sink may be lost)")
 
 
 def load_source(args: argparse.Namespace):
@@ -40,7 +44,8 @@ def load_source(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     rec = load_source(args)
     sent = replay(rec, args.ingest, stream=args.stream, packet_size=args.packet_size, rate=args.rate,
-                  repeat=args.repeat, curve_dir=args.curve, end=not args.no_end)
+                  repeat=args.repeat, curve_dir=args.curve, end=not args.no_end,
+                  confirm=None if args.no_confirm else args.results)
     print(f"published {sent['tuples']:,} tuples in {sent['packets']:,} packets in {sent['elapsed_s']:.2f} s "
           f"({sent['send_rate_tuples_s']:,.0f} tuples/s)")
     return 0

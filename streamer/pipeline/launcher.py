@@ -139,7 +139,8 @@ def run_local_pipeline(source: Recording | str | os.PathLike, *, workers: int = 
     with LocalPipeline(workers, predictor, out_dir=out_dir, sink_args=sink_args, worker_args=worker_args,
                        quiet=quiet) as pipe:
         t0 = time.perf_counter()
-        sent = replay(rec, pipe.endpoints["ingest"], packet_size=packet_size, rate=rate, repeat=repeat)
+        sent = replay(rec, pipe.endpoints["ingest"], packet_size=packet_size, rate=rate, repeat=repeat,
+                      confirm=pipe.endpoints["results"], confirm_timeout=timeout)
         summary = pipe.wait(timeout)
         summary["wall_s"] = time.perf_counter() - t0
     summary["publisher"] = sent

@@ -15,8 +15,13 @@ from . import defaults
 
 def replay(rec: Recording, endpoint: str = defaults.DEFAULT_INGEST, *, stream: str = "replay",
            packet_size: int = defaults.PACKET_SIZE, rate: float | None = None, repeat: int = 1,
-           curve_dir: str | None = None, end: bool = True, context: zmq.Context | None = None) -> dict[str, Any]:
+           curve_dir: str | None = None, end: bool = True, confirm: str | None = None,
+           confirm_timeout: float = 300.0, context: zmq.Context | None = None) -> dict[str, Any]:
     """Send ``rec`` in packets of ``packet_size`` tuples, ``repeat`` times; returns what was sent.
+
+    ``confirm`` (the sink's results endpoint) keeps the socket open after the end marker until the
+    sink reports the stream released (see :meth:`Publisher.end_confirmed`); without it, packets
+    still queued behind a paused sink can be lost when this function returns.
 
     ``rate`` (tuples/s) paces packets on a fixed schedule like a live acquisition (``t_acq`` is the
     send time, so sink latency excludes schedule slip); None sends as fast as back-pressure allows.
@@ -48,7 +53,9 @@ def replay(rec: Recording, endpoint: str = defaults.DEFAULT_INGEST, *, stream: s
                 packets += 1
                 sent_tuples += len(batch)
         elapsed = time.perf_counter() - t0
-        if end:
+        if end and confirm:
+            pub.end_confirmed(confirm, confirm_timeout)
+        elif end:
             pub.end()
     return {"packets": packets, "tuples": sent_tuples, "elapsed_s": elapsed,
             "send_rate_tuples_s": sent_tuples / elapsed if elapsed > 0 else float("inf"),
