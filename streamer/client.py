@@ -88,9 +88,17 @@ class Publisher:
         lose its tail waits for the sink's ``stats`` to report this stream ended: every packet
         before the marker has then been released. Returns that stats message.
         """
+        def ended(_t: str, m: dict) -> bool:
+            st = m.get("streams", {}).get(self.stream, {})
+            return bool(st.get("ended")) and st.get("next_seq", -1) >= self.seq
+
         with Subscriber(results, topics=["stats"], curve=self._curve) as sub:
+            # one periodic stats message proves the subscription is live before the marker can
+            # be released (a SUB that joins late would miss the sink's final stats)
+            if wait_for(sub, lambda _t, _m: True, timeout) is None:
+                raise BackPressure(f"no stats from the sink at {results} within {timeout} s")
             self.end()
-            got = wait_for(sub, lambda _t, m: m.get("streams", {}).get(self.stream, {}).get("ended"), timeout)
+            got = wait_for(sub, ended, timeout)
         if got is None:
             raise BackPressure(f"sink did not confirm the end of stream {self.stream!r} within {timeout} s")
         return got

@@ -17,6 +17,7 @@ import zmq
 
 from streamer import schema
 from streamer.client import BackPressure, Publisher, Subscriber, wait_for
+from streamer.pipeline import defaults
 from streamer.pipeline.launcher import LocalPipeline, run_local_pipeline
 from streamer.pipeline.publisher import replay
 from streamer.pipeline.writer import load_results
@@ -47,8 +48,10 @@ def test_end_to_end_results_equal_in_process_prediction(rec, tmp_path):
     assert summary["gaps"] == summary["duplicates"] == summary["rejected"] == 0
     assert summary["latency_ms"]["n"] == n_packets and summary["latency_ms"]["p50"] > 0
     res = assert_exactly_once(tmp_path, n_packets, 700, rec)
-    pred = load_predictor("closed-form").predict(rec.tuples)
+    pred = load_predictor(defaults.DEFAULT_PREDICTOR).predict(rec.tuples)  # what workers run by default
     np.testing.assert_array_equal(res["distance"], pred.distance)
+    np.testing.assert_array_equal(res["lower"], pred.lower)
+    np.testing.assert_array_equal(res["upper"], pred.upper)
     np.testing.assert_array_equal(res["flags"], pred.flags)
     np.testing.assert_array_equal(res["time_s"], rec.tuples.time_s)
     np.testing.assert_array_equal(res["trace_id"], rec.tuples.trace_id)
@@ -213,8 +216,8 @@ def test_cli_roles_over_tcp_with_curve(tmp_path, rec):
         # a publisher without the keys cannot get anything in
         with Publisher(ep[0], "intruder") as intruder:
             intruder.send_batch(rec.tuples[:10])
-        pub = cli("publish", str(rec_path), "--ingest", ep[0], "--curve", str(keys), "--packet-size", "1000",
-                  "--stream", "scope")
+        pub = cli("publish", str(rec_path), "--ingest", ep[0], "--results", ep[2], "--curve", str(keys),
+                  "--packet-size", "1000", "--stream", "scope")
         assert pub.wait(30) == 0
         first = wait_for(sub, lambda t, m: t == "result", 30)
         assert first["stream"] == "scope" and first["distance"].shape == (1000,)

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from ..crb import crb_for_recording
 from ..metrics import format_table, per_class_table
 from ..pipeline import defaults
 from ..pipeline.launcher import run_local_pipeline
@@ -28,13 +29,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tuples-per-trace", type=int, default=1000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("-w", "--workers", type=int, default=2)
-    p.add_argument("--predictor", default=defaults.DEFAULT_PREDICTOR)
+    p.add_argument("--predictor", default=None,
+                   help="predictor spec (default: the trained model of --regime, i.e. 'static' or 'dynamic')")
     p.add_argument("--packet-size", type=int, default=defaults.PACKET_SIZE)
     p.add_argument("--rate", type=float, default=None, help="tuples/s (default: as fast as possible)")
 
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    args.predictor = args.predictor or args.regime
     rec = simulate(args.regime, args.traces, args.tuples_per_trace, args.seed)
     print(f"simulated {len(rec):,} {args.regime} tuples ({args.traces} traces, seed {args.seed}, "
           f"mean {rec.tuples.photons.mean():.0f} photons/tuple) in {time.perf_counter() - t0:.1f} s")
@@ -58,7 +61,11 @@ def run(args: argparse.Namespace) -> int:
     d_hat = res["distance"][two_on].astype(np.float64)
     finite = np.isfinite(d_hat)
     print(f"\naccuracy vs ground truth ({two_on.sum():,} two-emitter tuples, {(~finite).sum():,} without estimate):")
-    print(format_table(per_class_table(d_true[finite], {args.predictor: d_hat[finite]})))
+    crb = None
+    if "amplitude" in truth:  # the physical limit on identical tuples, for scale
+        sel = idx[two_on][finite]
+        crb = crb_for_recording({k: v[sel] for k, v in truth.items()}, rec.tuples.positions[sel])
+    print(format_table(per_class_table(d_true[finite], {args.predictor: d_hat[finite]}, crb)))
     lo, hi = res["lower"][two_on], res["upper"][two_on]
     has_iv = np.isfinite(lo) & np.isfinite(hi)
     if has_iv.any():

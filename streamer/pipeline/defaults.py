@@ -1,7 +1,7 @@
 """Pipeline defaults, in one place (CLI options and the Python API read them from here)."""
 
 #: predictor spec workers load (streamer.predictor.load_predictor); switch here to change the default
-DEFAULT_PREDICTOR = "closed-form"
+DEFAULT_PREDICTOR = "static"  # trained ensemble + conformal interval (compiled_models/static)
 
 #: the sink's bound endpoints (loopback only; a network interface needs --curve)
 DEFAULT_INGEST = "tcp://127.0.0.1:5555"  # publisher PUSH -> sink PULL: tuple packets
