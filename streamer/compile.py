@@ -50,7 +50,7 @@ from pathlib import Path
 #: library cache (git-ignored) for models outside a bundle, relative to the working directory
 DEFAULT_LIB_DIR = Path("compiled_models") / "lib"
 #: bump when the generated batch code or build recipe changes, so old libraries are rebuilt
-BUILD_VERSION = 5
+BUILD_VERSION = 6
 LAYOUTS = ("array", "tl2cgen")
 #: deepest tree the array layout pads to a complete tree (2**depth leaves per tree)
 MAX_ARRAY_DEPTH = 12
@@ -272,7 +272,7 @@ def _generate_tl2cgen_sources(model_path: Path, tl_model, src_dir: Path, options
         raise RuntimeError("quantized TL2cgen code is not supported by the batch entry point")
     (src_dir / "batch.c").write_text(_BATCH_C.format(
         num_feature=num_feature, n_units=n_units, block=options.block_rows,
-        unit_list=", ".join(f"predict_unit{u}" for u in units), base_stmts=base_stmts))
+        unit_list=", ".join(f"predict_unit{u}" for u in units), base_stmts=base_stmts) + _ENTRY_C)
     sources = [s["name"] for s in recipe["sources"]] + ["batch"]
     return {"num_tree": tl_model.num_tree, "num_feature": num_feature, "units": n_units, "sources": sources}
 
@@ -312,26 +312,10 @@ static void sb_block(const float* X, int64_t nrow, float* out) {{
   }}
 }}
 
-/* X: (n, SB_NF) row-major float32 (NaN = missing); out: (n, N_TARGET) float32. */
-int streamer_predict_batch(const float* X, int64_t n, float* out, int nthread) {{
-  if (n < 0 || X == NULL || out == NULL) return 1;
-  int64_t nblock = (n + SB_BLOCK - 1) / SB_BLOCK;
-#ifdef _OPENMP
-  if (nthread > 1 && nblock > 1) {{
-    #pragma omp parallel for num_threads(nthread) schedule(static)
-    for (int64_t b = 0; b < nblock; ++b) {{
-      int64_t r0 = b * SB_BLOCK, nr = (n - r0 < SB_BLOCK) ? n - r0 : SB_BLOCK;
-      sb_block(X + r0 * SB_NF, nr, out + r0 * N_TARGET);
-    }}
-    return 0;
-  }}
-#endif
-  for (int64_t b = 0; b < nblock; ++b) {{
-    int64_t r0 = b * SB_BLOCK, nr = (n - r0 < SB_BLOCK) ? n - r0 : SB_BLOCK;
-    sb_block(X + r0 * SB_NF, nr, out + r0 * N_TARGET);
-  }}
-  return 0;
-}}
+#define ENTRY_NF SB_NF
+#define ENTRY_NT N_TARGET
+#define ENTRY_BLOCK SB_BLOCK
+#define ENTRY_BLOCK_FN sb_block
 """
 
 
@@ -435,7 +419,7 @@ def _generate_array_sources(tl_model, src_dir: Path, options: CompileOptions) ->
         feat=",".join(map(str, feat.tolist())), thr=_c_floats(thr), leaf=_c_floats(leaf),
         target=",".join(str(max(int(t), 0)) for t in targets),
         base_stmts="\n  ".join(f"result[{i}] += {v!r};" for i, v in enumerate(base)))
-    (src_dir / "model.c").write_text(code)
+    (src_dir / "model.c").write_text(code + _ENTRY_C)
     return {"num_tree": len(trees), "num_feature": num_feature, "units": 1, "depth": depth, "sources": ["model"]}
 
 
@@ -535,27 +519,37 @@ static void predict_block(const float* X, int64_t nrow, float* out) {{
   for (int64_t r = 0; r < nrow; ++r) apply_base(out + r * NT);
 }}
 
-/* X: (n, NF) row-major float32 (NaN = missing); out: (n, NT) float32. */
-int streamer_predict_batch(const float* X, int64_t n, float* out, int nthread) {{
-  if (n < 0 || X == NULL || out == NULL) return 1;
-  int64_t nblock = (n + BLOCK - 1) / BLOCK;
-#ifdef _OPENMP
-  if (nthread > 1 && nblock > 1) {{
-    #pragma omp parallel for num_threads(nthread) schedule(static)
-    for (int64_t b = 0; b < nblock; ++b) {{
-      int64_t r0 = b * BLOCK, nr = (n - r0 < BLOCK) ? n - r0 : BLOCK;
-      predict_block(X + r0 * NF, nr, out + r0 * NT);
-    }}
-    return 0;
-  }}
-#endif
-  for (int64_t b = 0; b < nblock; ++b) {{
-    int64_t r0 = b * BLOCK, nr = (n - r0 < BLOCK) ? n - r0 : BLOCK;
-    predict_block(X + r0 * NF, nr, out + r0 * NT);
-  }}
-  return 0;
-}}
+#define ENTRY_NF NF
+#define ENTRY_NT NT
+#define ENTRY_BLOCK BLOCK
+#define ENTRY_BLOCK_FN predict_block
 """
+
+#: the batch entry point both layouts export; each template defines ENTRY_NF, ENTRY_NT,
+#: ENTRY_BLOCK and ENTRY_BLOCK_FN (its per-block kernel) before it
+_ENTRY_C = r"""
+/* X: (n, ENTRY_NF) row-major float32 (NaN = missing); out: (n, ENTRY_NT) float32. */
+int streamer_predict_batch(const float* X, int64_t n, float* out, int nthread) {
+  if (n < 0 || X == NULL || out == NULL) return 1;
+  int64_t nblock = (n + ENTRY_BLOCK - 1) / ENTRY_BLOCK;
+#ifdef _OPENMP
+  if (nthread > 1 && nblock > 1) {
+    #pragma omp parallel for num_threads(nthread) schedule(static)
+    for (int64_t b = 0; b < nblock; ++b) {
+      int64_t r0 = b * ENTRY_BLOCK, nr = (n - r0 < ENTRY_BLOCK) ? n - r0 : ENTRY_BLOCK;
+      ENTRY_BLOCK_FN(X + r0 * ENTRY_NF, nr, out + r0 * ENTRY_NT);
+    }
+    return 0;
+  }
+#endif
+  for (int64_t b = 0; b < nblock; ++b) {
+    int64_t r0 = b * ENTRY_BLOCK, nr = (n - r0 < ENTRY_BLOCK) ? n - r0 : ENTRY_BLOCK;
+    ENTRY_BLOCK_FN(X + r0 * ENTRY_NF, nr, out + r0 * ENTRY_NT);
+  }
+  return 0;
+}
+"""
+
 
 
 def build_library(model_path: str | Path, lib: str | Path, options: CompileOptions | None = None,
