@@ -155,30 +155,43 @@ def simulate_dynamic(
                     "instrument": asdict(inst), "params": asdict(par)})
 
 
+CHUNK = 1 << 15  # tuples per pass: the (chunk, 2, 3) temporaries stay in cache (~2x faster)
+
+
 def _finish(rng, inst, centre, mid, d, theta, v0, bg, g2, state, photons, brightness_ref, trace, time_s, meta):
     """Place emitters, set brightness, draw Poisson counts and package ground truth."""
     n = len(d)
-    positions = physics.beam_positions(centre, inst.half_l_nm)
     sep = np.stack([d * np.cos(theta), d * np.sin(theta)], axis=1)
-    x1, x2 = mid - sep / 2, mid + sep / 2
     a = physics.a_from_v0(v0)
     g1 = np.where(state >= STATE_ONE, 1.0, 0.0)
     g2_on = np.where(state == STATE_TWO, g2, 0.0)
-    unit = physics.expected_counts(positions, x1, x2, 1.0, g1, g2_on, a, 0.0)
-    if brightness_ref is None:
-        amplitude = _budget_amplitude(photons, unit.sum(axis=(1, 2)), bg)
-    else:
-        # fixed exposure: brightness from the centred 2-on geometry, kept through state changes
-        ref = physics.expected_counts(positions, brightness_ref - sep / 2, brightness_ref + sep / 2,
-                                      1.0, 1.0, g2, a, 0.0)
-        amplitude = _budget_amplitude(photons, ref.sum(axis=(1, 2)), bg)
-    mu = amplitude[:, None, None] * unit + bg[:, None, None]
-    counts = _draw_counts(rng, mu)
+    counts = np.empty((n, 2, 3), np.uint16)
+    positions = np.empty((n, 2, 3), np.float32)
+    amplitude = np.empty(n)
+    photons_expected = np.empty(n)
+    for start in range(0, n, CHUNK):
+        sl = slice(start, start + CHUNK)
+        pos = physics.beam_positions(centre[sl], inst.half_l_nm)
+        unit = physics.expected_counts(pos, mid[sl] - sep[sl] / 2, mid[sl] + sep[sl] / 2, 1.0,
+                                       g1[sl], g2_on[sl], a[sl], 0.0)
+        if brightness_ref is None:
+            amp = _budget_amplitude(photons[sl], unit.sum(axis=(1, 2)), bg[sl])
+        else:
+            # fixed exposure: brightness from the centred 2-on geometry, kept through state changes
+            ref = brightness_ref[sl]
+            ref_unit = physics.expected_counts(pos, ref - sep[sl] / 2, ref + sep[sl] / 2, 1.0, 1.0, g2[sl],
+                                               a[sl], 0.0)
+            amp = _budget_amplitude(photons[sl], ref_unit.sum(axis=(1, 2)), bg[sl])
+        mu = amp[:, None, None] * unit + bg[sl, None, None]
+        counts[sl] = _draw_counts(rng, mu)
+        positions[sl] = pos
+        amplitude[sl] = amp
+        photons_expected[sl] = mu.sum(axis=(1, 2))
     truth = {
         "d_nm": d, "theta": theta, "state": state.astype(np.int8), "v0": v0, "background": bg,
-        "g2": g2, "amplitude": amplitude, "mid_nm": mid - centre, "photons_expected": mu.sum(axis=(1, 2)),
+        "g2": g2, "amplitude": amplitude, "mid_nm": mid - centre, "photons_expected": photons_expected,
     }
-    return Recording(TupleBatch.build(counts, positions.astype(np.float32), trace, time_s), truth, meta)
+    return Recording(TupleBatch.build(counts, positions, trace, time_s), truth, meta)
 
 
 def simulate(regime: str, n_traces: int, tuples_per_trace: int, seed: int = 0, **kw) -> Recording:
