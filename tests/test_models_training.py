@@ -61,7 +61,9 @@ def test_predictor_outputs(tiny_bundle):
     assert p.distance.dtype == p.lower.dtype == np.float32 and p.flags.dtype == np.uint8
     assert (p.lower <= p.upper).all()
     lo, hi = manifest["calibration"]["bin_edges_nm"][0], manifest["calibration"]["bin_edges_nm"][-1]
-    assert (p.lower >= lo - 1e-4).all() and (p.upper <= hi + 1e-4).all()
+    # the calibrated range, widened only as far as needed to hold the reported distance
+    assert (p.lower >= np.minimum(lo, p.distance) - 1e-4).all() and (p.upper <= np.maximum(hi, p.distance) + 1e-4).all()
+    assert ((p.lower <= p.distance) & (p.distance <= p.upper)).all(), "an estimate lies in its own interval"
     assert manifest["sha256"]["point.ubj"][:12] in p.model_id
     # a tuple is predicted the same whatever packet it arrives in
     halves = [pred.predict(rec.tuples[s]) for s in (slice(0, 700), slice(700, n))]
@@ -119,4 +121,5 @@ def test_shipped_bundle_is_sound(regime):
     assert rmse < 1.1 * np.sqrt(np.mean(crb**2))
     assert abs(np.mean(p.distance - y)) < 0.3
     assert 0.86 <= coverage <= 0.94
+    assert ((p.lower <= p.distance) & (p.distance <= p.upper)).all()
     assert pred.model_id.startswith(f"xgb-{regime}-")

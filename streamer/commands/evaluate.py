@@ -219,7 +219,9 @@ def ablation_block(root: Path, args: argparse.Namespace, log=print) -> str:
         "### Ablation: features and ensemble size (static)",
         "",
         f"Each variant trained on {args.ablation_groups} simulated rulers x 80 tuples (seed {manifest['data']['seed']}, "
-        "same ruler split), calibrated the same way, and scored on the static test set above.",
+        "same ruler split), calibrated the same way, and scored on the static test set above. Coverage and "
+        "width here are of the conformal set itself, before the shipped interval is extended to hold the "
+        "reported distance (which adds ~1 nm, see above).",
         "",
         table,
         "",
