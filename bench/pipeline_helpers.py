@@ -108,18 +108,17 @@ def plot(results: dict, path: Path) -> None:
     colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
 
     grid = results.get("throughput", [])
-    p1 = win.addPlot(row=0, col=0, title="end-to-end throughput (replay, as fast as possible)")
-    p1.setLogMode(x=True, y=True)
-    p1.setLabel("bottom", "packet size (tuples)")
-    p1.setLabel("left", "tuples/s")
-    p1.showGrid(x=True, y=True, alpha=0.3)
-    p1.addLegend()
-    p2 = win.addPlot(row=0, col=1, title="latency t_acq -> sink (as fast as possible)")
-    p2.setLogMode(x=True, y=True)
-    p2.setLabel("bottom", "packet size (tuples)")
-    p2.setLabel("left", "latency (ms)")
-    p2.showGrid(x=True, y=True, alpha=0.3)
-    p2.addLegend()
+    def log_plot(col: int, title: str, ylabel: str):
+        p = win.addPlot(row=0, col=col, title=title)
+        p.setLogMode(x=True, y=True)
+        p.setLabel("bottom", "packet size (tuples)")
+        p.setLabel("left", ylabel)
+        p.showGrid(x=True, y=True, alpha=0.3)
+        p.addLegend()
+        return p
+
+    p1 = log_plot(0, "end-to-end throughput (replay, as fast as possible)", "tuples/s")
+    p2 = log_plot(1, "latency t_acq -> sink (as fast as possible)", "latency (ms)")
     sizes = sorted({r["packet_size"] for r in grid})
     for p in (p1, p2):  # log-mode axes are in log10 units: label the measured packet sizes only
         p.getAxis("bottom").setTicks([[(math.log10(s), f"{s:,}") for s in sizes], []])

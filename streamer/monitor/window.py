@@ -233,7 +233,7 @@ class MonitorWindow(QtWidgets.QWidget):
                 self.trace_plot.legend.removeItem(self._band_legend)
             self._band_in_legend = has_band
         per = f"{curve.per_point} tuples per point" if curve.per_point > 1 else "1 tuple per point"
-        band = f", band {curve.band_per_point}" if has_band and curve.band_per_point > 1 else ""
+        band = f", band averaged over {curve.band_per_point}" if has_band and curve.band_per_point > 1 else ""
         self.trace_plot.setTitle(f"distance with 90% conformal interval: last {curve.n_tuples:,} tuples, {per}{band}")
         edges, counts = self.model.histogram(window=window)
         self.hist_curve.setData(edges, counts)
