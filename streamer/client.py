@@ -80,25 +80,32 @@ class Publisher:
         """Tell the sink this stream is complete after ``seq`` packets (lets it report tail gaps)."""
         self.send_raw(schema.encode_end(self.stream, self.seq), timeout)
 
-    def end_confirmed(self, results: str = DEFAULT_RESULTS, timeout: float = 60.0) -> dict:
+    def end_confirmed(self, results: str = DEFAULT_RESULTS, timeout: float = 60.0,
+                      subscriber: "Subscriber | None" = None) -> dict:
         """Send the end marker and wait until the sink has released the whole stream.
 
         Closing a PUSH socket while packets still queue behind a paused sink (its window full)
         loses them despite ZMQ_LINGER (seen with libzmq 4.3.5), so a publisher that must not
         lose its tail waits for the sink's ``stats`` to report this stream ended: every packet
-        before the marker has then been released. Returns that stats message.
+        before the marker has then been released (the sink sends stats at once when a stream
+        ends). Pass a ``subscriber`` to ``stats`` opened when publishing started to skip the
+        wait for the subscription to come up. Returns that stats message.
         """
         def ended(_t: str, m: dict) -> bool:
             st = m.get("streams", {}).get(self.stream, {})
             return bool(st.get("ended")) and st.get("next_seq", -1) >= self.seq
 
-        with Subscriber(results, topics=["stats"], curve=self._curve) as sub:
-            # one periodic stats message proves the subscription is live before the marker can
+        sub = subscriber or Subscriber(results, topics=["stats"], curve=self._curve)
+        try:
+            # one stats message (periodic) proves the subscription is live before the marker can
             # be released (a SUB that joins late would miss the sink's final stats)
             if wait_for(sub, lambda _t, _m: True, timeout) is None:
                 raise BackPressure(f"no stats from the sink at {results} within {timeout} s")
             self.end()
             got = wait_for(sub, ended, timeout)
+        finally:
+            if subscriber is None:
+                sub.close()
         if got is None:
             raise BackPressure(f"sink did not confirm the end of stream {self.stream!r} within {timeout} s")
         return got

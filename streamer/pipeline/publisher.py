@@ -8,7 +8,7 @@ from typing import Any
 import zmq
 
 from .. import schema
-from ..client import Publisher
+from ..client import Publisher, Subscriber
 from ..recording import Recording
 from . import defaults
 
@@ -36,6 +36,8 @@ def replay(rec: Recording, endpoint: str = defaults.DEFAULT_INGEST, *, stream: s
     tuples = rec.tuples
     sent_tuples = packets = 0
     max_behind = 0.0
+    # subscribe to the sink's stats now, so the end confirmation needs no extra round trip
+    stats = Subscriber(confirm, topics=["stats"], curve=curve_dir, context=context) if (end and confirm) else None
     with Publisher(endpoint, stream, curve=curve_dir, context=context) as pub:
         t0 = time.perf_counter()
         for _ in range(repeat):
@@ -53,8 +55,11 @@ def replay(rec: Recording, endpoint: str = defaults.DEFAULT_INGEST, *, stream: s
                 packets += 1
                 sent_tuples += len(batch)
         elapsed = time.perf_counter() - t0
-        if end and confirm:
-            pub.end_confirmed(confirm, confirm_timeout)
+        if stats is not None:
+            try:
+                pub.end_confirmed(confirm, confirm_timeout, subscriber=stats)
+            finally:
+                stats.close()
         elif end:
             pub.end()
     return {"packets": packets, "tuples": sent_tuples, "elapsed_s": elapsed,

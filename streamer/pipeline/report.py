@@ -12,7 +12,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"tuples out        {s['tuples']:,} in {s['packets']:,} packets"
         + (f" (sent {pub['tuples']:,} in {pub['packets']:,})" if pub else ""),
         f"throughput        {s['mean_rate_tuples_s']:,.0f} tuples/s at the sink (first to last result)"
-        + (f"; {pub['tuples'] / s['wall_s']:,.0f} tuples/s publish-to-drained" if pub and s.get("wall_s") else ""),
+        + (f"; publisher sent at {pub['send_rate_tuples_s']:,.0f} tuples/s" if pub else ""),
     ]
     if lat.get("n"):
         lines.append(f"latency (ms)      p50 {lat['p50']:.3g}  p90 {lat['p90']:.3g}  p99 {lat['p99']:.3g}  "

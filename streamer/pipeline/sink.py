@@ -324,6 +324,7 @@ class Sink:
                 self.tracker.end(head.stream, head.total)
                 self.ended += 1
                 self.order.popleft()
+                self._publish_stats()  # publishers waiting for their end confirmation learn it now
                 continue
             done = self.done.pop(head, None)
             if done is None:
