@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import physics
+from .estimators.closed_form import harmonic_fit
 from .tuples import TupleBatch
 
 NOMINAL_BACKGROUND = 1.0  # counts per exposure assumed by the closed-form features
@@ -64,26 +65,15 @@ def feature_names(feature_set: str) -> tuple[str, ...]:
 
 
 def _physics_columns(c: np.ndarray, positions: np.ndarray, n_tot: np.ndarray) -> dict[str, np.ndarray]:
-    """Harmonic fit n_k = m0 - P cos(K u_k) + Q sin(K u_k) per axis, in float32."""
-    p = positions.astype(np.float32, copy=False)
-    h1 = p[..., 1] - p[..., 0]
-    h2 = p[..., 2] - p[..., 1]
-    kh1, kh2 = _F32_K * h1, _F32_K * h2
-    c1, s1, c2, s2 = np.cos(kh1), np.sin(kh1), np.cos(kh2), np.sin(kh2)
-    dm = c[..., 0] - c[..., 1]
-    dp = c[..., 2] - c[..., 1]
-    det = (1.0 - c1) * s2 + (1.0 - c2) * s1
-    P = (dm * s2 + dp * s1) / det
-    Q = (dp * (1.0 - c1) - dm * (1.0 - c2)) / det
-    m0 = c[..., 1] + P
-    m1 = np.hypot(P, Q)
+    """Harmonic fit of each axis' 3 counts (the closed-form estimator's), in float32."""
+    m0, m1, psi = harmonic_fit(c, positions, np.float32)
     safe_m0 = np.where(m0 > 0, m0, np.float32(1.0))
     vis_raw = np.where(m0 > 0, m1 / safe_m0, np.float32(0.0))
     denom = m0 - np.float32(NOMINAL_BACKGROUND)
     vis_bc = np.where(denom > 0, m1 / np.where(denom > 0, denom, np.float32(1.0)), np.float32(0.0))
     d_axes = _SEP_SCALE * np.arccos(np.clip(vis_bc / np.float32(NOMINAL_V0), 0.0, 1.0))
     # midpoint of the pair relative to the centre exposure: n_k is minimal where K(m - u) = 0
-    mid = -np.arctan2(Q, P) / _F32_K
+    mid = -psi / _F32_K
     n_axis = c.sum(axis=2)
     return {
         "vis_raw_x": vis_raw[:, 0], "vis_raw_y": vis_raw[:, 1],
