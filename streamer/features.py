@@ -113,7 +113,7 @@ def compute_features(counts: np.ndarray, positions: np.ndarray, names: tuple[str
     cols: dict[str, np.ndarray] = {"log_n": np.log1p(n_tot)}
     if any(name in PHYSICS_FEATURES for name in names):
         cols.update(_physics_columns(c, positions, n_tot))
-    if any(name in PUBLISHED_FEATURES for name in names):
+    if any(name in PUBLISHED_FEATURES and name not in cols for name in names):  # log_n is shared
         cols.update(_published_columns(c, positions, n_tot))
     out = np.empty((len(c), len(names)), np.float32)
     for j, name in enumerate(names):
