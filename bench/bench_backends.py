@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from streamer.backends import CompiledBackend, XGBoostBackend  # noqa: E402
 from streamer.compile import CompileOptions, ensure_library, measure_us_per_row  # noqa: E402
 from streamer.features import batch_features, feature_names  # noqa: E402
+from streamer.results_md import write_sections  # noqa: E402
 from streamer.simulate import simulate  # noqa: E402
 
 SIZES = (1, 10, 100, 1000, 10_000, 100_000)
@@ -161,17 +162,6 @@ def markdown(results: list[dict], sizes) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    start = text.find(SECTION)
-    if start >= 0:
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body.rstrip() + "\n" + (text[nxt:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + body.rstrip() + "\n"
-    path.write_text(text)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", type=Path, help="XGBoost model file(s); default: reference models")
@@ -221,7 +211,7 @@ def main(argv=None) -> int:
         body = (f"{SECTION}\n\nus/row (best of repeats, lower is better) on this machine "
                 f"({os.cpu_count()} cores), {stamp}. Command: {cmd}; raw: `{out.relative_to(ROOT)}`.\n\n"
                 f"{LEGEND}\n\n{md}")
-        write_section(ROOT / "bench" / "RESULTS.md", body)
+        write_sections(ROOT / "bench" / "RESULTS.md", {SECTION: body})
     return 0
 
 

@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pipeline_helpers import PeakRSS, cpu_seconds, plot, self_peak_rss_mib, write_sections  # noqa: E402
+from pipeline_helpers import PeakRSS, cpu_seconds, plot, self_peak_rss_mib  # noqa: E402
+from streamer.results_md import write_sections  # noqa: E402
 
 from streamer.pipeline import defaults  # noqa: E402
 from streamer.pipeline.launcher import LocalPipeline  # noqa: E402

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import resource
 import threading
 from pathlib import Path
@@ -73,25 +72,6 @@ class PeakRSS:
         self._sample()
         self._stop.set()
         self._thread.join()
-
-
-def write_sections(path: Path, sections: dict[str, str]) -> None:
-    """Replace (or append) each ``## heading`` section of a markdown file, leaving the rest alone.
-
-    The file is re-read right before writing: other benchmarks own other sections.
-    """
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    for heading, body in sections.items():
-        body = body.strip() + "\n"
-        m = re.search(rf"^{re.escape(heading)}[ \t]*$", text, re.M)
-        if m is None:
-            text = text.rstrip() + "\n\n" + body
-            continue
-        nxt = text.find("\n## ", m.end())
-        text = text[:m.start()] + body + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def plot(results: dict, path: Path) -> None:

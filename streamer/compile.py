@@ -625,8 +625,6 @@ def write_crossover(lib: str | Path, model_path: str | Path, nthreads=(1,), size
     exercised. ``xgboost_from`` is the smallest measured size from which xgboost is faster at
     every larger measured size (``None`` = compiled wins everywhere).
     """
-    import numpy as np
-
     from .backends import CompiledBackend, XGBoostBackend
 
     lib = Path(lib)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import distance_classes
+from .metrics import distance_classes, per_class_table
 
 
 def photon_deciles(photons: np.ndarray) -> np.ndarray:
@@ -43,18 +43,6 @@ def coverage_report(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, photons: np.n
     }
 
 
-def markdown_table(rows: list[dict], columns: list[str], headers: list[str] | None = None, digits: int = 2) -> str:
-    def fmt(v):
-        if isinstance(v, (float, np.floating)):
-            return "-" if not np.isfinite(v) else f"{v:.{digits}f}"
-        return str(v)
-
-    headers = headers or columns
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(out)
-
-
 # --------------------------------------------------------------------------------------------
 # held-out evaluation of a shipped bundle against the physics estimators and the CRB
 
@@ -86,19 +74,8 @@ def throughput_us_per_tuple(predictor, batch, batch_size: int = 1000, repeat: in
 def accuracy_rows(d_true: np.ndarray, estimates: dict[str, np.ndarray], crb: np.ndarray,
                   intervals: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[dict]:
     """Per true-distance class: RMSE and bias of each estimator, RMS CRB, coverage/width of each interval."""
-    classes = distance_classes(d_true)
-    rows = []
-    for label in [None, *np.unique(classes)]:
-        sel = np.ones(len(d_true), bool) if label is None else classes == label
-        row: dict = {"class": "all" if label is None else f"{label:g}", "n": int(sel.sum())}
-        for name, est in estimates.items():
-            err = est[sel] - d_true[sel]
-            row[f"{name}_rmse"] = float(np.sqrt(np.mean(err**2)))
-            row[f"{name}_bias"] = float(np.mean(err))
-        row["crb"] = float(np.sqrt(np.mean(crb[sel] ** 2)))
-        for name, (lo, hi) in intervals.items():
-            y = d_true[sel]
-            row[f"{name}_cov"] = float(np.mean((y >= lo[sel]) & (y <= hi[sel])))
-            row[f"{name}_width"] = float(np.mean(hi[sel] - lo[sel]))
-        rows.append(row)
+    rows = per_class_table(d_true, estimates, crb, intervals)
+    for row in rows:
+        if row["class"] != "all":
+            row["class"] = f"{row['class']:g}"
     return rows

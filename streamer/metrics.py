@@ -15,27 +15,42 @@ def distance_classes(d_true: np.ndarray, edges: tuple[float, ...] = (6, 10, 14, 
     return np.asarray(edges, float)[idx]
 
 
-def per_class_table(d_true: np.ndarray, estimates: dict[str, np.ndarray], crb: np.ndarray | None = None) -> list[dict]:
-    """Rows of {class, n, <name>_rmse, <name>_bias, ..., crb} (CRB as RMS of per-tuple bounds)."""
+def per_class_table(d_true: np.ndarray, estimates: dict[str, np.ndarray], crb: np.ndarray | None = None,
+                    intervals: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> list[dict]:
+    """Rows of {class, n, <name>_rmse, <name>_bias, ..., crb, <interval>_cov, <interval>_width}.
+
+    The CRB column is the RMS of the per-tuple bounds; ``intervals`` maps a name to (lower, upper).
+    """
     classes = distance_classes(d_true)
     rows = []
     for label in [None, *np.unique(classes)]:
         sel = np.ones(len(d_true), bool) if label is None else classes == label
+        y = d_true[sel]
         row: dict = {"class": "all" if label is None else float(label), "n": int(sel.sum())}
         for name, est in estimates.items():
-            err = est[sel] - d_true[sel]
+            err = est[sel] - y
             row[f"{name}_rmse"] = float(np.sqrt(np.mean(err**2)))
             row[f"{name}_bias"] = float(np.mean(err))
         if crb is not None:
             row["crb"] = float(np.sqrt(np.mean(crb[sel] ** 2)))
+        for name, (lo, hi) in (intervals or {}).items():
+            row[f"{name}_cov"] = float(np.mean((y >= lo[sel]) & (y <= hi[sel])))
+            row[f"{name}_width"] = float(np.mean(hi[sel] - lo[sel]))
         rows.append(row)
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    """Markdown table of :func:`per_class_table` rows."""
-    keys = list(rows[0])
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
+def markdown_table(rows: list[dict], columns: list[str] | None = None, headers: list[str] | None = None,
+                   digits: int = 2) -> str:
+    """Markdown table of dict rows (floats to ``digits`` decimals, non-finite as '-')."""
+    columns = columns or list(rows[0])
+
+    def fmt(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "-" if not np.isfinite(v) else f"{v:.{digits}f}"
+        return str(v)
+
+    headers = headers or columns
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(out)

@@ -19,7 +19,6 @@ from streamer import schema
 from streamer.client import BackPressure, Publisher, Subscriber, wait_for
 from streamer.pipeline import defaults
 from streamer.pipeline.launcher import LocalPipeline, run_local_pipeline
-from streamer.pipeline.publisher import replay
 from streamer.pipeline.writer import load_results
 from streamer.predictor import load_predictor
 from streamer.simulate import simulate

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from ..crb import crb_for_recording
-from ..metrics import format_table, per_class_table
+from ..metrics import markdown_table, per_class_table
 from ..pipeline import defaults
 from ..pipeline.launcher import run_local_pipeline
 from ..pipeline.report import format_summary
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if "amplitude" in truth:  # the physical limit on identical tuples, for scale
         sel = idx[two_on][finite]
         crb = crb_for_recording({k: v[sel] for k, v in truth.items()}, rec.tuples.positions[sel])
-    print(format_table(per_class_table(d_true[finite], {args.predictor: d_hat[finite]}, crb)))
+    print(markdown_table(per_class_table(d_true[finite], {args.predictor: d_hat[finite]}, crb)))
     lo, hi = res["lower"][two_on], res["upper"][two_on]
     has_iv = np.isfinite(lo) & np.isfinite(hi)
     if has_iv.any():

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..crb import crb_for_recording
 from ..estimators import PHYSICS_ESTIMATORS
-from ..metrics import format_table, per_class_table
+from ..metrics import markdown_table, per_class_table
 from ..recording import load_recording
 
 HELP = "run closed-form / MLE estimators over a replay file; table vs ground truth and CRB"
@@ -41,5 +41,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name}: median {np.median(d):.2f} nm, IQR {np.subtract(*np.percentile(d, [75, 25])):.2f} nm")
         return 0
     crb = crb_for_recording(rec.truth, rec.tuples.positions) if "amplitude" in rec.truth else None
-    print(format_table(per_class_table(rec.truth["d_nm"], estimates, crb)))
+    print(markdown_table(per_class_table(rec.truth["d_nm"], estimates, crb)))
     return 0

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..metrics import markdown_table
+from ..results_md import write_sections
+
 HELP = "held-out accuracy/coverage table: trained models vs per-tuple MLE, closed form and the CRB"
 SECTION = "## Accuracy and conformal coverage"
 
@@ -75,7 +78,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _accuracy_table(rows: list[dict]) -> str:
-    from ..evaluation import markdown_table
 
     cols = ["class", "n", "ml_rmse", "ml_bias", "ml_vs_crb", "raw_rmse", "raw_bias", "mle_rmse", "mle_bias",
             "cf_rmse", "cf_bias", "crb"]
@@ -87,7 +89,6 @@ def _accuracy_table(rows: list[dict]) -> str:
 
 
 def _interval_table(rows: list[dict]) -> str:
-    from ..evaluation import markdown_table
 
     cols = ["class", "n", "ml_cov", "ml_width", "marginal_cov", "marginal_width"]
     heads = ["true d (nm)", "n", "coverage (shipped, label-conditional)", "mean width (nm)",
@@ -160,7 +161,7 @@ def evaluate_regime(regime: str, root: Path, args: argparse.Namespace, log=print
         f"Overall {cov['coverage']:.3f}, mean width {cov['width_nm']:.2f} nm, lowest group {cov['min_group_coverage']:.3f} "
         f"(marginal conformal: overall {cov_m['coverage']:.3f}, lowest group {cov_m['min_group_coverage']:.3f}).",
         "",
-        evaluation.markdown_table(dec_rows, ["group", "n", "coverage", "width_nm", "marginal"],
+        markdown_table(dec_rows, ["group", "n", "coverage", "width_nm", "marginal"],
                                   ["photon decile", "n", "coverage", "mean width (nm)", "marginal-conformal coverage"], 3),
         "",
         "Inference cost per tuple (features + ensemble + de-shrinking + interval + flags, 1 thread, packets of 1000): "
@@ -209,7 +210,7 @@ def ablation_block(root: Path, args: argparse.Namespace, log=print) -> str:
                      "coverage": cov["coverage"], "min_cov": cov["min_group_coverage"], "width": cov["width_nm"],
                      "us": t_pred / len(sub) * 1e6})
         log(f"[ablation] {label}: {rows[-1]} ({time.perf_counter() - t0:.0f} s)")
-    table = evaluation.markdown_table(
+    table = markdown_table(
         rows, ["variant", "features", "trees", "rmse", "bias_lo", "bias_hi", "rmse_d", "bias_d", "coverage", "min_cov",
                "width", "us"],
         ["variant", "features", "trees (early-stopped)", "posterior-mean RMSE", "its bias 6-10 nm", "its bias 26-30 nm",
@@ -226,20 +227,6 @@ def ablation_block(root: Path, args: argparse.Namespace, log=print) -> str:
         table,
         "",
     ])
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) this command's section of a markdown file, leaving other sections alone."""
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, l in enumerate(lines) if l.strip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + SECTION + "\n\n" + body.rstrip("\n") + "\n"
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "\n".join(lines[:start + 1] + ["", body.rstrip("\n"), ""] + lines[end:]) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -259,6 +246,6 @@ def run(args: argparse.Namespace) -> int:
     body = "\n".join(blocks)
     print(body)
     if not args.no_write:
-        write_section(Path(args.results), body)
+        write_sections(args.results, {SECTION: f"{SECTION}\n\n{body}"})
         print(f"wrote section {SECTION!r} of {args.results}")
     return 0
