@@ -118,3 +118,20 @@ def test_counters_seq_gaps_rate_latency_errors():
     assert c.model_ids == ("m1",)
     with pytest.raises(ValueError, match="length"):
         model.ingest(np.ones(3, np.float32), lower=np.ones(2, np.float32))
+
+
+def test_low_photon_tuples_are_counted_but_not_drawn():
+    d = np.array([10, 11, 50, 51, 12, 13], np.float32)  # 50/51: background-only tuples, flagged
+    flags = np.array([0, 0, FLAG_LOW_PHOTONS, FLAG_LOW_PHOTONS, 0, 0], np.uint8)
+    m = MonitorModel(capacity=100)
+    m.ingest(d, d - 2, d + 2, flags=flags)
+    curve = m.curve(max_points=3, band_points=3)  # bins of 2 tuples: the flagged pair leaves a gap
+    np.testing.assert_allclose(curve.distance, [10.5, np.nan, 12.5])
+    np.testing.assert_allclose(curve.upper, [12.5, np.nan, 14.5])
+    _, counts = m.histogram()
+    assert counts.sum() == 4
+    assert m.refresh_counters().flag_counts["low photons"] == 2
+    shown = MonitorModel(capacity=100, hide_flags=0)  # streamer monitor --show-flagged
+    shown.ingest(d, d - 2, d + 2, flags=flags)
+    np.testing.assert_allclose(shown.curve(max_points=3).distance, [10.5, 50.5, 12.5])
+    assert shown.histogram()[1].sum() == 6

@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=50_000, help="tuples shown initially (default 50000)")
     p.add_argument("--max-points", type=int, default=1000, help="points drawn per curve (bin means; default 1000)")
     p.add_argument("--trace", type=int, default=None, help="start with this trace id selected")
+    p.add_argument("--show-flagged", action="store_true",
+                   help="also draw tuples flagged low-photons (background-only / bleached); they are always counted")
     p.add_argument("--duration", type=float, default=None, help="close after this many seconds")
     p.add_argument("--screenshot", default=None,
                    help="save a PNG of the window when closing (with --duration: headless capture)")
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     import zmq
 
     from ..monitor.model import MonitorModel
+    from ..predictor import FLAG_LOW_PHOTONS
     from ..monitor.subscriber import ResultSubscriber
     from ..monitor.window import MonitorWindow, check_qt_binding
 
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         raise ValueError(str(exc)) from None
     app = pg.mkQApp("streamer monitor")
-    model = MonitorModel(capacity=args.capacity, trace_capacity=args.capacity)
+    model = MonitorModel(capacity=args.capacity, trace_capacity=args.capacity,
+                         hide_flags=0 if args.show_flagged else FLAG_LOW_PHOTONS)
     try:
         subscriber = ResultSubscriber(args.address, rcvhwm=args.rcvhwm)
     except zmq.ZMQError as exc:

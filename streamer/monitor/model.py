@@ -86,8 +86,11 @@ class MonitorModel:
 
     def __init__(self, capacity: int = 200_000, trace_capacity: int = 200_000, rate_window_s: float = 2.0,
                  max_traces: int = 2000, hist_range_nm: tuple[float, float] = (0.0, 60.0),
-                 hist_bin_nm: float = 0.5, clock=time.monotonic) -> None:
+                 hist_bin_nm: float = 0.5, clock=time.monotonic, hide_flags: int = FLAG_LOW_PHOTONS) -> None:
         self.ring = RingColumns(capacity, COLUMNS)
+        # tuples with any of these flags are counted but not drawn: a background-only or
+        # bleached tuple's "distance" would read as a measurement on the trace and histogram
+        self.hide_flags = hide_flags
         self.trace_ring = RingColumns(trace_capacity, COLUMNS)
         self.selected_trace: int | None = None
         self.counters = Counters()
@@ -218,6 +221,10 @@ class MonitorModel:
         view = self._view()
         n = len(view) if window is None else min(window, len(view))
         cols = view.columns(last=n)
+        hidden = (cols["flags"] & self.hide_flags) != 0
+        if hidden.any():
+            for c in ("distance", "lower", "upper"):
+                cols[c] = np.where(hidden, np.float32(np.nan), cols[c])
         times = cols["time"]
         use_time = self.selected_trace is not None and n > 0 and bool(np.isfinite(times).all())
         x = times if use_time else cols["ordinal"].astype(np.float64)
@@ -239,7 +246,7 @@ class MonitorModel:
         into the edge bins so that nothing silently disappears."""
         view = self._view()
         d = view.column("distance", last=window)
-        d = d[np.isfinite(d)]
+        d = d[np.isfinite(d) & ((view.column("flags", last=window) & self.hide_flags) == 0)]
         edges = self.hist_edges
         nbins = len(edges) - 1
         # uniform bins: index arithmetic + bincount, much cheaper than np.histogram's sort

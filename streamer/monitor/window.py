@@ -17,7 +17,7 @@ import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtWidgets
 
-from .model import Counters, MonitorModel
+from .model import FLAG_NAMES, Counters, MonitorModel
 
 BAND_BRUSH = (80, 160, 255, 70)
 TRACE_PEN = pg.mkPen((255, 200, 40), width=1.5)
@@ -54,7 +54,7 @@ def _fmt_num(v) -> str:
     return f"{v:.3g}"
 
 
-def format_counters(c: Counters, selected: int | None) -> str:
+def format_counters(c: Counters, selected: int | None, hidden_flags: int = 0) -> str:
     """Plain-text status panel (monospace), one fact per line."""
     p = c.pipeline
     lines = [
@@ -70,7 +70,8 @@ def format_counters(c: Counters, selected: int | None) -> str:
         lines.append("pipeline   : " + "  ".join(f"{k} {_fmt_num(v)}" for k, v in p.items()) + "  (sink statistics)")
     lines.append(f"rejected   : {c.rejected:,} malformed packets" + (f"  (last: {c.last_error})" if c.last_error else ""))
     flagged = "  ".join(f"{k} {v:,}" for k, v in c.flag_counts.items() if v)
-    lines.append(f"flags      : {flagged or 'none'} (in view)")
+    hidden = ", ".join(name for bit, name in FLAG_NAMES.items() if bit & hidden_flags)
+    lines.append(f"flags      : {flagged or 'none'} (in view)" + (f"; {hidden}: counted, not drawn" if hidden else ""))
     width = "n/a" if not np.isfinite(c.mean_width_nm) else f"{c.mean_width_nm:.2f} nm"
     lines.append(f"90% interval mean width: {width}" + (f"   model: {', '.join(c.model_ids)}" if c.model_ids else ""))
     return "\n".join(lines)
@@ -136,7 +137,7 @@ class MonitorWindow(QtWidgets.QWidget):
         self._band_legend = pg.BarGraphItem(x=[0], height=[0], width=1, brush=BAND_BRUSH)
         self._band_in_legend = False
 
-        self.hist_plot = self.plots.addPlot(row=0, col=1, title="distance histogram (in view; edge bins hold overflow)")
+        self.hist_plot = self.plots.addPlot(row=0, col=1, title="distance histogram (in view; edge bins: overflow)")
         self.hist_plot.setToolTip("values outside the axis range are counted in the first / last bin")
         self.hist_plot.setLabel("bottom", "distance", units="nm")
         self.hist_plot.setLabel("left", "tuples")
@@ -208,7 +209,8 @@ class MonitorWindow(QtWidgets.QWidget):
         now = time.monotonic()
         if force or now - self._last_counters >= self.counters_every_s:
             self._last_counters = now
-            self.status.setText(format_counters(self.model.refresh_counters(), self.model.selected_trace))
+            self.status.setText(format_counters(self.model.refresh_counters(), self.model.selected_trace,
+                                                self.model.hide_flags))
             self._update_trace_list()
         if not force and self.model.version == self._drawn_version:
             return
@@ -232,8 +234,8 @@ class MonitorWindow(QtWidgets.QWidget):
             else:
                 self.trace_plot.legend.removeItem(self._band_legend)
             self._band_in_legend = has_band
-        per = f"{curve.per_point} tuples per point" if curve.per_point > 1 else "1 tuple per point"
-        band = f", band averaged over {curve.band_per_point}" if has_band and curve.band_per_point > 1 else ""
+        per = f"mean of {curve.per_point} per point" if curve.per_point > 1 else "1 per point"
+        band = f", band {curve.band_per_point} per point" if has_band and curve.band_per_point > 1 else ""
         self.trace_plot.setTitle(f"distance with 90% conformal interval: last {curve.n_tuples:,} tuples, {per}{band}")
         edges, counts = self.model.histogram(window=window)
         self.hist_curve.setData(edges, counts)
