@@ -99,8 +99,11 @@ class Publisher:
         try:
             # one stats message (periodic) proves the subscription is live before the marker can
             # be released (a SUB that joins late would miss the sink's final stats)
-            if wait_for(sub, lambda _t, _m: True, timeout) is None:
-                raise BackPressure(f"no stats from the sink at {results} within {timeout} s")
+            # (the sink sends stats every 0.5 s: silence for 10 s means a wrong endpoint or no sink)
+            if wait_for(sub, lambda _t, _m: True, min(timeout, 10.0)) is None:
+                raise BackPressure(f"cannot confirm the end of stream {self.stream!r} (packets were sent): no "
+                                   f"stats from the sink at {results} within {min(timeout, 10.0):g} s "
+                                   "(is --results the sink's results endpoint?)")
             self.end()
             got = wait_for(sub, ended, timeout)
         finally:
