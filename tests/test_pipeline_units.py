@@ -128,3 +128,11 @@ def test_worker_handle_answers_every_packet_and_never_raises():
     assert status == b"FAIL" and err["reason"] == "worker-error" and "boom" in err["detail"] and err["seq"] == 5
     status, payload = handle(Broken(), schema.encode_batch("s", 6, batch), 10, "w")
     assert status == b"FAIL" and schema.unpack(payload)["reason"] == "oversized"
+
+
+def test_end_confirmation_without_a_sink_fails_clearly(tmp_path):
+    from streamer.client import BackPressure, Publisher
+
+    with Publisher(f"ipc://{tmp_path}/ingest", "scope") as pub:
+        with pytest.raises(BackPressure, match="cannot confirm the end of stream 'scope'.*no stats"):
+            pub.end_confirmed(f"ipc://{tmp_path}/results", timeout=0.5)
