@@ -30,12 +30,14 @@ class DataConfig:
         return asdict(self)
 
 
+def two_emitter_tuples(rec: Recording) -> Recording:
+    """The tuples that carry a distance (two emitters on); all of them when no state is known."""
+    return rec.subset(rec.truth["state"] == STATE_TWO) if "state" in rec.truth else rec
+
+
 def simulate_regime(regime: str, n_groups: int, tuples_per_group: int, seed: int) -> Recording:
     """Simulate a regime and keep the tuples that carry a distance (two emitters on)."""
-    rec = simulate(regime, n_groups, tuples_per_group, seed)
-    if "state" in rec.truth:
-        rec = rec.subset(rec.truth["state"] == STATE_TWO)
-    return rec
+    return two_emitter_tuples(simulate(regime, n_groups, tuples_per_group, seed))
 
 
 def group_split(trace_id: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:

@@ -10,18 +10,15 @@ trained on) and ``sha256`` {filename: hash}. Boosters are XGBoost UBJSON (``.ubj
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+
+from .compile import file_sha256
 
 #: the bundles shipped with the repository
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "compiled_models"
 MANIFEST = "manifest.json"
 ROLES = ("point",)
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def bundle_dir(regime_or_path: str | Path) -> Path:
@@ -42,7 +39,7 @@ def save_bundle(out_dir: Path, manifest: dict, boosters: dict) -> dict:
         name = f"{role}.ubj"
         booster.save_model(str(out_dir / name))
         files[role] = name
-        hashes[name] = sha256_file(out_dir / name)
+        hashes[name] = file_sha256(out_dir / name)
     manifest = {**manifest, "boosters": files, "sha256": hashes}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return manifest
@@ -66,7 +63,7 @@ def load_manifest(directory: str | Path, verify: bool = True) -> dict:
             f = directory / name
             if not f.is_file():
                 raise FileNotFoundError(f"{f} listed in {path} is missing")
-            if sha256_file(f) != digest:
+            if file_sha256(f) != digest:
                 raise ValueError(f"{f}: sha256 does not match the manifest (file changed after training)")
     manifest["_dir"] = str(directory)
     return manifest

@@ -32,10 +32,15 @@ def excitation(u: np.ndarray, a: np.ndarray | float) -> np.ndarray:
 
 
 def beam_positions(centre: np.ndarray, half_l: float | np.ndarray = HALF_L_NM) -> np.ndarray:
-    """(n, 2, 3) absolute beam positions from per-axis centres (n, 2)."""
+    """(n, 2, 3) absolute beam positions from per-axis centres (n, 2).
+
+    half_l: scalar, per tuple (n,) or per tuple and axis (n, 2).
+    """
     half_l = np.asarray(half_l, dtype=float)
     if half_l.ndim == 1:
         half_l = half_l[:, None, None]
+    elif half_l.ndim == 2:
+        half_l = half_l[:, :, None]
     return centre[:, :, None] + half_l * PATTERN
 
 

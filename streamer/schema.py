@@ -26,7 +26,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .physics import HALF_L_NM
+from .physics import HALF_L_NM, beam_positions
 from .predictor import Prediction
 from .tuples import TupleBatch
 
@@ -302,8 +302,7 @@ def validate_packet(msg: dict, max_tuples: int = MAX_TUPLES) -> Packet:
             raise PacketError("non-finite", "centre/half_l")
         if half_l <= 0:
             raise PacketError("negative", f"half_l={half_l}")
-        offsets = np.array([-half_l, 0.0, half_l], np.float32)
-        positions = centre[:, :, None] + offsets
+        positions = beam_positions(centre, np.float32(half_l)).astype(np.float32)  # = float32 arithmetic
     else:
         raise PacketError("missing-key", "positions or centre")
     if not (np.diff(positions, axis=2) > 0).all():

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from ..crb import crb_for_recording
+from ..datasets import two_emitter_tuples
 from ..estimators import PHYSICS_ESTIMATORS
 from ..metrics import markdown_table, per_class_table
 from ..recording import load_recording
@@ -27,8 +28,7 @@ def run(args: argparse.Namespace) -> int:
     rec = load_recording(args.recording)
     if args.limit:
         rec = rec.subset(slice(0, args.limit))
-    two_on = rec.truth["state"] == 2 if "state" in rec.truth else np.ones(len(rec), bool)
-    rec = rec.subset(two_on)
+    rec = two_emitter_tuples(rec)
     estimates = {}
     for name in args.estimators:
         est = PHYSICS_ESTIMATORS[name](background=args.background, v0=args.v0)

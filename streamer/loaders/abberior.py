@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..physics import beam_positions
 from ..recording import Recording
 from ..tuples import TupleBatch
 
@@ -216,8 +217,7 @@ def load_abberior(path: str | Path, *, counts_field: str = DEFAULT_COUNTS_FIELD,
     time_sorted = bool((np.diff(tim[rows]) >= 0).all())
     if not time_sorted:  # replay order is acquisition order; packets require non-decreasing time
         rows = rows[np.argsort(tim[rows], kind="stable")]
-    offsets = np.array([-1.0, 0.0, 1.0])
-    positions = centre[rows, :, None] * M_TO_NM + half[rows, :, None] * offsets
+    positions = beam_positions(centre[rows] * M_TO_NM, half[rows])
     batch = TupleBatch.build(counts[rows].astype(np.uint16), positions.astype(np.float32), tid[rows], tim[rows])
     truth = {} if distance_nm is None else {"d_nm": np.full(len(batch), float(distance_nm))}
     report = {

@@ -7,7 +7,6 @@ from typing import Any
 
 import zmq
 
-from .. import schema
 from ..client import Publisher, Subscriber
 from ..recording import Recording
 from . import defaults
@@ -50,8 +49,7 @@ def replay(rec: Recording, endpoint: str = defaults.DEFAULT_INGEST, *, stream: s
                         time.sleep(wait)
                     else:
                         max_behind = max(max_behind, -wait)
-                pub.send_raw(schema.encode_batch(stream, pub.seq, batch))
-                pub.seq += 1
+                pub.send_batch(batch)
                 packets += 1
                 sent_tuples += len(batch)
         elapsed = time.perf_counter() - t0
