@@ -31,11 +31,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamer.backends import CompiledBackend, XGBoostBackend  # noqa: E402
-from streamer.compile import CompileOptions, ensure_library, measure_us_per_row  # noqa: E402
-from streamer.features import batch_features, feature_names  # noqa: E402
-from streamer.results_md import write_sections  # noqa: E402
-from streamer.simulate import simulate  # noqa: E402
+from streamer.core.backends import CompiledBackend, XGBoostBackend  # noqa: E402
+from streamer.core.backends import measure_us_per_row  # noqa: E402
+from streamer.core.compile import CompileOptions, ensure_library  # noqa: E402
+from streamer.modalities.minflux.features import batch_features, feature_names  # noqa: E402
+from streamer.core.results_md import write_sections  # noqa: E402
+from streamer.modalities.minflux.simulate import simulate  # noqa: E402
 
 SIZES = (1, 10, 100, 1000, 10_000, 100_000)
 SECTION = "## Backend micro-benchmark"
@@ -138,7 +139,7 @@ def model_feature_names(model: Path, booster) -> list[str]:
 def model_depth(model: Path) -> int:
     import treelite
 
-    from streamer.compile import _tree_depth
+    from streamer.core.compile import _tree_depth
 
     tl_model = treelite.frontend.load_xgboost_model(str(model))
     return max(_tree_depth(tl_model.get_tree_accessor(i)) for i in range(tl_model.num_tree))

@@ -40,14 +40,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from pipeline_helpers import PeakRSS, cpu_seconds, plot, self_peak_rss_mib  # noqa: E402
-from streamer.results_md import write_sections  # noqa: E402
+from streamer.core.results_md import write_sections  # noqa: E402
 
 from streamer.pipeline import defaults  # noqa: E402
 from streamer.pipeline.launcher import LocalPipeline  # noqa: E402
 from streamer.pipeline.publisher import replay  # noqa: E402
-from streamer.predictor import load_predictor  # noqa: E402
-from streamer.recording import Recording, load_recording  # noqa: E402
-from streamer.simulate import simulate  # noqa: E402
+from streamer.modalities.minflux.predictor import load_predictor  # noqa: E402
+from streamer.modalities.minflux.recording import Recording, load_recording  # noqa: E402
+from streamer.modalities.minflux.simulate import simulate  # noqa: E402
 
 RESULTS_MD = ROOT / "bench" / "RESULTS.md"
 SEED = 20_261_123
@@ -160,7 +160,7 @@ def _run_pipeline(rec: Recording, *, workers: int, predictor: str, packet_size: 
 
 def make_predictor(spec: str):
     if spec.endswith(":compiled"):  # the compiled library alone (the registry's "static" may route to XGBoost)
-        from streamer.model_predictor import ModelPredictor
+        from streamer.modalities.minflux.model_predictor import ModelPredictor
 
         return ModelPredictor(spec.split(":")[0], backend="compiled")
     return load_predictor(spec)

@@ -3,7 +3,9 @@
     .venv/bin/python bench/monitor_screenshot.py [--predictor dynamic] [--out docs/monitor.png]
 
 Simulates dynamic-regime traces (2 emitters on -> 1 on -> background), replays them paced through
-sink + 2 workers running the predictor, with a headless monitor subscribed that saves its window.
+sink + 2 workers running the predictor, with a headless monitor subscribed that saves its window:
+the monitor shell (rates, display lag, errors, flags by name, sink statistics) hosting the MINFLUX
+view (distance trace with 90% interval band, histogram; one trace selected).
 """
 
 from __future__ import annotations
@@ -20,7 +22,22 @@ sys.path.insert(0, str(ROOT))
 
 from streamer.pipeline.launcher import LocalPipeline  # noqa: E402
 from streamer.pipeline.publisher import replay  # noqa: E402
-from streamer.simulate import simulate  # noqa: E402
+from streamer.modalities.minflux.simulate import simulate  # noqa: E402
+
+
+def _modality_option() -> list[str]:
+    """``--modality minflux`` when the CLI has the global option (MINFLUX is its default anyway)."""
+    import contextlib
+    import io
+
+    from streamer.cli import build_parser
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            build_parser().parse_args(["monitor", "--modality", "minflux"])
+    except SystemExit:
+        return []
+    return ["--modality", "minflux"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with LocalPipeline(2, args.predictor) as pipe:
         env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
-        mon = subprocess.Popen([sys.executable, "-m", "streamer.cli", "monitor", "--address", pipe.endpoints["results"],
+        mon = subprocess.Popen([sys.executable, "-m", "streamer.cli", "monitor", *_modality_option(),
+                                "--address", pipe.endpoints["results"],
                                 "--trace", str(trace), "--window", "20000",
                                 # captured while data still flows (rates on screen), after the shown trace
                                 "--duration", str(1.0 + 0.7 * seconds),

@@ -1,9 +1,11 @@
-"""Small client API for microscope-control software: publish tuple packets, subscribe to results.
+"""Small client API for microscope-control software: publish packets of any modality, subscribe to results.
 
     from streamer.client import Publisher, Subscriber
-    with Publisher("tcp://127.0.0.1:5555", stream="scope-1") as pub:
-        pub.send(counts, positions)              # counts (n,2,3) uint16, positions (n,2,3) nm
-        pub.send(counts, centre=c, half_l=15.0)  # or centre (n,2) + half the pattern size
+    with Publisher("tcp://127.0.0.1:5555", stream="cam-1", modality="electron") as pub:
+        pub.send(frames=frames, height=100, width=100)   # the modality's wire keys (`streamer modalities`)
+    with Publisher("tcp://127.0.0.1:5555", stream="scope-1") as pub:   # MINFLUX helper, as before:
+        pub.send_tuples(counts, positions)       # counts (n,2,3) uint16, positions (n,2,3) nm
+        pub.send_tuples(counts, centre=c, half_l=15.0)  # or centre (n,2) + half the pattern size
     for topic, msg in Subscriber("tcp://127.0.0.1:5557", topics=["result"]):
         print(msg["seq"], msg["distance"][:5])
 
@@ -19,11 +21,9 @@ from typing import Iterator
 import numpy as np
 import zmq
 
-from . import schema
-from .physics import HALF_L_NM
+from .core import registry, wire
 from .pipeline.defaults import DEFAULT_INGEST, DEFAULT_RESULTS, DEFAULT_WORK  # noqa: F401 (re-export)
 from .pipeline.security import apply_client
-from .tuples import TupleBatch
 
 
 class BackPressure(TimeoutError):
@@ -37,17 +37,32 @@ class Publisher:
     ``timeout`` (seconds, 0 = never wait) to get :class:`BackPressure` instead.
     """
 
-    def __init__(self, endpoint: str = DEFAULT_INGEST, stream: str = "microscope", *, first_seq: int = 0,
-                 hwm: int = 100, curve: str | Path | None = None, context: zmq.Context | None = None):
-        if not stream or len(stream) > schema.MAX_STREAM_ID:
-            raise ValueError(f"stream id must be 1-{schema.MAX_STREAM_ID} characters")
+    def __init__(self, endpoint: str = DEFAULT_INGEST, stream: str = "microscope", *, modality: str = registry.DEFAULT_MODALITY,
+                 kind: str | None = None, first_seq: int = 0, hwm: int = 100, curve: str | Path | None = None,
+                 context: zmq.Context | None = None):
+        if not stream or len(stream) > wire.MAX_STREAM_ID:
+            raise ValueError(f"stream id must be 1-{wire.MAX_STREAM_ID} characters")
         self.stream = stream
+        self.modality = modality
+        self.kind = kind
+        self._spec = self._packet_kind(modality, kind)
         self.seq = first_seq
         self._curve = curve
         self._sock = (context or zmq.Context.instance()).socket(zmq.PUSH)
         self._sock.sndhwm = hwm
         apply_client(self._sock, curve)
         self._sock.connect(endpoint)
+
+    @staticmethod
+    def _packet_kind(modality: str, kind: str | None):
+        """The declaration (arrays are cast to its dtypes), or None for a modality not installed here."""
+        if not registry.known(modality):
+            return None
+        mod = registry.get(modality)
+        spec = mod.packet_kind(kind) if kind else mod.packets[0]
+        if spec is None:
+            raise ValueError(f"{modality} has no packet kind {kind!r}")
+        return spec
 
     def send_raw(self, raw: bytes, timeout: float | None = None) -> None:
         """Send an already encoded message (used by replay to pre-encode packets)."""
@@ -61,24 +76,55 @@ class Publisher:
         except zmq.Again:
             raise BackPressure("pipeline queue full") from None
 
-    def send(self, counts: np.ndarray, positions: np.ndarray | None = None, *, centre: np.ndarray | None = None,
-             half_l: float = HALF_L_NM, trace_id: np.ndarray | None = None, time_s: np.ndarray | None = None,
-             t_acq: float | None = None, timeout: float | None = None) -> int:
-        """Publish one packet; returns its seq. ``t_acq`` defaults to now (latency reference)."""
-        raw = schema.encode_packet(self.stream, self.seq, counts, positions, centre=centre, half_l=half_l,
-                                   trace_id=trace_id, time_s=time_s, t_acq=t_acq)
+    def send(self, *tuple_args, modality: str | None = None, kind: str | None = None, t_acq: float | None = None,
+             timeout: float | None = None, **fields) -> int:
+        """Publish one packet; returns its seq.
+
+        ``fields`` are the modality's wire keys (``streamer modalities`` lists them): arrays (numpy,
+        cast to the declared dtype) and scalars; the item count (``n``) defaults to the first
+        array's length. ``modality``/``kind`` default to the publisher's. Positional arguments
+        mean the MINFLUX helper :meth:`send_tuples` (``send(counts, positions)``, as in v1).
+        ``t_acq`` defaults to now.
+        """
+        if tuple_args:
+            return self.send_tuples(*tuple_args, t_acq=t_acq, timeout=timeout, **fields)
+        if modality is None or modality == self.modality:
+            modality, kind = self.modality, kind or self.kind
+        spec = self._spec if (modality, kind) == (self.modality, self.kind) else self._packet_kind(modality, kind)
+        kind = kind or (spec.name if spec else None)
+        if kind is None:
+            raise ValueError(f"modality {modality!r} is not installed here: name the packet kind")
+        arrays = {k: v for k, v in fields.items() if isinstance(v, np.ndarray)}
+        head = {k: v for k, v in fields.items() if k not in arrays and v is not None}
+        item_key = spec.item_key if spec else "n"
+        if item_key not in head and arrays:
+            head[item_key] = len(next(iter(arrays.values())))
+        raw = wire.encode_packet(modality, kind, self.stream, self.seq, head, arrays, spec, t_acq)
         self.send_raw(raw, timeout)
         self.seq += 1
         return self.seq - 1
 
-    def send_batch(self, batch: TupleBatch, t_acq: float | None = None, timeout: float | None = None) -> int:
-        self.send_raw(schema.encode_batch(self.stream, self.seq, batch, t_acq), timeout)
-        self.seq += 1
-        return self.seq - 1
+    def send_tuples(self, counts: np.ndarray, positions: np.ndarray | None = None, *, centre: np.ndarray | None = None,
+                    half_l: float | None = None, trace_id: np.ndarray | None = None, time_s: np.ndarray | None = None,
+                    t_acq: float | None = None, timeout: float | None = None) -> int:
+        """MINFLUX helper: one ``tuples`` packet; ``positions`` (n,2,3) nm or ``centre`` (n,2) + ``half_l``."""
+        if centre is not None and half_l is None:
+            half_l = 15.0  # the instrument's nominal L/2 (physics.HALF_L_NM)
+        arrays = {"counts": np.asarray(counts), "positions": positions, "centre": centre, "trace_id": trace_id,
+                  "time": time_s}
+        return self.send(modality="minflux", t_acq=t_acq, timeout=timeout, half_l=half_l,
+                         **{k: np.asarray(v) for k, v in arrays.items() if v is not None})
+
+    def send_batch(self, batch, t_acq: float | None = None, timeout: float | None = None) -> int:
+        """MINFLUX helper: a ``TupleBatch`` (positions in full; time / trace id only when known)."""
+        has_time = not np.isnan(batch.time_s).all()
+        has_trace = bool((batch.trace_id != -1).any())
+        return self.send_tuples(batch.counts, batch.positions, trace_id=batch.trace_id if has_trace else None,
+                                time_s=batch.time_s if has_time else None, t_acq=t_acq, timeout=timeout)
 
     def end(self, timeout: float | None = None) -> None:
         """Tell the sink this stream is complete after ``seq`` packets (lets it report tail gaps)."""
-        self.send_raw(schema.encode_end(self.stream, self.seq), timeout)
+        self.send_raw(wire.encode_end(self.stream, self.seq, self.modality), timeout)
 
     def end_confirmed(self, results: str = DEFAULT_RESULTS, timeout: float = 60.0,
                       subscriber: "Subscriber | None" = None) -> dict:
@@ -141,7 +187,7 @@ class Subscriber:
         if timeout is not None and not self._sock.poll(int(timeout * 1000)):
             return None
         topic, payload = self._sock.recv_multipart()
-        return topic.decode(), schema.decode_message(payload)
+        return topic.decode(), wire.decode_message(payload)
 
     def __iter__(self) -> Iterator[tuple[str, dict]]:
         while True:

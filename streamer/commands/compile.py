@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from ..compile import file_sha256
+from ..core.compile import file_sha256
 
 HELP = ("compile trained XGBoost boosters to native shared libraries (cached in compiled_models/lib); "
         "workers load the default build, other options are for experiments")
@@ -18,7 +18,7 @@ PARITY_TOLERANCE_NM = 1e-3
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="*", type=Path,
                    help="model files (.ubj/.json), manifest.json files or bundle directories "
-                        "(default: every compiled_models/*/manifest.json)")
+                        "(default: every compiled_models/<modality>/<model>/manifest.json)")
     p.add_argument("--models-dir", type=Path, default=Path("compiled_models"),
                    help="where bundles are looked for when no paths are given")
     p.add_argument("--lib-dir", type=Path, default=None,
@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def model_files(paths: list[Path], models_dir: Path) -> list[Path]:
     """Expand model files, manifests and bundle directories into booster files."""
     if not paths:
-        paths = sorted(models_dir.glob("*/manifest.json"))
+        paths = sorted(models_dir.glob("*/*/manifest.json"))  # compiled_models/<modality>/<model>/
         if not paths:
             raise FileNotFoundError(f"no model bundles (*/manifest.json) under {models_dir}; "
                                     "train models first or pass model files")
@@ -71,7 +71,7 @@ def model_files(paths: list[Path], models_dir: Path) -> list[Path]:
 
 
 def _candidates(model: Path, options, lib_dir) -> list[Path]:
-    from ..compile import CompileOptions, library_path
+    from ..core.compile import CompileOptions, library_path
 
     opts = [options] if options else [CompileOptions(), CompileOptions(layout="tl2cgen")]
     return [library_path(model, o, lib_dir) for o in opts]
@@ -80,8 +80,8 @@ def _candidates(model: Path, options, lib_dir) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..backends import CompiledBackend, XGBoostBackend
-    from ..compile import CompileOptions, ensure_library, random_features
+    from ..core.backends import CompiledBackend, XGBoostBackend, random_features, write_crossover
+    from ..core.compile import CompileOptions, ensure_library
 
     overrides = {k: v for k, v in {"layout": args.layout, "march": args.march,
                                    "trees_per_unit": args.trees_per_unit,
@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
                 for f in (stale, Path(str(stale) + ".unsupported")):
                     f.unlink(missing_ok=True)
         before = {p: p.stat().st_mtime_ns for p in _candidates(model, options, args.lib_dir) if p.is_file()}
-        lib = ensure_library(model, options, args.lib_dir, calibrate=not args.no_calibrate)
+        lib = ensure_library(model, options, args.lib_dir,
+                             on_built=None if args.no_calibrate else (lambda built, m=model: write_crossover(built, m)))
         kept.add(lib.resolve())
         if lib in before and before[lib] == lib.stat().st_mtime_ns:
             status = "cached"

@@ -1,4 +1,8 @@
-"""``streamer monitor``: live pyqtgraph view of the results a sink republishes on PUB."""
+"""``streamer monitor [--modality NAME]``: live pyqtgraph view of the results a sink republishes on PUB.
+
+Generic: the shell (:mod:`streamer.monitor`: subscription, drain budget, rates/lag/errors/flags
+panel) hosts the view of the watched modality, ``registry.get(NAME).view(**options)``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ import time
 
 from ..pipeline.defaults import DEFAULT_RESULTS as DEFAULT_ADDRESS
 
-HELP = "live monitor (pyqtgraph): distance trace with 90% interval band, histogram, rates"
+HELP = ("live monitor (pyqtgraph) of one modality's results: its view (MINFLUX: distance trace with 90% "
+        "interval band, histogram) plus rates, display lag, errors, flags")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,12 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain-budget-ms", type=float, default=12.0,
                    help="max time per frame spent reading messages; the rest is dropped by ZeroMQ (default 12)")
     p.add_argument("--rcvhwm", type=int, default=1000, help="receive high-water mark in messages (default 1000)")
-    p.add_argument("--capacity", type=int, default=200_000, help="tuples kept in memory (default 200000)")
-    p.add_argument("--window", type=int, default=50_000, help="tuples shown initially (default 50000)")
+    # view options: passed to the modality's view, which ignores those it does not use
+    p.add_argument("--capacity", type=int, default=200_000, help="items kept in memory by the view (default 200000)")
+    p.add_argument("--window", type=int, default=50_000, help="items shown initially (default 50000)")
     p.add_argument("--max-points", type=int, default=1000, help="points drawn per curve (bin means; default 1000)")
-    p.add_argument("--trace", type=int, default=None, help="start with this trace id selected")
+    p.add_argument("--trace", type=int, default=None, help="MINFLUX: start with this trace id selected")
     p.add_argument("--show-flagged", action="store_true",
-                   help="also draw tuples flagged low-photons (background-only / bleached); they are always counted")
+                   help="MINFLUX: also draw tuples flagged low-photons (background-only / bleached); "
+                        "they are always counted")
     p.add_argument("--duration", type=float, default=None, help="close after this many seconds")
     p.add_argument("--screenshot", default=None,
                    help="save a PNG of the window when closing (with --duration: headless capture)")
@@ -46,7 +53,13 @@ def run(args: argparse.Namespace) -> int:
     if args.fps <= 0 or args.drain_budget_ms <= 0:
         raise ValueError("--fps and --drain-budget-ms must be > 0")
     if args.capacity < 100 or args.window < 100:
-        raise ValueError("--capacity and --window must be >= 100 tuples")
+        raise ValueError("--capacity and --window must be >= 100 items")
+    from ..core import registry
+
+    name = getattr(args, "modality", None) or registry.DEFAULT_MODALITY
+    modality = registry.get(name)  # ValueError listing the installed ones
+    if modality.view is None:
+        raise ValueError(f"modality {name!r} has no monitor view")
     width, height = _size(args.size)
     if args.screenshot and args.duration is None:
         raise ValueError("--screenshot needs --duration (how long to collect data before the capture)")
@@ -58,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
     import pyqtgraph as pg  # Qt only for this command
     import zmq
 
-    from ..monitor.model import MonitorModel
-    from ..predictor import FLAG_LOW_PHOTONS
+    from ..monitor.state import MonitorState
     from ..monitor.subscriber import ResultSubscriber
     from ..monitor.window import MonitorWindow, check_qt_binding
 
@@ -68,18 +80,16 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         raise ValueError(str(exc)) from None
     app = pg.mkQApp("streamer monitor")
-    model = MonitorModel(capacity=args.capacity, trace_capacity=args.capacity,
-                         hide_flags=0 if args.show_flagged else FLAG_LOW_PHOTONS)
+    view = modality.view(capacity=args.capacity, window=min(args.window, args.capacity), max_points=args.max_points,
+                         trace=args.trace, show_flagged=args.show_flagged)
+    state = MonitorState(modality.results.flags, modality=name, view=view)
     try:
         subscriber = ResultSubscriber(args.address, rcvhwm=args.rcvhwm)
     except zmq.ZMQError as exc:
         raise ValueError(f"cannot subscribe to {args.address!r}: {exc}") from None
-    window = MonitorWindow(model, subscriber, frame_ms=max(1, int(1000 / args.fps)),
-                           drain_budget_s=args.drain_budget_ms / 1e3, max_points=args.max_points,
-                           window_tuples=min(args.window, args.capacity),
-                           title=f"MINFLUX distance monitor - {args.address}")
-    if args.trace is not None:
-        window.select_trace(args.trace)
+    window = MonitorWindow(state, view, subscriber, frame_ms=max(1, int(1000 / args.fps)),
+                           drain_budget_s=args.drain_budget_ms / 1e3,
+                           title=f"{getattr(view, 'title', modality.title)} monitor - {args.address}")
     window.resize(width, height)
     window.show()
     window.start()
@@ -98,16 +108,17 @@ def run(args: argparse.Namespace) -> int:
     if args.duration is not None:
         pg.QtCore.QTimer.singleShot(int(args.duration * 1000), finish)
     # Qt's loop does not return to Python for SIGINT; the frame timer runs Python often enough
-    signal.signal(signal.SIGINT, lambda *_: window.close())
+    old_handler = signal.signal(signal.SIGINT, lambda *_: window.close())
     print(f"monitor subscribed to {args.address}; close the window (or Ctrl-C) to quit", flush=True)
     try:
         app.exec()
     finally:
         window.timer.stop()
         subscriber.close()
-    c = model.counters
+        signal.signal(signal.SIGINT, old_handler)
+    c = state.counters
     frames = sorted(window.frame_times)
     p99 = frames[int(0.99 * (len(frames) - 1))] * 1e3 if frames else float("nan")
-    print(f"monitor: {c.tuples:,} tuples in {c.messages:,} messages over {time.monotonic() - started:.1f} s; "
+    print(f"monitor: {c.items:,} items in {c.messages:,} messages over {time.monotonic() - started:.1f} s; "
           f"{c.missed_messages:,} messages not shown; GUI frame p99 {p99:.1f} ms")
     return 0

@@ -6,21 +6,18 @@ import argparse
 
 from ..pipeline import defaults
 from ..pipeline.publisher import replay
-from ..recording import load_recording
-from ..simulate import simulate
 
 HELP = "publish a replay file (or a fresh simulation) to the sink, as fast as possible or at a rate"
+MODALITY_AWARE = True
 
 
-def add_arguments(p: argparse.ArgumentParser, with_endpoint: bool = True) -> None:
+def add_arguments(p: argparse.ArgumentParser, modality, with_endpoint: bool = True) -> None:
     p.add_argument("recording", nargs="?", help="replay file (.npz); omit with --simulate")
-    p.add_argument("--simulate", choices=["static", "dynamic"], default=None,
-                   help="simulate an acquisition instead of reading a file")
-    p.add_argument("--traces", type=int, default=100, help="with --simulate: rulers/traces")
-    p.add_argument("--tuples-per-trace", type=int, default=1000, help="with --simulate")
-    p.add_argument("--seed", type=int, default=0, help="with --simulate")
-    p.add_argument("--rate", type=float, default=None, help="tuples/s (default: as fast as possible)")
-    p.add_argument("--packet-size", type=int, default=defaults.PACKET_SIZE, help="tuples per packet")
+    p.add_argument("--simulate", nargs="?", const=True, default=None, metavar="PRESET",
+                   help="simulate an acquisition instead of reading a file (MINFLUX presets: static, dynamic); "
+                        "the simulation options below apply")
+    p.add_argument("--rate", type=float, default=None, help="items/s (default: as fast as possible)")
+    p.add_argument("--packet-size", type=int, default=defaults.PACKET_SIZE, help="items (tuples, frames, stacks) per packet")
     p.add_argument("--repeat", type=int, default=1, help="replay the data this many times")
     if with_endpoint:
         p.add_argument("--ingest", default=defaults.DEFAULT_INGEST, help="the sink's ingest endpoint")
@@ -31,14 +28,30 @@ def add_arguments(p: argparse.ArgumentParser, with_endpoint: bool = True) -> Non
                        help="the sink's results endpoint: wait there until the sink confirms the stream's end")
         p.add_argument("--no-confirm", action="store_true",
                        help="exit right after sending (packets still queued behind a busy sink may be lost)")
+    hook = getattr(modality.commands, "add_simulate_arguments", None)
+    if hook:
+        group = p.add_argument_group(f"simulation ({modality.name}, with --simulate)")
+        hook(group)
+    p.set_defaults(_modality_obj=modality)
 
 
 def load_source(args: argparse.Namespace):
+    """The recording to replay (generic form): a file, or the modality's simulator."""
     if (args.recording is None) == (args.simulate is None):
-        raise ValueError("give a replay file or --simulate static|dynamic (not both)")
-    if args.simulate:
-        return simulate(args.simulate, args.traces, args.tuples_per_trace, args.seed)
-    return load_recording(args.recording)
+        raise ValueError("give a replay file or --simulate (not both)")
+    cmds = args._modality_obj.commands
+    if args.simulate is not None:
+        if not hasattr(cmds, "simulate"):
+            raise ValueError(f"modality {args.modality!r} has no simulator")
+        return cmds.simulate(args)
+    if hasattr(cmds, "load"):  # the modality reads its own older layouts too
+        return cmds.load(args.recording)
+    from ..core.recording import load_recording
+
+    rec = load_recording(args.recording)
+    if rec.modality != args.modality:
+        raise ValueError(f"{args.recording} is a {rec.modality} recording; pass --modality {rec.modality}")
+    return rec
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
     sent = replay(rec, args.ingest, stream=args.stream, packet_size=args.packet_size, rate=args.rate,
                   repeat=args.repeat, curve_dir=args.curve, end=not args.no_end,
                   confirm=None if args.no_confirm else args.results)
-    print(f"published {sent['tuples']:,} tuples in {sent['packets']:,} packets in {sent['elapsed_s']:.2f} s "
-          f"({sent['send_rate_tuples_s']:,.0f} tuples/s)")
+    print(f"published {sent['tuples']:,} {rec.kind} items in {sent['packets']:,} packets in {sent['elapsed_s']:.2f} s "
+          f"({sent['send_rate_tuples_s']:,.0f} items/s)")
     return 0

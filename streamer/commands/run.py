@@ -6,36 +6,45 @@ import argparse
 import json
 import sys
 
-from ..pipeline import defaults
 from ..pipeline.launcher import run_local_pipeline
 from ..pipeline.report import format_summary
 from . import publish
 
 HELP = "run sink + N workers locally, replay a file (or simulation) through them, print the summary"
+MODALITY_AWARE = True
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    publish.add_arguments(p, with_endpoint=False)
+def add_arguments(p: argparse.ArgumentParser, modality) -> None:
+    publish.add_arguments(p, modality, with_endpoint=False)
     p.add_argument("-w", "--workers", type=int, default=2)
-    p.add_argument("--predictor", default=defaults.DEFAULT_PREDICTOR)
+    p.add_argument("--predictor", action="append", default=None, metavar="[MODALITY:]NAME",
+                   help=f"predictor the workers serve (default: {modality.name}'s {modality.default_predictor!r}); "
+                        "repeatable")
     p.add_argument("--out", default=None, help="persist results (results-*.npz, errors.jsonl) here")
     p.add_argument("--json", default=None, help="also write the summary as JSON to this file")
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     p.add_argument("-v", "--verbose", action="store_true", help="show sink/worker output")
 
 
+def predictors(args: argparse.Namespace, rec) -> list[str]:
+    """Qualified predictor specs: unqualified names belong to the recording's modality."""
+    specs = args.predictor or [f"{rec.modality}:"]
+    return [s if ":" in s else f"{rec.modality}:{s}" for s in specs]
+
+
 def run(args: argparse.Namespace) -> int:
     rec = publish.load_source(args)
+    specs = predictors(args, rec)
     try:
-        summary = run_local_pipeline(rec, workers=args.workers, predictor=args.predictor,
+        summary = run_local_pipeline(rec, workers=args.workers, predictor=specs,
                                      packet_size=args.packet_size, rate=args.rate, repeat=args.repeat,
                                      out_dir=args.out, timeout=args.timeout, quiet=not args.verbose)
     except (RuntimeError, TimeoutError) as exc:  # a process died or the run overran: say which
         print(f"streamer run: error: {exc}", file=sys.stderr)
         return 1
-    print(f"{summary['predictor']} x {args.workers} workers, packets of {args.packet_size}"
-          + (f", paced at {args.rate:,.0f} tuples/s" if args.rate else ", as fast as possible"))
-    print(format_summary(summary))
+    print(f"{', '.join(specs)} x {args.workers} workers, packets of {args.packet_size}"
+          + (f", paced at {args.rate:,.0f} items/s" if args.rate else ", as fast as possible"))
+    print(format_summary(summary, rec.kind))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(summary, fh, indent=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import schema
+from ..core import wire
 from ..pipeline import defaults
 from ..pipeline.sink import SinkConfig, run_sink
 
@@ -24,9 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat-timeout", type=float, default=defaults.HEARTBEAT_TIMEOUT_S)
     p.add_argument("--job-timeout", type=float, default=defaults.JOB_TIMEOUT_S)
     p.add_argument("--max-deliveries", type=int, default=defaults.MAX_DELIVERIES)
-    p.add_argument("--max-packet-bytes", type=int, default=schema.MAX_PACKET_BYTES)
+    p.add_argument("--max-packet-bytes", type=int, default=wire.MAX_PACKET_BYTES)
     p.add_argument("--stats-interval", type=float, default=defaults.STATS_INTERVAL_S)
-    p.add_argument("--chunk-tuples", type=int, default=defaults.CHUNK_TUPLES)
+    p.add_argument("--chunk-items", "--chunk-tuples", dest="chunk_tuples", type=int, default=defaults.CHUNK_TUPLES,
+                   help="items (+ detections) per persisted chunk")
     p.add_argument("--exit-after-end", type=int, default=0,
                    help="exit after N streams sent their end marker and were drained (0: until SIGINT/SIGTERM)")
     p.add_argument("--drain-timeout", type=float, default=10.0)

@@ -8,7 +8,10 @@ Pure logic, no sockets (the sink drives it), so every rule here is unit-testable
 * a job unanswered for ``job_timeout`` is re-queued too; the first answer wins, later ones are
   ignored (``redundant``) -- that is what makes re-sending safe;
 * a job that was dispatched ``max_deliveries`` times without an answer is poison (it kills
-  workers): it is given up and reported instead of being re-sent forever.
+  workers): it is given up and reported instead of being re-sent forever;
+* each worker announces the modalities it serves; a job goes only to a worker serving its
+  modality. Jobs of a modality nobody serves wait in its queue (bounded by the sink's window) and
+  are reported by :meth:`unserved`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class Job:
     raw: bytes
     stream: str
     seq: int
+    modality: str = "minflux"
     deliveries: int = 0
     worker: bytes | None = None
     sent_at: float = 0.0
@@ -37,6 +41,10 @@ class WorkerState:
     last_seen: float
     jobs: set[int] = field(default_factory=set)
     stale: set[int] = field(default_factory=set)  # re-sent elsewhere after a timeout, still occupying a slot
+    serves: frozenset[str] | None = None  # modalities it serves (None: announced none, serves any)
+
+    def can_serve(self, modality: str) -> bool:
+        return self.serves is None or modality in self.serves
 
 
 class Dispatcher:
@@ -45,27 +53,54 @@ class Dispatcher:
         self.heartbeat_timeout = heartbeat_timeout
         self.job_timeout = job_timeout
         self.max_deliveries = max_deliveries
-        self.pending: deque[Job] = deque()
+        self.queues: dict[str, deque[Job]] = {}  # per modality, oldest first
         self.in_flight: dict[int, Job] = {}
         self.workers: dict[bytes, WorkerState] = {}
         self.resent = 0
         self.redundant = 0
         self.workers_lost = 0
-        self._announced: dict[bytes, int] = {}  # prefetch each worker announced (re-registration)
+        self._announced: dict[bytes, tuple[int, frozenset[str] | None]] = {}  # (prefetch, serves) per worker
 
     # ------------------------------------------------------------------ workers
-    def seen(self, identity: bytes, now: float, free_slots: int | None = None) -> bool:
-        """Any message from a worker; registers it (True) when unknown, with ``free_slots`` credits."""
+    def seen(self, identity: bytes, now: float, free_slots: int | None = None,
+             serves: frozenset[str] | None = None) -> bool:
+        """Any message from a worker; registers it (True) when unknown, with ``free_slots`` credits
+        and the modalities it ``serves`` (from its heartbeat)."""
         if free_slots is not None:
-            self._announced[identity] = max(0, free_slots)
+            self._announced[identity] = (max(0, free_slots), serves)
         w = self.workers.get(identity)
         if w is None:
             # a worker declared dead that speaks again gets its slots back; answers to jobs it held
             # before are then redundant and return no credit, so it holds at most 2 x prefetch once
-            self.workers[identity] = WorkerState(identity, self._announced.get(identity, 0), now)
+            slots, what = self._announced.get(identity, (0, None))
+            self.workers[identity] = WorkerState(identity, slots, now, serves=what)
             return True
         w.last_seen = now
+        if free_slots is not None:
+            w.serves = serves
         return False
+
+    @property
+    def pending(self) -> list[Job]:
+        """All queued jobs, oldest first (for reports; dispatch uses the per-modality queues)."""
+        return sorted((j for q in self.queues.values() for j in q), key=lambda j: j.id)
+
+    def served(self) -> set[str] | None:
+        """Modalities some live worker serves (None: a worker serves any)."""
+        out: set[str] = set()
+        for w in self.workers.values():
+            if w.serves is None:
+                return None
+            out |= w.serves
+        return out
+
+    def queued(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def unserved(self) -> dict[str, int]:
+        """{modality: queued jobs} for modalities no live worker serves."""
+        return {m: len(q) for m, q in self.queues.items()
+                if q and not any(w.can_serve(m) for w in self.workers.values())}
 
     def lost(self, identity: bytes) -> list[Job]:
         """Drop a worker; re-queue its jobs at the front. Returns jobs given up as poison."""
@@ -84,7 +119,7 @@ class Dispatcher:
                 poison.append(job)
             else:
                 self.resent += 1
-                self.pending.appendleft(job)
+                self.queues.setdefault(job.modality, deque()).appendleft(job)
         return poison[::-1]
 
     def expire(self, now: float) -> tuple[list[bytes], list[Job]]:
@@ -104,19 +139,23 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ jobs
     def add(self, job: Job) -> None:
-        self.pending.append(job)
+        self.queues.setdefault(job.modality, deque()).append(job)
 
     def credits(self) -> int:
         return sum(w.credits for w in self.workers.values())
 
     def assign(self, now: float) -> tuple[bytes, Job] | None:
-        """Next (worker, job) to send: the oldest pending job to the worker with most credits."""
-        if not self.pending:
+        """Next (worker, job) to send: the oldest job that some worker with credits serves, to the
+        one of those with most credits."""
+        heads = sorted((q[0].id, m) for m, q in self.queues.items() if q)
+        for _, modality in heads:
+            best = max((w for w in self.workers.values() if w.credits > 0 and w.can_serve(modality)),
+                       key=lambda w: w.credits, default=None)
+            if best is not None:
+                break
+        else:
             return None
-        best = max(self.workers.values(), key=lambda w: w.credits, default=None)
-        if best is None or best.credits <= 0:
-            return None
-        job = self.pending.popleft()
+        job = self.queues[modality].popleft()
         best.credits -= 1
         best.jobs.add(job.id)
         job.worker, job.sent_at = best.identity, now

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import recording as recording_mod
 from ..client import Subscriber, wait_for
-from ..predictor import PREDICTORS
-from ..recording import Recording
+from ..core import recording as recording_mod
+from ..core.recording import Recording
 from . import defaults
 from .publisher import replay
+from .worker import parse_serves
 
 
 def _cli(*args: str) -> list[str]:
@@ -34,13 +34,16 @@ def _cli(*args: str) -> list[str]:
 class LocalPipeline:
     """Sink + workers as subprocesses on ipc endpoints in a private temp dir (or given endpoints)."""
 
-    def __init__(self, workers: int = 2, predictor: str = defaults.DEFAULT_PREDICTOR, *, out_dir: str | None = None,
+    def __init__(self, workers: int = 2, predictor: str | list[str] = defaults.DEFAULT_PREDICTOR, *,
+                 out_dir: str | None = None,
                  endpoints: dict[str, str] | None = None, exit_after_end: int = 1, sink_args: list[str] = (),
                  worker_args: list[str] = (), quiet: bool = True):
         if workers < 1:
             raise ValueError("need at least one worker")
-        if predictor not in PREDICTORS:  # fail here, not after the workers die one by one
-            raise ValueError(f"unknown predictor {predictor!r}; known: {', '.join(sorted(PREDICTORS))}")
+        # "[modality:]name", or a list of them for workers serving several modalities;
+        # checked here (clear error), not after the workers die one by one
+        self.predictors = [predictor] if isinstance(predictor, str) else list(predictor)
+        parse_serves(self.predictors)
         self._tmp = tempfile.mkdtemp(prefix="streamer-")  # short path: ipc paths are limited to ~100 chars
         self.endpoints = endpoints or {k: f"ipc://{self._tmp}/{k}" for k in ("ingest", "work", "results")}
         self.summary_path = os.path.join(self._tmp, "summary.json")
@@ -83,7 +86,8 @@ class LocalPipeline:
         return self
 
     def add_worker(self) -> subprocess.Popen:
-        p = subprocess.Popen(_cli("worker", "--work", self.endpoints["work"], "--predictor", self.predictor,
+        serve = [a for spec in self.predictors for a in ("--predictor", spec)]
+        p = subprocess.Popen(_cli("worker", "--work", self.endpoints["work"], *serve,
                                   "--parent-pid", str(os.getpid()), *self.worker_args), stdout=self.out, stderr=self.out)
         self.workers.append(p)
         return p
@@ -126,16 +130,20 @@ class LocalPipeline:
 
 
 def run_local_pipeline(source: Recording | str | os.PathLike, *, workers: int = 2,
-                       predictor: str = defaults.DEFAULT_PREDICTOR, packet_size: int = defaults.PACKET_SIZE,
+                       predictor: str | list[str] | None = None, packet_size: int = defaults.PACKET_SIZE,
                        rate: float | None = None, repeat: int = 1, out_dir: str | None = None,
                        timeout: float = 300.0, sink_args: list[str] = (), worker_args: list[str] = (),
                        quiet: bool = True) -> dict[str, Any]:
     """Replay ``source`` through sink + ``workers`` worker processes; the sink's final summary.
 
-    The summary has the keys of a ``stats`` message (see :data:`streamer.schema.STATS_FIELDS`) with
-    overall latency percentiles, plus ``publisher`` (what was sent) and ``wall_s``.
+    The summary has the keys of a ``stats`` message (see :data:`streamer.pipeline.stats.STATS_FIELDS`) with
+    overall latency percentiles, plus ``publisher`` (what was sent) and ``wall_s``. ``predictor``:
+    ``[modality:]name`` (or a list); default: the recording's modality's default predictor.
     """
-    rec = source if isinstance(source, Recording) else recording_mod.load_recording(source)
+    if isinstance(source, (str, os.PathLike)):
+        source = recording_mod.load_recording(source)
+    rec = source.to_core() if hasattr(source, "to_core") else source  # a modality's own recording type
+    predictor = predictor or f"{rec.modality}:"  # the modality's default predictor
     with LocalPipeline(workers, predictor, out_dir=out_dir, sink_args=sink_args, worker_args=worker_args,
                        quiet=quiet) as pipe:
         t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Replay a recording (or a fresh simulation) into the pipeline, as fast as possible or at a rate."""
+"""Replay a recording of any modality into the pipeline, as fast as possible or at a rate."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import zmq
 
 from ..client import Publisher, Subscriber
-from ..recording import Recording
+from ..core.recording import Recording, packet_slices
 from . import defaults
 
 
@@ -16,32 +16,32 @@ def replay(rec: Recording, endpoint: str = defaults.DEFAULT_INGEST, *, stream: s
            packet_size: int = defaults.PACKET_SIZE, rate: float | None = None, repeat: int = 1,
            curve_dir: str | None = None, end: bool = True, confirm: str | None = None,
            confirm_timeout: float = 300.0, context: zmq.Context | None = None) -> dict[str, Any]:
-    """Send ``rec`` in packets of ``packet_size`` tuples, ``repeat`` times; returns what was sent.
+    """Send ``rec`` in packets of ``packet_size`` items, ``repeat`` times; returns what was sent.
 
     ``confirm`` (the sink's results endpoint) keeps the socket open after the end marker until the
     sink reports the stream released (see :meth:`Publisher.end_confirmed`); without it, packets
     still queued behind a paused sink can be lost when this function returns.
 
-    ``rate`` (tuples/s) paces packets on a fixed schedule like a live acquisition (``t_acq`` is the
+    ``rate`` (items/s) paces packets on a fixed schedule like a live acquisition (``t_acq`` is the
     send time, so sink latency excludes schedule slip); None sends as fast as back-pressure allows.
     """
     if packet_size < 1:
         raise ValueError("packet size must be >= 1")
     if rate is not None and rate <= 0:
         raise ValueError("rate must be > 0 tuples/s")
+    if hasattr(rec, "to_core"):  # a modality's own recording type (e.g. MINFLUX's TupleBatch form)
+        rec = rec.to_core()
     n = len(rec)
     if n == 0:
         raise ValueError("recording is empty")
-    tuples = rec.tuples
     sent_tuples = packets = 0
     max_behind = 0.0
     # subscribe to the sink's stats now, so the end confirmation needs no extra round trip
     stats = Subscriber(confirm, topics=["stats"], curve=curve_dir, context=context) if (end and confirm) else None
-    with Publisher(endpoint, stream, curve=curve_dir, context=context) as pub:
+    with Publisher(endpoint, stream, modality=rec.modality, kind=rec.kind, curve=curve_dir, context=context) as pub:
         t0 = time.perf_counter()
         for _ in range(repeat):
-            for start in range(0, n, packet_size):
-                batch = tuples[start:start + packet_size]
+            for sl in packet_slices(n, packet_size):
                 if rate is not None:
                     due = t0 + sent_tuples / rate
                     wait = due - time.perf_counter()
@@ -49,9 +49,9 @@ def replay(rec: Recording, endpoint: str = defaults.DEFAULT_INGEST, *, stream: s
                         time.sleep(wait)
                     else:
                         max_behind = max(max_behind, -wait)
-                pub.send_batch(batch)
+                pub.send(**rec.header, **{k: v[sl] for k, v in rec.arrays.items()})
                 packets += 1
-                sent_tuples += len(batch)
+                sent_tuples += sl.stop - sl.start
         elapsed = time.perf_counter() - t0
         if stats is not None:
             try:

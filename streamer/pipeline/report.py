@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 
-def format_summary(s: dict[str, Any]) -> str:
+def format_summary(s: dict[str, Any], unit: str = "tuples") -> str:
+    """A few lines; ``unit`` names the items (tuples, frames, stacks)."""
     lat = s.get("latency_ms", {})
     pub = s.get("publisher", {})
     lines = [
-        f"tuples out        {s['tuples']:,} in {s['packets']:,} packets"
+        f"{unit + ' out':<18}{s['tuples']:,} in {s['packets']:,} packets"
         + (f" (sent {pub['tuples']:,} in {pub['packets']:,})" if pub else ""),
-        f"throughput        {s['mean_rate_tuples_s']:,.0f} tuples/s at the sink (first to last result)"
-        + (f"; publisher sent at {pub['send_rate_tuples_s']:,.0f} tuples/s" if pub else ""),
+        f"throughput        {s['mean_rate_tuples_s']:,.0f} {unit}/s at the sink (first to last result)"
+        + (f"; publisher sent at {pub['send_rate_tuples_s']:,.0f} {unit}/s" if pub else ""),
     ]
     if lat.get("n"):
         lines.append(f"latency (ms)      p50 {lat['p50']:.3g}  p90 {lat['p90']:.3g}  p99 {lat['p99']:.3g}  "

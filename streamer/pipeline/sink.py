@@ -24,60 +24,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import msgpack
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .. import schema
-from ..schema import PacketError
+from ..core import registry, wire
+from ..core.wire import PacketError
 from . import defaults
 from .dispatcher import Dispatcher, Job
 from .security import CurveServer, check_bind
+from .stats import LatencyStats
 from .tracker import SeqTracker
 from .writer import ResultWriter
 
-# latency histogram: 0.001 ms .. 100 s, 100 log bins per decade (2.3% resolution), bounded memory
-_EDGES_MS = np.logspace(-3, 5, 801)
-
-
-class LatencyStats:
-    """Per-packet latency (t_sink - t_acq): a cumulative histogram plus the current interval's values."""
-
-    def __init__(self) -> None:
-        self.hist = np.zeros(len(_EDGES_MS) + 1, np.int64)
-        self.recent: list[float] = []
-        self.max_ms = 0.0
-
-    def add(self, ms: float) -> None:
-        self.hist[np.searchsorted(_EDGES_MS, ms)] += 1
-        self.max_ms = max(self.max_ms, ms)
-        if len(self.recent) < 200_000:
-            self.recent.append(ms)
-
-    def interval(self) -> dict[str, float]:
-        vals, self.recent = np.asarray(self.recent), []
-        if not len(vals):
-            return {"n": 0}
-        p50, p90, p99 = np.percentile(vals, [50, 90, 99])
-        return {"p50": p50, "p90": p90, "p99": p99, "max": float(vals.max()), "n": len(vals)}
-
-    def overall(self) -> dict[str, float]:
-        total = int(self.hist.sum())
-        if not total:
-            return {"n": 0}
-        cum = np.cumsum(self.hist)
-        # upper edge of the bin that holds the quantile (conservative by < 2.3%)
-        q = {f"p{p:g}": min(self.max_ms, float(_EDGES_MS[min(np.searchsorted(cum, p / 100 * total),
-                                                              len(_EDGES_MS) - 1)]))
-             for p in (50, 90, 99, 99.9)}
-        return {**q, "max": self.max_ms, "n": total}
+def _serves(frame: bytes) -> frozenset[str]:
+    """The modalities a worker's heartbeat announces (msgpack {modality: predictor})."""
+    served = msgpack.unpackb(frame, raw=False, max_map_len=256)
+    if not isinstance(served, dict) or not all(isinstance(k, str) for k in served):
+        raise ValueError(f"heartbeat announces {served!r}, not {{modality: predictor}}")
+    return frozenset(served)
 
 
 @dataclass
 class _Done:
     kind: str  # "result" | "rejected"
     payload: bytes = b""
-    result: schema.Result | None = None
+    result: wire.Result | None = None
     error: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,7 +71,7 @@ class SinkConfig:
     heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT_S
     job_timeout: float = defaults.JOB_TIMEOUT_S
     max_deliveries: int = defaults.MAX_DELIVERIES
-    max_packet_bytes: int = schema.MAX_PACKET_BYTES
+    max_packet_bytes: int = wire.MAX_PACKET_BYTES
     stats_interval: float = defaults.STATS_INTERVAL_S
     chunk_tuples: int = defaults.CHUNK_TUPLES
     exit_after_end: int = 0  # exit once this many streams ended and were drained (0: run until signalled)
@@ -131,7 +103,10 @@ class Sink:
         # job ids start at a random offset: answers a worker still holds from a previous sink run
         # cannot be mistaken for this run's jobs
         self.next_job = int.from_bytes(os.urandom(5), "little") << 20
-        self.packets = self.tuples = self.rejected = self.rejected_tuples = self.ended = 0
+        self.packets = self.tuples = self.rejected = self.rejected_tuples = self.rejected_bytes = self.ended = 0
+        self.by_modality: dict[str, int] = {}
+        self._unserved_said: dict[str, float] = {}
+        self._reasons = {**registry.reason_table(), "no-worker": ""}
         self.reasons: dict[str, int] = {}
         self.t_start = time.time()
         self.t_first: float | None = None
@@ -217,29 +192,41 @@ class Sink:
             self._accept(raw)
 
     def _accept(self, raw: bytes) -> None:
-        stream = seq = None
+        """Read the envelope only: contents are the workers' (and their modality's) business."""
+        stream = seq = modality = None
         try:
             if len(raw) > self.cfg.max_packet_bytes:
                 raise PacketError("oversized", f"{len(raw)} bytes > {self.cfg.max_packet_bytes}")
-            msg = schema.unpack(raw)
-            stream, seq = schema.header(msg)
-            kind = msg.get("kind")
-            if kind == "end":
+            msg = wire.unpack(raw)
+            stream, seq = wire.header(msg)
+            if msg.get("kind") == "end":
                 if self.cfg.verbose:
                     print(f"sink: end of stream {stream!r} after {seq} packets", flush=True)
                 self.order.append(_End(stream, seq))
                 return
-            if kind != "tuples":
-                raise PacketError("unknown-kind", repr(kind))
+            env = wire.envelope(msg)
+            modality = env.modality
+            self._check_modality(env)
         except PacketError as exc:
-            self._reject(exc.reason, exc.detail, stream, seq, None, "sink")
+            self._reject(exc.reason, exc.detail, stream, seq, None, "sink", modality, len(raw))
             return
         if self.tracker.classify(stream, seq) == "duplicate":
             return  # counted by the tracker; never dispatched, never in the output
-        job = Job(self.next_job, raw, stream, seq)
+        job = Job(self.next_job, raw, stream, seq, env.modality)
         self.next_job += 1
         self.dispatcher.add(job)
         self.order.append(job.id)
+
+    def _check_modality(self, env: wire.Envelope) -> None:
+        """Unknown modality (not installed here, no worker serves it) or kind -> rejected now; a known
+        one that no worker serves yet is held (see :meth:`_report_unserved`)."""
+        served = self.dispatcher.served()
+        if registry.known(env.modality):
+            if registry.get(env.modality).packet_kind(env.kind) is None:
+                raise PacketError("unknown-kind", f"{env.kind!r} is not a {env.modality} packet kind")
+        elif served is not None and env.modality not in served:
+            raise PacketError("unknown-modality", f"{env.modality!r}: installed here: "
+                              f"{', '.join(registry.names())}; served by workers: {', '.join(sorted(served)) or 'none'}")
 
     # ------------------------------------------------------------------ workers
     def _dispatch(self) -> None:
@@ -270,7 +257,8 @@ class Sink:
     def _worker_message(self, frames: list[bytes], now: float) -> None:
         identity, cmd = frames[0], frames[1]
         if cmd == b"HB":
-            if self.dispatcher.seen(identity, now, int(frames[2])):
+            serves = _serves(frames[3]) if len(frames) > 3 else None
+            if self.dispatcher.seen(identity, now, int(frames[2]), serves):
                 self._publish_stats()  # a new worker: tell waiting launchers at once
         elif cmd in (b"DONE", b"FAIL"):
             self.dispatcher.seen(identity, now)
@@ -283,11 +271,11 @@ class Sink:
     def _answer(self, cmd: bytes, payload: bytes, job: Job) -> _Done:
         try:
             if cmd == b"DONE":
-                res = schema.decode_result(payload)
+                res = wire.decode_result(payload)
                 if (res.stream, res.seq) != (job.stream, job.seq):
                     raise PacketError("worker-error", f"result for {res.stream}/{res.seq}, job {job.stream}/{job.seq}")
                 return _Done("result", payload, res)
-            err = schema.unpack(payload)
+            err = wire.unpack(payload)
             return _Done("rejected", error=err)
         except PacketError as exc:
             return _Done("rejected", error={"reason": "worker-error", "detail": f"bad worker answer: {exc}",
@@ -333,14 +321,15 @@ class Sink:
             if done.kind == "rejected":
                 e = done.error
                 self._reject(e.get("reason", "worker-error"), e.get("detail", ""), e.get("stream"), e.get("seq"),
-                             e.get("n"), e.get("source", ""))
+                             e.get("n"), e.get("source", ""), e.get("modality"), e.get("bytes"))
                 continue
             res = done.result
-            self.pub.send_multipart([schema.TOPIC_RESULT, done.payload], copy=len(done.payload) < 65536)
+            self.pub.send_multipart([wire.TOPIC_RESULT, done.payload], copy=len(done.payload) < 65536)
             if self.writer:
                 self.writer.add(res, now)
             self.packets += 1
             self.tuples += res.n
+            self.by_modality[res.modality] = self.by_modality.get(res.modality, 0) + res.n
             self._interval_tuples += res.n
             self.latency.add((now - res.t_acq) * 1e3)
             if self.t_first is None:
@@ -348,16 +337,18 @@ class Sink:
             self.t_last_release = now
 
     def _reject(self, reason: str, detail: str, stream: str | None, seq: int | None, n: int | None,
-                source: str) -> None:
-        if reason not in schema.REASONS:
+                source: str, modality: str | None = None, nbytes: int | None = None) -> None:
+        if reason not in self._reasons:
             detail, reason = f"{reason}: {detail}", "worker-error"
         self.rejected += 1
         self.rejected_tuples += n or 0
+        self.rejected_bytes += nbytes or 0
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
-        payload = schema.encode_error(reason, detail, stream=stream, seq=seq, source=source, n=n)
-        self.pub.send_multipart([schema.TOPIC_ERROR, payload])
+        payload = wire.encode_error(reason, detail, stream=stream, seq=seq, source=source, n=n,
+                                    modality=modality, nbytes=nbytes)
+        self.pub.send_multipart([wire.TOPIC_ERROR, payload])
         if self.writer:
-            self.writer.add_error(schema.unpack(payload))
+            self.writer.add_error(wire.unpack(payload))
         if self.cfg.verbose:
             print(f"sink: rejected {stream}/{seq}: {reason} {detail}", flush=True)
 
@@ -369,10 +360,24 @@ class Sink:
             self._probe()
         _, poison = self.dispatcher.expire(now)
         self._poisoned(poison)
+        self._report_unserved(now)
         if now - self._t_stats >= self.cfg.stats_interval:
             if self.cfg.parent_pid and os.getppid() != self.cfg.parent_pid:
                 self.request_stop()
             self._publish_stats()
+
+    def _report_unserved(self, now: float) -> None:
+        """Packets of a modality no live worker serves are held, and said so on the error topic
+        (reason ``no-worker``, not a rejection) when first seen and every 5 s while it lasts."""
+        for modality, count in self.dispatcher.unserved().items():
+            if now - self._unserved_said.get(modality, -1e9) >= 5.0:
+                self._unserved_said[modality] = now
+                payload = wire.encode_error("no-worker", f"{count} {modality} packets held: no live worker serves "
+                                            f"{modality!r} (start one with --predictor {modality}:NAME)",
+                                            modality=modality, n=count, source="sink")
+                self.pub.send_multipart([wire.TOPIC_ERROR, payload])
+                if self.cfg.verbose:
+                    print(f"sink: {count} {modality} packets waiting for a worker that serves it", flush=True)
 
     def stats(self, final: bool = False) -> dict[str, Any]:
         now_m, now = time.monotonic(), time.time()
@@ -386,10 +391,12 @@ class Sink:
             "mean_rate_tuples_s": self.tuples / span if span > 0 else 0.0,
             "latency_ms": self.latency.overall() if final else self.latency.interval(),
             "gaps": self.tracker.gaps, "duplicates": self.tracker.duplicates, "late": self.tracker.late,
-            "rejected": self.rejected, "rejected_tuples": self.rejected_tuples,
+            "items_by_modality": dict(self.by_modality),
+            "rejected": self.rejected, "rejected_tuples": self.rejected_tuples, "rejected_bytes": self.rejected_bytes,
             "rejected_by_reason": dict(self.reasons),
             "resent": d.resent, "redundant_answers": d.redundant, "workers_lost": d.workers_lost,
-            "workers": len(d.workers), "in_flight": len(d.in_flight), "queued": len(d.pending),
+            "workers": len(d.workers), "in_flight": len(d.in_flight), "queued": d.queued(),
+            "unserved": d.unserved(), "served": sorted(s) if (s := d.served()) is not None else None,
             "streams": self.tracker.summary(), "final": final,
         }
 
@@ -399,7 +406,7 @@ class Sink:
             self._report(st)
         self._t_stats = time.monotonic()
         self._interval_tuples = 0
-        self.pub.send_multipart([schema.TOPIC_STATS, schema.encode_stats(st)])
+        self.pub.send_multipart([wire.TOPIC_STATS, wire.encode_stats(st)])
         return st
 
     def _report(self, st: dict[str, Any]) -> None:

@@ -1,14 +1,16 @@
-"""A worker process: validate a packet, predict every tuple in one vectorized call, answer.
+"""A worker process: validate a packet against its modality, predict every item in one vectorized call, answer.
 
 Protocol with the sink's ROUTER (the worker's DEALER; frames after the ROUTER identity):
-  worker -> sink   HB <prefetch>            heartbeat every HEARTBEAT_S; announces how many jobs it may hold
-                   DONE <job id> <result>   result message (schema ``result``); returns one credit
-                   FAIL <job id> <error>    the packet was rejected (schema ``error``); returns one credit
+  worker -> sink   HB <prefetch> <serves>   heartbeat every HEARTBEAT_S; announces how many jobs it may hold
+                                            and (msgpack {modality: predictor}) what it serves
+                   DONE <job id> <result>   result message (self-describing, see core.wire); returns one credit
+                   FAIL <job id> <error>    the packet was rejected (``error`` message); returns one credit
                    BYE                      clean exit: the sink re-sends anything still assigned
   sink -> worker   JOB <job id> <packet>    job id: 8 bytes little-endian, packet: as published
                    PING                     liveness probe, ignored
 A bad packet is answered with FAIL and the reason; an exception in the predictor too (reason
-``worker-error``): nothing a publisher sends can stop a worker.
+``worker-error``): nothing a publisher sends can stop a worker. Modalities and predictors are
+looked up in the registry (:mod:`streamer.core.registry`), never imported by name.
 """
 
 from __future__ import annotations
@@ -23,46 +25,77 @@ import uuid
 
 import zmq
 
-from .. import schema
-from ..predictor import load_predictor
-from ..schema import PacketError
+from ..core import registry, wire
+from ..core.modality import Modality, Predictor
+from ..core.wire import PacketError, safe_int, safe_str
 from . import defaults
 from .security import apply_client
 
 
-def handle(predictor, raw: bytes, max_tuples: int, source: str) -> tuple[bytes, bytes]:
+def parse_serves(specs: list[str] | tuple[str, ...], default_modality: str = registry.DEFAULT_MODALITY) -> dict[str, str]:
+    """``["static", "electron:trees"]`` -> {modality: predictor}; an unqualified name belongs to
+    ``default_modality``; ``"electron:"`` means that modality's default predictor."""
+    serves: dict[str, str] = {}
+    for spec in specs:
+        modality, sep, name = spec.partition(":") if ":" in spec else (default_modality, "", spec)
+        mod = registry.get(modality)
+        name = name or mod.default_predictor
+        mod.predictor(name)  # clear error for an unknown name, before any process starts
+        if modality in serves and serves[modality] != name:
+            raise ValueError(f"two predictors for {modality}: {serves[modality]!r} and {name!r}")
+        serves[modality] = name
+    return serves
+
+
+class Served:
+    """The modalities a worker serves, each with its loaded predictor."""
+
+    def __init__(self, serves: dict[str, str]):
+        self.names = dict(serves)
+        self.modalities: dict[str, Modality] = {m: registry.get(m) for m in serves}
+        # once: model loading is not on the per-packet path
+        self.predictors: dict[str, Predictor] = {m: self.modalities[m].predictor(p).factory()
+                                                 for m, p in serves.items()}
+
+    def model_ids(self) -> str:
+        return ", ".join(f"{m}:{p.model_id}" for m, p in self.predictors.items())
+
+
+def handle(served: Served, raw: bytes, max_items: int | None, source: str) -> tuple[bytes, bytes]:
     """(b"DONE", result) or (b"FAIL", error) for one packet -- never raises."""
-    stream = seq = n = None
+    stream = seq = n = modality = None
     try:
-        msg = schema.unpack(raw)
-        stream, seq = msg.get("stream"), msg.get("seq")
-        n = msg.get("n") if isinstance(msg.get("n"), int) else None
-        packet = schema.validate_packet(msg, max_tuples)
+        msg = wire.unpack(raw)
+        stream, seq, modality = msg.get("stream"), msg.get("seq"), msg.get("modality")
+        n = safe_int(msg.get("n"))
+        env = wire.envelope(msg)
+        modality = env.modality
+        mod = served.modalities.get(env.modality)
+        if mod is None:
+            raise PacketError("unknown-modality", f"{env.modality!r}: this worker serves {', '.join(served.modalities)}")
+        if max_items is not None and n is not None and n > max_items:
+            raise PacketError("oversized", f"n={n} > {max_items}")
+        packet = wire.decode_packet(msg, mod)
     except PacketError as exc:
-        return b"FAIL", schema.encode_error(exc.reason, exc.detail, stream=_s(stream), seq=_i(seq), n=n,
-                                            source=source)
+        return b"FAIL", wire.encode_error(exc.reason, exc.detail, stream=safe_str(stream), seq=safe_int(seq), n=n,
+                                          source=source, modality=safe_str(modality), nbytes=len(raw))
     try:
-        return b"DONE", schema.encode_result(packet, predictor.predict(packet.batch))
+        predictor = served.predictors[packet.modality]
+        return b"DONE", wire.encode_result(packet, mod.results, predictor.predict(packet), predictor.model_id)
     except Exception as exc:  # a predictor bug must cost one packet, not the worker
         detail = f"{type(exc).__name__}: {exc} | {traceback.format_exc(limit=3)}"
-        return b"FAIL", schema.encode_error("worker-error", detail, stream=packet.stream, seq=packet.seq,
-                                            n=len(packet.batch), source=source)
+        return b"FAIL", wire.encode_error("worker-error", detail, stream=packet.stream, seq=packet.seq, n=packet.n,
+                                          source=source, modality=packet.modality, nbytes=len(raw))
 
 
-def _s(v):
-    return v if isinstance(v, str) else None
-
-
-def _i(v):
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
-def run_worker(endpoint: str = defaults.DEFAULT_WORK, predictor: str = defaults.DEFAULT_PREDICTOR, *,
+def run_worker(endpoint: str = defaults.DEFAULT_WORK, serves: dict[str, str] | None = None, *,
                prefetch: int = defaults.PREFETCH, heartbeat_s: float = defaults.HEARTBEAT_S,
-               max_tuples: int = schema.MAX_TUPLES, curve_dir: str | None = None, parent_pid: int | None = None,
+               max_items: int | None = None, curve_dir: str | None = None, parent_pid: int | None = None,
                verbose: bool = False) -> int:
-    """Serve jobs until SIGINT/SIGTERM; finishes the jobs it already received, then says BYE."""
-    model = load_predictor(predictor)  # once: model loading is not on the per-packet path
+    """Serve jobs until SIGINT/SIGTERM; finishes the jobs it already received, then says BYE.
+
+    ``serves``: {modality: predictor name} (default: MINFLUX's default predictor)."""
+    served = Served(serves or parse_serves([defaults.DEFAULT_PREDICTOR]))
     name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -83,7 +116,7 @@ def run_worker(endpoint: str = defaults.DEFAULT_WORK, predictor: str = defaults.
     # out of the collector so a gen-2 pass cannot stall a packet
     gc.collect()
     gc.freeze()
-    hb = [b"HB", str(prefetch).encode()]
+    hb = [b"HB", str(prefetch).encode(), wire.pack(served.names)]
 
     def send(frames: list[bytes], wait_ms: int = 0) -> bool:
         """Never block for long: with the sink gone, heartbeats are dropped and answers given up
@@ -100,12 +133,12 @@ def run_worker(endpoint: str = defaults.DEFAULT_WORK, predictor: str = defaults.
     last_hb = time.monotonic()
     jobs = 0
     if verbose:
-        print(f"worker {name}: {model.model_id} on {endpoint}", flush=True)
+        print(f"worker {name}: {served.model_ids()} on {endpoint}", flush=True)
     while True:
         if sock.poll(0 if stop else int(heartbeat_s * 1000)):
             frames = sock.recv_multipart()
             if frames[0] == b"JOB" and len(frames) == 3:
-                status, payload = handle(model, frames[2], max_tuples, name)
+                status, payload = handle(served, frames[2], max_items, name)
                 send([status, frames[1], payload], wait_ms=1000)
                 jobs += 1
         elif stop:

@@ -1,0 +1,75 @@
+"""On-disk model bundle: ``compiled_models/<regime>/manifest.json`` plus portable XGBoost boosters.
+
+Manifest keys (the contract other modules build against): ``regime``, ``feature_set``,
+``feature_names``, ``boosters`` {role: filename} with the role ``point`` (mean distance, nm;
+the interval needs no booster), ``calibration`` (the stored label-conditional conformal quantiles,
+see :mod:`streamer.conformal`), ``data`` (seed, sizes, simulator parameters),
+``training`` (booster parameters, rounds), ``metrics``, ``flags`` (photon range the model was
+trained on) and ``sha256`` {filename: hash}. Boosters are XGBoost UBJSON (``.ubj``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .compile import file_sha256
+
+#: the bundles shipped with the repository
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "compiled_models"
+MANIFEST = "manifest.json"
+ROLES = ("point",)
+
+
+def bundle_dir(regime_or_path: str | Path) -> Path:
+    """A bundle directory: an existing path, or a regime name under :data:`DEFAULT_MODELS_DIR`."""
+    p = Path(regime_or_path)
+    if p.is_dir() and (p / MANIFEST).is_file():
+        return p
+    return DEFAULT_MODELS_DIR / str(regime_or_path)
+
+
+def save_bundle(out_dir: Path, manifest: dict, boosters: dict) -> dict:
+    """Write boosters ({role: xgboost.Booster}) as ``<role>.ubj`` and the manifest with hashes;
+    returns the manifest as written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files, hashes = {}, {}
+    for role, booster in boosters.items():
+        name = f"{role}.ubj"
+        booster.save_model(str(out_dir / name))
+        files[role] = name
+        hashes[name] = file_sha256(out_dir / name)
+    manifest = {**manifest, "boosters": files, "sha256": hashes}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return manifest
+
+
+def load_manifest(directory: str | Path, verify: bool = True) -> dict:
+    """Read a bundle's manifest; with ``verify`` check every booster file against its sha256."""
+    directory = bundle_dir(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no model bundle at {directory} (missing {MANIFEST}); run `streamer train`")
+    manifest = json.loads(path.read_text())
+    missing = {"regime", "feature_names", "boosters", "calibration", "sha256"} - set(manifest)
+    if missing:
+        raise ValueError(f"{path}: manifest lacks {sorted(missing)}")
+    for role in ROLES:
+        if role not in manifest["boosters"]:
+            raise ValueError(f"{path}: no booster for role {role!r}")
+    if verify:
+        for name, digest in manifest["sha256"].items():
+            f = directory / name
+            if not f.is_file():
+                raise FileNotFoundError(f"{f} listed in {path} is missing")
+            if file_sha256(f) != digest:
+                raise ValueError(f"{f}: sha256 does not match the manifest (file changed after training)")
+    manifest["_dir"] = str(directory)
+    return manifest
+
+
+def model_id(manifest: dict) -> str:
+    """Short identifier carried with every result: regime + hash prefix of the point booster."""
+    point = manifest["boosters"]["point"]
+    return f"xgb-{manifest['regime']}-{manifest['sha256'][point][:12]}"

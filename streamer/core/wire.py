@@ -1,0 +1,379 @@
+"""Wire format v2: the envelope, a codec driven by a modality's declarations, and the one reason table.
+
+Every message is ONE msgpack map with string keys. Arrays travel as msgpack ``bin`` holding raw
+little-endian C-order bytes; the receiver views them with ``numpy.frombuffer`` (no copy after
+msgpack's own). The packet's declaration (:class:`~streamer.core.modality.PacketKind`) fixes each
+array's dtype and shape in terms of header integers, so a sender that gets a dtype or a size wrong
+is caught by the byte-length check. Unknown keys are ignored; a change of meaning bumps ``v``.
+
+Envelope (every input packet): ``v`` (2; 1 = legacy MINFLUX without ``modality``), ``kind``,
+``modality``, ``stream`` (str), ``seq`` (int >= 0, per stream), ``t_acq`` (float, Unix s).
+``kind: "end"`` closes a stream (``seq`` = packets sent). Optional ``instrument`` (str).
+
+Results are self-describing: besides the envelope they carry ``n`` (items), ``m`` (detections, when
+the modality declares any), ``model``, ``t_done`` and ``layout`` {name: [dtype, tail shape, axis]}
+with axis ``"n"`` or ``"m"``, so the sink, the writer and any monitor decode results of every
+modality without knowing it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import msgpack
+import numpy as np
+
+from .modality import ArraySpec, Modality, Packet, PacketKind, ResultSpec
+
+VERSION = 2
+LEGACY_MODALITY = "minflux"  #: what a v1 packet (no ``modality`` key) means
+MAX_PACKET_BYTES = 64 << 20  #: raw packets larger than this are rejected as ``oversized`` before decoding
+MAX_STREAM_ID = 64  #: characters
+MAX_NAME = 64
+
+#: PUB topics of the sink (first frame of each multipart message)
+TOPIC_RESULT, TOPIC_STATS, TOPIC_ERROR = b"result", b"stats", b"error"
+
+#: rejection reason -> meaning (the ``reason`` of an error message). Modalities add their own
+#: (``Modality.reasons``); :func:`streamer.core.registry.reason_table` is the merged table.
+REASONS: dict[str, str] = {
+    "not-msgpack": "payload is not valid msgpack",
+    "not-a-map": "payload is not a msgpack map with string keys",
+    "unknown-version": "'v' is missing or not a schema version this receiver implements (1 or 2)",
+    "unknown-modality": "'modality' names no modality installed here and no worker serves it",
+    "unknown-kind": "'kind' is not a packet kind of the modality (or 'end')",
+    "missing-key": "a required key is absent",
+    "bad-type": "a key has the wrong msgpack type (e.g. str where int expected)",
+    "bad-size": "an array's byte length does not match its declared dtype and shape",
+    "bad-value": "a header value is outside its declared range",
+    "oversized": "the item count or the raw packet exceeds the receiver's limit",
+    "empty": "the item count is < 1",
+    "non-finite": "NaN or inf in a value that must be finite",
+    "negative": "a value that cannot be negative (or must be > 0) is: seq, t_acq, sizes, periods",
+    "redelivery-limit": "the packet was re-sent to workers too often (it kills them); dropped",
+    "worker-error": "the predictor raised on a packet that passed validation",
+    "no-worker": "(notice, not a rejection) no live worker serves the packet's modality: packets are held, "
+                 "bounded by the sink's window, until one does",
+}
+
+
+class PacketError(ValueError):
+    """A message that fails validation; ``reason`` is a key of the reason table."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Envelope:
+    v: int
+    kind: str
+    modality: str
+    stream: str
+    seq: int
+
+
+# --------------------------------------------------------------------------- basic (de)serialisation
+
+
+def pack(message: Mapping[str, Any]) -> bytes:
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def unpack(raw: bytes | memoryview) -> dict[str, Any]:
+    """Any message as a dict, or :class:`PacketError` (not-msgpack / not-a-map / unknown-version)."""
+    if len(raw) > MAX_PACKET_BYTES:
+        raise PacketError("oversized", f"{len(raw)} bytes > {MAX_PACKET_BYTES}")
+    try:
+        msg = msgpack.unpackb(raw, raw=False, strict_map_key=True,
+                              max_bin_len=MAX_PACKET_BYTES, max_array_len=1024, max_map_len=256)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise PacketError("not-msgpack", f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(msg, dict):
+        raise PacketError("not-a-map", type(msg).__name__)
+    v = msg.get("v")
+    if v not in (1, 2) or isinstance(v, bool):
+        raise PacketError("unknown-version", f"v={v!r}, this receiver implements v=1 and v=2")
+    return msg
+
+
+def get(msg: Mapping, key: str, types: type | tuple[type, ...]) -> Any:
+    """``msg[key]`` checked against ``types`` (bool never counts as int)."""
+    if key not in msg:
+        raise PacketError("missing-key", key)
+    val = msg[key]
+    if not isinstance(val, types) or isinstance(val, bool):
+        raise PacketError("bad-type", f"{key}: {type(val).__name__}")
+    return val
+
+
+def header(msg: Mapping) -> tuple[str, int]:
+    """(stream, seq) of a decoded message; :class:`PacketError` when malformed."""
+    stream = get(msg, "stream", str)
+    if not stream or len(stream) > MAX_STREAM_ID:
+        raise PacketError("bad-type", f"stream id must be 1-{MAX_STREAM_ID} characters")
+    seq = get(msg, "seq", int)
+    if seq < 0:
+        raise PacketError("negative", f"seq={seq}")
+    return stream, seq
+
+
+def envelope(msg: Mapping) -> Envelope:
+    """The envelope of an unpacked input message (v1 means MINFLUX)."""
+    stream, seq = header(msg)
+    kind = get(msg, "kind", str)
+    if msg["v"] == 1:
+        modality = LEGACY_MODALITY
+    else:
+        modality = get(msg, "modality", str)
+        if not modality or len(modality) > MAX_NAME:
+            raise PacketError("bad-type", "modality must be a short non-empty name")
+    return Envelope(msg["v"], kind, modality, stream, seq)
+
+
+# --------------------------------------------------------------------------- input packets
+
+
+def encode_packet(modality: str, kind: str, stream: str, seq: int, header_fields: Mapping[str, Any],
+                  arrays: Mapping[str, np.ndarray], spec: PacketKind | None = None,
+                  t_acq: float | None = None, v: int = VERSION) -> bytes:
+    """One input packet. With ``spec``, arrays are cast to their declared (first) dtype; without
+    it they are sent as given (little-endian required). ``t_acq`` defaults to now."""
+    msg: dict[str, Any] = {"v": v, "kind": kind, "stream": stream, "seq": int(seq),
+                           "t_acq": float(time.time() if t_acq is None else t_acq)}
+    if v >= 2:
+        msg["modality"] = modality
+    msg.update(header_fields)
+    declared = {a.name: a for a in spec.arrays} if spec else {}
+    for name, arr in arrays.items():
+        if arr is None:
+            continue
+        a = np.asarray(arr)
+        d = declared.get(name)
+        if d is not None and a.dtype.newbyteorder("<") not in [np.dtype(t) for t in d.dtypes]:
+            a = a.astype(d.dtype)
+        msg[name] = np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()
+        if d is not None and len(d.dtypes) > 1:  # several allowed: say which, never leave it to the length
+            msg[f"{name}_dtype"] = a.dtype.newbyteorder("<").str
+    return pack(msg)
+
+
+def encode_end(stream: str, seq: int, modality: str | None = None) -> bytes:
+    """End-of-stream marker: ``seq`` is the number of packets sent (the next unused seq)."""
+    msg = {"v": VERSION, "kind": "end", "stream": stream, "seq": int(seq), "t_acq": time.time()}
+    if modality:
+        msg["modality"] = modality
+    return pack(msg)
+
+
+def _field_value(msg: Mapping, f) -> Any:
+    if f.name not in msg:
+        if f.required:
+            raise PacketError("missing-key", f.name)
+        return f.default
+    if f.type is float:
+        val = float(get(msg, f.name, (int, float)))
+        if not math.isfinite(val):
+            raise PacketError("non-finite", f.name)
+    else:
+        val = get(msg, f.name, f.type)
+    if f.type is not str:
+        if f.positive and val <= 0:
+            raise PacketError("negative", f"{f.name}={val} must be > 0")
+        if (f.min is not None and val < f.min) or (f.max is not None and val > f.max):
+            raise PacketError("bad-value", f"{f.name}={val} outside [{f.min}, {f.max}]")
+    return val
+
+
+def _shape(spec: ArraySpec, ints: Mapping[str, int]) -> tuple[int, ...]:
+    return tuple(ints[s] if isinstance(s, str) else s for s in spec.shape)
+
+
+def _decode_array(msg: Mapping, spec: ArraySpec, shape: tuple[int, ...]) -> np.ndarray:
+    buf = get(msg, spec.name, (bytes, bytearray, memoryview))
+    count = math.prod(shape)  # Python ints: no overflow for absurd headers
+    choices = [np.dtype(d) for d in spec.dtypes]
+    named = msg.get(f"{spec.name}_dtype")
+    if isinstance(named, str):
+        try:
+            dtype = np.dtype(named)
+        except TypeError:
+            raise PacketError("bad-type", f"{spec.name}_dtype={named!r}") from None
+        if dtype not in choices:
+            raise PacketError("bad-type", f"{spec.name}_dtype={named!r}, allowed {list(spec.dtypes)}")
+    else:
+        fits = [d for d in choices if count * d.itemsize == len(buf)]
+        if len(fits) != 1:
+            sizes = " or ".join(f"{count * d.itemsize} ({d.str})" for d in choices)
+            raise PacketError("bad-size", f"{spec.name}: {len(buf)} bytes, expected {sizes} for shape {shape}")
+        dtype = fits[0]
+    if count * dtype.itemsize != len(buf):
+        raise PacketError("bad-size", f"{spec.name}: {len(buf)} bytes, expected {count * dtype.itemsize} "
+                          f"for {dtype.str} x {shape}")
+    arr = np.frombuffer(buf, dtype).reshape(shape)
+    if spec.finite and dtype.kind == "f" and not np.isfinite(arr).all():
+        raise PacketError("non-finite", spec.name)
+    return arr
+
+
+def decode_packet(msg: Mapping, modality: Modality) -> Packet:
+    """Validate an unpacked input map against ``modality``'s declaration (vectorized checks)."""
+    env = envelope(msg)
+    spec = modality.packet_kind(env.kind)
+    if spec is None:
+        raise PacketError("unknown-kind", f"{env.kind!r} (modality {modality.name} has "
+                          f"{', '.join(p.name for p in modality.packets)})")
+    t_acq = float(get(msg, "t_acq", (int, float)))
+    if not math.isfinite(t_acq):
+        raise PacketError("non-finite", "t_acq")
+    if t_acq < 0:
+        raise PacketError("negative", f"t_acq={t_acq}")
+    n = get(msg, spec.item_key, int)
+    if n < 1:
+        raise PacketError("empty", f"{spec.item_key}={n}")
+    if n > spec.max_items:
+        raise PacketError("oversized", f"{spec.item_key}={n} > {spec.max_items}")
+    head = {f.name: _field_value(msg, f) for f in spec.fields}
+    ints = {spec.item_key: n, **{k: v for k, v in head.items() if isinstance(v, int)}}
+    arrays = {}
+    for a in spec.arrays:
+        if a.name not in msg:
+            if a.required:
+                raise PacketError("missing-key", a.name)
+            continue
+        arrays[a.name] = _decode_array(msg, a, _shape(a, ints))
+    extra = {"instrument": msg["instrument"]} if isinstance(msg.get("instrument"), str) else {}
+    packet = Packet(env.stream, env.seq, t_acq, modality.name, env.kind, n, head, arrays, extra)
+    return modality.validate(packet) if modality.validate else packet
+
+
+# --------------------------------------------------------------------------- results
+
+
+def encode_result(packet: Packet, spec: ResultSpec, out: Mapping[str, np.ndarray], model_id: str,
+                  t_done: float | None = None) -> bytes:
+    """A result message for ``packet`` from a predictor's output, checked against ``spec``.
+
+    Raises ValueError when the predictor returned something else than it declared (a bug the
+    worker reports as ``worker-error``).
+    """
+    layout: dict[str, list] = {}
+    msg: dict[str, Any] = {"v": VERSION, "kind": "result", "modality": packet.modality, "stream": packet.stream,
+                           "seq": packet.seq, "n": packet.n, "t_acq": packet.t_acq,
+                           "t_done": float(time.time() if t_done is None else t_done), "model": model_id}
+    m = None
+    if spec.detections:
+        item = out.get("item")
+        if item is None:
+            raise ValueError("predictor returned detections without 'item'")
+        m = len(item)
+        msg["m"] = m
+        det_specs = (ArraySpec("item", ("<i4",), ("m",), finite=False), *spec.detections)
+    else:
+        det_specs = ()
+    for axis, specs, rows in (("n", spec.items, packet.n), ("m", det_specs, m)):
+        for a in specs:
+            arr = out.get(a.name)
+            if arr is None:
+                if a.required:
+                    raise ValueError(f"predictor did not return {a.name!r}")
+                continue
+            arr = np.asarray(arr)
+            tail = tuple(s for s in a.shape[1:])
+            if arr.shape != (rows, *tail):
+                raise ValueError(f"{a.name}: shape {arr.shape}, declared {(rows, *tail)}")
+            dt = a.dtype
+            msg[a.name] = np.ascontiguousarray(arr, dt).tobytes()
+            layout[a.name] = [dt.str, list(tail), axis]
+    msg["layout"] = layout
+    return pack(msg)
+
+
+@dataclass(frozen=True)
+class Result:
+    """A decoded ``result`` message; arrays are read-only views into the message bytes."""
+
+    modality: str
+    stream: str
+    seq: int
+    n: int
+    m: int | None
+    t_acq: float
+    t_done: float
+    model: str
+    items: dict[str, np.ndarray]
+    detections: dict[str, np.ndarray]
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        for table in ("items", "detections"):
+            d = object.__getattribute__(self, table)
+            if name in d:
+                return d[name]
+        raise AttributeError(name)
+
+
+def decode_result(raw: bytes | memoryview | Mapping) -> Result:
+    """Bytes (or an unpacked map) of a ``result`` message -> :class:`Result` (uses its ``layout``)."""
+    msg = raw if isinstance(raw, Mapping) else unpack(raw)
+    if msg.get("kind") != "result":
+        raise PacketError("unknown-kind", repr(msg.get("kind")))
+    stream, seq = header(msg)
+    n = get(msg, "n", int)
+    m = get(msg, "m", int) if "m" in msg else None
+    layout = get(msg, "layout", dict)
+    items, dets = {}, {}
+    for name, desc in layout.items():
+        try:
+            dtype, tail, axis = np.dtype(desc[0]), tuple(int(t) for t in desc[1]), desc[2]
+        except (TypeError, ValueError, IndexError):
+            raise PacketError("bad-type", f"layout of {name!r}: {desc!r}") from None
+        rows = n if axis == "n" else m
+        if rows is None:
+            raise PacketError("missing-key", "m")
+        buf = get(msg, name, (bytes, bytearray, memoryview))
+        if len(buf) != rows * math.prod(tail) * dtype.itemsize:
+            raise PacketError("bad-size", f"{name}: {len(buf)} bytes for {rows} x {tail} {dtype.str}")
+        (items if axis == "n" else dets)[name] = np.frombuffer(buf, dtype).reshape((rows, *tail))
+    return Result(str(msg.get("modality", LEGACY_MODALITY)), stream, seq, n, m,
+                  float(get(msg, "t_acq", (int, float))), float(get(msg, "t_done", (int, float))),
+                  str(msg.get("model", "")), items, dets)
+
+
+# --------------------------------------------------------------------------- errors and stats
+
+
+def encode_error(reason: str, detail: str = "", *, stream: str | None = None, seq: int | None = None,
+                 source: str = "", n: int | None = None, modality: str | None = None, nbytes: int | None = None) -> bytes:
+    """An ``error`` message: one rejected packet (stream/seq/n are None when undecodable)."""
+    return pack({"v": VERSION, "kind": "error", "reason": reason, "detail": detail[:500], "modality": modality,
+                 "stream": stream, "seq": seq, "n": n, "bytes": nbytes, "source": source, "t": time.time()})
+
+
+def encode_stats(stats: Mapping[str, Any]) -> bytes:
+    """A ``stats`` message (keys: :data:`streamer.pipeline.sink.STATS_FIELDS`)."""
+    return pack({"v": VERSION, "kind": "stats", "t": time.time(), **stats})
+
+
+def decode_message(raw: bytes | memoryview) -> dict[str, Any]:
+    """Any sink PUB payload: stats/error as plain dicts; results with numpy arrays under their keys
+    (detection arrays under ``det_<name>`` when a name is also an item array)."""
+    msg = unpack(raw)
+    if msg.get("kind") == "result":
+        res = decode_result(msg)
+        base = {k: v for k, v in msg.items() if k not in res.items and k not in res.detections}
+        dets = {(f"det_{k}" if k in res.items else k): v for k, v in res.detections.items()}
+        return {**base, **res.items, **dets}
+    return msg
+
+
+def safe_str(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def safe_int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None

@@ -1,0 +1,34 @@
+"""What every MINFLUX tuple predictor returns (:class:`Prediction`) and its flag bits: the layer below
+both the estimator registry (:mod:`.predictor`) and the trained-model predictor (:mod:`.model_predictor`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from .tuples import TupleBatch
+
+# quality flag bits (uint8 per tuple); documented in the README's result schema
+FLAG_NO_INTERVAL = 1  # the estimator carries no calibrated interval (bounds are NaN)
+FLAG_LOW_PHOTONS = 2  # fewer photons than the model was trained/calibrated on
+FLAG_OUT_OF_RANGE = 4  # estimate outside the calibrated distance range
+FLAG_NONPHYSICAL = 8  # counts inconsistent with two emitters (e.g. visibility > v0 on both axes)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Per-tuple results, all (n,)."""
+
+    distance: np.ndarray  # float32 nm
+    lower: np.ndarray  # float32 nm, NaN when FLAG_NO_INTERVAL
+    upper: np.ndarray  # float32 nm
+    flags: np.ndarray  # uint8 bit set of FLAG_*
+    model_id: str
+
+
+class Predictor(Protocol):
+    model_id: str
+
+    def predict(self, batch: TupleBatch) -> Prediction: ...

@@ -1,0 +1,1 @@
+"""MINFLUX-only CLI verbs (modules with HELP, add_arguments, run), dispatched by :mod:`..commands`."""

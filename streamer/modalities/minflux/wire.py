@@ -1,0 +1,151 @@
+"""MINFLUX on the wire: the ``tuples`` packet declaration, its semantic checks, and encode helpers.
+
+Packet (kind ``tuples``; v1 packets without ``modality`` mean MINFLUX): ``n``; ``counts`` <u2 (n,2,3);
+``positions`` <f4 (n,2,3) nm, or ``centre`` <f4 (n,2) + ``half_l`` nm; optional ``trace_id`` <i8 (n,)
+and ``time`` <f8 (n,) s. Results per tuple: distance/lower/upper nm, flags, photons, centre (+ trace_id,
+time when the packet had them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...core import wire
+from ...core.modality import ArraySpec, HeaderField, Modality, Packet, PacketKind, ResultSpec
+from ...core.wire import PacketError
+from .physics import HALF_L_NM, beam_positions
+from .prediction import FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL, FLAG_NONPHYSICAL, FLAG_OUT_OF_RANGE
+from .tuples import TupleBatch
+
+NAME = "minflux"
+MAX_TUPLES = 1 << 20
+
+TUPLES = PacketKind(
+    "tuples",
+    fields=(HeaderField("half_l", float, None, positive=True, doc="half the pattern size L/2, nm (with centre)"),),
+    arrays=(
+        ArraySpec("counts", "<u2", ("n", 2, 3), doc="photon counts: axis x then y; exposures c-L/2, c, c+L/2"),
+        ArraySpec("positions", "<f4", ("n", 2, 3), required=False, doc="absolute beam positions, nm"),
+        ArraySpec("centre", "<f4", ("n", 2), required=False, doc="pattern centre, nm (instead of positions)"),
+        ArraySpec("trace_id", "<i8", ("n",), required=False, doc="ruler / trace of each tuple"),
+        ArraySpec("time", "<f8", ("n",), required=False, doc="acquisition time of each tuple, s"),
+    ),
+    max_items=MAX_TUPLES,
+    doc="photon-count tuples (6 exposures around a centre)",
+)
+
+RESULTS = ResultSpec(
+    items=(
+        ArraySpec("distance", "<f4", ("n",), finite=False, doc="two-emitter distance, nm"),
+        ArraySpec("lower", "<f4", ("n",), finite=False, doc="90% interval lower bound, nm (NaN: none)"),
+        ArraySpec("upper", "<f4", ("n",), finite=False, doc="90% interval upper bound, nm"),
+        ArraySpec("flags", "u1", ("n",), doc="bit set of the flags below"),
+        ArraySpec("photons", "<u4", ("n",), doc="total photons of the tuple"),
+        ArraySpec("centre", "<f4", ("n", 2), doc="pattern centre, nm"),
+        ArraySpec("trace_id", "<i8", ("n",), required=False, doc="as sent"),
+        ArraySpec("time", "<f8", ("n",), required=False, finite=False, doc="as sent, s"),
+    ),
+    flags={FLAG_NO_INTERVAL: "no interval", FLAG_LOW_PHOTONS: "low photons",
+           FLAG_OUT_OF_RANGE: "out of range", FLAG_NONPHYSICAL: "non-physical"},
+)
+
+REASONS = {
+    "ambiguous-positions": "both 'positions' and 'centre' given",
+    "non-increasing-positions": "beam positions of an axis not strictly increasing (c-L/2 < c < c+L/2)",
+    "non-monotonic-time": "per-tuple 'time' decreases between consecutive tuples of the same trace",
+}
+
+
+def validate(packet: Packet) -> Packet:
+    """Positions from centre + L/2 when needed, monotonic patterns and times; the batch in ``extra``."""
+    a = packet.arrays
+    if "positions" in a and "centre" in a:
+        raise PacketError("ambiguous-positions")
+    if "positions" in a:
+        positions = a["positions"]
+    elif "centre" in a:
+        half_l = packet.header["half_l"]
+        if half_l is None:
+            raise PacketError("missing-key", "half_l (with centre)")
+        positions = beam_positions(a["centre"], np.float32(half_l)).astype(np.float32)  # = float32 arithmetic
+    else:
+        raise PacketError("missing-key", "positions or centre")
+    if not (np.diff(positions, axis=2) > 0).all():
+        raise PacketError("non-increasing-positions", "need c-L/2 < c < c+L/2 on both axes")
+    time_s, trace_id = a.get("time"), a.get("trace_id")
+    if time_s is not None:
+        if (time_s < 0).any():
+            raise PacketError("negative", "time")
+        back = np.diff(time_s) < 0
+        if trace_id is not None:  # a packet may hold the end of one trace and the start of the next
+            back &= trace_id[1:] == trace_id[:-1]
+        if back.any():
+            raise PacketError("non-monotonic-time", f"at tuple {int(np.argmax(back)) + 1}")
+    packet.extra["batch"] = TupleBatch.build(a["counts"], positions, trace_id, time_s)
+    return packet
+
+
+#: the wire part of the modality (the package's MODALITY adds predictors, view and commands to it)
+DECLARATION = Modality(name=NAME, title="MINFLUX two-emitter distance", packets=(TUPLES,), results=RESULTS,
+                       predictors=(), default_predictor="static", reasons=REASONS, validate=validate,
+                       doc="photon-count tuples (6 exposures around a centre) -> two-emitter distance + 90% interval")
+
+
+# --------------------------------------------------------------------------- helpers for publishers and tests
+
+
+def encode_packet(stream: str, seq: int, counts: np.ndarray, positions: np.ndarray | None = None, *,
+                  centre: np.ndarray | None = None, half_l: float = HALF_L_NM, trace_id: np.ndarray | None = None,
+                  time_s: np.ndarray | None = None, t_acq: float | None = None, v: int = wire.VERSION) -> bytes:
+    """One ``tuples`` packet. Give either full ``positions`` (n,2,3) or ``centre`` (n,2) + ``half_l``."""
+    counts = np.asarray(counts)
+    head: dict = {"n": len(counts)}
+    if centre is not None:
+        head["half_l"] = float(half_l)
+    arrays = {"counts": counts, "positions": positions, "centre": centre, "trace_id": trace_id, "time": time_s}
+    return wire.encode_packet(NAME, "tuples", stream, seq, head, arrays, TUPLES, t_acq, v=v)
+
+
+def encode_batch(stream: str, seq: int, batch: TupleBatch, t_acq: float | None = None) -> bytes:
+    """A packet from a :class:`TupleBatch` (positions in full; time/trace id only when known)."""
+    has_time = not np.isnan(batch.time_s).all()
+    has_trace = bool((batch.trace_id != -1).any())
+    return encode_packet(stream, seq, batch.counts, batch.positions, trace_id=batch.trace_id if has_trace else None,
+                         time_s=batch.time_s if has_time else None, t_acq=t_acq)
+
+
+@dataclass(frozen=True)
+class TuplePacket:
+    """A decoded ``tuples`` packet seen as MINFLUX tuples."""
+
+    stream: str
+    seq: int
+    t_acq: float
+    batch: TupleBatch
+    has_time: bool
+    has_trace_id: bool
+
+
+def decode_packet(raw: bytes | memoryview, max_tuples: int = MAX_TUPLES) -> TuplePacket:
+    """Bytes -> validated MINFLUX packet, or :class:`PacketError` with the reason."""
+    msg = wire.unpack(raw)
+    if wire.envelope(msg).modality != NAME:
+        raise PacketError("unknown-modality", "not a MINFLUX packet")
+    n = msg.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and n > max_tuples:
+        raise PacketError("oversized", f"n={n} > {max_tuples}")
+    p = wire.decode_packet(msg, DECLARATION)
+    return TuplePacket(p.stream, p.seq, p.t_acq, p.extra["batch"], "time" in p.arrays, "trace_id" in p.arrays)
+
+
+def result_arrays(packet: Packet, distance, lower, upper, flags) -> dict[str, np.ndarray]:
+    """The declared result arrays of ``packet`` from a prediction."""
+    b: TupleBatch = packet.extra["batch"]
+    out = {"distance": distance, "lower": lower, "upper": upper, "flags": flags,
+           "photons": b.photons, "centre": b.centre}
+    for key in ("trace_id", "time"):
+        if key in packet.arrays:
+            out[key] = packet.arrays[key]
+    return out
