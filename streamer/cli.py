@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "sink": "sink",
     "worker": "worker",
     "monitor": "monitor",
+    "results": "results",
     "bench": "bench",
     "compile": "compile",
     "keys": "keys",

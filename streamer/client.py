@@ -35,11 +35,20 @@ class Publisher:
 
     ``send`` blocks while the pipeline's bounded queues are full (back-pressure); pass
     ``timeout`` (seconds, 0 = never wait) to get :class:`BackPressure` instead.
+
+    Acknowledged delivery: with ``results`` (the sink's PUB endpoint) the publisher keeps every packet
+    until the sink's per-stream watermark (in its ``stats``) says it is durably persisted or rejected,
+    re-sends whatever is not covered when the sink restarts (a new ``sink_id``) or when the watermark
+    stalls for ``resend_after_s``, and blocks (back-pressure) while more than ``retain_bytes`` wait.
+    A sink killed and restarted on the same ``--out`` then loses nothing and duplicates nothing.
+    Without ``results`` (or with a raw PUSH socket) a packet is gone once sent: a sink crash loses
+    what it held.
     """
 
     def __init__(self, endpoint: str = DEFAULT_INGEST, stream: str = "microscope", *, modality: str = registry.DEFAULT_MODALITY,
                  kind: str | None = None, first_seq: int = 0, hwm: int = 100, curve: str | Path | None = None,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, results: str | None = None, retain_bytes: int = 256 << 20,
+                 resend_after_s: float = 5.0):
         if not stream or len(stream) > wire.MAX_STREAM_ID:
             raise ValueError(f"stream id must be 1-{wire.MAX_STREAM_ID} characters")
         self.stream = stream
@@ -52,6 +61,65 @@ class Publisher:
         self._sock.sndhwm = hwm
         apply_client(self._sock, curve)
         self._sock.connect(endpoint)
+        self.results = results
+        self._acks = Subscriber(results, topics=["stats"], curve=curve, context=context) if results else None
+        self._retained: dict[int, bytes] = {}  # seq -> packet, oldest first (dicts keep insertion order)
+        self._retained_bytes = 0
+        self.retain_bytes = retain_bytes
+        self.resend_after_s = resend_after_s
+        self._sink_id: str | None = None
+        self._ended = False
+        self.watermark = first_seq
+        self._t_progress = time.monotonic()
+        self.resent = 0
+
+    # ------------------------------------------------------------------ acknowledged delivery
+    def _ack(self, msg: dict) -> dict:
+        """Apply one stats message: forget covered packets; re-send after a sink restart."""
+        sink_id = msg.get("sink_id")
+        restarted = self._sink_id is not None and sink_id != self._sink_id
+        self._sink_id = sink_id
+        wm = msg.get("streams", {}).get(self.stream, {}).get("watermark")
+        if isinstance(wm, int) and wm > self.watermark:
+            self.watermark = wm
+            self._t_progress = time.monotonic()
+            for seq in [q for q in self._retained if q < wm]:
+                self._retained_bytes -= len(self._retained.pop(seq))
+        if restarted:
+            self._resend()
+        return msg
+
+    def _resend(self) -> None:
+        """Everything not covered by the watermark, in order (the sink drops what it already has)."""
+        for raw in list(self._retained.values()):
+            self._sock.send(raw, copy=len(raw) < 65536)
+            self.resent += 1
+        if self._ended:
+            self._sock.send(wire.encode_end(self.stream, self.seq, self.modality))
+        self._t_progress = time.monotonic()
+
+    def poll_acks(self, wait_s: float = 0.0) -> dict | None:
+        """Read pending stats (waiting up to ``wait_s`` for the first); the newest one, if any."""
+        newest = None
+        while (got := self._acks.recv(wait_s if newest is None else 0)) is not None:
+            newest = self._ack(got[1])
+        if newest is None and self._retained and time.monotonic() - self._t_progress > self.resend_after_s:
+            self._resend()  # no progress for a while (lost packets, a sink that lost its subscription)
+        return newest
+
+    def _send_packet(self, seq: int, raw: bytes, timeout: float | None) -> None:
+        if self._acks is None:
+            self.send_raw(raw, timeout)
+            return
+        self._retained[seq] = raw
+        self._retained_bytes += len(raw)
+        self.send_raw(raw, timeout)
+        self.poll_acks()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._retained_bytes > self.retain_bytes:  # back-pressure: wait for the sink to persist
+            if deadline is not None and time.monotonic() > deadline:
+                raise BackPressure(f"{self._retained_bytes} bytes wait for the sink's acknowledgement")
+            self.poll_acks(0.05)
 
     @staticmethod
     def _packet_kind(modality: str, kind: str | None):
@@ -100,7 +168,7 @@ class Publisher:
         if item_key not in head and arrays:
             head[item_key] = len(next(iter(arrays.values())))
         raw = wire.encode_packet(modality, kind, self.stream, self.seq, head, arrays, spec, t_acq)
-        self.send_raw(raw, timeout)
+        self._send_packet(self.seq, raw, timeout)
         self.seq += 1
         return self.seq - 1
 
@@ -124,6 +192,7 @@ class Publisher:
 
     def end(self, timeout: float | None = None) -> None:
         """Tell the sink this stream is complete after ``seq`` packets (lets it report tail gaps)."""
+        self._ended = True
         self.send_raw(wire.encode_end(self.stream, self.seq, self.modality), timeout)
 
     def end_confirmed(self, results: str = DEFAULT_RESULTS, timeout: float = 60.0,
@@ -141,6 +210,8 @@ class Publisher:
             st = m.get("streams", {}).get(self.stream, {})
             return bool(st.get("ended")) and st.get("next_seq", -1) >= self.seq
 
+        if self._acks is not None:
+            return self._end_acknowledged(timeout)
         sub = subscriber or Subscriber(results, topics=["stats"], curve=self._curve)
         try:
             # one stats message (periodic) proves the subscription is live before the marker can
@@ -159,8 +230,23 @@ class Publisher:
             raise BackPressure(f"sink did not confirm the end of stream {self.stream!r} within {timeout} s")
         return got
 
+    def _end_acknowledged(self, timeout: float) -> dict:
+        """Acknowledged mode: end marker, then wait until the watermark covers every packet sent."""
+        self.end()
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.poll_acks(0.2)
+            st = (got or {}).get("streams", {}).get(self.stream, {})
+            if got is not None and self.watermark >= self.seq and st.get("ended"):
+                return got
+            if time.monotonic() > deadline:
+                raise BackPressure(f"sink did not acknowledge stream {self.stream!r} within {timeout} s "
+                                   f"(watermark {self.watermark} of {self.seq} packets)")
+
     def close(self, linger_s: float = 10.0) -> None:
         """Close; waits up to ``linger_s`` for queued packets to leave."""
+        if self._acks is not None:
+            self._acks.close()
         self._sock.close(linger=int(linger_s * 1000))
 
     def __enter__(self) -> "Publisher":

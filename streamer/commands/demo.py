@@ -13,7 +13,7 @@ import time
 from ..pipeline import defaults
 from ..pipeline.launcher import run_local_pipeline
 from ..pipeline.report import format_summary
-from ..pipeline.writer import load_results
+from ..pipeline.results import load_results
 
 HELP = "simulate an acquisition, stream it through publisher -> workers -> sink, print a summary"
 MODALITY_AWARE = True

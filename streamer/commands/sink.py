@@ -16,7 +16,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ingest", default=defaults.DEFAULT_INGEST, help="PULL endpoint publishers push to")
     p.add_argument("--work", default=defaults.DEFAULT_WORK, help="ROUTER endpoint workers connect to")
     p.add_argument("--results", default=defaults.DEFAULT_RESULTS, help="PUB endpoint: result/stats/error")
-    p.add_argument("--out", default=None, help="directory for results-*.npz chunks and errors.jsonl")
+    p.add_argument("--out", default=None,
+                   help="results directory (Parquet per modality/stream, errors.jsonl); a restarted sink continues it")
+    p.add_argument("--archive", default=None, metavar="DIR",
+                   help="also keep every accepted input packet here (append-only log + index) for reprocessing")
+    p.add_argument("--flush", type=float, default=1.0, metavar="S",
+                   help="results reach the disk at most this many seconds after release (default 1)")
     p.add_argument("--curve", default=None, metavar="DIR",
                    help="CurveZMQ key directory (`streamer keys DIR`); required to bind a non-loopback address")
     p.add_argument("--window", type=int, default=defaults.WINDOW, help="packets held before ingest pauses")
@@ -41,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
     # an ingest HWM of 2 stalled a paused-then-resumed PULL in our tests (libzmq 4.3.5): keep >= 4
     if args.window < 1 or args.ingest_hwm < 4:
         raise ValueError("--window must be >= 1 and --ingest-hwm >= 4")
+    if args.flush <= 0:
+        raise ValueError("--flush must be > 0 seconds")
     cfg = SinkConfig(ingest=args.ingest, work=args.work, results=args.results, out_dir=args.out,
+                     archive_dir=args.archive, flush_s=args.flush,
                      curve_dir=args.curve, window=args.window, ingest_hwm=args.ingest_hwm,
                      heartbeat_timeout=args.heartbeat_timeout, job_timeout=args.job_timeout,
                      max_deliveries=args.max_deliveries, max_packet_bytes=args.max_packet_bytes,

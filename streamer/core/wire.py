@@ -18,6 +18,7 @@ modality without knowing it.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ REASONS: dict[str, str] = {
     "negative": "a value that cannot be negative (or must be > 0) is: seq, t_acq, sizes, periods",
     "redelivery-limit": "the packet was re-sent to workers too often (it kills them); dropped",
     "worker-error": "the predictor raised on a packet that passed validation",
+    "conflict": "(kept aside, not a rejection) a valid packet with the seq of a persisted result but other content: "
+                "written to --out/conflicts, never replacing what was persisted",
     "no-worker": "(notice, not a rejection) no live worker serves the packet's modality: packets are held, "
                  "bounded by the sink's window, until one does",
 }
@@ -134,6 +137,19 @@ def envelope(msg: Mapping) -> Envelope:
         if not modality or len(modality) > MAX_NAME:
             raise PacketError("bad-type", "modality must be a short non-empty name")
     return Envelope(msg["v"], kind, modality, stream, seq)
+
+
+def content_digest(msg: Mapping[str, Any]) -> bytes:
+    """16-byte hash of a packet's content: every key but the send time ``t_acq`` (a publisher that
+    re-encodes a packet to retry it gets a new ``t_acq``, not new content)."""
+    h = hashlib.blake2b(digest_size=16)
+    for key in sorted(msg):
+        if key == "t_acq":
+            continue
+        val = msg[key]
+        h.update(key.encode())
+        h.update(val if isinstance(val, (bytes, bytearray, memoryview)) else repr(val).encode())
+    return h.digest()
 
 
 # --------------------------------------------------------------------------- input packets

@@ -30,6 +30,7 @@ class Job:
     seq: int
     modality: str = "minflux"
     deliveries: int = 0
+    digest: bytes = b""  # content hash (the ledger tells duplicates from conflicts by it)
     worker: bytes | None = None
     sent_at: float = 0.0
 

@@ -57,16 +57,28 @@ class LocalPipeline:
         self.sink: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
 
-    def start(self, ready_timeout: float = 60.0) -> "LocalPipeline":
+    def _sink_command(self) -> list[str]:
         e = self.endpoints
         args = ["sink", "--ingest", e["ingest"], "--work", e["work"], "--results", e["results"],
                 "--summary", self.summary_path, "--exit-after-end", str(self.exit_after_end),
                 "--parent-pid", str(os.getpid()), *self.sink_args]
         if self.out_dir:
             args += ["--out", self.out_dir]
+        return _cli(*args)
+
+    def restart_sink(self, sig: int = signal.SIGKILL) -> subprocess.Popen:
+        """Failure injection: kill the sink (SIGKILL by default) and start a new one on the same
+        endpoints and ``--out`` (workers and publishers reconnect by themselves)."""
+        self.sink.send_signal(sig)
+        self.sink.wait(10)
+        self.sink = subprocess.Popen(self._sink_command(), stdout=self.out, stderr=self.out)
+        return self.sink
+
+    def start(self, ready_timeout: float = 60.0) -> "LocalPipeline":
+        e = self.endpoints
         sub = Subscriber(e["results"], topics=["stats"])
         try:
-            self.sink = subprocess.Popen(_cli(*args), stdout=self.out, stderr=self.out)
+            self.sink = subprocess.Popen(self._sink_command(), stdout=self.out, stderr=self.out)
             for _ in range(self.n_workers):
                 self.add_worker()
             # publishing before the workers are up would put their start-up into the latency numbers

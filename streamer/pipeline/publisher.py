@@ -7,7 +7,7 @@ from typing import Any
 
 import zmq
 
-from ..client import Publisher, Subscriber
+from ..client import Publisher
 from ..core.recording import Recording, packet_slices
 from . import defaults
 
@@ -18,9 +18,10 @@ def replay(rec: Recording, endpoint: str = defaults.DEFAULT_INGEST, *, stream: s
            confirm_timeout: float = 300.0, context: zmq.Context | None = None) -> dict[str, Any]:
     """Send ``rec`` in packets of ``packet_size`` items, ``repeat`` times; returns what was sent.
 
-    ``confirm`` (the sink's results endpoint) keeps the socket open after the end marker until the
-    sink reports the stream released (see :meth:`Publisher.end_confirmed`); without it, packets
-    still queued behind a paused sink can be lost when this function returns.
+    ``confirm`` (the sink's results endpoint) turns on acknowledged delivery: every packet is kept
+    until the sink's watermark covers it (re-sent if the sink restarts), and the function returns
+    once the whole stream is durably persisted (see :class:`Publisher`); without it, packets still
+    queued behind a paused sink, or held by a sink that crashes, can be lost.
 
     ``rate`` (items/s) paces packets on a fixed schedule like a live acquisition (``t_acq`` is the
     send time, so sink latency excludes schedule slip); None sends as fast as back-pressure allows.
@@ -36,9 +37,11 @@ def replay(rec: Recording, endpoint: str = defaults.DEFAULT_INGEST, *, stream: s
         raise ValueError("recording is empty")
     sent_tuples = packets = 0
     max_behind = 0.0
-    # subscribe to the sink's stats now, so the end confirmation needs no extra round trip
-    stats = Subscriber(confirm, topics=["stats"], curve=curve_dir, context=context) if (end and confirm) else None
-    with Publisher(endpoint, stream, modality=rec.modality, kind=rec.kind, curve=curve_dir, context=context) as pub:
+    # with confirm: acknowledged delivery (packets kept until the sink's watermark covers them,
+    # re-sent after a sink restart); the subscription is opened now, so the end needs no round trip
+    acks = confirm if (end and confirm) else None
+    with Publisher(endpoint, stream, modality=rec.modality, kind=rec.kind, curve=curve_dir, context=context,
+                   results=acks) as pub:
         t0 = time.perf_counter()
         for _ in range(repeat):
             for sl in packet_slices(n, packet_size):
@@ -53,13 +56,10 @@ def replay(rec: Recording, endpoint: str = defaults.DEFAULT_INGEST, *, stream: s
                 packets += 1
                 sent_tuples += sl.stop - sl.start
         elapsed = time.perf_counter() - t0
-        if stats is not None:
-            try:
-                pub.end_confirmed(confirm, confirm_timeout, subscriber=stats)
-            finally:
-                stats.close()
+        if acks is not None:
+            pub.end_confirmed(confirm, confirm_timeout)
         elif end:
             pub.end()
-    return {"packets": packets, "tuples": sent_tuples, "elapsed_s": elapsed,
+    return {"packets": packets, "tuples": sent_tuples, "elapsed_s": elapsed, "resent": pub.resent,
             "send_rate_tuples_s": sent_tuples / elapsed if elapsed > 0 else float("inf"),
             "max_behind_schedule_s": max_behind}

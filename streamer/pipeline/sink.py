@@ -10,6 +10,11 @@ that decides what to re-send: acknowledgements are function calls and cannot be 
 released strictly in arrival order (= seq order per stream), at most ``window`` packets are held,
 and the ingest socket is only read while there is room -- its high-water mark then blocks the
 publishers (back-pressure end to end, bounded memory everywhere).
+
+Exactly once across restarts: a (stream, seq) slot is taken only by a valid result (the
+:class:`~.ledger.Ledger`; duplicates and conflicts are told apart by a content hash), results are
+persisted durably (:class:`~.store.ResultStore`, recovered on start from the same ``--out``), and the
+per-stream watermark in every ``stats`` message tells publishers what they may forget.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from . import defaults
 from .dispatcher import Dispatcher, Job
 from .security import CurveServer, check_bind
 from .stats import LatencyStats
+from .archive import RawArchive
+from .ledger import Ledger
+from .store import ResultStore
 from .tracker import SeqTracker
-from .writer import ResultWriter
 
 def _serves(frame: bytes) -> frozenset[str]:
     """The modalities a worker's heartbeat announces (msgpack {modality: predictor})."""
@@ -48,6 +55,7 @@ def _serves(frame: bytes) -> frozenset[str]:
 @dataclass
 class _Done:
     kind: str  # "result" | "rejected"
+    job: Job | None = None
     payload: bytes = b""
     result: wire.Result | None = None
     error: dict[str, Any] = field(default_factory=dict)
@@ -65,6 +73,8 @@ class SinkConfig:
     work: str = defaults.DEFAULT_WORK
     results: str = defaults.DEFAULT_RESULTS
     out_dir: str | None = None
+    archive_dir: str | None = None  # every accepted input packet, for reprocessing later
+    flush_s: float = 1.0  # results reach the disk at most this long after release
     curve_dir: str | None = None
     window: int = defaults.WINDOW
     ingest_hwm: int = defaults.INGEST_HWM
@@ -96,7 +106,17 @@ class Sink:
         self.monitor = self.work.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.dispatcher = Dispatcher(cfg.heartbeat_timeout, cfg.job_timeout, cfg.max_deliveries)
         self.tracker = SeqTracker()
-        self.writer = ResultWriter(cfg.out_dir, cfg.chunk_tuples) if cfg.out_dir else None
+        self.ledger = Ledger()
+        self.sink_id = os.urandom(6).hex()  # publishers re-send what is not covered when this changes
+        self.writer = ResultStore(cfg.out_dir, cfg.chunk_tuples, cfg.flush_s) if cfg.out_dir else None
+        self.archive = RawArchive(cfg.archive_dir) if cfg.archive_dir else None
+        self.recovered = 0
+        if self.writer:  # a restart on the same --out continues where the last run's files end
+            for stream, persisted in self.writer.recover().items():
+                self.ledger.restore(stream, persisted)
+                self.tracker.restore(stream, persisted)
+                self.recovered += len(persisted)
+        self.conflicts_dir = Path(cfg.out_dir) / "conflicts" if cfg.out_dir else None
         self.latency = LatencyStats()
         self.order: deque[int | _End] = deque()
         self.done: dict[int, _Done] = {}
@@ -210,9 +230,13 @@ class Sink:
         except PacketError as exc:
             self._reject(exc.reason, exc.detail, stream, seq, None, "sink", modality, len(raw))
             return
-        if self.tracker.classify(stream, seq) == "duplicate":
-            return  # counted by the tracker; never dispatched, never in the output
-        job = Job(self.next_job, raw, stream, seq, env.modality)
+        digest = wire.content_digest(msg)
+        self.tracker.classify(stream, seq)  # gaps / late arrivals only: duplicates are the ledger's
+        if not self.ledger.arrive(stream, seq, digest):
+            return  # the same content is persisted or in flight: counted, never processed twice
+        if self.archive:
+            self.archive.append(raw, stream, seq, env.modality)
+        job = Job(self.next_job, raw, stream, seq, env.modality, digest=digest)
         self.next_job += 1
         self.dispatcher.add(job)
         self.order.append(job.id)
@@ -274,16 +298,16 @@ class Sink:
                 res = wire.decode_result(payload)
                 if (res.stream, res.seq) != (job.stream, job.seq):
                     raise PacketError("worker-error", f"result for {res.stream}/{res.seq}, job {job.stream}/{job.seq}")
-                return _Done("result", payload, res)
+                return _Done("result", job, payload, res)
             err = wire.unpack(payload)
-            return _Done("rejected", error=err)
+            return _Done("rejected", job, error=err)
         except PacketError as exc:
-            return _Done("rejected", error={"reason": "worker-error", "detail": f"bad worker answer: {exc}",
+            return _Done("rejected", job, error={"reason": "worker-error", "detail": f"bad worker answer: {exc}",
                                             "stream": job.stream, "seq": job.seq, "source": "sink"})
 
     def _poisoned(self, jobs: list[Job]) -> None:
         for job in jobs:
-            self.done[job.id] = _Done("rejected", error={
+            self.done[job.id] = _Done("rejected", job, error={
                 "reason": "redelivery-limit", "stream": job.stream, "seq": job.seq, "source": "sink",
                 "detail": f"dispatched {job.deliveries} times, every worker holding it died or timed out"})
 
@@ -318,15 +342,25 @@ class Sink:
             if done is None:
                 return
             self.order.popleft()
+            job = done.job
             if done.kind == "rejected":
                 e = done.error
                 self._reject(e.get("reason", "worker-error"), e.get("detail", ""), e.get("stream"), e.get("seq"),
                              e.get("n"), e.get("source", ""), e.get("modality"), e.get("bytes"))
+                self.ledger.rejected(job.stream, job.seq, job.digest)
                 continue
             res = done.result
+            verdict = self.ledger.result(job.stream, job.seq, job.digest)
+            if verdict == "duplicate":
+                continue
+            if verdict == "conflict":
+                self._conflict(job)
+                continue
             self.pub.send_multipart([wire.TOPIC_RESULT, done.payload], copy=len(done.payload) < 65536)
             if self.writer:
-                self.writer.add(res, now)
+                self.writer.add(res, now, job.digest)
+            else:  # nothing to persist: released is final
+                self.ledger.durable(job.stream, [job.seq])
             self.packets += 1
             self.tuples += res.n
             self.by_modality[res.modality] = self.by_modality.get(res.modality, 0) + res.n
@@ -335,6 +369,23 @@ class Sink:
             if self.t_first is None:
                 self.t_first = now
             self.t_last_release = now
+
+    def _conflict(self, job: Job) -> None:
+        """Same (stream, seq) as a persisted result, different content, also valid: kept aside."""
+        kept = None
+        if self.conflicts_dir is not None:
+            self.conflicts_dir.mkdir(parents=True, exist_ok=True)
+            kept = self.conflicts_dir / f"{job.stream.replace('/', '_')}-{job.seq}-{job.digest.hex()}.msgpack"
+            tmp = kept.with_suffix(".tmp")
+            tmp.write_bytes(job.raw)
+            tmp.replace(kept)
+        detail = (f"seq {job.seq} of {job.stream!r} was already persisted with other content; this packet is "
+                  + (f"kept in {kept}" if kept else "not persisted (no --out)"))
+        payload = wire.encode_error("conflict", detail, stream=job.stream, seq=job.seq, source="sink",
+                                    modality=job.modality, nbytes=len(job.raw))
+        self.pub.send_multipart([wire.TOPIC_ERROR, payload])
+        if self.writer:
+            self.writer.add_error(wire.unpack(payload))
 
     def _reject(self, reason: str, detail: str, stream: str | None, seq: int | None, n: int | None,
                 source: str, modality: str | None = None, nbytes: int | None = None) -> None:
@@ -360,11 +411,21 @@ class Sink:
             self._probe()
         _, poison = self.dispatcher.expire(now)
         self._poisoned(poison)
+        self._sync_durable()
         self._report_unserved(now)
         if now - self._t_stats >= self.cfg.stats_interval:
             if self.cfg.parent_pid and os.getppid() != self.cfg.parent_pid:
                 self.request_stop()
             self._publish_stats()
+
+    def _sync_durable(self) -> None:
+        """Flush results that waited ``flush_s``; advance watermarks over what reached the disk."""
+        if self.writer:
+            self.writer.tick()
+            for stream, seqs in self.writer.durable():
+                self.ledger.durable(stream, seqs)
+        if self.archive:
+            self.archive.tick()
 
     def _report_unserved(self, now: float) -> None:
         """Packets of a modality no live worker serves are held, and said so on the error topic
@@ -390,14 +451,17 @@ class Sink:
             "rate_tuples_s": self._interval_tuples / dt,
             "mean_rate_tuples_s": self.tuples / span if span > 0 else 0.0,
             "latency_ms": self.latency.overall() if final else self.latency.interval(),
-            "gaps": self.tracker.gaps, "duplicates": self.tracker.duplicates, "late": self.tracker.late,
+            "sink_id": self.sink_id, "recovered": self.recovered,
+            "gaps": self.tracker.gaps, "duplicates": self.ledger.duplicates, "conflicts": self.ledger.conflicts,
+            "late": self.tracker.late,
             "items_by_modality": dict(self.by_modality),
             "rejected": self.rejected, "rejected_tuples": self.rejected_tuples, "rejected_bytes": self.rejected_bytes,
             "rejected_by_reason": dict(self.reasons),
             "resent": d.resent, "redundant_answers": d.redundant, "workers_lost": d.workers_lost,
             "workers": len(d.workers), "in_flight": len(d.in_flight), "queued": d.queued(),
             "unserved": d.unserved(), "served": sorted(s) if (s := d.served()) is not None else None,
-            "streams": self.tracker.summary(), "final": final,
+            "streams": {k: {**v, "watermark": self.ledger.watermark(k)} for k, v in self.tracker.summary().items()},
+            "final": final,
         }
 
     def _publish_stats(self, final: bool = False) -> dict[str, Any]:
@@ -426,6 +490,10 @@ class Sink:
     def _close(self) -> dict[str, Any]:
         if self.writer:
             self.writer.close()
+            for stream, seqs in self.writer.durable():
+                self.ledger.durable(stream, seqs)
+        if self.archive:
+            self.archive.close()
         summary = self._publish_stats(final=True)
         summary["results_dir"] = self.cfg.out_dir
         if self.cfg.summary_path:

@@ -17,7 +17,10 @@ STATS_FIELDS: dict[str, str] = {
     "gaps": "seqs never seen in a readable packet: skipped, missing at the end marker, or rejected "
             "before their header could be read",
     "late": "packets that arrived after a later seq and filled a gap (released, gap count decreased)",
-    "duplicates": "packets whose (stream, seq) was already received (dropped, never processed twice)",
+    "sink_id": "random id of this sink run: a change tells publishers the sink restarted (re-send what is not covered)",
+    "recovered": "packets found persisted in --out when this sink run started (an earlier run's results)",
+    "duplicates": "packets whose (stream, seq) and content were already persisted or in flight (dropped, never processed twice)",
+    "conflicts": "packets with the seq of a persisted result but other (valid) content: reported, kept in --out/conflicts",
     "rejected": "packets rejected (not in the output)",
     "rejected_tuples": "items in rejected packets whose n was readable",
     "rejected_bytes": "bytes of rejected packets",
@@ -30,7 +33,8 @@ STATS_FIELDS: dict[str, str] = {
     "queued": "packets received and waiting for a worker",
     "unserved": "{modality: packets held because no live worker serves that modality}",
     "served": "modalities the live workers serve (null: some worker serves any)",
-    "streams": "{stream: {next_seq, ended}}",
+    "streams": "{stream: {next_seq, ended, watermark}}: watermark = first seq not yet durably settled "
+               "(persisted and flushed, or rejected); publishers may forget every packet below it",
     "final": "true on the last stats message of a sink run",
 }
 

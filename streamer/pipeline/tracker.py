@@ -1,4 +1,4 @@
-"""Per-stream sequence tracking: gaps (seq jumped), duplicates (seq seen), late fills of gaps."""
+"""Per-stream sequence tracking for the stats: gaps (seq jumped), late fills of gaps (duplicates: see ledger)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,17 @@ class SeqTracker:
             return "late"
         self.duplicates += 1
         return "duplicate"
+
+    def restore(self, stream: str, persisted) -> None:
+        """A restarted sink: seqs already persisted by an earlier run are not gaps, the others below are."""
+        seqs = sorted(persisted)
+        if not seqs:
+            return
+        st = self.streams.setdefault(stream, StreamState())
+        st.next_seq = max(st.next_seq, seqs[-1] + 1)
+        missing = set(range(max(0, st.next_seq - MAX_MISSING), st.next_seq)) - set(seqs)
+        self.gaps += len(missing - st.missing)
+        st.missing |= missing
 
     def end(self, stream: str, total: int) -> None:
         """End-of-stream after ``total`` packets: seqs never received at the tail are gaps too."""

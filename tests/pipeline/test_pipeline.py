@@ -20,7 +20,7 @@ from streamer.modalities.minflux import wire as schema
 from streamer.client import BackPressure, Publisher, Subscriber, wait_for
 from streamer.pipeline import defaults
 from streamer.pipeline.launcher import LocalPipeline, run_local_pipeline
-from streamer.pipeline.writer import load_results
+from streamer.pipeline.results import load_results
 from streamer.modalities.minflux.predictor import load_predictor
 from streamer.modalities.minflux.simulate import simulate
 
@@ -229,7 +229,7 @@ def test_cli_roles_over_tcp_with_curve(tmp_path, rec):
                 p.terminate()
                 p.wait(10)
     summary = json.loads(summary_path.read_text())
-    assert summary["tuples"] == 3000 and summary["streams"] == {"scope": {"next_seq": 3, "ended": True}}
+    assert summary["tuples"] == 3000 and summary["streams"] == {"scope": {"next_seq": 3, "ended": True, "watermark": 3}}
     assert len(load_results(tmp_path / "out")["distance"]) == 3000
 
 

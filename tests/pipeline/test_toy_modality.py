@@ -14,7 +14,7 @@ import pytest
 from streamer.client import Publisher, Subscriber, wait_for
 from streamer.core import registry, wire
 from streamer.pipeline.launcher import LocalPipeline, _cli, run_local_pipeline
-from streamer.pipeline.writer import load_results
+from streamer.pipeline.results import load_results
 
 HERE = Path(__file__).resolve().parent
 

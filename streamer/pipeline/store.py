@@ -1,0 +1,272 @@
+"""Durable, restart-safe results: Parquet files partitioned by modality and stream, written atomically.
+
+``DIR/modality=<m>/stream=<s>/`` holds, per flush, up to three files named by the seq range they
+cover and the sink run that wrote them (never overwritten, never renamed onto each other):
+
+* ``items-<first>-<last>-<run>.parquet``: ``seq`` int64, ``row`` int32 and the modality's per-item arrays;
+* ``detections-...``: ``seq``, ``item`` int32 and the per-detection arrays (modalities that have them);
+* ``packets-...``: ``seq``, ``n``, ``m``, ``model``, ``t_acq``/``t_done``/``t_sink`` and ``digest`` (the
+  packet's content hash). Written LAST: a packet is persisted iff it is in a packets file, so a
+  crash between the files leaves rows that readers ignore, never a half result.
+
+Arrays with a tail shape (MINFLUX ``centre`` (n, 2)) are fixed-size lists. Each file is written to a
+``.tmp`` name and renamed (atomic on POSIX). ``manifest.json`` (also atomic) lists the persisted seq
+ranges per stream for humans and tools; on start the sink recovers its state from the packets files
+themselves (:meth:`ResultStore.recover`), so the manifest can never disagree with the data.
+Flushes happen when ``chunk_items`` are buffered or ``flush_s`` (default 1 s) has passed: a crash
+loses at most what was not flushed, and the sink's watermark (what publishers may forget) only
+covers flushed packets. Rejected packets go to ``errors.jsonl`` (flushed per line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import numpy as np
+
+from ..core.wire import Result
+from . import defaults
+
+FORMAT = "streamer-results-parquet"
+
+
+def _pa():
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa, pq
+
+
+def _column(pa, values: np.ndarray):
+    """A numpy column as an Arrow array (tail dimensions as nested fixed-size lists)."""
+    if values.ndim == 1:
+        return pa.array(values)
+    flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+    for size in reversed(values.shape[1:]):
+        flat = pa.FixedSizeListArray.from_arrays(flat, size)
+    return flat
+
+
+def _numpy(col) -> np.ndarray:
+    """Arrow column -> numpy (fixed-size lists back to tail dimensions)."""
+    import pyarrow as pa
+
+    arr = col.combine_chunks() if hasattr(col, "combine_chunks") else col
+    shape = []
+    while pa.types.is_fixed_size_list(arr.type):
+        shape.append(arr.type.list_size)
+        arr = arr.flatten()
+    out = arr.to_numpy(zero_copy_only=False)
+    return out.reshape(-1, *shape) if shape else out
+
+
+def _fill(dtype: np.dtype):
+    return np.nan if dtype.kind in "fc" else (-1 if dtype.kind == "i" else 0)
+
+
+def partition(directory: Path, modality: str, stream: str) -> Path:
+    return directory / f"modality={quote(modality, safe='')}" / f"stream={quote(stream, safe='')}"
+
+
+class ResultStore:
+    """Buffers released results per (modality, stream) and writes them as Parquet from a thread."""
+
+    def __init__(self, directory: str | Path, chunk_items: int = defaults.CHUNK_TUPLES, flush_s: float = 1.0):
+        _pa()  # fail at start-up, not at the first flush, when pyarrow is missing
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.run_id = f"{int(time.time()):x}{os.getpid():x}{os.urandom(2).hex()}"
+        self.chunk_items = chunk_items
+        self.flush_s = flush_s
+        self._buffers: dict[tuple[str, str], list] = defaultdict(list)
+        self._buffered = 0
+        self._t_flush = time.monotonic()
+        self._queue: queue.Queue = queue.Queue(maxsize=4)  # a slow disk back-pressures the sink
+        self._durable: queue.SimpleQueue = queue.SimpleQueue()
+        self._ranges: dict[str, dict[str, list]] = {}
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="result-store", daemon=True)
+        self._thread.start()
+        self._errors = open(self.dir / "errors.jsonl", "a")
+        self.items = 0
+
+    # ------------------------------------------------------------------ recovery
+    def recover(self) -> dict[str, dict[int, bytes]]:
+        """{stream: {seq: digest}} of every packet persisted in this directory (any earlier run)."""
+        _, pq = _pa()
+        out: dict[str, dict[int, bytes]] = defaultdict(dict)
+        for path in sorted(self.dir.glob("modality=*/stream=*/packets-*.parquet")):
+            stream = unquote(path.parent.name[len("stream="):])
+            t = pq.read_table(path, columns=["seq", "digest"])
+            out[stream].update(zip(t.column("seq").to_pylist(), t.column("digest").to_pylist()))
+        for tmp in self.dir.glob("modality=*/stream=*/*.tmp"):  # a crash mid-write: never visible
+            tmp.unlink(missing_ok=True)
+        return dict(out)
+
+    # ------------------------------------------------------------------ writing
+    def add(self, res: Result, t_sink: float, digest: bytes) -> None:
+        if self._failure:
+            raise RuntimeError(f"result store failed: {self._failure}")
+        self._buffers[(res.modality, res.stream)].append((res, t_sink, digest))
+        self._buffered += res.n + (res.m or 0)
+        if self._buffered >= self.chunk_items:
+            self.flush()
+
+    def add_error(self, error: dict) -> None:
+        self._errors.write(json.dumps(error, default=str) + "\n")
+        self._errors.flush()
+
+    def tick(self) -> None:
+        """Flush what waited ``flush_s`` (call often)."""
+        if self._buffered and time.monotonic() - self._t_flush >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        buffers, self._buffers, self._buffered = self._buffers, defaultdict(list), 0
+        self._t_flush = time.monotonic()
+        for key, parts in buffers.items():
+            if parts:
+                self._queue.put((key, parts))
+
+    def durable(self) -> list[tuple[str, list[int]]]:
+        """(stream, seqs) written to disk since the last call."""
+        out = []
+        while True:
+            try:
+                out.append(self._durable.get_nowait())
+            except queue.Empty:
+                return out
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            (modality, stream), parts = item
+            try:
+                self._write(modality, stream, parts)
+                self._durable.put((stream, [r.seq for r, _, _ in parts]))
+            except BaseException as exc:  # reported on the next add()
+                self._failure = exc
+
+    def _write(self, modality: str, stream: str, parts: list) -> None:
+        pa, pq = _pa()
+        res = [r for r, _, _ in parts]
+        folder = partition(self.dir, modality, stream)
+        folder.mkdir(parents=True, exist_ok=True)
+        seqs = np.array([r.seq for r in res], np.int64)
+        n = np.array([r.n for r in res], np.int32)
+        m = np.array([r.m or 0 for r in res], np.int32)
+        stem = f"{seqs.min():012d}-{seqs.max():012d}-{self.run_id}"
+        for table_name, attr, rows, index in (("detections", "detections", m, "item"), ("items", "items", n, "row")):
+            names = list(dict.fromkeys(k for r in res for k in getattr(r, attr)))
+            if not names:
+                continue
+            cols = {"seq": pa.array(np.repeat(seqs, rows))}
+            if index == "row":
+                cols["row"] = pa.array((np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)).astype(np.int32))
+            for k in names:
+                ref = next(getattr(r, attr)[k] for r in res if k in getattr(r, attr))
+                col = np.concatenate([getattr(r, attr).get(k, np.full((rows[i], *ref.shape[1:]), _fill(ref.dtype), ref.dtype))
+                                      for i, r in enumerate(res)])
+                cols[k] = _column(pa, col)
+            self._atomic(pq, pa.table(cols), folder / f"{table_name}-{stem}.parquet")
+        packets = pa.table({
+            "seq": pa.array(seqs), "n": pa.array(n), "m": pa.array(m),
+            "model": pa.array([r.model for r in res], pa.string()),
+            "t_acq": pa.array([r.t_acq for r in res]), "t_done": pa.array([r.t_done for r in res]),
+            "t_sink": pa.array([t for _, t, _ in parts]),
+            "digest": pa.array([d for _, _, d in parts], pa.binary()),
+        })
+        self._atomic(pq, packets, folder / f"packets-{stem}.parquet")  # last: this commits the packets
+        self.items += int(n.sum())
+        ranges = self._ranges.setdefault(modality, {}).setdefault(stream, [])
+        ranges.append([int(seqs.min()), int(seqs.max()), len(seqs)])
+        self._write_manifest()
+
+    @staticmethod
+    def _atomic(pq, table, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+
+    def _write_manifest(self) -> None:
+        path = self.dir / "manifest.json"
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        runs = old.get("runs", {})
+        runs[self.run_id] = self._ranges
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"format": FORMAT, "version": 1, "runs": runs,
+                                   "note": "[first seq, last seq, packets] per flush; the packets-*.parquet "
+                                           "files are authoritative"}, indent=0))
+        os.replace(tmp, path)
+
+    def close(self) -> None:
+        self.flush()
+        self._queue.put(None)
+        self._thread.join()
+        self._errors.close()
+        if self._failure:
+            raise RuntimeError(f"result store failed: {self._failure}")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def parquet_modalities(directory: str | Path) -> list[str]:
+    return sorted(unquote(p.name[len("modality="):]) for p in Path(directory).glob("modality=*") if p.is_dir())
+
+
+def load_parquet(directory: str | Path, modality: str) -> dict[str, np.ndarray]:
+    """One modality's results as numpy columns, sorted by (stream, seq); rows of packets that were
+    never committed (crash between files) are left out."""
+    _, pq = _pa()
+    base = Path(directory) / f"modality={quote(modality, safe='')}"
+    tables: dict[str, list] = {"items": [], "detections": [], "packets": []}
+    for folder in sorted(p for p in base.glob("stream=*") if p.is_dir()):
+        stream = unquote(folder.name[len("stream="):])
+        committed, seen = None, []
+        for kind in ("packets", "items", "detections"):  # packets first: they say what was committed
+            for path in sorted(folder.glob(f"{kind}-*.parquet")):
+                t = pq.read_table(path)
+                cols = {name: _numpy(t.column(name)) for name in t.column_names}
+                if kind == "packets":
+                    seen.append(cols["seq"])
+                else:  # rows of a packet never committed (crash between files) are not results
+                    ok = np.isin(cols["seq"], committed)
+                    cols = {k: v[ok] for k, v in cols.items()}
+                cols["stream"] = np.full(len(cols["seq"]), stream, dtype=object)
+                tables[kind].append(cols)
+            if kind == "packets":
+                committed = np.concatenate(seen) if seen else np.zeros(0, np.int64)
+    if not tables["packets"]:
+        raise FileNotFoundError(f"no {modality} results in {directory}")
+
+    def concat(parts: list[dict]) -> dict[str, np.ndarray]:
+        if not parts:
+            return {}
+        keys = list(dict.fromkeys(k for p in parts for k in p))
+        out = {}
+        for k in keys:
+            ref = next(p[k] for p in parts if k in p)
+            out[k] = np.concatenate([p[k] if k in p else np.full((len(p["seq"]), *ref.shape[1:]), _fill(ref.dtype),
+                                                                  ref.dtype) for p in parts])
+        return out
+
+    packets, items, dets = (concat(tables[k]) for k in ("packets", "items", "detections"))
+
+    def by_stream_seq(t: dict, second: str | None) -> dict:
+        if not t:
+            return t
+        keys = (t["seq"], t["stream"].astype(str)) if second is None else (t[second], t["seq"], t["stream"].astype(str))
+        order = np.lexsort(keys)
+        return {k: v[order] for k, v in t.items()}
+
+    out = dict(by_stream_seq(items, "row"))
+    out.update({f"det_{k}": v for k, v in by_stream_seq(dets, "item").items()})
+    out.update({f"packet_{k}": v for k, v in by_stream_seq(packets, None).items()})
+    return out
