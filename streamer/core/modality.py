@@ -56,14 +56,17 @@ class ArraySpec:
     ``shape`` entries are ints or names of integer header fields; the first entry is the item axis
     (``"n"``) for packet and per-item arrays and ``"m"`` (detections) for detection arrays. With
     several dtypes the sender names one in ``<name>_dtype`` or the byte length decides (their item
-    sizes must then differ). ``finite``: NaN/inf anywhere in the array rejects the packet.
+    sizes must then differ). ``finite``: ``True`` -- NaN/inf anywhere in the array rejects the packet;
+    ``"flag"`` -- an item (row) with NaN/inf is flagged instead (its values are zeroed for the predictor,
+    its results come back NaN with the modality's ``invalid_flag`` bit) when the modality declares
+    one, so one bad row never costs the others; ``False`` -- not checked.
     """
 
     name: str
     dtypes: tuple[str, ...]
     shape: tuple[int | str, ...]
     required: bool = True
-    finite: bool = True
+    finite: bool | str = True
     doc: str = ""
 
     def __post_init__(self) -> None:
@@ -111,6 +114,8 @@ class ResultSpec:
     items: tuple[ArraySpec, ...] = ()
     detections: tuple[ArraySpec, ...] = ()
     flags: Mapping[int, str] = field(default_factory=dict)
+    #: flag bit set on items whose input was invalid (see ArraySpec.finite="flag"); 0: reject instead
+    invalid_flag: int = 0
     doc: str = ""
 
 
@@ -149,6 +154,17 @@ class Packet:
     header: dict[str, Any]
     arrays: dict[str, np.ndarray]
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. instrument name; anything undeclared is ignored
+    #: items whose input was invalid (bool (n,)), and {reason: items}; None when all are valid
+    invalid: np.ndarray | None = None
+    invalid_reasons: dict[str, int] = field(default_factory=dict)
+
+    def flag_invalid(self, rows: np.ndarray, reason: str) -> None:
+        """Mark items (bool mask (n,)) invalid under ``reason`` (validate hooks call this too)."""
+        rows = np.asarray(rows, bool)
+        new = rows if self.invalid is None else rows & ~self.invalid
+        if new.any():
+            self.invalid_reasons[reason] = self.invalid_reasons.get(reason, 0) + int(new.sum())
+            self.invalid = rows.copy() if self.invalid is None else self.invalid | rows
 
 
 class View(Protocol):

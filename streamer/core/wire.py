@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import msgpack
@@ -210,7 +210,9 @@ def _shape(spec: ArraySpec, ints: Mapping[str, int]) -> tuple[int, ...]:
     return tuple(ints[s] if isinstance(s, str) else s for s in spec.shape)
 
 
-def _decode_array(msg: Mapping, spec: ArraySpec, shape: tuple[int, ...]) -> np.ndarray:
+def _decode_array(msg: Mapping, spec: ArraySpec, shape: tuple[int, ...], flaggable: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The array, and the mask of items (rows) with NaN/inf when they are flagged, not rejected."""
     buf = get(msg, spec.name, (bytes, bytearray, memoryview))
     count = math.prod(shape)  # Python ints: no overflow for absurd headers
     choices = [np.dtype(d) for d in spec.dtypes]
@@ -232,9 +234,16 @@ def _decode_array(msg: Mapping, spec: ArraySpec, shape: tuple[int, ...]) -> np.n
         raise PacketError("bad-size", f"{spec.name}: {len(buf)} bytes, expected {count * dtype.itemsize} "
                           f"for {dtype.str} x {shape}")
     arr = np.frombuffer(buf, dtype).reshape(shape)
-    if spec.finite and dtype.kind == "f" and not np.isfinite(arr).all():
-        raise PacketError("non-finite", spec.name)
-    return arr
+    if spec.finite and dtype.kind == "f":
+        ok = np.isfinite(arr)
+        if not ok.all():
+            if spec.finite != "flag" or not flaggable:
+                raise PacketError("non-finite", spec.name)
+            bad = ~ok.reshape(len(arr), -1).all(axis=1)
+            arr = arr.copy()
+            arr[bad] = 0  # the predictor sees finite numbers; the rows' results are overwritten
+            return arr, bad
+    return arr, None
 
 
 def decode_packet(msg: Mapping, modality: Modality) -> Packet:
@@ -256,15 +265,22 @@ def decode_packet(msg: Mapping, modality: Modality) -> Packet:
         raise PacketError("oversized", f"{spec.item_key}={n} > {spec.max_items}")
     head = {f.name: _field_value(msg, f) for f in spec.fields}
     ints = {spec.item_key: n, **{k: v for k, v in head.items() if isinstance(v, int)}}
-    arrays = {}
+    arrays, bad_rows = {}, []
+    flaggable = bool(modality.results.invalid_flag)
     for a in spec.arrays:
         if a.name not in msg:
             if a.required:
                 raise PacketError("missing-key", a.name)
             continue
-        arrays[a.name] = _decode_array(msg, a, _shape(a, ints))
+        arrays[a.name], bad = _decode_array(msg, a, _shape(a, ints), flaggable)
+        if bad is not None:
+            bad_rows.append(bad)
     extra = {"instrument": msg["instrument"]} if isinstance(msg.get("instrument"), str) else {}
     packet = Packet(env.stream, env.seq, t_acq, modality.name, env.kind, n, head, arrays, extra)
+    if bad_rows:
+        packet.flag_invalid(np.logical_or.reduce(bad_rows), "non-finite")
+    if packet.invalid is not None and packet.invalid.all():
+        raise PacketError("non-finite", "every item has NaN/inf")
     return modality.validate(packet) if modality.validate else packet
 
 
@@ -306,8 +322,27 @@ def encode_result(packet: Packet, spec: ResultSpec, out: Mapping[str, np.ndarray
             dt = a.dtype
             msg[a.name] = np.ascontiguousarray(arr, dt).tobytes()
             layout[a.name] = [dt.str, list(tail), axis]
+    if packet.invalid is not None and packet.invalid.any():
+        _mark_invalid(msg, layout, packet, spec)
     msg["layout"] = layout
     return pack(msg)
+
+
+def _mark_invalid(msg: dict, layout: dict, packet: Packet, spec: ResultSpec) -> None:
+    """Items with invalid input: float results NaN, the modality's invalid flag set, reasons counted."""
+    bad = packet.invalid
+    for name, (dt, _tail, axis) in layout.items():
+        if axis != "n":
+            continue
+        a = np.frombuffer(msg[name], np.dtype(dt)).reshape(packet.n, -1).copy()
+        if name == "flags":
+            a[bad] |= np.uint8(spec.invalid_flag)
+        elif np.dtype(dt).kind == "f":
+            a[bad] = np.nan
+        else:
+            continue
+        msg[name] = a.tobytes()
+    msg["invalid"] = dict(packet.invalid_reasons)
 
 
 @dataclass(frozen=True)
@@ -324,6 +359,7 @@ class Result:
     model: str
     items: dict[str, np.ndarray]
     detections: dict[str, np.ndarray]
+    invalid: dict[str, int] = field(default_factory=dict)  # {reason: items flagged for invalid input}
 
     def __getattr__(self, name: str) -> np.ndarray:
         for table in ("items", "detections"):
@@ -357,7 +393,8 @@ def decode_result(raw: bytes | memoryview | Mapping) -> Result:
         (items if axis == "n" else dets)[name] = np.frombuffer(buf, dtype).reshape((rows, *tail))
     return Result(str(msg.get("modality", LEGACY_MODALITY)), stream, seq, n, m,
                   float(get(msg, "t_acq", (int, float))), float(get(msg, "t_done", (int, float))),
-                  str(msg.get("model", "")), items, dets)
+                  str(msg.get("model", "")), items, dets,
+                  {str(k): int(v) for k, v in msg.get("invalid", {}).items()} if isinstance(msg.get("invalid"), dict) else {})
 
 
 # --------------------------------------------------------------------------- errors and stats

@@ -125,6 +125,7 @@ class Sink:
         self.next_job = int.from_bytes(os.urandom(5), "little") << 20
         self.packets = self.tuples = self.rejected = self.rejected_tuples = self.rejected_bytes = self.ended = 0
         self.by_modality: dict[str, int] = {}
+        self.flagged: dict[str, int] = {}
         self._unserved_said: dict[str, float] = {}
         self._reasons = {**registry.reason_table(), "no-worker": ""}
         self.reasons: dict[str, int] = {}
@@ -364,6 +365,8 @@ class Sink:
             self.packets += 1
             self.tuples += res.n
             self.by_modality[res.modality] = self.by_modality.get(res.modality, 0) + res.n
+            for reason, count in res.invalid.items():
+                self.flagged[reason] = self.flagged.get(reason, 0) + count
             self._interval_tuples += res.n
             self.latency.add((now - res.t_acq) * 1e3)
             if self.t_first is None:
@@ -454,7 +457,7 @@ class Sink:
             "sink_id": self.sink_id, "recovered": self.recovered,
             "gaps": self.tracker.gaps, "duplicates": self.ledger.duplicates, "conflicts": self.ledger.conflicts,
             "late": self.tracker.late,
-            "items_by_modality": dict(self.by_modality),
+            "items_by_modality": dict(self.by_modality), "flagged_items_by_reason": dict(self.flagged),
             "rejected": self.rejected, "rejected_tuples": self.rejected_tuples, "rejected_bytes": self.rejected_bytes,
             "rejected_by_reason": dict(self.reasons),
             "resent": d.resent, "redundant_answers": d.redundant, "workers_lost": d.workers_lost,

@@ -10,6 +10,7 @@ STATS_FIELDS: dict[str, str] = {
     "packets": "result packets released to the output (after dedupe)",
     "tuples": "items released to the output (tuples, frames, stacks; the name is kept from v1)",
     "items_by_modality": "{modality: items released}",
+    "flagged_items_by_reason": "{reason: items released with the invalid-input flag (bad rows of otherwise good packets)}",
     "rate_tuples_s": "items/s over the last stats interval",
     "mean_rate_tuples_s": "items/s from the first to the last released packet",
     "latency_ms": "{p50, p90, p99, max, n} of t_sink - t_acq per packet in ms: over the last interval, "

@@ -102,7 +102,10 @@ def test_rejections_have_reasons(batch, raw_or_over, expected):
 
 def test_array_content_rejections(batch):
     pos = batch.positions.copy()
-    pos[3, 1, 2] = np.nan
+    pos[3, 1, 2] = np.nan  # one bad tuple is flagged, the packet kept
+    p = schema.decode_packet(schema.encode_packet("s", 0, batch.counts, pos))
+    assert p.invalid.tolist() == [i == 3 for i in range(40)]
+    pos[:] = np.inf  # nothing valid left: rejected
     assert reason(schema.encode_packet("s", 0, batch.counts, pos)) == "non-finite"
     pos = batch.positions.copy()
     pos[5, 0, [0, 2]] = pos[5, 0, [2, 0]]  # swapped exposures
@@ -115,7 +118,7 @@ def test_array_content_rejections(batch):
     tid[10:] += 1  # a new trace may start at an earlier time
     assert schema.decode_packet(schema.encode_packet("s", 0, batch.counts, batch.positions, time_s=t, trace_id=tid))
     t[10] = np.inf
-    assert reason(schema.encode_packet("s", 0, batch.counts, batch.positions, time_s=t)) == "non-finite"
+    assert schema.decode_packet(schema.encode_packet("s", 0, batch.counts, batch.positions, time_s=t)).invalid[10]
     # float counts have the wrong byte length: dtype errors are size errors by construction
     raw = fields(batch, counts=batch.counts.astype("<f4").tobytes())
     assert reason(raw) == "bad-size"
@@ -153,6 +156,17 @@ def test_end_marker(batch):
     msg = wire.unpack(wire.encode_end("scope", 12, "minflux"))
     assert msg["kind"] == "end" and wire.header(msg) == ("scope", 12)
     assert reason(wire.encode_end("scope", 12, "minflux")) == "unknown-kind"  # not a tuples packet
+
+
+def test_flagged_tuples_come_back_nan_with_the_invalid_flag_and_count(batch):
+    pos = batch.positions.copy()
+    pos[[2, 7]] = np.nan
+    p = wire.decode_packet(wire.unpack(schema.encode_packet("s", 1, batch.counts, pos)), MODALITY)
+    predictor = TuplePredictor("closed-form")
+    res = wire.decode_result(wire.encode_result(p, RESULTS, predictor.predict(p), predictor.model_id))
+    assert np.isnan(res.distance[[2, 7]]).all() and np.isfinite(np.delete(res.distance, [2, 7])).all()
+    assert (res.flags[[2, 7]] & RESULTS.invalid_flag).all() and not (np.delete(res.flags, [2, 7]) & 16).any()
+    assert res.invalid == {"non-finite": 2}
 
 
 def test_predictor_returning_undeclared_shapes_is_an_error(batch):

@@ -106,7 +106,7 @@ def test_malformed_packets_are_rejected_with_reasons_and_workers_survive(rec, tm
             schema.encode_batch("scope", 0, good),
             b"\x00\xffnot msgpack at all",  # not-msgpack (seq unknown)
             msgpack.packb({**msg, "v": 99}),  # unknown-version
-            schema.encode_packet("scope", 2, good.counts, bad_pos),  # non-finite
+            schema.encode_packet("scope", 2, good.counts, bad_pos),  # one non-finite tuple: flagged, not rejected
             msgpack.packb({**msg, "seq": 3, "n": 99}),  # bad-size
             schema.encode_packet("scope", 4, good.counts, centre=good.centre, half_l=-1.0),  # negative
             schema.encode_batch("scope", 5, rec.tuples[:5000]),  # oversized (> 100000 bytes)
@@ -124,17 +124,21 @@ def test_malformed_packets_are_rejected_with_reasons_and_workers_survive(rec, tm
             if got[0] == "error":
                 errors.append(got[1])
         sub.close()
-    assert summary["packets"] == 3 and summary["tuples"] == 300
-    assert summary["rejected_by_reason"] == {"not-msgpack": 1, "unknown-version": 1, "non-finite": 1,
+    assert summary["packets"] == 4 and summary["tuples"] == 400
+    assert summary["rejected_by_reason"] == {"not-msgpack": 1, "unknown-version": 1,
                                              "bad-size": 1, "negative": 1, "oversized": 1}
+    assert summary["flagged_items_by_reason"] == {"non-finite": 1}
     # seqs 1 (unknown version) and 5 (oversized) were rejected before their header was read,
     # so for the sink they are missing like 7: gaps count seqs never seen in a readable packet
     assert summary["duplicates"] == 1 and summary["gaps"] == 3 and summary["workers_lost"] == 0
     assert sorted(e["reason"] for e in errors) == sorted(summary["rejected_by_reason"])
-    assert {e["seq"] for e in errors if e["reason"] == "non-finite"} == {2}
     logged = [json.loads(line) for line in (tmp_path / "errors.jsonl").read_text().splitlines()]
-    assert len(logged) == 6
-    assert list(load_results(tmp_path)["packet_seq"]) == [0, 6, 8]
+    assert len(logged) == 5
+    res = load_results(tmp_path)
+    assert list(res["packet_seq"]) == [0, 2, 6, 8]
+    flagged = res["seq"] == 2
+    assert np.isnan(res["distance"][flagged][7]) and res["flags"][flagged][7] & 16
+    assert np.isfinite(np.delete(res["distance"][flagged], 7)).all()
 
 
 def test_back_pressure_bounds_queues_then_everything_is_delivered(rec, tmp_path):

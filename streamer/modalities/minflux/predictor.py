@@ -16,7 +16,7 @@ from .estimators import PHYSICS_ESTIMATORS
 from .tuples import TupleBatch
 
 from .prediction import (  # noqa: F401 (re-exported: the flags and result type of every tuple predictor)
-    FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL, FLAG_NONPHYSICAL, FLAG_OUT_OF_RANGE, Prediction, Predictor)
+    FLAG_INVALID_INPUT, FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL, FLAG_NONPHYSICAL, FLAG_OUT_OF_RANGE, Prediction, Predictor)
 
 
 @dataclass
@@ -69,3 +69,20 @@ def _trained_model(regime: str, backend: str) -> Callable[[], Predictor]:
 for _regime in ("static", "dynamic"):
     register(_regime, _trained_model(_regime, "auto"))
     register(f"{_regime}-xgboost", _trained_model(_regime, "xgboost"))
+
+
+def _general(backend: str) -> Callable[[], Predictor]:
+    """The instrument-aware bundle with a fixed instrument (STREAMER_MINFLUX_V0 / _BACKGROUND, default 1, 1)."""
+
+    def make() -> Predictor:
+        import os
+
+        from .general import GeneralPredictor
+
+        return GeneralPredictor("general", v0=float(os.environ.get("STREAMER_MINFLUX_V0") or 1.0),
+                                background=float(os.environ.get("STREAMER_MINFLUX_BACKGROUND") or 1.0), backend=backend)
+
+    return make
+
+
+register("general-fixed", _general("auto"))

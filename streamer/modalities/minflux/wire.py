@@ -16,7 +16,7 @@ from ...core import wire
 from ...core.modality import ArraySpec, HeaderField, Modality, Packet, PacketKind, ResultSpec
 from ...core.wire import PacketError
 from .physics import HALF_L_NM, beam_positions
-from .prediction import FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL, FLAG_NONPHYSICAL, FLAG_OUT_OF_RANGE
+from .prediction import FLAG_INVALID_INPUT, FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL, FLAG_NONPHYSICAL, FLAG_OUT_OF_RANGE
 from .tuples import TupleBatch
 
 NAME = "minflux"
@@ -27,10 +27,11 @@ TUPLES = PacketKind(
     fields=(HeaderField("half_l", float, None, positive=True, doc="half the pattern size L/2, nm (with centre)"),),
     arrays=(
         ArraySpec("counts", "<u2", ("n", 2, 3), doc="photon counts: axis x then y; exposures c-L/2, c, c+L/2"),
-        ArraySpec("positions", "<f4", ("n", 2, 3), required=False, doc="absolute beam positions, nm"),
-        ArraySpec("centre", "<f4", ("n", 2), required=False, doc="pattern centre, nm (instead of positions)"),
+        ArraySpec("positions", "<f4", ("n", 2, 3), required=False, finite="flag",
+                  doc="absolute beam positions, nm (a tuple with NaN/inf is flagged, not the packet rejected)"),
+        ArraySpec("centre", "<f4", ("n", 2), required=False, finite="flag", doc="pattern centre, nm (instead of positions)"),
         ArraySpec("trace_id", "<i8", ("n",), required=False, doc="ruler / trace of each tuple"),
-        ArraySpec("time", "<f8", ("n",), required=False, doc="acquisition time of each tuple, s"),
+        ArraySpec("time", "<f8", ("n",), required=False, finite="flag", doc="acquisition time of each tuple, s"),
     ),
     max_items=MAX_TUPLES,
     doc="photon-count tuples (6 exposures around a centre)",
@@ -48,7 +49,8 @@ RESULTS = ResultSpec(
         ArraySpec("time", "<f8", ("n",), required=False, finite=False, doc="as sent, s"),
     ),
     flags={FLAG_NO_INTERVAL: "no interval", FLAG_LOW_PHOTONS: "low photons",
-           FLAG_OUT_OF_RANGE: "out of range", FLAG_NONPHYSICAL: "non-physical"},
+           FLAG_OUT_OF_RANGE: "out of range", FLAG_NONPHYSICAL: "non-physical", FLAG_INVALID_INPUT: "invalid input"},
+    invalid_flag=FLAG_INVALID_INPUT,
 )
 
 REASONS = {
@@ -72,17 +74,22 @@ def validate(packet: Packet) -> Packet:
         positions = beam_positions(a["centre"], np.float32(half_l)).astype(np.float32)  # = float32 arithmetic
     else:
         raise PacketError("missing-key", "positions or centre")
+    ok = np.ones(packet.n, bool) if packet.invalid is None else ~packet.invalid
+    if not ok.all():  # flagged tuples get a harmless pattern; their results are overwritten as invalid
+        positions = positions.copy()
+        positions[~ok] = beam_positions(np.zeros((1, 2), np.float32), np.float32(HALF_L_NM))
     if not (np.diff(positions, axis=2) > 0).all():
         raise PacketError("non-increasing-positions", "need c-L/2 < c < c+L/2 on both axes")
     time_s, trace_id = a.get("time"), a.get("trace_id")
     if time_s is not None:
-        if (time_s < 0).any():
+        if (time_s[ok] < 0).any():
             raise PacketError("negative", "time")
-        back = np.diff(time_s) < 0
-        if trace_id is not None:  # a packet may hold the end of one trace and the start of the next
-            back &= trace_id[1:] == trace_id[:-1]
+        t, tid = time_s[ok], (trace_id[ok] if trace_id is not None else None)
+        back = np.diff(t) < 0
+        if tid is not None:  # a packet may hold the end of one trace and the start of the next
+            back &= tid[1:] == tid[:-1]
         if back.any():
-            raise PacketError("non-monotonic-time", f"at tuple {int(np.argmax(back)) + 1}")
+            raise PacketError("non-monotonic-time", f"at tuple {int(np.flatnonzero(ok)[np.argmax(back) + 1])}")
     packet.extra["batch"] = TupleBatch.build(a["counts"], positions, trace_id, time_s)
     return packet
 
@@ -126,6 +133,7 @@ class TuplePacket:
     batch: TupleBatch
     has_time: bool
     has_trace_id: bool
+    invalid: np.ndarray | None = None  # tuples flagged for NaN/inf input (None: all valid)
 
 
 def decode_packet(raw: bytes | memoryview, max_tuples: int = MAX_TUPLES) -> TuplePacket:
@@ -137,7 +145,8 @@ def decode_packet(raw: bytes | memoryview, max_tuples: int = MAX_TUPLES) -> Tupl
     if isinstance(n, int) and not isinstance(n, bool) and n > max_tuples:
         raise PacketError("oversized", f"n={n} > {max_tuples}")
     p = wire.decode_packet(msg, DECLARATION)
-    return TuplePacket(p.stream, p.seq, p.t_acq, p.extra["batch"], "time" in p.arrays, "trace_id" in p.arrays)
+    return TuplePacket(p.stream, p.seq, p.t_acq, p.extra["batch"], "time" in p.arrays, "trace_id" in p.arrays,
+                       p.invalid)
 
 
 def result_arrays(packet: Packet, distance, lower, upper, flags) -> dict[str, np.ndarray]:

@@ -1,0 +1,186 @@
+"""Fault benchmark: kill -9 of a worker and of the sink mid-stream, fuzzed packets, durability's cost.
+
+    .venv/bin/python bench/faults.py                      # every installed modality with a simulator
+    .venv/bin/python bench/faults.py --modality minflux --items 1000000
+
+Per modality, on its own simulated recording replayed through an acknowledged ``Publisher``
+(``streamer.client.Publisher(results=...)``) into sink + 2 workers with ``--out``:
+1. SIGKILL one worker once a third of the items are released;
+2. SIGKILL the sink once a third is durably persisted, restart it on the same ``--out``;
+3. 10,000 fuzzed packets (``streamer.core.fuzz``) interleaved with the good ones, on the same seqs;
+and checks every good item persisted exactly once, in order. Then MINFLUX throughput with and
+without durable results (``--out``), alternating, ratio in one run. Writes "## Faults and durability"
+in bench/RESULTS.md with the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from streamer.client import Subscriber, wait_for  # noqa: E402
+from streamer.core import registry, wire  # noqa: E402
+from streamer.core.fuzz import fuzz  # noqa: E402
+from streamer.core.recording import packet_slices  # noqa: E402
+from streamer.core.results_md import write_sections  # noqa: E402
+from streamer.pipeline.launcher import LocalPipeline, run_local_pipeline  # noqa: E402
+from streamer.pipeline.publisher import replay  # noqa: E402
+from streamer.pipeline.results import load_results  # noqa: E402
+
+SECTION = "## Faults and durability"
+
+
+def simulate(name: str, items: int | None):
+    mod = registry.get(name)
+    p = argparse.ArgumentParser()
+    mod.commands.add_simulate_arguments(p)
+    args = p.parse_args([])
+    args.simulate = None
+    if name == "minflux" and items:
+        args.traces, args.tuples_per_trace = max(1, items // 1000), 1000
+    return mod.commands.simulate(args)
+
+
+def exactly_once(out: Path, modality: str, n: int, size: int) -> str:
+    res = load_results(out, modality)
+    idx = res["seq"] * size + res["row"]
+    if len(idx) == n and np.array_equal(idx, np.arange(n)):
+        return "exactly once, in order"
+    dup = len(idx) - len(np.unique(idx))
+    return f"FAILED: {len(np.unique(idx)):,} of {n:,} items, {dup:,} duplicated"
+
+
+def fault_run(name: str, rec, size: int, fault: str, tmp: Path) -> dict:
+    out = tmp / f"{name}-{fault}"
+    errors: list = []
+    with LocalPipeline(2, f"{name}:", out_dir=str(out)) as pipe:
+        def go():
+            try:
+                replay(rec, pipe.endpoints["ingest"], packet_size=size, confirm=pipe.endpoints["results"],
+                       confirm_timeout=600)
+            except BaseException as exc:
+                errors.append(exc)
+        t0 = time.perf_counter()
+        t = threading.Thread(target=go, daemon=True)
+        t.start()
+        sub = Subscriber(pipe.endpoints["results"], topics=["stats"])
+
+        def third(_t, m):
+            wm = m.get("streams", {}).get("replay", {}).get("watermark", 0)
+            return m.get("tuples", 0) >= len(rec) // 3 and (fault == "worker" or wm > 0)
+
+        hit = wait_for(sub, third, 300) is not None
+        sub.close()
+        if fault == "worker":
+            pipe.kill_worker(0)
+        else:
+            pipe.restart_sink()
+        t.join(900)
+        summary = pipe.wait(120)
+    return {"modality": name, "fault": f"kill -9 {fault}" + (" + restart" if fault == "sink" else ""),
+            "items": len(rec), "injected mid-stream": hit, "wall_s": round(time.perf_counter() - t0, 1),
+            "outcome": "publisher error: " + repr(errors[0]) if errors else exactly_once(out, name, len(rec), size),
+            "recovered packets": summary.get("recovered", 0), "resent": summary.get("resent", 0)}
+
+
+def fuzz_run(name: str, rec, size: int, n_fuzz: int, tmp: Path) -> dict:
+    out = tmp / f"{name}-fuzz"
+    kind = rec.kind
+    spec = registry.get(name).packet_kind(kind)
+    goods = [wire.encode_packet(name, kind, "fuzz", s, {**rec.header, spec.item_key: sl.stop - sl.start},
+                                {k: v[sl] for k, v in rec.arrays.items()}, spec)
+             for s, sl in enumerate(packet_slices(len(rec), size))]
+    bad = list(fuzz(goods, n_fuzz, seed=1, item_key=spec.item_key))
+    expected: dict[str, int] = {}
+    for _, _, why in bad:
+        expected[why] = expected.get(why, 0) + 1
+    by_good: dict[int, list[bytes]] = {}
+    for g, raw, _ in bad:
+        by_good.setdefault(g, []).append(raw)
+    t0 = time.perf_counter()
+    with LocalPipeline(2, f"{name}:", out_dir=str(out)) as pipe:
+        push = zmq.Context.instance().socket(zmq.PUSH)
+        push.connect(pipe.endpoints["ingest"])
+        for s, good in enumerate(goods):
+            for raw in by_good.get(s, []):
+                push.send(raw)
+            push.send(good)
+        push.send(wire.encode_end("fuzz", len(goods), name))
+        summary = pipe.wait(600)
+        push.close(0)
+        alive = all(w.poll() is None for w in pipe.workers)
+    dup = expected.pop("duplicate", 0)
+    counted = summary["rejected_by_reason"] == expected and summary["duplicates"] == dup
+    return {"modality": name, "fault": f"{len(bad):,} fuzzed packets on the good packets' seqs",
+            "items": len(rec), "injected mid-stream": True, "wall_s": round(time.perf_counter() - t0, 1),
+            "outcome": exactly_once(out, name, len(rec), size) + ("; every bad packet counted under its reason"
+                                                                  if counted else f"; COUNTS DIFFER {summary['rejected_by_reason']}")
+            + ("" if alive and summary["workers_lost"] == 0 else "; A WORKER DIED"),
+            "recovered packets": 0, "resent": 0}
+
+
+def durability_cost(rec, rounds: int, tmp: Path) -> list[dict]:
+    rates: dict[str, list[float]] = {"durable (--out, Parquet, acknowledged)": [], "no --out": []}
+    for r in range(rounds):
+        order = list(rates) if r % 2 == 0 else list(rates)[::-1]
+        for label in order:
+            out = str(tmp / f"cost-{r}") if label.startswith("durable") else None
+            s = run_local_pipeline(rec, workers=2, predictor="minflux:static", packet_size=1000, out_dir=out)
+            rates[label].append(s["mean_rate_tuples_s"])
+    ref = statistics.median(rates["no --out"])
+    return [{"setting": k, "median": statistics.median(v), "runs": ", ".join(f"{x / 1e3:,.0f}k" for x in v),
+             "ratio": statistics.median(v) / ref} for k, v in rates.items()]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--modality", action="append", default=None)
+    p.add_argument("--items", type=int, default=1_000_000, help="MINFLUX tuples per fault run")
+    p.add_argument("--fuzz", type=int, default=10_000)
+    p.add_argument("--rounds", type=int, default=3, help="durability-cost rounds")
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+    names = args.modality or [n for n in registry.names() if hasattr(registry.get(n).commands, "simulate")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="streamer-faults-") as tmp:
+        tmp = Path(tmp)
+        for name in names:
+            rec = simulate(name, args.items)
+            size = getattr(registry.get(name).commands, "demo_packet_size", 1000)
+            for fault in ("worker", "sink"):
+                rows.append(fault_run(name, rec, size, fault, tmp))
+                print(rows[-1], flush=True)
+            rows.append(fuzz_run(name, rec, size, args.fuzz, tmp))
+            print(rows[-1], flush=True)
+        cost = durability_cost(simulate("minflux", 300_000), args.rounds, tmp)
+    cols = ["modality", "fault", "items", "injected mid-stream", "outcome", "recovered packets", "wall_s"]
+    table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n" + "\n".join(
+        "| " + " | ".join(f"{r[c]:,}" if isinstance(r[c], int) and not isinstance(r[c], bool) else str(r[c])
+                          for c in cols) + " |" for r in rows)
+    cost_table = ("| MINFLUX, 300k tuples x 1, packets of 1000, 2 workers | median tuples/s | runs | ratio |\n"
+                  "|---|---|---|---|\n" + "\n".join(f"| {r['setting']} | {r['median']:,.0f} | {r['runs']} | "
+                                                     f"{r['ratio']:.3f} |" for r in cost))
+    print(table)
+    print(cost_table)
+    if not args.no_write:
+        cmd = "`.venv/bin/python bench/faults.py " + " ".join(map(shlex.quote, sys.argv[1:])) + "`"
+        write_sections(ROOT / "bench" / "RESULTS.md", {SECTION: f"{SECTION}\n\nCommand: {cmd} (2-core VM shared with "
+                       f"other sessions; ratios are side by side in one run).\n\n{table}\n\nCost of durability "
+                       f"(alternating rounds):\n\n{cost_table}\n"})
+    return 0 if all(r["outcome"].startswith("exactly once") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
