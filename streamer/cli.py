@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "worker": "worker",
     "monitor": "monitor",
     "results": "results",
+    "reprocess": "reprocess",
     "bench": "bench",
     "compile": "compile",
     "keys": "keys",
