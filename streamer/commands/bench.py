@@ -13,6 +13,7 @@ import time
 
 from ..core.metrics import markdown_table
 from ..pipeline.launcher import run_local_pipeline
+from . import simulation
 
 HELP = "end-to-end throughput (replay -> sink -> workers) of the modality's predictors, ratios in one run"
 MODALITY_AWARE = True
@@ -26,19 +27,13 @@ def add_arguments(p: argparse.ArgumentParser, modality) -> None:
     p.add_argument("--packet-size", type=int, default=None, help="items per packet (default: the modality's)")
     p.add_argument("--repeat", type=int, default=3, help="replay the recording this many times per run")
     p.add_argument("--rounds", type=int, default=2, help="runs per predictor (order alternates)")
-    hook = getattr(modality.commands, "add_simulate_arguments", None)
-    if hook:
-        hook(p.add_argument_group(f"simulation ({modality.name})"))
-    p.set_defaults(_modality_obj=modality)
+    simulation.add_options(p, modality)
 
 
 def run(args: argparse.Namespace) -> int:
     mod = args._modality_obj
     cmds = mod.commands
-    if not hasattr(cmds, "simulate"):
-        raise ValueError(f"modality {mod.name!r} has no simulator to benchmark with")
-    args.simulate = getattr(args, "simulate", None)
-    rec = cmds.simulate(args)
+    rec = simulation.simulate(args, "nothing to benchmark with")
     names = args.predictor or [mod.default_predictor] + [p.name for p in mod.predictors
                                                          if p.name != mod.default_predictor]
     for n in names:
@@ -55,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
             rates[name].append(s["mean_rate_tuples_s"])
             print(f"  {name}: {s['mean_rate_tuples_s']:,.0f} {rec.kind}/s ({time.perf_counter() - t0:.1f} s)", flush=True)
     ref = statistics.median(rates[names[0]])
-    rows = [{"predictor": n, "rate": statistics.median(v), "ratio": statistics.median(v) / ref} for n, v in rates.items()]
+    rows = [{"predictor": n, "rate": f"{statistics.median(v):,.0f}", "ratio": statistics.median(v) / ref}
+            for n, v in rates.items()]
     print(f"\n{mod.name}: {len(rec):,} {rec.kind} x {args.repeat}, packets of {size}, {args.workers} workers, "
           f"median of {args.rounds} runs each")
     print(markdown_table(rows, ["predictor", "rate", "ratio"], ["predictor", f"{rec.kind}/s end to end",

@@ -14,6 +14,7 @@ from ..pipeline import defaults
 from ..pipeline.launcher import run_local_pipeline
 from ..pipeline.report import format_summary
 from ..pipeline.results import load_results
+from . import simulation
 
 HELP = "simulate an acquisition, stream it through publisher -> workers -> sink, print a summary"
 MODALITY_AWARE = True
@@ -26,24 +27,15 @@ def add_arguments(p: argparse.ArgumentParser, modality) -> None:
     p.add_argument("--packet-size", type=int, default=None, help=f"items per packet (default {defaults.PACKET_SIZE} "
                    "tuples for minflux, the modality's choice otherwise)")
     p.add_argument("--rate", type=float, default=None, help="items/s (default: as fast as possible)")
-    hook = getattr(modality.commands, "add_simulate_arguments", None)
-    if hook:
-        hook(p.add_argument_group(f"simulation ({modality.name})"))
-    p.set_defaults(_modality_obj=modality)
+    simulation.add_options(p, modality)
 
 
 def run(args: argparse.Namespace) -> int:
     mod = args._modality_obj
     cmds = mod.commands
-    if not hasattr(cmds, "simulate"):
-        raise ValueError(f"modality {mod.name!r} has no simulator: nothing to demo")
     t0 = time.perf_counter()
-    try:
-        rec = cmds.simulate(args, demo=True)
-    except TypeError:  # a simulate hook without the demo flag
-        rec = cmds.simulate(args)
-    what = cmds.describe(rec) if hasattr(cmds, "describe") else f"{len(rec):,} {rec.kind} items"
-    print(f"simulated {what} in {time.perf_counter() - t0:.1f} s")
+    rec = simulation.simulate(args, "nothing to demo", demo=True)
+    print(f"simulated {simulation.describe(args, rec)} in {time.perf_counter() - t0:.1f} s")
     args.predictor = args.predictor or (cmds.demo_predictor(args) if hasattr(cmds, "demo_predictor")
                                         else mod.default_predictor)
     if args.packet_size is None:

@@ -6,6 +6,7 @@ import argparse
 
 from ..pipeline import defaults
 from ..pipeline.publisher import replay
+from . import simulation
 
 HELP = "publish a replay file (or a fresh simulation) to the sink, as fast as possible or at a rate"
 MODALITY_AWARE = True
@@ -28,11 +29,7 @@ def add_arguments(p: argparse.ArgumentParser, modality, with_endpoint: bool = Tr
                        help="the sink's results endpoint: wait there until the sink confirms the stream's end")
         p.add_argument("--no-confirm", action="store_true",
                        help="exit right after sending (packets still queued behind a busy sink may be lost)")
-    hook = getattr(modality.commands, "add_simulate_arguments", None)
-    if hook:
-        group = p.add_argument_group(f"simulation ({modality.name}, with --simulate)")
-        hook(group)
-    p.set_defaults(_modality_obj=modality)
+    simulation.add_options(p, modality)
 
 
 def load_source(args: argparse.Namespace):
@@ -41,9 +38,7 @@ def load_source(args: argparse.Namespace):
         raise ValueError("give a replay file or --simulate (not both)")
     cmds = args._modality_obj.commands
     if args.simulate is not None:
-        if not hasattr(cmds, "simulate"):
-            raise ValueError(f"modality {args.modality!r} has no simulator")
-        return cmds.simulate(args)
+        return simulation.simulate(args)
     if hasattr(cmds, "load"):  # the modality reads its own older layouts too
         return cmds.load(args.recording)
     from ..core.recording import load_recording
