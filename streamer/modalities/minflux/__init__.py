@@ -27,6 +27,12 @@ class TuplePredictor:
         return result_arrays(packet, p.distance, p.lower, p.upper, p.flags)
 
 
+def _live():
+    from .live import LiveModalityPredictor
+
+    return LiveModalityPredictor()
+
+
 def _spec(name: str, doc: str) -> PredictorSpec:
     return PredictorSpec(name, lambda: TuplePredictor(name), doc)
 
@@ -36,6 +42,9 @@ PREDICTORS = (
     _spec("dynamic", "trained dynamic-trace model, compiled trees (auto-routed) + 90% interval"),
     _spec("static-xgboost", "the static model on XGBoost's own predictor"),
     _spec("dynamic-xgboost", "the dynamic model on XGBoost's own predictor"),
+    PredictorSpec("general", lambda: _live(),
+                  "instrument-aware model (continuous 2-68 nm, v0/b/L/2 as inputs) with live self-calibration "
+                  "(segmentation, v0, b; STREAMER_MINFLUX_V0/_BACKGROUND override) and per-trace distance"),
     _spec("closed-form", "exact 3-count harmonic estimator (no interval)"),
     _spec("mle", "per-tuple Poisson MLE, batched Levenberg-Marquardt (no interval)"),
 )

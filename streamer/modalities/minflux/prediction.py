@@ -15,8 +15,8 @@ FLAG_NO_INTERVAL = 1  # the estimator carries no calibrated interval (bounds are
 FLAG_LOW_PHOTONS = 2  # fewer photons than the model was trained/calibrated on
 FLAG_OUT_OF_RANGE = 4  # estimate outside the calibrated distance range
 FLAG_NONPHYSICAL = 8  # counts inconsistent with two emitters (e.g. visibility > v0 on both axes)
-FLAG_UNCALIBRATED = 16  # self-calibrating predictor: the stream's instrument is not yet calibrated (prior used)
 FLAG_INVALID_INPUT = 16  # the tuple's positions/centre/time were NaN/inf: no estimate (the rest of the packet is fine)
+FLAG_UNCALIBRATED = 32  # self-calibrating predictor: the stream's instrument is not yet calibrated (prior used)
 
 
 @dataclass(frozen=True)

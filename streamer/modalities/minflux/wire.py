@@ -16,7 +16,8 @@ from ...core import wire
 from ...core.modality import ArraySpec, HeaderField, Modality, Packet, PacketKind, ResultSpec
 from ...core.wire import PacketError
 from .physics import HALF_L_NM, beam_positions
-from .prediction import FLAG_INVALID_INPUT, FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL, FLAG_NONPHYSICAL, FLAG_OUT_OF_RANGE
+from .prediction import (FLAG_INVALID_INPUT, FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL, FLAG_NONPHYSICAL, FLAG_OUT_OF_RANGE,
+                         FLAG_UNCALIBRATED)
 from .tuples import TupleBatch
 
 NAME = "minflux"
@@ -47,9 +48,18 @@ RESULTS = ResultSpec(
         ArraySpec("centre", "<f4", ("n", 2), doc="pattern centre, nm"),
         ArraySpec("trace_id", "<i8", ("n",), required=False, doc="as sent"),
         ArraySpec("time", "<f8", ("n",), required=False, finite=False, doc="as sent, s"),
+        # the self-calibrating ``general`` predictor adds these (issue 15)
+        ArraySpec("state", "u1", ("n",), required=False, doc="segmented state: 2 two-on, 1 one-on, 0 background, 255 unknown"),
+        ArraySpec("v0", "<f4", ("n",), required=False, doc="instrument v0 used (calibrated live or supplied)"),
+        ArraySpec("background", "<f4", ("n",), required=False, doc="instrument background used, counts/exposure"),
+        ArraySpec("trace_distance", "<f4", ("n",), required=False, finite=False,
+                  doc="running per-trace distance over the trace's 2-on tuples so far, nm"),
+        ArraySpec("trace_lower", "<f4", ("n",), required=False, finite=False, doc="its 90% interval, nm (NaN: too few)"),
+        ArraySpec("trace_upper", "<f4", ("n",), required=False, finite=False, doc="its 90% interval, nm"),
     ),
     flags={FLAG_NO_INTERVAL: "no interval", FLAG_LOW_PHOTONS: "low photons",
-           FLAG_OUT_OF_RANGE: "out of range", FLAG_NONPHYSICAL: "non-physical", FLAG_INVALID_INPUT: "invalid input"},
+           FLAG_OUT_OF_RANGE: "out of range", FLAG_NONPHYSICAL: "non-physical", FLAG_INVALID_INPUT: "invalid input",
+           FLAG_UNCALIBRATED: "uncalibrated instrument"},
     invalid_flag=FLAG_INVALID_INPUT,
 )
 

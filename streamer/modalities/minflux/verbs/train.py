@@ -15,7 +15,8 @@ REGIME_DEFAULTS = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--regime", nargs="+", default=["static", "dynamic"], choices=list(REGIME_DEFAULTS))
+    p.add_argument("--regime", nargs="+", default=["static", "dynamic"], choices=[*REGIME_DEFAULTS, "general"],
+                   help="'general': the instrument-aware model (continuous d, v0/b/L/2 inputs; ~2 min)")
     p.add_argument("--out", default=None, help="bundle root (default: the repository's compiled_models/)")
     p.add_argument("--n-groups", type=int, default=None, help="rulers (static) / traces (dynamic) to simulate")
     p.add_argument("--tuples-per-group", type=int, default=None)
@@ -37,6 +38,16 @@ def run(args: argparse.Namespace) -> int:
 
     root = Path(args.out) if args.out else model_bundle.DEFAULT_MODELS_DIR / "minflux"
     for regime in args.regime:
+        if regime == "general":
+            from .. import general
+
+            cfg = general.GeneralConfig(nthread=args.threads)
+            if args.seed is not None:
+                cfg.seed = args.seed
+            if args.n_groups:
+                cfg.n_rulers = args.n_groups
+            general.train_general(cfg, root / "general")
+            continue
         d = REGIME_DEFAULTS[regime]
         data = datasets.DataConfig(
             regime=regime,
