@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -105,6 +106,73 @@ def unpack(raw: bytes | memoryview) -> dict[str, Any]:
     return msg
 
 
+_FIXED = {0xCC: (">B", 1), 0xCD: (">H", 2), 0xCE: (">I", 4), 0xCF: (">Q", 8), 0xD0: (">b", 1), 0xD1: (">h", 2),
+          0xD2: (">i", 4), 0xD3: (">q", 8), 0xCA: (">f", 4), 0xCB: (">d", 8)}
+_CONST = {0xC0: None, 0xC2: False, 0xC3: True}
+_LENGTH = {0xC4: (">B", 1), 0xC5: (">H", 2), 0xC6: (">I", 4), 0xD9: (">B", 1), 0xDA: (">H", 2), 0xDB: (">I", 4)}
+
+
+def scan(raw: bytes | memoryview) -> dict[str, Any]:
+    """Like :func:`unpack` for a flat map, but ``bin`` values come back as memoryview slices of
+    ``raw`` (no copy): the sink reads envelopes of packets of many megabytes and forwards them as
+    they are. Maps holding nested arrays/maps/ext fall back to :func:`unpack`."""
+    import struct
+
+    if len(raw) > MAX_PACKET_BYTES:
+        raise PacketError("oversized", f"{len(raw)} bytes > {MAX_PACKET_BYTES}")
+    mv = memoryview(raw).cast("B") if not isinstance(raw, bytes) else memoryview(raw)
+    try:
+        b0 = mv[0]
+        if 0x80 <= b0 <= 0x8F:
+            count, pos = b0 & 0x0F, 1
+        elif b0 == 0xDE:
+            count, pos = struct.unpack_from(">H", mv, 1)[0], 3
+        elif b0 == 0xDF:
+            count, pos = struct.unpack_from(">I", mv, 1)[0], 5
+        else:
+            return unpack(raw)
+        out: dict[str, Any] = {}
+        for i in range(2 * count):
+            t = mv[pos]
+            if t <= 0x7F:
+                val, pos = t, pos + 1
+            elif t >= 0xE0:
+                val, pos = t - 0x100, pos + 1
+            elif 0xA0 <= t <= 0xBF:
+                n = t & 0x1F
+                val, pos = bytes(mv[pos + 1:pos + 1 + n]).decode(), pos + 1 + n
+            elif t in _CONST:
+                val, pos = _CONST[t], pos + 1
+            elif t in _FIXED:
+                fmt, n = _FIXED[t]
+                val, pos = struct.unpack_from(fmt, mv, pos + 1)[0], pos + 1 + n
+            elif t in _LENGTH:
+                fmt, h = _LENGTH[t]
+                n = struct.unpack_from(fmt, mv, pos + 1)[0]
+                start, pos = pos + 1 + h, pos + 1 + h + n
+                if pos > len(mv):
+                    raise ValueError("truncated")
+                val = mv[start:pos] if t in (0xC4, 0xC5, 0xC6) else bytes(mv[start:pos]).decode()
+            else:
+                return unpack(raw)  # nested containers or ext: the general decoder
+            if i % 2 == 0:
+                if not isinstance(val, str):
+                    raise PacketError("not-a-map", "map keys must be strings")
+                key = val
+            else:
+                out[key] = val
+        if pos != len(mv):
+            raise ValueError("trailing bytes")
+    except PacketError:
+        raise
+    except (IndexError, ValueError, struct.error, UnicodeDecodeError) as exc:
+        raise PacketError("not-msgpack", f"{type(exc).__name__}: {exc}") from None
+    v = out.get("v")
+    if v not in (1, 2) or isinstance(v, bool):
+        raise PacketError("unknown-version", f"v={v!r}, this receiver implements v=1 and v=2")
+    return out
+
+
 def get(msg: Mapping, key: str, types: type | tuple[type, ...]) -> Any:
     """``msg[key]`` checked against ``types`` (bool never counts as int)."""
     if key not in msg:
@@ -140,16 +208,21 @@ def envelope(msg: Mapping) -> Envelope:
 
 
 def content_digest(msg: Mapping[str, Any]) -> bytes:
-    """16-byte hash of a packet's content: every key but the send time ``t_acq`` (a publisher that
-    re-encodes a packet to retry it gets a new ``t_acq``, not new content). SHA-256 (hardware-accelerated
-    here: ~1 GB/s, 1.6x blake2b) truncated to 16 bytes."""
+    """16-byte fingerprint of a packet's content: every key but the send time ``t_acq`` (a publisher
+    that re-encodes a packet to retry it gets a new ``t_acq``, not new content). Arrays enter through
+    their CRC-32 (3 GB/s here, 3x SHA-256: the sink fingerprints every packet it ingests), everything
+    else verbatim, all through SHA-256: telling a retry from a different packet with the same seq
+    needs no cryptographic strength against the sender."""
     h = hashlib.sha256()
     for key in sorted(msg):
         if key == "t_acq":
             continue
         val = msg[key]
         h.update(key.encode())
-        h.update(val if isinstance(val, (bytes, bytearray, memoryview)) else repr(val).encode())
+        if isinstance(val, (bytes, bytearray, memoryview)):
+            h.update(b"%d:%d" % (len(val), zlib.crc32(val)))
+        else:
+            h.update(repr(val).encode())
     return h.digest()[:16]
 
 
@@ -174,7 +247,8 @@ def encode_packet(modality: str, kind: str, stream: str, seq: int, header_fields
         d = declared.get(name)
         if d is not None and a.dtype.newbyteorder("<") not in [np.dtype(t) for t in d.dtypes]:
             a = a.astype(d.dtype)
-        msg[name] = np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()
+        # a byte view, not tobytes(): msgpack copies once into the packet instead of twice (~2x faster)
+        msg[name] = memoryview(np.ascontiguousarray(a, a.dtype.newbyteorder("<"))).cast("B")
         if d is not None and len(d.dtypes) > 1:  # several allowed: say which, never leave it to the length
             msg[f"{name}_dtype"] = a.dtype.newbyteorder("<").str
     return pack(msg)

@@ -207,18 +207,19 @@ class Sink:
             if len(self.order) >= self.cfg.window:
                 return
             try:
-                raw = self.ingest.recv(zmq.NOBLOCK)
+                # no copy: the envelope is scanned in place and the packet forwarded as received
+                raw = self.ingest.recv(zmq.NOBLOCK, copy=False).buffer
             except zmq.Again:
                 return
             self._accept(raw)
 
-    def _accept(self, raw: bytes) -> None:
+    def _accept(self, raw: bytes | memoryview) -> None:
         """Read the envelope only: contents are the workers' (and their modality's) business."""
         stream = seq = modality = None
         try:
             if len(raw) > self.cfg.max_packet_bytes:
                 raise PacketError("oversized", f"{len(raw)} bytes > {self.cfg.max_packet_bytes}")
-            msg = wire.unpack(raw)
+            msg = wire.scan(raw)
             stream, seq = wire.header(msg)
             if msg.get("kind") == "end":
                 if self.cfg.verbose:

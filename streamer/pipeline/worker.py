@@ -65,7 +65,7 @@ def handle(served: Served, raw: bytes, max_items: int | None, source: str) -> tu
     """(b"DONE", result) or (b"FAIL", error) for one packet -- never raises."""
     stream = seq = n = modality = None
     try:
-        msg = wire.unpack(raw)
+        msg = wire.scan(raw)  # arrays stay views into the received frame
         stream, seq, modality = msg.get("stream"), msg.get("seq"), msg.get("modality")
         n = safe_int(msg.get("n"))
         env = wire.envelope(msg)

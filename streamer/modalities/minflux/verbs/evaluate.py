@@ -243,11 +243,16 @@ def run(args: argparse.Namespace) -> int:
               f"Date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; timings on this machine "
               f"({os.cpu_count()} cores, shared with other work while measured).", "", READING, ""]
     if "general" in args.regime:
-        body, _ = general_block(command, quick=args.quick)
+        body, raw = general_block(command, quick=args.quick)
         print(body)
         if not args.no_write:
+            import json
+
             write_sections(args.results, {GENERAL_SECTION: f"{GENERAL_SECTION}\n\n{body}"})
-            print(f"wrote section {GENERAL_SECTION!r} of {args.results}")
+            out = Path(args.results).parent / "results" / "minflux_offgrid.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(raw, indent=1, default=float) + "\n")
+            print(f"wrote section {GENERAL_SECTION!r} of {args.results} and {out}")
         if args.regime == ["general"]:
             return 0
     for regime in args.regime:
@@ -340,9 +345,11 @@ def general_block(command: str, quick: bool = False, log=print) -> tuple[str, di
         "",
         "### Per trace (pooled visibility over the trace's 2-on tuples, jackknife 90% interval)",
         "",
-        "Final per-trace estimate of each trace above; bias = mean over the traces of (estimate - d) "
-        "(target |bias| <= 0.3 nm, coverage 85-95%). *true* = the instrument supplied (v0, b exact), "
-        "*self* = the live calibration of the same stream.",
+        "Per-trace estimate of each trace above from its sums at the end of the stream; bias = mean over "
+        "the traces of (estimate - d) (target |bias| <= 0.3 nm, coverage 85-95%). *true* = the instrument "
+        "supplied (v0, b exact), *self* = the stream's final live calibration (the live `trace_distance` of "
+        "a trace that ends before the stream is calibrated is computed with the prior and says so with a "
+        "wide interval and `FLAG_UNCALIBRATED`).",
         "",
         markdown_table(per_d, ["d", "traces", "n2", "bias_t", "se_t", "cov_t", "width_t", "bias_s", "cov_s", "width_s"],
                        ["d (nm)", "traces", "median 2-on tuples", "bias (true)", "its s.e.", "coverage (true)",

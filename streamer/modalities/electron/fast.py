@@ -1,0 +1,420 @@
+"""Numba kernels of the dense-frame hot path (detection, candidate features, event features).
+
+Same definitions as the vectorised numpy code in :mod:`.detect` and :mod:`.features` (which stays the
+reference and the fallback when numba is not installed), but one pass per event with no
+intermediate arrays: the numpy versions build (m, 13, 13) float copies, boolean masks and a KD-tree
+per step, which at 576x576 with ~4,000 candidates per frame cost more than the four boosters.
+Sums are accumulated in float64 (numpy sums float32 pairwise): values agree to float32 rounding,
+exactly for integer ADU data.
+
+Candidates are produced in raster order (frame, row, column), which the neighbour searches use:
+the candidates of one frame row are a contiguous run (``row_start``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+try:  # optional: without numba the numpy reference code runs
+    import numba as _nb
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    _nb = None
+    HAVE_NUMBA = False
+
+
+def _jit(fn):
+    return _nb.njit(cache=True, nogil=True, boundscheck=False)(fn) if HAVE_NUMBA else fn
+
+
+@_jit
+def _candidates(frames, level, offset, inv, box_e, cap):
+    """3x3 local maxima (plateau: first pixel in raster order) with pixel >= ``level`` (raw units)
+    and 3x3 charge >= ``box_e`` (electrons). Returns item, row, col, box, peak (electrons)."""
+    n, h, w = frames.shape
+    item = np.empty(cap, np.int32)
+    row = np.empty(cap, np.int32)
+    col = np.empty(cap, np.int32)
+    box = np.empty(cap, np.float32)
+    peak = np.empty(cap, np.float32)
+    off = np.float32(offset)
+    sc = np.float32(inv)
+    k = 0
+    for f in range(n):
+        for y in range(h):
+            for x in range(w):
+                v = frames[f, y, x]
+                if not (v >= level):
+                    continue
+                p = (np.float32(v) - off) * sc
+                s = 0.0
+                ok = True
+                for dy in range(-1, 2):
+                    yy = y + dy
+                    for dx in range(-1, 2):
+                        xx = x + dx
+                        if yy < 0 or yy >= h or xx < 0 or xx >= w:
+                            e = np.float32(0.0)
+                        else:
+                            e = (np.float32(frames[f, yy, xx]) - off) * sc
+                        s += e
+                        if e > p or (e >= p and (dy < 0 or (dy == 0 and dx < 0))):
+                            ok = False
+                if ok and np.float32(s) >= box_e:
+                    item[k] = f
+                    row[k] = y
+                    col[k] = x
+                    box[k] = np.float32(s)
+                    peak[k] = p
+                    k += 1
+    return item[:k], row[:k], col[:k], box[:k], peak[:k]
+
+
+@_jit
+def _row_start(item, row, n, h):
+    """Index of the first entry of each (frame, row) in raster-ordered points; (n*h + 1,)."""
+    out = np.empty(n * h + 1, np.int64)
+    j = 0
+    for key in range(n * h + 1):
+        while j < len(item) and item[j] * h + row[j] < key:
+            j += 1
+        out[key] = j
+    return out
+
+
+@_jit
+def _stronger(i, j, box):
+    """Candidate j outranks i: larger 3x3 charge, ties to the lower index."""
+    return box[j] > box[i] or (box[j] == box[i] and j < i)
+
+
+@_jit
+def _val(frames, f, y, x, off, sc):
+    return (np.float32(frames[f, y, x]) - off) * sc
+
+
+@_jit
+def _valley(frames, f, ys, xs, yw, xw, steps, off, sc):
+    """Lowest pixel (electrons) on the straight line strictly between (ys, xs) and (yw, xw)."""
+    d = max(abs(ys - yw), abs(xs - xw))
+    dd = max(d, 1)
+    best = np.inf
+    for k in range(1, steps + 1):
+        t = k / dd
+        if t >= 1.0:
+            break
+        yy = int(np.rint(ys + (yw - ys) * t))
+        xx = int(np.rint(xs + (xw - xs) * t))
+        v = _val(frames, f, yy, xx, off, sc)
+        if v < best:
+            best = v
+    return best
+
+
+@_jit
+def _candidate_features(frames, item, row, col, box, peak, r, threshold, offset, inv):
+    """:data:`.detect.CANDIDATE_FEATURES` of every candidate (m, 37) float32."""
+    n, h, w = frames.shape
+    m = len(item)
+    off = np.float32(offset)
+    sc = np.float32(inv)
+    th = np.float32(threshold)
+    rs = _row_start(item, row, n, h)
+    X = np.empty((m, 37), np.float32)
+    for i in range(m):
+        f, y, x = item[i], row[i], col[i]
+        q = 0.0
+        npix = 0
+        for yy in range(max(y - r, 0), min(y + r + 1, h)):
+            for xx in range(max(x - r, 0), min(x + r + 1, w)):
+                e = _val(frames, f, yy, xx, off, sc)
+                if e > th:
+                    q += e
+                    npix += 1
+        n_str = 0
+        n_weak = 0
+        best = -1
+        for yy in range(max(y - r, 0), min(y + r + 1, h)):
+            key = f * h + yy
+            for j in range(rs[key], rs[key + 1]):
+                if j == i or abs(col[j] - x) > r:
+                    continue
+                if _stronger(i, j, box):
+                    n_str += 1
+                    if best < 0 or _stronger(best, j, box):
+                        best = j
+                else:
+                    n_weak += 1
+        X[i, 0] = peak[i]
+        X[i, 1] = box[i]
+        X[i, 2] = np.float32(q)
+        X[i, 3] = npix
+        X[i, 4] = n_str
+        X[i, 5] = n_weak
+        if best >= 0:
+            X[i, 6] = box[best] / max(box[i], np.float32(1.0))
+            X[i, 7] = max(abs(row[best] - y), abs(col[best] - x))
+            X[i, 8] = math.hypot(row[best] - y, col[best] - x)
+            X[i, 9] = _valley(frames, f, row[best], col[best], y, x, r, off, sc)
+            X[i, 11] = peak[best] / max(peak[i], np.float32(1.0))
+        else:
+            X[i, 6] = 0.0
+            X[i, 7] = r + 1
+            X[i, 8] = r + 1
+            X[i, 9] = -1.0
+            X[i, 11] = 0.0
+        nv = X[i, 9]
+        X[i, 10] = nv / max(peak[i], np.float32(1.0)) if nv >= -0.5 else np.float32(-1.0)
+        c = 12
+        for dy in range(-2, 3):
+            yy = y + dy
+            for dx in range(-2, 3):
+                xx = x + dx
+                if yy < 0 or yy >= h or xx < 0 or xx >= w:
+                    X[i, c] = 0.0
+                else:
+                    X[i, c] = _val(frames, f, yy, xx, off, sc)
+                c += 1
+    return X
+
+
+@_jit
+def _orphans(item, row, col, box, prob, keep, orphan_box, r, n, h):
+    """:func:`.detect._orphans`: bright rejected candidates with nothing kept within ``r``; of
+    neighbouring orphans only the most probable survives."""
+    m = len(item)
+    rs = _row_start(item, row, n, h)
+    cand = np.zeros(m, np.bool_)
+    for i in range(m):
+        cand[i] = (not keep[i]) and box[i] >= orphan_box
+    near = np.zeros(m, np.bool_)
+    for i in range(m):
+        if not cand[i]:
+            continue
+        f, y, x = item[i], row[i], col[i]
+        for yy in range(max(y - r, 0), min(y + r + 1, h)):
+            key = f * h + yy
+            for j in range(rs[key], rs[key + 1]):
+                if j != i and abs(col[j] - x) <= r and keep[j]:
+                    near[i] = True
+    orphan = cand & ~near
+    out = orphan.copy()
+    for i in range(m):
+        if not orphan[i]:
+            continue
+        f, y, x = item[i], row[i], col[i]
+        for yy in range(max(y - r, 0), min(y + r + 1, h)):
+            key = f * h + yy
+            for j in range(rs[key], rs[key + 1]):
+                if j == i or abs(col[j] - x) > r or not orphan[j]:
+                    continue
+                if _stronger(i, j, box):  # pair (strong j, weak i): the weak one goes unless less probable
+                    if prob[j] >= prob[i]:
+                        out[i] = False
+                elif prob[i] < prob[j]:
+                    out[i] = False
+    return out
+
+
+@_jit
+def _gather(frames, item, row, col, r, offset, inv):
+    """Electron windows (m, 2r+1, 2r+1) float32; pixels outside the frame are 0."""
+    n, h, w = frames.shape
+    m = len(item)
+    s = 2 * r + 1
+    out = np.zeros((m, s, s), np.float32)
+    off = np.float32(offset)
+    sc = np.float32(inv)
+    for i in range(m):
+        f, y, x = item[i], row[i], col[i]
+        for a in range(s):
+            yy = y + a - r
+            if yy < 0 or yy >= h:
+                continue
+            for b in range(s):
+                xx = x + b - r
+                if 0 <= xx < w:
+                    out[i, a, b] = _val(frames, f, yy, xx, off, sc)
+    return out
+
+
+@_jit
+def _crowded(item, row, col, r, n, h):
+    """Another detection within Chebyshev ``r`` of the same frame (raster-ordered detections)."""
+    m = len(item)
+    rs = _row_start(item, row, n, h)
+    out = np.zeros(m, np.bool_)
+    for i in range(m):
+        f, y, x = item[i], row[i], col[i]
+        for yy in range(max(y - r, 0), min(y + r + 1, h)):
+            key = f * h + yy
+            for j in range(rs[key], rs[key + 1]):
+                if j != i and abs(col[j] - x) <= r:
+                    out[i] = True
+    return out
+
+
+@_jit
+def _features(win, threshold, edges, raw_half):
+    """:func:`.features.features` of electron windows: (X (m, 81) float32, fx, fy, tr)."""
+    m, s, _ = win.shape
+    r = s // 2
+    nraw = (2 * raw_half + 1) ** 2
+    nf = nraw + 8 + 13 + (r + 1) + 4
+    X = np.empty((m, nf), np.float32)
+    fxa = np.zeros(m, np.bool_)
+    fya = np.zeros(m, np.bool_)
+    tra = np.zeros(m, np.bool_)
+    th = np.float32(threshold)
+    cw = np.empty((s, s), np.float32)
+    rings = np.zeros(r + 1)
+    for i in range(m):
+        # canonical orientation from the thresholded centroid of the original window
+        tot = 0.0
+        sx = 0.0
+        sy = 0.0
+        for a in range(s):
+            for b in range(s):
+                v = win[i, a, b]
+                if v > th:
+                    tot += v
+                    sy += v * (a - r)
+                    sx += v * (b - r)
+        tot32 = max(np.float32(tot), np.float32(1e-6))
+        mx0 = np.float32(sx) / tot32
+        my0 = np.float32(sy) / tot32
+        fx = mx0 < 0
+        fy = my0 < 0
+        tr = abs(my0) > abs(mx0)
+        fxa[i], fya[i], tra[i] = fx, fy, tr
+        for a in range(s):
+            for b in range(s):
+                p, q = (b, a) if tr else (a, b)  # cw[a, b] = o2[p, q]
+                if fy:
+                    p = s - 1 - p
+                if fx:
+                    q = s - 1 - q
+                cw[a, b] = win[i, p, q]
+        c = 0
+        for a in range(r - raw_half, r + raw_half + 1):
+            for b in range(r - raw_half, r + raw_half + 1):
+                X[i, c] = cw[a, b]
+                c += 1
+        for half in (1, 2):
+            for tcut in (np.float32(0.0), th):
+                t0 = 0.0
+                ax = 0.0
+                ay = 0.0
+                for a in range(-half, half + 1):
+                    for b in range(-half, half + 1):
+                        v = cw[r + a, r + b]
+                        if v > tcut:
+                            t0 += v
+                            ax += v * b
+                            ay += v * a
+                t32 = np.float32(t0) if t0 > 0 else np.float32(1.0)
+                X[i, c] = np.float32(ax) / t32
+                X[i, c + 1] = np.float32(ay) / t32
+                c += 2
+        q = 0.0
+        m1x = 0.0
+        m1y = 0.0
+        m2x = 0.0
+        m2y = 0.0
+        mxy = 0.0
+        npix = 0
+        box3 = 0.0
+        far2 = -1
+        farx = -r
+        fary = -r
+        rings[:] = 0.0
+        for a in range(s):
+            ky = a - r
+            for b in range(s):
+                kx = b - r
+                v = cw[a, b]
+                if abs(ky) <= 1 and abs(kx) <= 1:
+                    box3 += v
+                if v > th:
+                    q += v
+                    npix += 1
+                    m1x += v * kx
+                    m1y += v * ky
+                    m2x += v * kx * kx
+                    m2y += v * ky * ky
+                    mxy += v * kx * ky
+                    rings[max(abs(kx), abs(ky))] += v
+                    d2 = kx * kx + ky * ky
+                    if d2 > far2:
+                        far2, farx, fary = d2, kx, ky
+        qs = max(q, 1e-6)
+        mx = m1x / qs
+        my = m1y / qs
+        sxx = m2x / qs - mx * mx
+        syy = m2y / qs - my * my
+        sxy = mxy / qs - mx * my
+        trc = sxx + syy
+        disc = math.sqrt(max((sxx - syy) ** 2 / 4 + sxy * sxy, 0.0))
+        X[i, c] = mx
+        X[i, c + 1] = my
+        X[i, c + 2] = sxx
+        X[i, c + 3] = syy
+        X[i, c + 4] = sxy
+        X[i, c + 5] = (trc / 2 + disc) / max(trc / 2 - disc, 0.05)
+        X[i, c + 6] = q
+        X[i, c + 7] = npix
+        X[i, c + 8] = cw[r, r]
+        X[i, c + 9] = box3
+        X[i, c + 10] = farx
+        X[i, c + 11] = fary
+        X[i, c + 12] = math.sqrt(max(far2, 0))
+        c += 13
+        for k in range(r + 1):
+            X[i, c + k] = rings[k]
+        c += r + 1
+        e0, e1, e2, e3 = edges[i, 0], edges[i, 1], edges[i, 2], edges[i, 3]
+        ex0, ex1 = (e1, e0) if fx else (e0, e1)
+        ey0, ey1 = (e3, e2) if fy else (e2, e3)
+        if tr:
+            ex0, ex1, ey0, ey1 = ey0, ey1, ex0, ex1
+        X[i, c] = ex0
+        X[i, c + 1] = ex1
+        X[i, c + 2] = ey0
+        X[i, c + 3] = ey1
+    return X, fxa, fya, tra
+
+
+def raw_level(p_seed_e: float, adu_per_e: float, offset: float, dtype) -> float:
+    """The seed level in the frames' own units (integer frames: rounded up, as in numpy)."""
+    level = p_seed_e * adu_per_e + offset
+    return float(level if np.dtype(dtype).kind == "f" else np.ceil(level))
+
+
+def candidate_capacity(shape) -> int:
+    """Local maxima are never 8-adjacent: at most one per 2x2 block."""
+    n, h, w = shape
+    return max(n * ((h + 1) // 2) * ((w + 1) // 2), 1)
+
+
+@_jit
+def _charge_size(win, threshold):
+    """Charge (e-) and pixel count above ``threshold`` of each window."""
+    m, s, _ = win.shape
+    q = np.zeros(m, np.float32)
+    k = np.zeros(m, np.int32)
+    th = np.float32(threshold)
+    for i in range(m):
+        t = 0.0
+        c = 0
+        for a in range(s):
+            for b in range(s):
+                v = win[i, a, b]
+                if v > th:
+                    t += v
+                    c += 1
+        q[i] = t
+        k[i] = c
+    return q, k

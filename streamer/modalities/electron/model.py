@@ -1,0 +1,321 @@
+"""Trained entry-point model: XGBoost boosters for the canonical (dx, dy) offset of the entry from
+the peak pixel, a 90%-quantile booster for the error scale, and a split-conformal factor.
+
+Error radius (per event): ``radius = q * s(X)`` where ``s`` is the quantile booster's output and
+``q`` the finite-sample-corrected 90% quantile of ``|error| / s`` on calibration events, computed
+separately in cells of observed charge near the peak (deciles) x predicted scale (terciles)
+(Mondrian), so that coverage holds across charge and across easy/hard (long-track) events. Splits are by library event (train / scale / calibration / test never share an event).
+
+Detection uses a fourth booster, ``keep``: the candidate classifier of :func:`.detect.detect`.
+
+Bundle: ``compiled_models/electron/trees/manifest.json`` + ``keep.ubj``, ``dx.ubj``, ``dy.ubj``, ``scale.ubj``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .detect import CANDIDATE_FEATURES, DetectParams, Detections, detect
+from .features import edge_distances, feature_names, features, from_canonical, to_canonical
+from .metrics import match
+
+BUNDLE_DIR = Path(__file__).resolve().parents[3] / "compiled_models" / "electron" / "trees"
+ROLES = ("keep", "dx", "dy", "scale")
+COVERAGE = 0.9
+
+
+@dataclass
+class TrainConfig:
+    library_n: int = 20000
+    library_seed: int = 0
+    keep_frames: int = 24000
+    train_frames: int = 8000
+    scale_frames: int = 6000
+    cal_frames: int = 6000
+    rate: float = 10.0
+    size: int = 100
+    depth: int = 6
+    rounds: int = 150
+    eta: float = 0.1
+    keep_depth: int = 6
+    keep_rounds: int = 140
+    scale_depth: int = 5
+    scale_rounds: int = 150
+    n_charge_bins: int = 10
+    n_scale_bins: int = 3
+    max_false: float = 0.009  # keep_p: the lowest cut with at most this many false detections per electron
+    nthread: int = 2
+    seed: int = 1
+
+
+def library_splits(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Disjoint library-event index sets: train 55%, scale 15%, cal 15%, test 15%."""
+    perm = np.random.default_rng(seed + 12345).permutation(n)
+    a, b, c = int(0.55 * n), int(0.70 * n), int(0.85 * n)
+    return {"train": perm[:a], "scale": perm[a:b], "cal": perm[b:c], "test": perm[c:]}
+
+
+def labelled(frames, det: Detections, params: DetectParams):
+    """Features and canonical targets of the detections matched to a true entry."""
+    m = match(det.item, det.col, det.row, frames.truth_item, frames.truth_x, frames.truth_y)
+    ti = np.nonzero(m >= 0)[0]
+    di = m[ti]
+    h, w = frames.frames.shape[1:]
+    X, fx, fy, tr = features(det.window[di], params.threshold_e,
+                             edge_distances(det.row[di], det.col[di], h, w, params.window_r))
+    cx, cy = to_canonical(frames.truth_x[ti] - det.col[di], frames.truth_y[ti] - det.row[di], fx, fy, tr)
+    return X, cx.astype(np.float32), cy.astype(np.float32), ti, di
+
+
+def _frames(lib, cfg: TrainConfig, idx, n_frames: int, seed: int):
+    from .simulate import simulate_frames
+
+    return simulate_frames(lib, n_frames, cfg.size, cfg.size, rate=cfg.rate, seed=seed, lib_indices=idx)
+
+
+def candidate_set(fr, params: DetectParams):
+    """Candidate-classifier features and labels (1 = the candidate matched to a true entry)."""
+    from .detect import _gather, candidate_features, candidates
+
+    item, row, col, box, peak = candidates(fr.frames, params, fr.adu_per_e, fr.offset)
+    win = _gather(fr.frames, item, row, col, params.window_r, fr.adu_per_e, fr.offset)
+    X = candidate_features(fr.frames, item, row, col, box, peak, win, params, fr.adu_per_e, fr.offset)
+    m = match(item, col, row, fr.truth_item, fr.truth_x, fr.truth_y)
+    y = np.zeros(len(item), np.float32)
+    y[m[m >= 0]] = 1.0
+    return X, y
+
+
+def margin_booster(booster):
+    """The same ``binary:logistic`` booster re-declared ``binary:logitraw`` (raw margin out, base
+    score moved to the margin scale): a plain additive model, which the compiled ``array`` layout
+    runs branch-free (~3x faster than the branchy fallback it needs for a sigmoid output)."""
+    import xgboost as xgb
+
+    raw = json.loads(booster.save_raw("json"))
+    learner = raw["learner"]
+    if learner["objective"]["name"] == "binary:logitraw":
+        return booster
+    if learner["objective"]["name"] != "binary:logistic":
+        raise ValueError(f"expected a binary:logistic booster, got {learner['objective']['name']}")
+    p0 = float(str(learner["learner_model_param"]["base_score"]).strip("[]"))
+    learner["objective"] = {"name": "binary:logitraw",
+                            "reg_loss_param": learner["objective"].get("reg_loss_param", {"scale_pos_weight": "1"})}
+    learner["learner_model_param"]["base_score"] = "[%.9E]" % np.log(p0 / (1.0 - p0))
+    out = xgb.Booster()
+    out.load_model(bytearray(json.dumps(raw).encode()))
+    return out
+
+
+def conformal_quantile(scores: np.ndarray, level: float = COVERAGE) -> float:
+    """Split-conformal quantile with the finite-sample correction ceil((n+1) level) / n."""
+    n = len(scores)
+    if n == 0:
+        return float("inf")
+    k = min(int(np.ceil((n + 1) * level)), n)
+    return float(np.sort(scores)[k - 1])
+
+
+#: the Mondrian charge axis: charge above threshold within 2 pixels of the peak (the 13x13 window's
+#: total picks up ~4 noise pixels above 40 e-, which blurs it)
+CELL_CHARGE = ("box3",)
+
+
+def cell_charge(X: np.ndarray, names: list[str]) -> np.ndarray:
+    return X[:, [names.index(c) for c in CELL_CHARGE]].sum(axis=1)
+
+
+def _edges(v: np.ndarray, k: int) -> np.ndarray:
+    e = np.quantile(v, np.linspace(0, 1, k + 1))
+    e[0], e[-1] = -np.inf, np.inf
+    return e
+
+
+def charge_bin(q: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return np.clip(np.searchsorted(edges, q, side="right") - 1, 0, len(edges) - 2)
+
+
+def _fit_scale(xgb, cfg: TrainConfig, sim_det, splits, params, bx, by):
+    """Error-scale booster (90% quantile of |error|) on events the point boosters never saw."""
+    fr, det = sim_det(splits["scale"], cfg.scale_frames, cfg.seed + 1)
+    Xs, sx, sy, *_ = labelled(fr, det, params)
+    rs = np.hypot(bx.inplace_predict(Xs) - sx, by.inplace_predict(Xs) - sy)
+    ps = dict(objective="reg:quantileerror", quantile_alpha=COVERAGE, max_depth=cfg.scale_depth, eta=0.1,
+              subsample=0.8, min_child_weight=20, nthread=cfg.nthread, tree_method="hist", seed=cfg.seed)
+    return xgb.train(ps, xgb.DMatrix(Xs, rs), cfg.scale_rounds), len(Xs)
+
+
+def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=print,
+          recalibrate: bool = False, refit_scale: bool = False) -> dict:
+    """Simulate, fit, calibrate and write the bundle; returns the manifest. With ``recalibrate``
+    the boosters already in ``out_dir`` are kept and only the cut and conformal step are redone
+    (``refit_scale``: the error-scale booster is refit too)."""
+    import xgboost as xgb
+
+    from .physics import load_library
+
+    t0 = time.time()
+    lib = load_library(cfg.library_n, cfg.library_seed)
+    splits = library_splits(len(lib), cfg.library_seed)
+    params = DetectParams()
+    # 1. candidate classifier: an electron's own peak vs a secondary maximum of its track / noise
+    old = {}
+    if recalibrate:
+        old = {r: xgb.Booster(model_file=str(Path(out_dir) / f"{r}.ubj")) for r in ROLES}
+        prev = json.loads((Path(out_dir) / "manifest.json").read_text())
+    if "keep" in old:
+        bk = old["keep"]
+    else:
+        Xk, yk = candidate_set(_frames(lib, cfg, splits["train"], cfg.keep_frames, cfg.seed + 10), params)
+        pk = dict(objective="binary:logistic", max_depth=cfg.keep_depth, eta=0.1, subsample=0.8,
+                  nthread=cfg.nthread, tree_method="hist", seed=cfg.seed)
+        bk = xgb.train(pk, xgb.DMatrix(Xk, yk), cfg.keep_rounds)
+        log(f"candidate classifier: {len(yk)} candidates ({time.time() - t0:.0f} s)")
+    bk = margin_booster(bk)
+
+    def keep(X):
+        return (1.0 / (1.0 + np.exp(-bk.inplace_predict(X).astype(np.float64)))).astype(np.float32)
+
+    def sim_det(idx, n, seed):
+        fr = _frames(lib, cfg, idx, n, seed)
+        return fr, detect(fr.frames, params, fr.adu_per_e, fr.offset, keep_model=keep)
+
+    # 2. entry-point offset boosters on the detections the classifier keeps
+    if old:
+        bx, by, bs = old["dx"], old["dy"], old["scale"]
+        n_train, n_scale, charge_range = prev["training"]["n_train"], prev["training"]["n_scale"], prev["charge_range"]
+        if refit_scale:
+            bs, n_scale = _fit_scale(xgb, cfg, sim_det, splits, params, bx, by)
+    else:
+        fr, det = sim_det(splits["train"], cfg.train_frames, cfg.seed)
+        X, cx, cy, *_ = labelled(fr, det, params)
+        log(f"train: {len(X)} events from {cfg.train_frames} frames ({time.time() - t0:.0f} s)")
+        p = dict(objective="reg:squarederror", max_depth=cfg.depth, eta=cfg.eta, subsample=0.8,
+                 colsample_bytree=0.8, min_child_weight=5, nthread=cfg.nthread, tree_method="hist", seed=cfg.seed)
+        bx = xgb.train(p, xgb.DMatrix(X, cx), cfg.rounds)
+        by = xgb.train(p, xgb.DMatrix(X, cy), cfg.rounds)
+        log(f"point boosters done ({time.time() - t0:.0f} s)")
+        bs, n_scale = _fit_scale(xgb, cfg, sim_det, splits, params, bx, by)
+        n_train = len(X)
+        qcol = feature_names(params.window_r).index("q_th")
+        charge_range = [float(np.quantile(X[:, qcol], 0.001)), float(np.quantile(X[:, qcol], 0.999))]
+    # 4. detection cut on the calibration split: highest efficiency with <= max_false false detections
+    fr = _frames(lib, cfg, splits["cal"], cfg.cal_frames, cfg.seed + 2)
+    sweep = []
+    for cut in np.round(np.arange(0.20, 0.81, 0.05), 2):
+        pc = DetectParams(**{**asdict(params), "keep_p": float(cut)})
+        d = detect(fr.frames, pc, fr.adu_per_e, fr.offset, keep_model=keep)
+        mm = match(d.item, d.col, d.row, fr.truth_item, fr.truth_x, fr.truth_y)
+        sweep.append((float(cut), float((mm >= 0).mean()), float((len(d) - (mm >= 0).sum()) / len(mm))))
+    ok_cuts = [c for c in sweep if c[2] <= cfg.max_false] or [sweep[-1]]
+    params = DetectParams(**{**asdict(params), "keep_p": ok_cuts[0][0]})
+    log(f"keep_p = {params.keep_p} (efficiency {ok_cuts[0][1]:.4f}, false {ok_cuts[0][2]:.4f} on calibration frames)")
+    # 5. conformal calibration, Mondrian by (observed charge quintile x predicted scale quartile)
+    det = detect(fr.frames, params, fr.adu_per_e, fr.offset, keep_model=keep)
+    Xc, ccx, ccy, *_ = labelled(fr, det, params)
+    rc = np.hypot(bx.inplace_predict(Xc) - ccx, by.inplace_predict(Xc) - ccy)
+    sc = np.maximum(bs.inplace_predict(Xc), 1e-3)
+    qc = cell_charge(Xc, feature_names(params.window_r))
+    edges = _edges(qc, cfg.n_charge_bins)
+    sedges = _edges(sc, cfg.n_scale_bins)
+    cell = charge_bin(qc, edges) * cfg.n_scale_bins + charge_bin(sc, sedges)
+    qs = [conformal_quantile(rc[cell == b] / sc[cell == b]) for b in range(cfg.n_charge_bins * cfg.n_scale_bins)]
+    log(f"calibration: {len(Xc)} events, q per cell {np.round(qs, 3).tolist()} ({time.time() - t0:.0f} s)")
+    manifest = {
+        "modality": "electron", "model": "trees", "feature_names": feature_names(params.window_r),
+        "candidate_feature_names": CANDIDATE_FEATURES,
+        "detect": asdict(params), "calibration": {"coverage": COVERAGE, "charge_features": list(CELL_CHARGE),
+                                                   "charge_edges": [float(e) for e in edges],
+                                                   "scale_edges": [float(e) for e in sedges], "q": qs},
+        "keep_sweep": sweep, "keep_output": "margin",
+        "training": {**asdict(cfg), "n_train": int(n_train), "n_scale": int(n_scale), "n_cal": int(len(Xc)),
+                     "seconds": round(time.time() - t0, 1)},
+        "charge_range": charge_range,
+        "physics": lib.physics,
+    }
+    return save_bundle(out_dir, manifest, {"keep": bk, "dx": bx, "dy": by, "scale": bs})
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_bundle(out_dir: Path, manifest: dict, boosters: dict) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for role, b in boosters.items():
+        b.save_model(str(out_dir / f"{role}.ubj"))
+        files[role] = f"{role}.ubj"
+    manifest = {**manifest, "boosters": files, "sha256": {f: _sha(out_dir / f) for f in files.values()}}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def load_bundle(directory: Path = BUNDLE_DIR) -> dict:
+    directory = Path(directory)
+    path = directory / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no electron model at {directory}; run `streamer train --modality electron`")
+    manifest = json.loads(path.read_text())
+    for name, digest in manifest["sha256"].items():
+        if _sha(directory / name) != digest:
+            raise ValueError(f"{directory / name}: sha256 does not match the manifest")
+    manifest["_dir"] = str(directory)
+    return manifest
+
+
+class TreeModel:
+    """Loaded bundle: features -> frame offsets (dx, dy) and 90% radius (pixels)."""
+
+    def __init__(self, directory: Path = BUNDLE_DIR, kind: str = "compiled", nthread: int = 1) -> None:
+        from streamer.core.backends import load_backend
+
+        self.manifest = load_bundle(directory)
+        d = Path(self.manifest["_dir"])
+        self.backends = {r: load_backend(d / self.manifest["boosters"][r], kind=kind, nthread=nthread) for r in ROLES}
+        cal = self.manifest["calibration"]
+        self.edges = np.asarray(cal["charge_edges"], float)
+        self.sedges = np.asarray(cal["scale_edges"], float)
+        self.q = np.asarray(cal["q"], np.float32)
+        self.names = self.manifest["feature_names"]
+        self.qcol = self.names.index("q_th")
+        self.params = DetectParams(**self.manifest["detect"])
+        self.keep_margin = self.manifest.get("keep_output", "probability") == "margin"
+        self.model_id = f"electron-trees-{self.manifest['sha256']['dx.ubj'][:12]}"
+
+    def keep(self, X: np.ndarray) -> np.ndarray:
+        """Candidate-classifier probability (detection step); the booster outputs its margin."""
+        z = self.backends["keep"].predict(X)
+        if self.keep_margin:
+            z = (1.0 / (1.0 + np.exp(-z.astype(np.float64)))).astype(np.float32)
+        return z
+
+    def detect(self, frames: np.ndarray, adu_per_e: float = 1.0, offset: float = 0.0) -> Detections:
+        return detect(frames, self.params, adu_per_e, offset, keep_model=self.keep)
+
+    def predict(self, det: Detections, shape):
+        """(dx, dy, radius, charge) of detections in frames of ``shape`` (n, H, W)."""
+        return self.predict_windows(det.window, edge_distances(det.row, det.col, shape[1], shape[2],
+                                                                self.params.window_r))
+
+    def predict_windows(self, win: np.ndarray, edges: np.ndarray | None = None):
+        """(dx, dy, radius, charge) for electron windows (m, 2R+1, 2R+1)."""
+        X, fx, fy, tr = features(win, self.params.threshold_e, edges)
+        if len(X) == 0:
+            z = np.zeros(0, np.float32)
+            return z, z, z, z
+        cx = self.backends["dx"].predict(X)
+        cy = self.backends["dy"].predict(X)
+        s = np.maximum(self.backends["scale"].predict(X), 1e-3)
+        charge = X[:, self.qcol]
+        cell = charge_bin(cell_charge(X, self.names), self.edges) * (len(self.sedges) - 1) + charge_bin(s, self.sedges)
+        radius = s * self.q[cell]
+        dx, dy = from_canonical(cx, cy, fx, fy, tr)
+        return dx.astype(np.float32), dy.astype(np.float32), radius.astype(np.float32), charge

@@ -1,0 +1,126 @@
+"""Worker-side predictors: a packet of frames in, one row per detected electron out.
+
+``trees``: the trained detection (candidate classifier) + compiled XGBoost entry point + conformal
+90% radius; ``score`` = radius, the efficiency/precision knob (keep detections with score below a cut).
+``centroid3x3`` etc.: the seed's baselines with the seed's own detection (:data:`.detect.SEED_RULE`;
+``shared_detection=True`` uses the trees' detection instead); no error radius (NaN).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamer.core.modality import Packet
+
+from . import fast as _fast
+from .detect import BASELINES, SEED_RULE, DetectParams, Detections, baseline_xy, detect
+
+FLAG_EDGE, FLAG_CROWDED, FLAG_CHARGE_RANGE = 1, 2, 4
+FLAGS = {0: "edge", 1: "crowded", 2: "charge-out-of-range"}
+
+
+def _detect(packet: Packet, params: DetectParams):
+    """Detections of a packet (raw ADU frames, converted to electrons only around candidates)."""
+    h = packet.header
+    frames = packet.arrays["frames"]
+    return frames, detect(frames, params, float(h.get("adu_per_e", 1.0)), float(h.get("offset", 0.0)))
+
+
+def _common(det: Detections, e_shape, params: DetectParams) -> dict[str, np.ndarray]:
+    """Columns every predictor returns: item, charge, size, flags (edge, crowded)."""
+    n, h, w = e_shape
+    r = params.window_r
+    if _fast.HAVE_NUMBA:
+        charge, size = _fast._charge_size(det.window, params.threshold_e)
+        flags = np.zeros(len(det), np.uint8)
+        edge = (det.row < r) | (det.col < r) | (det.row >= h - r) | (det.col >= w - r)
+        flags[edge] |= FLAG_EDGE
+        if len(det):
+            flags[_fast._crowded(det.item, det.row, det.col, r, n, h)] |= FLAG_CROWDED
+        count = np.bincount(det.item, minlength=n).astype(np.int32)
+        return {"item": det.item.astype(np.int32), "charge": charge, "size": size, "flags": flags, "count": count}
+    above = det.window > params.threshold_e
+    charge = np.where(above, det.window, 0.0).sum(axis=(1, 2)).astype(np.float32)
+    size = above.sum(axis=(1, 2)).astype(np.int32)
+    flags = np.zeros(len(det), np.uint8)
+    edge = (det.row < r) | (det.col < r) | (det.row >= h - r) | (det.col >= w - r)
+    flags[edge] |= FLAG_EDGE
+    if len(det):
+        # another detection inside this one's window: a peak image, gathered per window
+        img = np.zeros((n, h + 2 * r, w + 2 * r), np.uint8)
+        img[det.item, det.row + r, det.col + r] = 1
+        k = np.arange(-r, r + 1)
+        near = img[det.item[:, None, None], (det.row + r)[:, None, None] + k[None, :, None],
+                   (det.col + r)[:, None, None] + k[None, None, :]].sum(axis=(1, 2))
+        flags[near > 1] |= FLAG_CROWDED
+    count = np.bincount(det.item, minlength=n).astype(np.int32)
+    return {"item": det.item.astype(np.int32), "charge": charge, "size": size, "flags": flags, "count": count}
+
+
+class BaselinePredictor:
+    """The seed's max-pixel / centroid estimators on the shared detection."""
+
+    def __init__(self, name: str = "centroid3x3", params: DetectParams = SEED_RULE,
+                 shared_detection: bool = False) -> None:
+        if name not in BASELINES:
+            raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+        self.name, self.params = name, params
+        self.model_id = f"electron-{name}"
+        self._model = None
+        if shared_detection:  # the trained model's detection, so baselines see identical events
+            try:
+                from .model import TreeModel
+
+                self._model = TreeModel(kind="compiled")
+                self.params = self._model.params
+                self.model_id += "+" + self._model.model_id.split("-")[-1]
+            except (FileNotFoundError, ValueError, OSError):
+                self._model = None  # no bundle: rule-based merge (DetectParams.merge_px)
+
+    def predict(self, packet: Packet) -> dict[str, np.ndarray]:
+        if self._model is not None:
+            h = packet.header
+            e = packet.arrays["frames"]
+            det = self._model.detect(e, float(h.get("adu_per_e", 1.0)), float(h.get("offset", 0.0)))
+        else:
+            e, det = _detect(packet, self.params)
+        out = _common(det, e.shape, self.params)
+        x, y = baseline_xy(det, self.name)
+        nan = np.full(len(det), np.nan, np.float32)
+        out.update(x=x.astype(np.float32), y=y.astype(np.float32), radius=nan, score=nan)
+        return out
+
+
+class TreesPredictor:
+    """Compiled (or XGBoost) trees: sub-pixel entry point + conformal 90% radius."""
+
+    def __init__(self, kind: str = "compiled", directory=None) -> None:
+        from .model import BUNDLE_DIR, TreeModel
+
+        self.model = TreeModel(directory or BUNDLE_DIR, kind=kind, nthread=1)
+        self.params = self.model.params
+        self.model_id = self.model.model_id + ("" if kind == "compiled" else f"-{kind}")
+        self.charge_range = self.model.manifest.get("charge_range", [0.0, np.inf])
+
+    def predict(self, packet: Packet) -> dict[str, np.ndarray]:
+        h = packet.header
+        e = packet.arrays["frames"]
+        det = self.model.detect(e, float(h.get("adu_per_e", 1.0)), float(h.get("offset", 0.0)))
+        out = _common(det, e.shape, self.params)
+        dx, dy, radius, _ = self.model.predict(det, e.shape)
+        out["x"] = (det.col + dx).astype(np.float32)
+        out["y"] = (det.row + dy).astype(np.float32)
+        out["radius"] = radius
+        out["score"] = radius
+        lo, hi = self.charge_range
+        out["flags"][(out["charge"] < lo) | (out["charge"] > hi)] |= FLAG_CHARGE_RANGE
+        return out
+
+
+def make_predictor(name: str = "trees"):
+    """Predictor by name: ``trees`` (compiled), ``trees-xgboost``, or a baseline name."""
+    if name == "trees":
+        return TreesPredictor("compiled")
+    if name == "trees-xgboost":
+        return TreesPredictor("xgboost")
+    return BaselinePredictor(name)

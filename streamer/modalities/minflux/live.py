@@ -1,0 +1,156 @@
+"""The ``general`` worker predictor: instrument-aware model + live self-calibration + per-trace distance.
+
+Per packet (vectorised; a Python loop only over the traces present in the packet):
+
+1. per-axis harmonic terms of every tuple (:func:`traces.harmonic_terms`);
+2. per trace: streaming 2-on / 1-on / background segmentation (:class:`traces.Segmenter`);
+3. per stream: calibration sums (b from background-only tuples, v0 from 1-on tuples);
+4. the general model with the stream's instrument: the user's calibration when given
+   (``v0=``/``background=`` or ``STREAMER_MINFLUX_V0`` / ``STREAMER_MINFLUX_BACKGROUND`` in the
+   worker's environment), else the live estimate (``FLAG_UNCALIBRATED`` until the stream has enough
+   background-only and 1-on tuples; the prior is then used);
+5. per trace: the running distance + 90% interval over its 2-on tuples (:class:`traces.TraceDistance`).
+
+State is per worker process: with several workers each sees part of a stream's packets, so the
+calibration converges on its share and segmentation windows restart at packet gaps (measured numbers
+in bench/RESULTS.md are for one process seeing the whole stream).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .general import REGIME, GeneralPredictor
+from .prediction import FLAG_UNCALIBRATED
+from .simulate import STATE_TWO
+from .traces import STATE_UNKNOWN, Segmenter, StreamCalibration, TraceDistance, harmonic_terms
+from .tuples import TupleBatch
+
+ENV_V0 = "STREAMER_MINFLUX_V0"
+ENV_BACKGROUND = "STREAMER_MINFLUX_BACKGROUND"
+
+
+def _env_float(name: str) -> float | None:
+    v = os.environ.get(name)
+    return float(v) if v not in (None, "") else None
+
+
+class _Stream:
+    def __init__(self, prior_v0: float, prior_bg: float, window: int, block: int, sys_nm: float):
+        self.cal = StreamCalibration(prior_v0=prior_v0, prior_background=prior_bg)
+        self.seg = Segmenter(window=window)
+        self.traces = TraceDistance(block=block, sys_nm=sys_nm)
+        self.pending: dict[int, tuple] = {}  # trace -> (terms, n_tot, states, first unconfirmed) of the last tuples
+
+
+class LivePredictor:
+    """Self-calibrating streaming predictor (see module doc); ``process`` returns every result array."""
+
+    def __init__(self, bundle: str | Path = REGIME, v0: float | None = None, background: float | None = None,
+                 backend: str = "auto", window: int = 40, block: int = 200) -> None:
+        self.model = GeneralPredictor(bundle, backend=backend)
+        self.fixed_v0 = v0 if v0 is not None else _env_float(ENV_V0)
+        self.fixed_bg = background if background is not None else _env_float(ENV_BACKGROUND)
+        tc = self.model.manifest.get("trace_calibration", {})
+        self.sys_nm = float(tc.get("sys_nm", 0.0))
+        self.block = int(tc.get("block", block))
+        self.window = window
+        self.streams: dict[str, _Stream] = {}
+        fixed = ",".join(f"{k}={v:g}" for k, v in (("v0", self.fixed_v0), ("b", self.fixed_bg)) if v is not None)
+        self.model_id = self.model.model_id + (f"({fixed})" if fixed else "(self-calibrated)")
+
+    def stream(self, name: str) -> _Stream:
+        s = self.streams.get(name)
+        if s is None:
+            s = _Stream(self.fixed_v0 if self.fixed_v0 is not None else 0.9,
+                        self.fixed_bg if self.fixed_bg is not None else 1.0, self.window, self.block, self.sys_nm)
+            self.streams[name] = s
+        return s
+
+    def process(self, stream: str, batch: TupleBatch) -> dict[str, np.ndarray]:
+        n = len(batch)
+        st = self.stream(stream)
+        P, Q, m0, var_pq, var_m0 = harmonic_terms(batch.counts, batch.positions)
+        n_tot = batch.counts.sum(axis=(1, 2), dtype=np.int64).astype(np.float64)
+        state = np.full(n, STATE_UNKNOWN, np.uint8)
+        tids = batch.trace_id
+        uniq, first = np.unique(tids, return_index=True)
+        masks = [tids == t for t in uniq[np.argsort(first)]] if len(uniq) > 1 else [np.ones(n, bool)]
+        keys = [int(tids[m][0]) for m in masks]
+        for t, m in zip(keys, masks):  # segmentation (published with every tuple)
+            state[m] = st.seg.segment(t, P[m], Q[m], var_pq[m], n_tot[m], st.cal.background)
+        # Calibration sums and the per-trace distance use *confirmed* tuples only: a tuple whose
+        # whole neighbourhood (``window`` tuples before and after) has its state. The trailing-window
+        # segmentation mislabels a few tuples next to each change point, and a handful of 2-on tuples
+        # among the 1-on ones would pull v0 down (measured: -3e-4 at v0 = 1, -0.3 nm at 15 nm per trace)
+        w = self.window
+        conf = []  # per trace: (terms (k, 5, 2), n_tot (k,), confirmed state (k,), 255 = not confirmed)
+        for t, m in zip(keys, masks):
+            terms = np.stack([P[m], Q[m], m0[m], var_pq[m], var_m0[m]], axis=1)
+            old_terms, old_n, old_state, start = st.pending.get(
+                t, (np.zeros((0, 5, 2)), np.zeros(0), np.zeros(0, np.uint8), 0))
+            A_terms = np.concatenate([old_terms, terms])
+            A_n = np.concatenate([old_n, n_tot[m]])
+            A_state = np.concatenate([old_state, state[m]])
+            ready_end = len(A_state) - w
+            if ready_end > start:
+                idx = np.arange(start, ready_end)
+                lo = np.maximum(idx - w, 0)
+                cstate = np.full(len(idx), STATE_UNKNOWN, np.uint8)
+                for s_ in (0, 1, STATE_TWO):
+                    bad = np.concatenate([[0], np.cumsum(A_state != s_)])
+                    ok = (bad[idx + w + 1] - bad[lo]) == 0
+                    cstate[ok] = s_
+                conf.append((t, A_terms[idx], A_n[idx], cstate))
+                cut = max(0, ready_end - w)
+                st.pending[t] = (A_terms[cut:], A_n[cut:], A_state[cut:], ready_end - cut)
+            else:
+                st.pending[t] = (A_terms, A_n, A_state, start)
+        for t, x, nt, cs in conf:
+            st.cal.add(nt, cs, x[:, 0], x[:, 1], x[:, 2], x[:, 3], x[:, 4], trace=t)
+            two = cs == STATE_TWO
+            if two.any():
+                st.traces.add(t, x[two, 0], x[two, 1], x[two, 2], x[two, 3], x[two, 4])
+        v0 = self.fixed_v0 if self.fixed_v0 is not None else min(st.cal.v0, 1.0)  # v0 <= 1 physically
+        bg = self.fixed_bg if self.fixed_bg is not None else st.cal.background
+        pred = self.model.predict_with(batch, np.float32(v0), np.float32(bg))
+        flags = pred.flags
+        if (self.fixed_v0 is None or self.fixed_bg is None) and not st.cal.calibrated:
+            flags = flags | np.uint8(FLAG_UNCALIBRATED)
+        # per-trace distance (pooled visibility, see traces.TraceDistance); background can differ
+        # between traces (local autofluorescence): once a trace has its own background-only
+        # segment, its per-trace distance uses it
+        td = np.full(n, np.nan, np.float32)
+        tlo, thi = td.copy(), td.copy()
+        for t, m in zip(keys, masks):
+            b_t, b_se = bg, (0.0 if self.fixed_bg is not None else st.cal.background_se)
+            if self.fixed_bg is None:
+                b_own, own = st.cal.trace_background(t)
+                if own:
+                    b_t = b_own
+                    b_se = float(np.sqrt(max(b_t, 1e-3) / (6.0 * st.cal.trace_bg[t][1])))
+            td[m], tlo[m], thi[m] = st.traces.estimate(
+                t, v0, b_t, 0.0 if self.fixed_v0 is not None else st.cal.v0_se, b_se)
+        return {"distance": pred.distance, "lower": pred.lower, "upper": pred.upper, "flags": flags,
+                "state": state, "v0": np.full(n, v0, np.float32), "background": np.full(n, bg, np.float32),
+                "trace_distance": td, "trace_lower": tlo, "trace_upper": thi}
+
+
+class LiveModalityPredictor:
+    """Adapter to the modality protocol (packet in, declared result arrays out)."""
+
+    def __init__(self, **kw):
+        self.inner = LivePredictor(**kw)
+        self.model_id = self.inner.model_id
+
+    def predict(self, packet) -> dict:
+        from .wire import RESULTS, result_arrays
+
+        out = self.inner.process(packet.stream, packet.extra["batch"])
+        res = result_arrays(packet, out["distance"], out["lower"], out["upper"], out["flags"])
+        declared = {a.name for a in RESULTS.items}
+        res.update({k: v for k, v in out.items() if k in declared and k not in res})
+        return res

@@ -1,0 +1,401 @@
+"""Streaming per-trace analysis: state segmentation, instrument self-calibration, per-trace distance.
+
+Everything is vectorised over the tuples of a packet; state carried between packets is a few
+numbers per trace (segmentation window tail, level) and per stream (calibration sums).
+
+**Segmentation** (2-on / 1-on / background-only), per trace, on a trailing window of ``window``
+tuples. The per-axis harmonic fit (P, Q) of the counts is linear in the counts, so its Poisson
+variance is known from the counts themselves; summed over the window,
+Z = sum_axes |sum P, sum Q|^2 / sum var(P, Q) is ~1 for background-only windows (no modulation)
+and in the hundreds for any emitter. Emitter windows split into 2-on / 1-on by their signal level
+(mean counts - 6 b) against the trace's 2-on level (running, started at the first emitter
+window): a single emitter, re-centred by the feedback loop, gives at most ~55% of the pair's
+signal. The trailing window mislabels ~window/2 tuples after each change point.
+
+**Self-calibration** (per stream: v0 and b are instrument properties shared by its traces):
+b = mean count per exposure over background-only tuples. v0 from 1-on tuples: for one emitter the
+per-axis harmonic amplitude over the background-corrected mean is exactly v0, so
+v0^2 = sum(P^2 + Q^2 - var P - var Q) / sum((m0 - b)^2 - var m0), both sums bias-corrected for
+Poisson noise with the count-estimated variances.
+
+**Per-trace distance** (:class:`TraceDistance`, streaming): pooled, noise-corrected visibility of
+the trace's 2-on tuples per axis -> d^2, with a delete-one-block jackknife over blocks of ``block``
+consecutive 2-on tuples (honest under the correlated errors of a drifting centre: blocks are longer
+than the correlation), Student-t with K - 1 degrees of freedom, plus the calibration's uncertainty.
+:func:`per_trace_table` is the fallback over persisted per-tuple distances (weighted mean, batch
+means), for when only results are at hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import physics
+from .simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
+
+STATE_UNKNOWN = 255
+
+
+# --------------------------------------------------------------------------- per-tuple harmonic terms
+
+
+def harmonic_terms(counts: np.ndarray, positions: np.ndarray, dtype=np.float32):
+    """Per axis (n, 2): P, Q, m0 and the Poisson variances var(P) + var(Q), var(m0) (counts as means).
+
+    float32 (the sums that use them accumulate in float64); the coefficients of the 3 counts in
+    P, Q and m0 = c1 + P are written out instead of stacked (this runs on every tuple)."""
+    c = counts.astype(dtype, copy=False)
+    p = positions.astype(dtype, copy=False)
+    k = dtype(physics.K_NM)
+    h1 = k * (p[..., 1] - p[..., 0])
+    h2 = k * (p[..., 2] - p[..., 1])
+    c1, s1, c2, s2 = np.cos(h1), np.sin(h1), np.cos(h2), np.sin(h2)
+    u1, u2 = 1 - c1, 1 - c2
+    inv = 1 / (u1 * s2 + u2 * s1)
+    n0, n1, n2 = c[..., 0], c[..., 1], c[..., 2]
+    dm, dp = n0 - n1, n2 - n1
+    P = (dm * s2 + dp * s1) * inv
+    Q = (dp * u1 - dm * u2) * inv
+    m0 = n1 + P
+    inv2 = inv * inv
+    var_pq = ((s2 * s2 + u2 * u2) * n0 + ((s1 + s2) ** 2 + (u2 - u1) ** 2) * n1 + (s1 * s1 + u1 * u1) * n2) * inv2
+    a1 = 1 - (s1 + s2) * inv
+    var_m0 = (s2 * s2 * n0 + s1 * s1 * n2) * inv2 + a1 * a1 * n1
+    return P, Q, m0, var_pq, var_m0
+
+
+# --------------------------------------------------------------------------- calibration state
+
+
+@dataclass
+class StreamCalibration:
+    """Running sums of one stream; :meth:`estimate` gives (v0, b, n_background, n_one)."""
+
+    prior_v0: float = 0.9
+    prior_background: float = 1.0
+    bg_sum: float = 0.0
+    bg_n: int = 0
+    v_num: float = 0.0
+    m0_sum: float = 0.0
+    m0_sq: float = 0.0
+    m0_var: float = 0.0
+    one_n: int = 0  # axis-tuples
+    # for the v0 standard error (ratio estimator): sums of x^2, y^2, x y with x = P^2 + Q^2 - var,
+    # y = (m0 - b)^2 - var m0 at the background estimate of the moment they were added
+    xx: float = 0.0
+    yy: float = 0.0
+    xy: float = 0.0
+    sx: float = 0.0
+    sy: float = 0.0
+
+    min_background_tuples: int = 200
+    min_one_tuples: int = 500
+    trace_bg: dict = field(default_factory=dict)  # trace -> [sum of counts, tuples] of background-only tuples
+    trace_one: dict = field(default_factory=dict)  # trace -> 1-on sums (num, sum m0, sum m0^2, sum var m0, axis-tuples)
+
+    def add(self, counts: np.ndarray, state: np.ndarray, P, Q, m0, var_pq, var_m0, trace: int | None = None) -> None:
+        """Add tuples (``counts``: per tuple (n, 2, 3) or totals (n,)) with their states; ``trace``: all
+        from that trace (the v0 sums are kept per trace, so each trace's own background applies)."""
+        bg = state == STATE_BACKGROUND
+        if bg.any():
+            total = float(counts[bg].sum(dtype=np.float64))
+            self.bg_sum += total
+            self.bg_n += int(bg.sum())
+            if trace is not None:
+                tb = self.trace_bg.setdefault(trace, [0.0, 0])
+                tb[0] += total
+                tb[1] += int(bg.sum())
+        one = state == STATE_ONE
+        if one.any():
+            P1, Q1, m1, v1, w1 = (np.asarray(a[one], np.float64) for a in (P, Q, m0, var_pq, var_m0))
+            x = P1**2 + Q1**2 - v1
+            sums = np.array([x.sum(), m1.sum(), (m1**2).sum(), w1.sum(), 2.0 * one.sum()])
+            key = -1 if trace is None else trace
+            self.trace_one[key] = self.trace_one.get(key, 0.0) + sums
+            self.v_num += float(sums[0])
+            self.m0_sum += float(sums[1])
+            self.m0_sq += float(sums[2])
+            self.m0_var += float(sums[3])
+            self.one_n += int(one.sum()) * 2
+            y = (m1 - self.background) ** 2 - w1
+            self.xx += float((x * x).sum())
+            self.yy += float((y * y).sum())
+            self.xy += float((x * y).sum())
+            self.sx += float(x.sum())
+            self.sy += float(y.sum())
+
+    @property
+    def background(self) -> float:
+        if self.bg_n < self.min_background_tuples:
+            return self.prior_background
+        return self.bg_sum / (6.0 * self.bg_n)
+
+    def trace_background(self, trace: int) -> tuple[float, bool]:
+        """(background of ``trace`` once it has its own background-only tuples else the stream's, own?)"""
+        tb = self.trace_bg.get(trace)
+        if tb is not None and tb[1] >= self.min_background_tuples:
+            return tb[0] / (6.0 * tb[1]), True
+        return self.background, False
+
+    @property
+    def v0(self) -> float:
+        """Pooled over traces, each 1-on sum with its own trace's background (background can differ
+        between traces; one stream-wide b biased v0 by ~-2e-4 at v0 = 1 with b ~ U(0.5, 2) per trace)."""
+        if self.one_n < 2 * self.min_one_tuples:
+            return self.prior_v0
+        keys = list(self.trace_one)
+        sums = np.array([self.trace_one[k] for k in keys])
+        b = np.array([self.trace_background(k)[0] if k != -1 else self.background for k in keys])
+        den = float((sums[:, 2] - 2.0 * b * sums[:, 1] + sums[:, 4] * b * b - sums[:, 3]).sum())
+        num = float(sums[:, 0].sum())
+        if den <= 0 or num <= 0:
+            return self.prior_v0
+        return float(np.sqrt(num / den))
+
+    @property
+    def v0_se(self) -> float:
+        """Standard error of :attr:`v0` (delta method on the ratio estimator; 0.05 before calibration)."""
+        n = self.one_n
+        if n < 2 * self.min_one_tuples or self.sy <= 0:
+            return 0.05
+        R = self.sx / self.sy
+        mx, my = self.sx / n, self.sy / n
+        vx, vy, cxy = self.xx / n - mx * mx, self.yy / n - my * my, self.xy / n - mx * my
+        var_r = max(vx - 2 * R * cxy + R * R * vy, 0.0) / (n * my * my)
+        return float(np.sqrt(var_r) / (2.0 * np.sqrt(max(R, 1e-12))))
+
+    @property
+    def background_se(self) -> float:
+        """Standard error of :attr:`background` (Poisson; 30% of the prior before calibration)."""
+        if self.bg_n < self.min_background_tuples:
+            return 0.3 * self.prior_background
+        return float(np.sqrt(max(self.background, 1e-3) / (6.0 * self.bg_n)))
+
+    @property
+    def calibrated(self) -> bool:
+        return self.bg_n >= self.min_background_tuples and self.one_n >= 2 * self.min_one_tuples
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+_LEVEL_EDGES = np.geomspace(1.0, 1e5, 401)  # per-trace histogram of emitter-window signal levels
+
+
+@dataclass
+class _TraceSeg:
+    tail_p: np.ndarray  # last window-1 tuples' P, Q, var(P)+var(Q) (k, 2) and total counts (k,)
+    tail_q: np.ndarray
+    tail_v: np.ndarray
+    tail_n: np.ndarray
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(len(_LEVEL_EDGES) + 1, np.int64))
+
+
+class Segmenter:
+    """Streaming 2-on / 1-on / background segmentation per trace (see module doc).
+
+    A window holds an emitter when its modulation is significant (Z > ``z_signal``) or its signal
+    level (mean counts - 6 b) exceeds ``one_fraction`` of the trace's 2-on level; the 2-on level is
+    the ``top_quantile`` of the trace's emitter-window levels so far (a histogram per trace), and
+    an emitter window is 2-on above ``two_fraction`` of it.
+    """
+
+    def __init__(self, window: int = 40, z_signal: float = 12.0, two_fraction: float = 0.72,
+                 one_fraction: float = 0.2, top_quantile: float = 0.75):
+        self.window, self.z_signal, self.two_fraction = window, z_signal, two_fraction
+        self.one_fraction, self.top_quantile = one_fraction, top_quantile
+        self.traces: dict[int, _TraceSeg] = {}
+
+    def segment(self, trace: int, P, Q, var_pq, n_tot, background: float) -> np.ndarray:
+        """States (uint8) of one trace's consecutive tuples (arrays for those tuples only)."""
+        w = self.window
+        st = self.traces.get(trace)
+        if st is None:
+            st = _TraceSeg(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0))
+            self.traces[trace] = st
+        k = len(st.tail_n)
+        aP = np.concatenate([st.tail_p, P])
+        aQ = np.concatenate([st.tail_q, Q])
+        aV = np.concatenate([st.tail_v, var_pq])
+        aN = np.concatenate([st.tail_n, n_tot])
+
+        def wsum(a):
+            cs = np.cumsum(a, axis=0, dtype=np.float64)
+            out = cs.copy()
+            out[w:] = cs[w:] - cs[:-w]
+            return out
+
+        sP, sQ, sV, sN = wsum(aP), wsum(aQ), wsum(aV), wsum(aN)
+        cnt = np.minimum(np.arange(1, len(aN) + 1), w)
+        z = ((sP**2 + sQ**2) / np.maximum(sV, 1e-9)).sum(axis=1)[k:]
+        level = (sN / cnt - 6.0 * background)[k:]
+        modulated = z > self.z_signal * np.sqrt(cnt[k:] / w)
+        st.hist += np.bincount(np.searchsorted(_LEVEL_EDGES, level[modulated]), minlength=len(st.hist))
+        total = st.hist.sum()
+        if total:
+            j = int(np.searchsorted(np.cumsum(st.hist), self.top_quantile * total))
+            top = float(_LEVEL_EDGES[min(max(j, 1), len(_LEVEL_EDGES) - 1) - 1])
+        else:
+            top = np.inf
+        sig = modulated | (level > self.one_fraction * top)
+        states = np.where(sig, np.where(level > self.two_fraction * top, STATE_TWO, STATE_ONE),
+                          STATE_BACKGROUND).astype(np.uint8)
+        keep = max(0, len(aN) - (w - 1))
+        st.tail_p, st.tail_q, st.tail_v, st.tail_n = aP[keep:], aQ[keep:], aV[keep:], aN[keep:]
+        return states
+
+
+# --------------------------------------------------------------------------- per-trace distance
+
+
+_T95_TABLE: np.ndarray | None = None
+
+
+def _t95(dof: np.ndarray) -> np.ndarray:
+    """Student-t 95% quantile (two-sided 90%), tabulated for dof 1..1000."""
+    global _T95_TABLE
+    if _T95_TABLE is None:
+        from scipy.stats import t
+
+        _T95_TABLE = t.ppf(0.95, np.arange(1, 1001))
+    return _T95_TABLE[np.clip(np.asarray(dof, int), 1, 1000) - 1]
+
+
+_D2_SCALE = (2.0 / physics.K_NM) ** 2  # d_a^2 = (2/K)^2 arccos(c_a)^2
+
+
+def squared_separation(r: np.ndarray) -> np.ndarray:
+    """d_a^2 from r = cos^2(K d_a / 2); linear continuation (2/K)^2 (1 - r) above r = 1 keeps the
+    estimate unbiased to first order near d = 0 (where noise pushes r above 1)."""
+    r = np.asarray(r, float)
+    inside = (2.0 / physics.K_NM * np.arccos(np.sqrt(np.clip(r, 0.0, 1.0)))) ** 2
+    return np.where(r <= 1.0, inside, _D2_SCALE * (1.0 - r))
+
+
+@dataclass
+class _TraceAcc:
+    blocks: list = field(default_factory=list)  # (2, 4) per completed block: num, sum m0, sum m0^2, sum var m0
+    cur: np.ndarray = field(default_factory=lambda: np.zeros((2, 4)))
+    cur_n: int = 0
+    n_blocks_n: list = field(default_factory=list)
+
+
+class TraceDistance:
+    """Streaming per-trace distance + 90% interval from the trace's 2-on tuples (pooled visibility).
+
+    Per axis the pooled, noise-corrected ratio r_a = sum(P^2 + Q^2 - var) / sum((m0 - b)^2 - var m0) / v0^2
+    estimates cos^2(K d_a / 2) consistently whatever each tuple's photon count (a per-tuple
+    estimator's bias does not average away; this one's does), so d^2 = sum_a d_a^2(r_a). The
+    interval is a delete-one-block jackknife over blocks of ``block`` consecutive 2-on tuples
+    (honest under correlated errors within a block), Student-t with K - 1 degrees of freedom on d^2,
+    then square-rooted (clipped at 0); ``sys_nm`` adds a calibrated systematic term.
+    """
+
+    def __init__(self, block: int = 200, min_blocks: int = 4, sys_nm: float = 0.0):
+        self.block, self.min_blocks, self.sys_nm = block, min_blocks, sys_nm
+        self.traces: dict[int, _TraceAcc] = {}
+
+    def add(self, trace: int, P, Q, m0, var_pq, var_m0) -> None:
+        """One trace's 2-on tuples, in order (arrays (k, 2))."""
+        acc = self.traces.setdefault(trace, _TraceAcc())
+        P, Q, m0, var_pq, var_m0 = (np.asarray(a, np.float64) for a in (P, Q, m0, var_pq, var_m0))
+        rows = np.stack([P**2 + Q**2 - var_pq, m0, m0**2, var_m0], axis=-1)  # (k, 2, 4)
+        i, n, b = 0, len(rows), self.block
+        while i < n:
+            take = min(b - acc.cur_n, n - i)
+            acc.cur += rows[i:i + take].sum(axis=0)
+            acc.cur_n += take
+            i += take
+            if acc.cur_n == b:
+                acc.blocks.append(acc.cur.copy())
+                acc.n_blocks_n.append(b)
+                acc.cur[:] = 0.0
+                acc.cur_n = 0
+
+    def estimate(self, trace: int, v0: float, background: float, v0_se: float = 0.0,
+                 background_se: float = 0.0) -> tuple[float, float, float]:
+        """(distance, lower, upper); ``v0_se``/``background_se``: calibration uncertainty, propagated
+        into the interval (a self-calibrated instrument is not exact: at small d, v0 dominates)."""
+        acc = self.traces.get(trace)
+        if acc is None or (not acc.blocks and acc.cur_n == 0):
+            return (np.nan, np.nan, np.nan)
+        blocks = np.asarray(acc.blocks).reshape(-1, 2, 4)
+        nb = np.full(len(blocks), float(self.block))
+        total = blocks.sum(axis=0) + acc.cur
+        n_total = nb.sum() + acc.cur_n
+        d2 = _d2(total, n_total, v0, background)
+        est = float(np.sqrt(max(d2, 0.0)))
+        k = len(blocks)
+        if k < self.min_blocks:
+            return (est, np.nan, np.nan)
+        full = blocks.sum(axis=0)
+        loo = _d2(full[None] - blocks, nb.sum() - nb, v0, background)
+        var = (k - 1) / k * float(((loo - loo.mean()) ** 2).sum())
+        if d2 > 2.0 * np.sqrt(var):  # second-order (Jensen) correction of sqrt(d^2) where it is stable
+            est = float(np.sqrt(d2) * (1.0 + var / (8.0 * d2 * d2)))
+        cal2 = 0.0
+        if v0_se > 0:
+            cal2 += (0.5 * (_d2(total, n_total, v0 + v0_se, background) - _d2(total, n_total, v0 - v0_se, background))) ** 2
+        if background_se > 0:
+            cal2 += (0.5 * (_d2(total, n_total, v0, background + background_se)
+                            - _d2(total, n_total, v0, max(background - background_se, 0.0)))) ** 2
+        half = float(np.sqrt(_t95(np.asarray(k - 1)) ** 2 * var + 1.6449**2 * cal2))
+        lo2, hi2 = d2 - half, d2 + half
+        lo, hi = float(np.sqrt(max(lo2, 0.0))), float(np.sqrt(max(hi2, 0.0)))
+        if self.sys_nm:
+            lo, hi = max(lo - 1.6449 * self.sys_nm, 0.0), hi + 1.6449 * self.sys_nm
+        return (est, lo, hi)
+
+
+def _d2(sums: np.ndarray, n, v0: float, b: float):
+    """d^2 from pooled sums (2, 4) (-> float) or a stack (k, 2, 4) with n (k,) (-> (k,))."""
+    n = np.asarray(n, float)[..., None]
+    num, s1, s2, sv = sums[..., 0], sums[..., 1], sums[..., 2], sums[..., 3]
+    den = s2 - 2.0 * b * s1 + n * b * b - sv
+    r = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0) / (v0 * v0)
+    out = squared_separation(r).sum(axis=-1)
+    return float(out) if out.ndim == 0 else out
+
+
+def combine_blocks(bw: np.ndarray, bs: np.ndarray, cur_w: float, cur_s: float, min_blocks: int, sys_nm: float):
+    """(estimate, lower, upper) from block weights/sums (+ the partial block in the mean only)."""
+    W = bw.sum() + cur_w
+    if W <= 0:
+        return (np.nan, np.nan, np.nan)
+    m = (bs.sum() + cur_s) / W
+    k = len(bw)
+    if k < min_blocks:
+        return (float(m), np.nan, np.nan)
+    mb = bs / bw
+    mk = bs.sum() / bw.sum()
+    var = float((bw**2 * (mb - mk) ** 2).sum() / bw.sum() ** 2 * k / (k - 1))
+    half = float(np.sqrt((_t95(np.asarray(k - 1)) ** 2) * var + (1.6449 * sys_nm) ** 2))
+    return (float(m), float(m - half), float(m + half))
+
+
+def per_trace_table(trace_id: np.ndarray, distance: np.ndarray, weight: np.ndarray, use: np.ndarray,
+                    block: int = 200, min_blocks: int = 3, sys_nm: float = 0.0) -> dict[str, np.ndarray]:
+    """Per-trace combination over persisted results (tuples in acquisition order): arrays per trace."""
+    ids = np.unique(trace_id)
+    out = {k: np.full(len(ids), np.nan) for k in ("distance", "lower", "upper")}
+    out["trace_id"] = ids
+    out["n"] = np.zeros(len(ids), np.int64)
+    order = np.argsort(trace_id, kind="stable")
+    tid, d, w, u = trace_id[order], distance[order], weight[order], use[order]
+    starts = np.searchsorted(tid, ids)
+    ends = np.searchsorted(tid, ids, side="right")
+    for j, (a, b) in enumerate(zip(starts, ends)):
+        sel = u[a:b]
+        dd, ww = d[a:b][sel], w[a:b][sel]
+        k = len(dd) // block
+        out["n"][j] = len(dd)
+        if len(dd) == 0:
+            continue
+        bw = ww[:k * block].reshape(k, block).sum(1) if k else np.zeros(0)
+        bs = (ww * dd)[:k * block].reshape(k, block).sum(1) if k else np.zeros(0)
+        rest = slice(k * block, None)
+        est = combine_blocks(bw, bs, float(ww[rest].sum()), float((ww * dd)[rest].sum()), min_blocks, sys_nm)
+        out["distance"][j], out["lower"][j], out["upper"][j] = est
+    return out

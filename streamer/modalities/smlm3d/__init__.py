@@ -1,0 +1,115 @@
+"""3D SMLM with an astigmatic PSF (seed 002): camera frames -> each emitter's x, y, z, photons + 90 % intervals.
+
+Predictors: ``trees`` (default; MLE fit corrected + scored by compiled trees trained on structure-
+sampled simulations, conformal intervals), ``trees-csr`` (the same trained on CSR samples),
+``trees-xgboost`` (the default bundle on XGBoost's predictor) and ``mle`` (DoG + batched Poisson MLE,
+intervals +- 1.645 CRLB). Physics, simulator, metrics and models live in this package.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...core.modality import ArraySpec, HeaderField, Modality, PacketKind, PredictorSpec, ResultSpec
+from .localize import FLAGS
+
+NAME = "smlm3d"
+
+FRAMES = PacketKind(
+    name="frames",
+    fields=(
+        HeaderField("height", int, min=13, max=4096, doc="frame rows (pixels; >= the 13x13 fit window)"),
+        HeaderField("width", int, min=13, max=4096, doc="frame columns (pixels)"),
+        HeaderField("pixel_nm", float, 100.0, positive=True, doc="pixel size in the sample plane (nm)"),
+        HeaderField("baseline", float, 100.0, min=0.0, doc="camera offset (ADU)"),
+        HeaderField("adu_per_photon", float, 1.0, positive=True,
+                    doc="ADU per detected photon (EMCCD: gain / sensitivity)"),
+    ),
+    arrays=(
+        ArraySpec("frames", ("<u2",), ("n", "height", "width"), doc="camera frames (ADU)"),
+        ArraySpec("frame_id", ("<i8",), ("n",), required=False, doc="acquisition frame number"),
+    ),
+    max_items=4096,
+    doc="camera frames of blinking emitters (astigmatic PSF)",
+)
+
+_F4 = ("<f4",)
+RESULTS = ResultSpec(
+    items=(ArraySpec("count", ("<i4",), ("n",), doc="kept localizations in the frame"),),
+    detections=(
+        ArraySpec("x", _F4, ("m",), doc="nm from the frame's left edge"),
+        ArraySpec("y", _F4, ("m",), doc="nm from the frame's top edge"),
+        ArraySpec("z", _F4, ("m",), doc="axial position (nm, 0 = between the two foci)"),
+        ArraySpec("photons", _F4, ("m",), doc="emitter photons"),
+        ArraySpec("background", _F4, ("m",), doc="background photons/pixel"),
+        ArraySpec("x_lo", _F4, ("m",), doc="90 % interval of x (nm)"),
+        ArraySpec("x_hi", _F4, ("m",)),
+        ArraySpec("y_lo", _F4, ("m",), doc="90 % interval of y (nm)"),
+        ArraySpec("y_hi", _F4, ("m",)),
+        ArraySpec("z_lo", _F4, ("m",), doc="90 % interval of z (nm)"),
+        ArraySpec("z_hi", _F4, ("m",)),
+        ArraySpec("score", _F4, ("m",), doc="trees: P(real emitter); mle: DoG significance"),
+        ArraySpec("flags", ("<u1",), ("m",), doc="bit 0 rejected (not a localization to keep)"),
+    ),
+    flags=FLAGS,
+    doc="one row per candidate; rows with flag bit 0 (rejected) are not localizations",
+)
+
+
+def validate(packet):
+    """The camera model must be usable (finite scalars; ranges are declared)."""
+    from ...core.wire import PacketError
+
+    h = packet.header
+    if not np.isfinite(h["pixel_nm"]) or not np.isfinite(h["adu_per_photon"]) or not np.isfinite(h["baseline"]):
+        raise PacketError("non-finite", "pixel_nm, baseline and adu_per_photon must be finite")
+    return packet
+
+
+def _mle():
+    from .predictors import MLEPredictor
+
+    return MLEPredictor()
+
+
+def _trees(bundle: str, kind: str = "auto"):
+    def factory():
+        from .predictors import TreesPredictor
+
+        return TreesPredictor(bundle, kind=kind)
+    return factory
+
+
+PREDICTORS = (
+    PredictorSpec("trees", _trees("trees-structure"),
+                  "MLE fit + compiled trees (structure-trained): bias correction, candidate score, conformal 90 % intervals"),
+    PredictorSpec("trees-csr", _trees("trees-csr"), "the same trees trained on CSR-sampled emitters"),
+    PredictorSpec("trees-xgboost", _trees("trees-structure", "xgboost"), "the default bundle on XGBoost's predictor"),
+    PredictorSpec("mle", _mle, "DoG detection + batched Poisson MLE of the astigmatic PSF; +-1.645 CRLB intervals"),
+)
+
+
+def _view(**options):
+    from .view import SMLM3DView
+
+    return SMLM3DView(**options)
+
+
+def _commands():
+    from .commands import SMLM3DCommands
+
+    return SMLM3DCommands()
+
+
+MODALITY = Modality(
+    name=NAME,
+    title="3D SMLM (astigmatic PSF)",
+    packets=(FRAMES,),
+    results=RESULTS,
+    predictors=PREDICTORS,
+    default_predictor="trees",
+    validate=validate,
+    view=_view,
+    commands=_commands(),
+    doc="camera frames of blinking emitters -> each emitter's x, y, z, photons + 90 % intervals (seed 002)",
+)

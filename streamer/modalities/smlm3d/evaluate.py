@@ -1,0 +1,117 @@
+"""The issue-17 table: SNR x density for MLE / trees-CSR / trees-structure, CRLB and interval coverage.
+
+Test data: structure-sampled frames (three-helix filaments, a new random structure every 100 frames,
+seeds disjoint from training), as seed 002 tests on microtubules. Each cell has at least ~600 true
+emitters. The CRLB column is the floor at the true parameters of the matched emitters (isolated
+emitter, same camera noise, 13x13 window = the fit window), reported as sqrt(mean(CRLB^2)).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .detect import READ_VAR, ROI
+from .localize import REJECTED
+from .metrics import assess
+from .psf import crlb
+from .simulate import DENSITIES, SNR_LEVELS, SimConfig, simulate_frames
+
+METHODS = ("mle", "trees-csr", "trees")
+
+
+def cell_data(snr: str, density: float, min_emitters: int = 600, seed: int = 10_000, sampling: str = "structure"):
+    N, b = SNR_LEVELS[snr]
+    n_frames = int(max(np.ceil(min_emitters / density), 40))
+    cfg = SimConfig(n_frames=n_frames, photons=N, background=b, density=density, sampling=sampling,
+                    structure_every=100, seed=seed + int(1000 * density) + list(SNR_LEVELS).index(snr))
+    return simulate_frames(cfg)
+
+
+def score_cell(out: dict, truth: dict, pixel_nm: float = 100.0) -> dict:
+    keep = (out["flags"] & REJECTED) == 0
+    est = np.column_stack([out["x"], out["y"], out["z"]])[keep].astype(np.float64)
+    T = np.column_stack([truth["x"], truth["y"], truth["z"]])
+    a = assess(out["item"][keep], est, truth["item"], T)
+    ie, it = a["i_est"], a["i_true"]
+    cov = {}
+    for c, k in zip("xyz", range(3)):
+        lo, hi = out[f"{c}_lo"][keep][ie], out[f"{c}_hi"][keep][ie]
+        cov[c] = float(np.mean((T[it, k] >= lo) & (T[it, k] <= hi))) if len(ie) else float("nan")
+    th = np.column_stack([truth["x"][it] / pixel_nm, truth["y"][it] / pixel_nm, truth["z"][it],
+                          truth["photons"][it], truth["background"][truth["item"][it]]])
+    c = crlb(th, pixel_nm=pixel_nm, n_px=ROI, read_var=READ_VAR) if len(it) else np.zeros((0, 5))
+    a.update(crlb_lat=float(np.sqrt(np.mean(c[:, 0] ** 2 + c[:, 1] ** 2))) if len(it) else float("nan"),
+             crlb_ax=float(np.sqrt(np.mean(c[:, 2] ** 2))) if len(it) else float("nan"),
+             cov_x=cov["x"], cov_y=cov["y"], cov_z=cov["z"])
+    return a
+
+
+def run(predictors: dict, snrs=tuple(SNR_LEVELS), densities=DENSITIES, min_emitters: int = 600,
+        sampling: str = "structure", verbose: bool = True) -> list[dict]:
+    """Rows (one per SNR x density x method) with metrics, CRLB and coverage, plus frames/s."""
+    rows = []
+    for snr in snrs:
+        for dens in densities:
+            frames, truth = cell_data(snr, dens, min_emitters, sampling=sampling)
+            for name, pred in predictors.items():
+                t0 = time.perf_counter()
+                out = pred.predict_frames(frames)
+                dt = time.perf_counter() - t0
+                a = score_cell(out, truth)
+                a.pop("i_est"), a.pop("i_true")
+                row = {"snr": snr, "density": dens, "method": name, "frames": len(frames),
+                       "emitters": len(truth["x"]), "fps": len(frames) / dt, **a}
+                rows.append(row)
+                if verbose:
+                    print(fmt_row(row), flush=True)
+    return rows
+
+
+HEADER = ("| SNR | density | method | JI % | lat RMSE nm | CRLB lat | ratio | ax RMSE nm | CRLB ax | ratio "
+          "| E3D % | cov x | cov y | cov z | frames/s |")
+
+
+def fmt_row(r: dict) -> str:
+    return (f"| {r['snr']} | {r['density']:.2f} | {r['method']} | {r['ji']:.1f} | {r['rmse_lat']:.1f} | "
+            f"{r['crlb_lat']:.1f} | {r['rmse_lat'] / r['crlb_lat']:.2f} | {r['rmse_ax']:.1f} | "
+            f"{r['crlb_ax']:.1f} | {r['rmse_ax'] / r['crlb_ax']:.2f} | {r['eff_3d']:.1f} | "
+            f"{100 * r['cov_x']:.1f} | {100 * r['cov_y']:.1f} | {100 * r['cov_z']:.1f} | {r['fps']:.0f} |")
+
+
+def table(rows: list[dict]) -> str:
+    sep = "|" + "---|" * (HEADER.count("|") - 1)
+    return "\n".join([HEADER, sep] + [fmt_row(r) for r in rows])
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """The issue's Must-show checks, one line each, PASS/FAIL from the measured rows."""
+    by = {(r["snr"], r["density"], r["method"]): r for r in rows}
+    snrs = sorted({r["snr"] for r in rows}, key=list(SNR_LEVELS).index)
+    dens = sorted({r["density"] for r in rows})
+    out = []
+    for s in snrs:
+        for d in [d for d in dens if d <= 1.0]:
+            t, m = by.get((s, d, "trees")), by.get((s, d, "mle"))
+            if t is None or m is None:
+                continue
+            rl, ra = t["rmse_lat"] / t["crlb_lat"], t["rmse_ax"] / t["crlb_ax"]
+            ok = rl <= 1.15 and ra <= 1.25 and t["ji"] >= m["ji"]
+            out.append(f"{'PASS' if ok else 'FAIL'} low density {s} d={d}: trees lat {rl:.2f}x CRLB (<=1.15), "
+                       f"ax {ra:.2f}x (<=1.25), JI {t['ji']:.1f} vs MLE {m['ji']:.1f}")
+        for d in [d for d in dens if d >= 2.0]:
+            t, m, c = by.get((s, d, "trees")), by.get((s, d, "mle")), by.get((s, d, "trees-csr"))
+            if t is None or m is None:
+                continue
+            out.append(f"{'PASS' if t['eff_3d'] > m['eff_3d'] else 'FAIL'} density {s} d={d}: E3D trees "
+                       f"{t['eff_3d']:.1f} vs MLE {m['eff_3d']:.1f}"
+                       + (f"; structure vs CSR {t['eff_3d'] - c['eff_3d']:+.1f}" if c else ""))
+    for r in rows:
+        if r["method"] == "mle":
+            continue
+        cv = [r["cov_x"], r["cov_y"], r["cov_z"]]
+        ok = all(0.87 <= v <= 0.93 for v in cv)
+        out.append(f"{'PASS' if ok else 'FAIL'} coverage {r['method']} {r['snr']} d={r['density']}: "
+                   + " ".join(f"{c} {100 * v:.1f}%" for c, v in zip("xyz", cv)))
+    return out

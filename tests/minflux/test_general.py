@@ -1,0 +1,180 @@
+"""Issue 15: instrument-aware model, out-of-range flags, segmentation, self-calibration, per-trace distance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamer.modalities.minflux import general, offgrid, traces
+from streamer.modalities.minflux.prediction import FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL, FLAG_OUT_OF_RANGE
+from streamer.modalities.minflux.simulate import STATE_TWO
+
+
+def _rulers(d, v0, bg, photons, half_l, m=1, seed=0):
+    r = len(d)
+    rng = np.random.default_rng(seed)
+    return general.simulate_rulers(np.asarray(d, float), np.full(r, 0.6), np.full(r, v0), np.full(r, bg), np.ones(r),
+                                   np.full(r, photons), np.full(r, half_l), m, rng, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("v0,bg,half_l", [(1.0, 0.5, 15.0), (0.85, 6.0, 10.0), (0.93, 2.0, 25.0)])
+def test_instrument_normalised_features_recover_distance(v0, bg, half_l):
+    """With the true instrument the closed-form separation is right at any v0, b, L/2 (here ~noise-free)."""
+    from streamer.modalities.minflux import physics
+
+    d = np.array([10.0, 25.0, 45.0, 60.0])
+    theta = np.array([0.1, 0.6, 1.0, 1.4])
+    centre = np.zeros((4, 2))
+    pos = physics.beam_positions(centre, half_l)
+    sep = np.stack([d * np.cos(theta), d * np.sin(theta)], axis=1)
+    mid = np.array([[1.0, -2.0]])
+    mu = physics.expected_counts(pos, mid - sep / 2, mid + sep / 2, 50.0, 1.0, 1.0, physics.a_from_v0(v0), bg)
+    X = general.instrument_features(mu, pos, v0, bg)  # expected counts: noise-free
+    names = general.GENERAL_FEATURES
+    assert np.allclose(X[:, names.index("dcf")], d, atol=0.05)
+    assert np.allclose(X[:, names.index("half_l")], half_l, atol=1e-3)
+    assert np.allclose(X[:, names.index("v0")], v0)
+
+
+def test_effective_photons():
+    assert general.effective_photons(np.array([100.0]), 1.0, 0.0)[0] == pytest.approx(100.0)
+    assert general.effective_photons(np.array([100.0]), 0.9, 5.0)[0] == pytest.approx(0.81 * 70**2 / 100, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_general(tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "general"
+    cfg = general.GeneralConfig(n_rulers=6000, tuples_per_ruler=2, max_rounds=8, noise_rounds=5, max_depth=4,
+                                noise_depth=3, neff_bins=2, bin_width_nm=11.0, nthread=1)
+    manifest = general.train_general(cfg, out, log=lambda *a: None)
+    return out, manifest
+
+
+def test_general_bundle_and_flags(tiny_general):
+    out, manifest = tiny_general
+    assert set(manifest["boosters"]) == {"point", "noise"}
+    assert manifest["feature_names"] == list(general.GENERAL_FEATURES)
+    p = general.GeneralPredictor(out, backend="xgboost")
+    rec = _rulers([20.0, 30.0], 0.9, 2.0, 300.0, 15.0, m=50, seed=3)
+    ok = p.predict_with(rec.tuples, 0.9, 2.0)
+    assert np.isfinite(ok.distance).all()
+    assert (ok.flags & FLAG_OUT_OF_RANGE).sum() < len(ok.flags) // 2
+    inside = np.isfinite(ok.lower)
+    assert inside.mean() > 0.5 and (ok.lower[inside] <= ok.distance[inside]).all()
+    # an instrument outside the trained space: flagged, interval dropped
+    for v0, bg in ((0.6, 2.0), (0.9, 30.0)):
+        bad = p.predict_with(rec.tuples, v0, bg)
+        assert (bad.flags & FLAG_OUT_OF_RANGE).all() and (bad.flags & FLAG_NO_INTERVAL).all()
+        assert np.isnan(bad.lower).all()
+    # a pattern size outside the trained L/2 range
+    wide = _rulers([20.0], 0.9, 2.0, 300.0, 40.0, m=20)
+    assert (p.predict_with(wide.tuples, 0.9, 2.0).flags & FLAG_OUT_OF_RANGE).all()
+    # background-only tuples: too few photons
+    dark = _rulers([20.0], 0.9, 2.0, 13.0, 15.0, m=20)
+    assert (p.predict_with(dark.tuples, 0.9, 2.0).flags & FLAG_LOW_PHOTONS).any()
+
+
+def test_shipped_general_bundle_is_small_and_complete():
+    from streamer.core import model_bundle
+
+    m = model_bundle.load_manifest("minflux/general")
+    size = sum(f.stat().st_size for f in model_bundle.bundle_dir("minflux/general").iterdir() if f.is_file())
+    assert size < 2_000_000
+    assert m["regime"] == "general" and set(m["boosters"]) == {"point", "noise"}
+    assert m["flags"]["v0_range"][0] <= 0.8 and m["flags"]["v0_range"][1] >= 1.0
+    assert m["flags"]["background_range"][0] <= 0.2 and m["flags"]["background_range"][1] >= 8.0
+    assert m["data"]["space"]["d_range_nm"][0] <= 3 and m["data"]["space"]["d_range_nm"][1] >= 60
+
+
+def test_harmonic_terms_match_closed_form():
+    from streamer.modalities.minflux.estimators.closed_form import harmonic_fit
+
+    rec = _rulers([15.0, 40.0], 0.9, 1.0, 500.0, 15.0, m=10)
+    P, Q, m0, var_pq, var_m0 = traces.harmonic_terms(rec.tuples.counts, rec.tuples.positions)
+    a0, a1, psi = harmonic_fit(rec.tuples.counts, rec.tuples.positions)
+    assert np.allclose(m0, a0) and np.allclose(np.hypot(P, Q), a1)
+    assert (var_pq > 0).all() and (var_m0 > 0).all()
+
+
+def test_squared_separation_is_continuous_and_inverts():
+    d = np.array([0.0, 5.0, 30.0, 60.0])
+    r = np.cos(traces.physics.K_NM * d / 2) ** 2
+    assert np.allclose(np.sqrt(traces.squared_separation(r)), d, atol=1e-6)
+    eps = 1e-7
+    assert abs(traces.squared_separation(1 - eps) - traces.squared_separation(1 + eps)) < 1e-2  # ~2 nm^2 x 1e-3
+
+
+def test_segmentation_calibration_and_trace_distance():
+    """One stream (v0 0.9, b 3): >= 95% state accuracy, v0 +-0.01, b +-10%, per-trace intervals."""
+    rec = offgrid.simulate_stream(0.9, 3.0, 3000, seed=11, distances=(12.5, 35.0))
+    t = rec.tuples
+    P, Q, m0, vpq, vm0 = traces.harmonic_terms(t.counts, t.positions)
+    n = t.counts.sum(axis=(1, 2)).astype(float)
+    seg = traces.Segmenter()
+    cal = traces.StreamCalibration()
+    dist = traces.TraceDistance(block=150)
+    states = []
+    for start in range(0, len(t), 500):  # streaming, packets of 500
+        sl = slice(start, start + 500)
+        tr = int(t.trace_id[sl][0])
+        assert (t.trace_id[sl] == tr).all()
+        s = seg.segment(tr, P[sl], Q[sl], vpq[sl], n[sl], cal.background)
+        cal.add(t.counts[sl], s, P[sl], Q[sl], m0[sl], vpq[sl], vm0[sl])
+        two = (s == STATE_TWO) & (rec.truth["state"][sl] == STATE_TWO)  # truth-filtered: tests the estimator
+        dist.add(tr, P[sl][two], Q[sl][two], m0[sl][two], vpq[sl][two], vm0[sl][two])
+        states.append(s)
+    acc = np.mean(np.concatenate(states) == rec.truth["state"])
+    assert acc >= 0.95
+    assert cal.calibrated
+    assert abs(cal.v0 - 0.9) <= 0.01
+    assert abs(cal.background / 3.0 - 1) <= 0.10
+    for tr, d in ((0, 12.5), (1, 35.0)):
+        est, lo, hi = dist.estimate(tr, 0.9, 3.0)
+        assert lo <= est <= hi and hi - lo < 30
+        assert abs(est - d) < 8
+
+
+def test_live_predictor_publishes_results(tiny_general, monkeypatch):
+    """The modality adapter returns the declared optional arrays and they encode."""
+    from streamer.core import wire as core_wire
+    from streamer.modalities.minflux import MODALITY, live
+    from streamer.modalities.minflux.wire import encode_batch
+
+    out, _ = tiny_general
+    lp = live.LivePredictor(out, backend="xgboost")
+    adapter = live.LiveModalityPredictor.__new__(live.LiveModalityPredictor)
+    adapter.inner, adapter.model_id = lp, lp.model_id
+    rec = offgrid.simulate_stream(0.95, 1.0, 600, seed=5, distances=(20.0,))
+    msg = core_wire.unpack(encode_batch("s", 0, rec.tuples[:600]))
+    packet = core_wire.decode_packet(msg, MODALITY)
+    res = adapter.predict(packet)
+    for key in ("state", "v0", "background", "trace_distance", "trace_lower", "trace_upper"):
+        assert key in res and len(res[key]) == 600
+    core_wire.encode_result(packet, MODALITY.results, res, adapter.model_id)
+    # a user-supplied calibration overrides the live one
+    monkeypatch.setenv(live.ENV_V0, "0.91")
+    monkeypatch.setenv(live.ENV_BACKGROUND, "2.5")
+    fixed = live.LivePredictor(out, backend="xgboost")
+    r2 = fixed.process("s", rec.tuples[:600])
+    assert np.allclose(r2["v0"], 0.91) and np.allclose(r2["background"], 2.5)
+    assert "v0=0.91" in fixed.model_id
+
+
+def test_per_trace_table_over_persisted_results():
+    rng = np.random.default_rng(0)
+    tid = np.repeat(np.arange(3), 1000)
+    d = 20.0 + rng.normal(0, 5, 3000)
+    out = traces.per_trace_table(tid, d, np.ones(3000), np.ones(3000, bool), block=100)
+    assert np.allclose(out["distance"], 20.0, atol=1.0)
+    assert ((out["lower"] <= 20.0) | (out["upper"] >= 20.0)).all()
+
+
+def test_offgrid_grid_evaluation_runs(tiny_general):
+    """The issue-15 grid evaluation end to end on a tiny bundle (numbers are meaningless here)."""
+    out, _ = tiny_general
+    res = offgrid.evaluate_grid(rulers_per_cell=2, tuples_per_ruler=2, bundle=str(out), reference=None,
+                                backend="xgboost", log=lambda *a: None)
+    assert len(res["rows"]) == 243 and res["summary"]["cells"] == 243
+    assert 0 < res["summary"]["eligible_cells"] < 243
+    md = offgrid.markdown(res, "test")
+    assert "eligible cells pass all three" in md and md.count("\n|") > 243

@@ -1,0 +1,81 @@
+"""smlm3d learned path: second pass, two-emitter fits, conformal quantiles, bundle size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamer.modalities.smlm3d import mle
+from streamer.modalities.smlm3d.localize import PAIR, REJECTED, localize
+from streamer.modalities.smlm3d.metrics import assess
+from streamer.modalities.smlm3d.model import MODEL_DIR, N_GROUPS, conformal_quantiles
+from streamer.modalities.smlm3d.psf import DEFAULT_PSF, model
+from streamer.modalities.smlm3d.simulate import render, SimConfig, simulate_frames
+
+
+def test_pair_fit_resolves_two_close_emitters():
+    rng = np.random.default_rng(2)
+    M = 60
+    t1 = np.column_stack([np.full(M, 5.6), np.full(M, 6.5), np.full(M, -200.0), np.full(M, 4000.0), np.full(M, 30.0)])
+    t2 = t1.copy()
+    t2[:, 0] += 2.0   # 200 nm apart
+    t2[:, 2] = 300.0
+    t2[:, 4] = 0.0
+    rois = rng.poisson(model(t1, 13, DEFAULT_PSF, 100.0) + model(t2, 13, DEFAULT_PSF, 100.0)).astype(float)
+    single = mle.fit(rois, DEFAULT_PSF, 100.0)
+    th, sd, ll, _ = mle.fit_pairs(rois, single.theta, DEFAULT_PSF, 100.0, 30)
+    assert np.all(2 * (ll - single.loglik) > 25)          # the data say two
+    xs = np.sort(th[:, [0, 4]], axis=1)
+    assert np.median(np.abs(xs[:, 0] - 5.6)) < 0.15 and np.median(np.abs(xs[:, 1] - 7.6)) < 0.15
+    # the single fit sits in between: ~1 px off either emitter
+    assert np.median(np.abs(single.theta[:, 0] - 6.6)) < 0.4
+
+
+def test_second_pass_recovers_merged_pair_without_hurting_isolated():
+    frames, truth = simulate_frames(SimConfig(n_frames=150, photons=5000, background=50, density=3.0,
+                                              sampling="structure", structure_every=150, seed=5))
+    T = np.column_stack([truth["x"], truth["y"], truth["z"]])
+    out = {}
+    for p in (1, 2):
+        L = localize(frames, passes=p)
+        keep = (L.flags & REJECTED) == 0
+        out[p] = (assess(L.item[keep], L.xyz[keep], truth["item"], T), L)
+    assert out[2][0]["ji"] > out[1][0]["ji"] + 2          # hidden / merged emitters found
+    assert (out[2][1].flags & PAIR).any()
+    iso = simulate_frames(SimConfig(n_frames=150, photons=5000, background=50, density=0.3, sampling="csr", seed=6))
+    Ti = np.column_stack([iso[1]["x"], iso[1]["y"], iso[1]["z"]])
+    r = [assess(*(lambda L: (L.item[(L.flags & REJECTED) == 0], L.xyz[(L.flags & REJECTED) == 0]))(localize(iso[0], passes=p)),
+                iso[1]["item"], Ti)["rmse_lat"] for p in (1, 2)]
+    assert r[1] <= r[0] * 1.05
+
+
+def test_conformal_quantile_is_finite_sample_valid():
+    rng = np.random.default_rng(0)
+    cov = []
+    for _ in range(200):
+        s = np.abs(rng.normal(size=(60, 1)))
+        q = conformal_quantiles(s, np.zeros(60, int))[0, 0]
+        cov.append(np.mean(np.abs(rng.normal(size=2000)) <= q))
+    assert 0.895 <= np.mean(cov) <= 0.93   # >= 90 % on average, not grossly conservative
+    assert conformal_quantiles(np.ones((5, 3)), np.zeros(5, int)).shape == (N_GROUPS, 3)
+
+
+def test_bundles_small_and_complete():
+    import json
+
+    total = 0
+    for name in ("trees-structure", "trees-csr"):
+        man = json.loads((MODEL_DIR / name / "manifest.json").read_text())
+        assert len(man["conformal"]["q"]) == N_GROUPS and man["sampling"] in ("structure", "csr")
+        total += sum((MODEL_DIR / name / man[k]).stat().st_size for k in ("reg", "cls", "scale"))
+    assert total < 2_000_000
+
+
+def test_render_helper_is_linear():
+    t = {"item": np.array([0, 0]), "x": np.array([1000.0, 3000]), "y": np.array([1000.0, 3000]),
+         "z": np.array([0.0, 100]), "photons": np.array([1000.0, 2000])}
+    both = render(t, 1, 64, 64, 100.0, 0.0)
+    one = render({k: v[:1] for k, v in t.items()}, 1, 64, 64, 100.0, 0.0)
+    two = render({k: v[1:] for k, v in t.items()}, 1, 64, 64, 100.0, 0.0)
+    np.testing.assert_allclose(both, one + two, atol=1e-9)
+    assert both.sum() == pytest.approx(3000, rel=1e-3)
