@@ -34,7 +34,7 @@ CASES = {
                 1_000_000),
     "electron-100": ("electron", ["--frames", "20000", "--size", "100"], 500, 2, ["trees", "centroid3x3"], 10_000),
     "electron-576": ("electron", ["--frames", "200", "--size", "576", "--electrons", "2900"], 4, 1, ["trees", "centroid3x3"], 200),
-    "smlm3d": ("smlm3d", [], 200, 2, None, 2_000),
+    "smlm3d": ("smlm3d", ["--frames", "8000"], 200, 2, ["trees", "mle"], 2_000),
     "diffusion": ("diffusion", ["--stacks", "6000"], 256, 3, ["trees", "msd"], 2_000),
 }
 

@@ -66,3 +66,31 @@ def test_a_killed_dask_worker_leaves_complete_duplicate_free_output(live, tmp_pa
                   on_first_result=kill_one)
     assert s["items"] == 20_000
     _assert_equal_results(load_results(tmp_path / "re", "minflux"), ref)
+
+
+#: small recordings of the other modalities: (simulator options, packet size)
+OTHERS = {"electron": (["--frames", "300", "--size", "100"], 50),
+          "smlm3d": (["--frames", "300"], 50),
+          "diffusion": (["--stacks", "240"], 40)}
+
+
+@pytest.mark.parametrize("name", sorted(OTHERS))
+def test_every_modality_reprocesses_equal_to_live(name, tmp_path):
+    import argparse
+
+    from streamer.core import registry
+
+    if not registry.known(name):
+        pytest.skip(f"{name} not installed")
+    mod = registry.get(name)
+    options, size = OTHERS[name]
+    p = argparse.ArgumentParser()
+    mod.commands.add_simulate_arguments(p)
+    args = p.parse_args(options)
+    args.simulate = None
+    rec = mod.commands.simulate(args)
+    run_local_pipeline(rec, workers=2, predictor=f"{name}:", packet_size=size, out_dir=str(tmp_path / "live"),
+                       sink_args=["--archive", str(tmp_path / "archive")])
+    s = reprocess(tmp_path / "archive", tmp_path / "re", [f"{name}:"], workers=2, packets_per_task=2)
+    assert s["items"] == len(rec)
+    _assert_equal_results(load_results(tmp_path / "re", name), load_results(tmp_path / "live", name))
