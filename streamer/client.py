@@ -103,8 +103,10 @@ class Publisher:
         newest = None
         while (got := self._acks.recv(wait_s if newest is None else 0)) is not None:
             newest = self._ack(got[1])
-        if newest is None and self._retained and time.monotonic() - self._t_progress > self.resend_after_s:
-            self._resend()  # no progress for a while (lost packets, a sink that lost its subscription)
+        if self._retained and time.monotonic() - self._t_progress > self.resend_after_s:
+            # no progress for a while: packets lost with a sink that restarted before its stats were
+            # ever seen here, or a sink that lost them; the sink drops what it already has
+            self._resend()
         return newest
 
     def _send_packet(self, seq: int, raw: bytes, timeout: float | None) -> None:

@@ -54,7 +54,11 @@ def main() -> int:
     text, ok = evaluate(a.frames, a.dense, speed=not a.no_speed)
     if not a.no_speed:
         rows = tree_rows_per_s()
-        text += "\n\nOne booster (dx, 150 trees depth 6), one thread, detection features of 100x100 frames:\n\n"
+        from streamer.modalities.electron.model import load_bundle
+
+        tr = load_bundle()["training"]
+        text += (f"\n\nOne booster (dx, {tr['rounds']} trees depth {tr['depth']}), one thread, detection features of "
+                 "100x100 frames:\n\n")
         text += "\n".join(f"- {k}: {v:,.0f}" + ("" if "us/call" in k else " rows/s") for k, v in rows.items())
     out = Path(__file__).with_name("RESULTS.md")
     out.write_text("# Electron (seed 003) benchmark\n\n`.venv/bin/python bench/electron/run_eval.py`, "

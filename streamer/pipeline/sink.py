@@ -85,6 +85,7 @@ class SinkConfig:
     stats_interval: float = defaults.STATS_INTERVAL_S
     chunk_tuples: int = defaults.CHUNK_TUPLES
     exit_after_end: int = 0  # exit once this many streams ended and were drained (0: run until signalled)
+    end_grace_s: float = 3.0  # ...and their watermark reached the end, or this long passed (seqs never sent)
     drain_timeout: float = 10.0  # on shutdown, wait this long for in-flight work
     summary_path: str | None = None
     report_interval: float = 0.0  # print a one-line status to stdout this often (0: never)
@@ -125,6 +126,7 @@ class Sink:
         self.next_job = int.from_bytes(os.urandom(5), "little") << 20
         self.packets = self.tuples = self.rejected = self.rejected_tuples = self.rejected_bytes = self.ended = 0
         self.by_modality: dict[str, int] = {}
+        self._ended: dict[str, tuple[int, float]] = {}  # stream -> (packets it announced, when)
         self.flagged: dict[str, int] = {}
         self._unserved_said: dict[str, float] = {}
         self._reasons = {**registry.reason_table(), "no-worker": ""}
@@ -198,7 +200,13 @@ class Sink:
             return False
         if self._stopping:
             return True
-        return bool(self.cfg.exit_after_end and self.ended >= self.cfg.exit_after_end)
+        if not self.cfg.exit_after_end or len(self._ended) < self.cfg.exit_after_end:
+            return False
+        # an acknowledged publisher re-sends what a restarted sink missed: wait for the watermark to
+        # reach the end marker (or the grace time, for streams whose missing seqs were never sent)
+        now = time.monotonic()
+        return all(self.ledger.watermark(st) >= total or now - t > self.cfg.end_grace_s
+                   for st, (total, t) in self._ended.items())
 
     # ------------------------------------------------------------------ ingest
     def _on_ingest(self, max_packets: int = 16) -> None:
@@ -337,6 +345,7 @@ class Sink:
             if isinstance(head, _End):
                 self.tracker.end(head.stream, head.total)
                 self.ended += 1
+                self._ended[head.stream] = (head.total, time.monotonic())
                 self.order.popleft()
                 self._publish_stats()  # publishers waiting for their end confirmation learn it now
                 continue

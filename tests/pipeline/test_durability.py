@@ -164,3 +164,24 @@ def test_fuzzed_packets_interleaved_with_good_ones_on_the_same_seqs(rec, tmp_pat
     assert summary["rejected_by_reason"] == expected
     res = load_results(tmp_path)
     np.testing.assert_array_equal(res["seq"] * SIZE + res["row"], np.arange(n_good * SIZE))
+
+
+def test_publisher_resends_when_the_watermark_stalls(rec, tmp_path):
+    """Packets sent while no sink listened (lost in a queue that died with it) are re-sent on a stall."""
+    from streamer.pipeline.launcher import LocalPipeline
+
+    with LocalPipeline(1, "minflux:closed-form", out_dir=str(tmp_path)) as pipe:
+        with Publisher(pipe.endpoints["ingest"], "stall", results=pipe.endpoints["results"],
+                       resend_after_s=1.0) as pub:
+            pub.send_batch(rec.tuples[:100])
+            pub.seq = 5  # pretend seqs 1-4 were sent into a sink that died: the sink never saw them
+            raw_missing = [mwire.encode_batch("stall", s, rec.tuples[100 * s:100 * (s + 1)]) for s in range(1, 5)]
+            for s, raw in zip(range(1, 5), raw_missing):
+                pub._retained[s] = raw  # what the publisher still holds for them
+                pub._retained_bytes += len(raw)
+            got = pub.end_confirmed(timeout=60)
+        assert pub.resent >= 4 and got["streams"]["stall"]["watermark"] == 5
+        summary = pipe.wait(30)
+    assert summary["gaps"] == 0  # the re-sent packets filled them
+    res = load_results(tmp_path)
+    assert sorted(set(res["packet_seq"].tolist())) == [0, 1, 2, 3, 4]

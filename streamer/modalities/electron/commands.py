@@ -95,7 +95,7 @@ def report(rec: Recording, results: dict[str, np.ndarray], args) -> tuple[str, b
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("electron")
-    g.add_argument("--train-frames", type=int, default=8000, help="100x100 training frames (10 e- each)")
+    g.add_argument("--train-frames", type=int, default=16000, help="100x100 training frames (10 e- each)")
     g.add_argument("--out", type=Path, default=None, help="bundle directory (default compiled_models/electron/trees)")
     g.add_argument("--nthread", type=int, default=2)
 

@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 
 
 def _jit(fn):
-    return _nb.njit(cache=True, nogil=True, boundscheck=False)(fn) if HAVE_NUMBA else fn
+    return _nb.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")(fn) if HAVE_NUMBA else fn
 
 
 @_jit
@@ -128,12 +128,16 @@ def _candidate_features(frames, item, row, col, box, peak, r, threshold, offset,
         f, y, x = item[i], row[i], col[i]
         q = 0.0
         npix = 0
+        x0, x1 = max(x - r, 0), min(x + r + 1, w)
         for yy in range(max(y - r, 0), min(y + r + 1, h)):
-            for xx in range(max(x - r, 0), min(x + r + 1, w)):
-                e = _val(frames, f, yy, xx, off, sc)
-                if e > th:
-                    q += e
-                    npix += 1
+            fr = frames[f, yy]
+            qr = np.float32(0.0)  # one row: branch-free, float32 (exact for integer ADU)
+            for xx in range(x0, x1):
+                e = (np.float32(fr[xx]) - off) * sc
+                a = e > th
+                qr += e if a else np.float32(0.0)
+                npix += a
+            q += qr
         n_str = 0
         n_weak = 0
         best = -1
@@ -259,7 +263,12 @@ def _crowded(item, row, col, r, n, h):
 
 @_jit
 def _features(win, threshold, edges, raw_half):
-    """:func:`.features.features` of electron windows: (X (m, 81) float32, fx, fy, tr)."""
+    """:func:`.features.features` of electron windows: (X (m, 81) float32, fx, fy, tr).
+
+    One pass over each window in its own orientation (charge, moments, rings, pixel count), the
+    results mapped into the canonical frame (flip x, flip y, then transpose); only the raw pixels
+    and the farthest pixel's tie-break read the canonical order. Branch-free float32 sums (exact
+    for integer electron counts below 2**24, as numpy's)."""
     m, s, _ = win.shape
     r = s // 2
     nraw = (2 * raw_half + 1) ** 2
@@ -269,88 +278,122 @@ def _features(win, threshold, edges, raw_half):
     fya = np.zeros(m, np.bool_)
     tra = np.zeros(m, np.bool_)
     th = np.float32(threshold)
-    cw = np.empty((s, s), np.float32)
-    rings = np.zeros(r + 1)
+    z = np.float32(0.0)
+    rings = np.zeros(r + 1, np.float32)
+    cs = np.zeros((4, 3), np.float32)
+    kk = np.arange(-r, r + 1).astype(np.float32)
+    cheb = np.empty((s, s), np.int64)
+    for a in range(s):
+        for b in range(s):
+            cheb[a, b] = max(abs(a - r), abs(b - r))
     for i in range(m):
-        # canonical orientation from the thresholded centroid of the original window
-        tot = 0.0
-        sx = 0.0
-        sy = 0.0
+        q = z
+        m1x = z
+        m1y = z
+        m2x = z
+        m2y = z
+        mxy = z
+        npix = 0
+        far2 = np.float32(-1.0)
+        rings[:] = 0.0
         for a in range(s):
+            ka = kk[a]
+            rq = z
+            rx = z
+            rxx = z
             for b in range(s):
                 v = win[i, a, b]
-                if v > th:
-                    tot += v
-                    sy += v * (a - r)
-                    sx += v * (b - r)
-        tot32 = max(np.float32(tot), np.float32(1e-6))
-        mx0 = np.float32(sx) / tot32
-        my0 = np.float32(sy) / tot32
+                above = v > th
+                t = v if above else z
+                kb = kk[b]
+                rq += t
+                rx += t * kb
+                rxx += t * kb * kb
+                npix += above
+                rings[cheb[a, b]] += t
+                d2 = ka * ka + kb * kb if above else np.float32(-1.0)
+                far2 = d2 if d2 > far2 else far2
+            q += rq
+            m1x += rx
+            m2x += rxx
+            m1y += rq * ka
+            m2y += rq * ka * ka
+            mxy += rx * ka
+        # canonical orientation from the thresholded centroid
+        tot32 = max(q, np.float32(1e-6))
+        mx0 = m1x / tot32
+        my0 = m1y / tot32
         fx = mx0 < 0
         fy = my0 < 0
         tr = abs(my0) > abs(mx0)
         fxa[i], fya[i], tra[i] = fx, fy, tr
-        for a in range(s):
-            for b in range(s):
-                p, q = (b, a) if tr else (a, b)  # cw[a, b] = o2[p, q]
-                if fy:
-                    p = s - 1 - p
-                if fx:
-                    q = s - 1 - q
-                cw[a, b] = win[i, p, q]
+        # canonical (a, b) reads win[p0 + a*pa + b*pb, q0 + a*qa + b*qb]
+        sp = -1 if fy else 1
+        sq = -1 if fx else 1
+        p0 = s - 1 if fy else 0
+        q0 = s - 1 if fx else 0
+        if tr:
+            pa, pb, qa, qb = 0, sp, sq, 0
+        else:
+            pa, pb, qa, qb = sp, 0, 0, sq
         c = 0
         for a in range(r - raw_half, r + raw_half + 1):
             for b in range(r - raw_half, r + raw_half + 1):
-                X[i, c] = cw[a, b]
+                X[i, c] = win[i, p0 + a * pa + b * pb, q0 + a * qa + b * qb]
                 c += 1
-        for half in (1, 2):
-            for tcut in (np.float32(0.0), th):
-                t0 = 0.0
-                ax = 0.0
-                ay = 0.0
-                for a in range(-half, half + 1):
-                    for b in range(-half, half + 1):
-                        v = cw[r + a, r + b]
-                        if v > tcut:
-                            t0 += v
-                            ax += v * b
-                            ay += v * a
-                t32 = np.float32(t0) if t0 > 0 else np.float32(1.0)
-                X[i, c] = np.float32(ax) / t32
-                X[i, c + 1] = np.float32(ay) / t32
-                c += 2
-        q = 0.0
-        m1x = 0.0
-        m1y = 0.0
-        m2x = 0.0
-        m2y = 0.0
-        mxy = 0.0
-        npix = 0
-        box3 = 0.0
-        far2 = -1
-        farx = -r
-        fary = -r
-        rings[:] = 0.0
-        for a in range(s):
-            ky = a - r
-            for b in range(s):
-                kx = b - r
-                v = cw[a, b]
-                if abs(ky) <= 1 and abs(kx) <= 1:
-                    box3 += v
-                if v > th:
-                    q += v
-                    npix += 1
-                    m1x += v * kx
-                    m1y += v * ky
-                    m2x += v * kx * kx
-                    m2y += v * ky * ky
-                    mxy += v * kx * ky
-                    rings[max(abs(kx), abs(ky))] += v
-                    d2 = kx * kx + ky * ky
-                    if d2 > far2:
-                        far2, farx, fary = d2, kx, ky
-        qs = max(q, 1e-6)
+        # 3x3 and 5x5 centroids (without / with the threshold), in the window's own frame
+        cs[:, :] = 0.0
+        for a in range(r - 2, r + 3):
+            ka = kk[a]
+            for b in range(r - 2, r + 3):
+                kb = kk[b]
+                v = win[i, a, b]
+                t0 = v if v > z else z
+                t1 = v if v > th else z
+                cs[2, 0] += t0
+                cs[2, 1] += t0 * kb
+                cs[2, 2] += t0 * ka
+                cs[3, 0] += t1
+                cs[3, 1] += t1 * kb
+                cs[3, 2] += t1 * ka
+        box3 = z
+        for a in range(r - 1, r + 2):
+            ka = kk[a]
+            for b in range(r - 1, r + 2):
+                kb = kk[b]
+                v = win[i, a, b]
+                box3 += v
+                t0 = v if v > z else z
+                t1 = v if v > th else z
+                cs[0, 0] += t0
+                cs[0, 1] += t0 * kb
+                cs[0, 2] += t0 * ka
+                cs[1, 0] += t1
+                cs[1, 1] += t1 * kb
+                cs[1, 2] += t1 * ka
+        for jj in range(4):
+            t32 = cs[jj, 0] if cs[jj, 0] > 0 else np.float32(1.0)
+            cx = cs[jj, 1] / t32
+            cy = cs[jj, 2] / t32
+            cx = -cx if fx else cx
+            cy = -cy if fy else cy
+            if tr:
+                cx, cy = cy, cx
+            X[i, c + 2 * jj] = cx
+            X[i, c + 2 * jj + 1] = cy
+        c += 8
+        # moments in the canonical frame: a flip negates the first moment and the cross moment,
+        # the transpose swaps x and y
+        if fx:
+            m1x = -m1x
+            mxy = -mxy
+        if fy:
+            m1y = -m1y
+            mxy = -mxy
+        if tr:
+            m1x, m1y = m1y, m1x
+            m2x, m2y = m2y, m2x
+        qs = max(np.float64(q), 1e-6)
         mx = m1x / qs
         my = m1y / qs
         sxx = m2x / qs - mx * mx
@@ -358,6 +401,20 @@ def _features(win, threshold, edges, raw_half):
         sxy = mxy / qs - mx * my
         trc = sxx + syy
         disc = math.sqrt(max((sxx - syy) ** 2 / 4 + sxy * sxy, 0.0))
+        # farthest pixel above threshold: the first in canonical raster order at distance far2
+        farx = -r
+        fary = -r
+        if far2 >= 0:
+            best = s * s
+            for a in range(s):
+                ka = kk[a]
+                for b in range(s):
+                    if ka * ka + kk[b] * kk[b] == far2:
+                        v = win[i, p0 + a * pa + b * pb, q0 + a * qa + b * qb]
+                        if v > th and a * s + b < best:
+                            best = a * s + b
+            farx = best % s - r
+            fary = best // s - r
         X[i, c] = mx
         X[i, c + 1] = my
         X[i, c + 2] = sxx
@@ -366,11 +423,11 @@ def _features(win, threshold, edges, raw_half):
         X[i, c + 5] = (trc / 2 + disc) / max(trc / 2 - disc, 0.05)
         X[i, c + 6] = q
         X[i, c + 7] = npix
-        X[i, c + 8] = cw[r, r]
+        X[i, c + 8] = win[i, r, r]
         X[i, c + 9] = box3
         X[i, c + 10] = farx
         X[i, c + 11] = fary
-        X[i, c + 12] = math.sqrt(max(far2, 0))
+        X[i, c + 12] = math.sqrt(max(far2, 0.0))
         c += 13
         for k in range(r + 1):
             X[i, c + k] = rings[k]
@@ -385,18 +442,6 @@ def _features(win, threshold, edges, raw_half):
         X[i, c + 2] = ey0
         X[i, c + 3] = ey1
     return X, fxa, fya, tra
-
-
-def raw_level(p_seed_e: float, adu_per_e: float, offset: float, dtype) -> float:
-    """The seed level in the frames' own units (integer frames: rounded up, as in numpy)."""
-    level = p_seed_e * adu_per_e + offset
-    return float(level if np.dtype(dtype).kind == "f" else np.ceil(level))
-
-
-def candidate_capacity(shape) -> int:
-    """Local maxima are never 8-adjacent: at most one per 2x2 block."""
-    n, h, w = shape
-    return max(n * ((h + 1) // 2) * ((w + 1) // 2), 1)
 
 
 @_jit
@@ -418,3 +463,16 @@ def _charge_size(win, threshold):
         q[i] = t
         k[i] = c
     return q, k
+
+
+
+def raw_level(p_seed_e: float, adu_per_e: float, offset: float, dtype) -> float:
+    """The seed level in the frames' own units (integer frames: rounded up, as in numpy)."""
+    level = p_seed_e * adu_per_e + offset
+    return float(level if np.dtype(dtype).kind == "f" else np.ceil(level))
+
+
+def candidate_capacity(shape) -> int:
+    """Local maxima are never 8-adjacent: at most one per 2x2 block."""
+    n, h, w = shape
+    return max(n * ((h + 1) // 2) * ((w + 1) // 2), 1)

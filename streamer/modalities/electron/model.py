@@ -3,8 +3,10 @@ the peak pixel, a 90%-quantile booster for the error scale, and a split-conforma
 
 Error radius (per event): ``radius = q * s(X)`` where ``s`` is the quantile booster's output and
 ``q`` the finite-sample-corrected 90% quantile of ``|error| / s`` on calibration events, computed
-separately in cells of observed charge near the peak (deciles) x predicted scale (terciles)
-(Mondrian), so that coverage holds across charge and across easy/hard (long-track) events. Splits are by library event (train / scale / calibration / test never share an event).
+separately in cells of observed charge (quintiles) x pixel count (quartiles) x predicted scale
+(quartiles) (Mondrian, :data:`TrainConfig.cells`), so that coverage holds across charge and across
+easy/hard (long-track) events. Splits are by library event (train / scale / calibration / test never
+share an event).
 
 Detection uses a fourth booster, ``keep``: the candidate classifier of :func:`.detect.detect`.
 
@@ -35,21 +37,23 @@ class TrainConfig:
     library_n: int = 20000
     library_seed: int = 0
     keep_frames: int = 24000
-    train_frames: int = 8000
+    train_frames: int = 16000
     scale_frames: int = 6000
     cal_frames: int = 6000
     rate: float = 10.0
     size: int = 100
-    depth: int = 6
-    rounds: int = 150
-    eta: float = 0.1
-    keep_depth: int = 6
-    keep_rounds: int = 140
-    scale_depth: int = 5
-    scale_rounds: int = 150
-    n_charge_bins: int = 10
-    n_scale_bins: int = 3
-    max_false: float = 0.009  # keep_p: the lowest cut with at most this many false detections per electron
+    depth: int = 7
+    rounds: int = 100
+    eta: float = 0.1  # x 150 / rounds
+    keep_depth: int = 7
+    keep_rounds: int = 50  # eta 0.1 x 140 / rounds
+    scale_depth: int = 4
+    scale_rounds: int = 80
+    scale_eta: float = 0.1875
+    cal_extra_frames: int = 6000  # a second calibration simulation (conformal step only): more events per cell
+    #: Mondrian cells: (feature, bins); "scale" is the error-scale booster's output
+    cells: tuple = (("q_th", 5), ("npix_th", 4), ("scale", 4))
+    max_false: float = 0.008  # keep_p: the lowest cut with at most this many false detections per electron
     nthread: int = 2
     seed: int = 1
 
@@ -122,13 +126,13 @@ def conformal_quantile(scores: np.ndarray, level: float = COVERAGE) -> float:
     return float(np.sort(scores)[k - 1])
 
 
-#: the Mondrian charge axis: charge above threshold within 2 pixels of the peak (the 13x13 window's
-#: total picks up ~4 noise pixels above 40 e-, which blurs it)
-CELL_CHARGE = ("box3",)
-
-
-def cell_charge(X: np.ndarray, names: list[str]) -> np.ndarray:
-    return X[:, [names.index(c) for c in CELL_CHARGE]].sum(axis=1)
+def cell_index(X: np.ndarray, s: np.ndarray, names: list[str], axes) -> np.ndarray:
+    """Mondrian cell of each event: ``axes`` = [(feature, edges)], feature "scale" = ``s``."""
+    cell = np.zeros(len(X), np.int64)
+    for feat, edges in axes:
+        v = s if feat == "scale" else X[:, names.index(feat)]
+        cell = cell * (len(edges) - 1) + charge_bin(v, np.asarray(edges, float))
+    return cell
 
 
 def _edges(v: np.ndarray, k: int) -> np.ndarray:
@@ -146,16 +150,17 @@ def _fit_scale(xgb, cfg: TrainConfig, sim_det, splits, params, bx, by):
     fr, det = sim_det(splits["scale"], cfg.scale_frames, cfg.seed + 1)
     Xs, sx, sy, *_ = labelled(fr, det, params)
     rs = np.hypot(bx.inplace_predict(Xs) - sx, by.inplace_predict(Xs) - sy)
-    ps = dict(objective="reg:quantileerror", quantile_alpha=COVERAGE, max_depth=cfg.scale_depth, eta=0.1,
+    ps = dict(objective="reg:quantileerror", quantile_alpha=COVERAGE, max_depth=cfg.scale_depth, eta=cfg.scale_eta,
               subsample=0.8, min_child_weight=20, nthread=cfg.nthread, tree_method="hist", seed=cfg.seed)
     return xgb.train(ps, xgb.DMatrix(Xs, rs), cfg.scale_rounds), len(Xs)
 
 
 def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=print,
-          recalibrate: bool = False, refit_scale: bool = False) -> dict:
+          recalibrate: bool = False, refit_scale: bool = False, refit_point: bool = False) -> dict:
     """Simulate, fit, calibrate and write the bundle; returns the manifest. With ``recalibrate``
     the boosters already in ``out_dir`` are kept and only the cut and conformal step are redone
-    (``refit_scale``: the error-scale booster is refit too)."""
+    (``refit_scale``: the error-scale booster is refit too; ``refit_point``: the entry-point and
+    scale boosters are refit, only the candidate classifier is kept)."""
     import xgboost as xgb
 
     from .physics import load_library
@@ -173,7 +178,7 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
         bk = old["keep"]
     else:
         Xk, yk = candidate_set(_frames(lib, cfg, splits["train"], cfg.keep_frames, cfg.seed + 10), params)
-        pk = dict(objective="binary:logistic", max_depth=cfg.keep_depth, eta=0.1, subsample=0.8,
+        pk = dict(objective="binary:logistic", max_depth=cfg.keep_depth, eta=0.1 * 140 / cfg.keep_rounds, subsample=0.8,
                   nthread=cfg.nthread, tree_method="hist", seed=cfg.seed)
         bk = xgb.train(pk, xgb.DMatrix(Xk, yk), cfg.keep_rounds)
         log(f"candidate classifier: {len(yk)} candidates ({time.time() - t0:.0f} s)")
@@ -187,7 +192,7 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
         return fr, detect(fr.frames, params, fr.adu_per_e, fr.offset, keep_model=keep)
 
     # 2. entry-point offset boosters on the detections the classifier keeps
-    if old:
+    if old and not refit_point:
         bx, by, bs = old["dx"], old["dy"], old["scale"]
         n_train, n_scale, charge_range = prev["training"]["n_train"], prev["training"]["n_scale"], prev["charge_range"]
         if refit_scale:
@@ -196,7 +201,7 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
         fr, det = sim_det(splits["train"], cfg.train_frames, cfg.seed)
         X, cx, cy, *_ = labelled(fr, det, params)
         log(f"train: {len(X)} events from {cfg.train_frames} frames ({time.time() - t0:.0f} s)")
-        p = dict(objective="reg:squarederror", max_depth=cfg.depth, eta=cfg.eta, subsample=0.8,
+        p = dict(objective="reg:squarederror", max_depth=cfg.depth, eta=cfg.eta * 150 / cfg.rounds, subsample=0.8,
                  colsample_bytree=0.8, min_child_weight=5, nthread=cfg.nthread, tree_method="hist", seed=cfg.seed)
         bx = xgb.train(p, xgb.DMatrix(X, cx), cfg.rounds)
         by = xgb.train(p, xgb.DMatrix(X, cy), cfg.rounds)
@@ -208,7 +213,7 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
     # 4. detection cut on the calibration split: highest efficiency with <= max_false false detections
     fr = _frames(lib, cfg, splits["cal"], cfg.cal_frames, cfg.seed + 2)
     sweep = []
-    for cut in np.round(np.arange(0.20, 0.81, 0.05), 2):
+    for cut in np.round(np.arange(0.30, 0.801, 0.01), 2):
         pc = DetectParams(**{**asdict(params), "keep_p": float(cut)})
         d = detect(fr.frames, pc, fr.adu_per_e, fr.offset, keep_model=keep)
         mm = match(d.item, d.col, d.row, fr.truth_item, fr.truth_x, fr.truth_y)
@@ -216,23 +221,25 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
     ok_cuts = [c for c in sweep if c[2] <= cfg.max_false] or [sweep[-1]]
     params = DetectParams(**{**asdict(params), "keep_p": ok_cuts[0][0]})
     log(f"keep_p = {params.keep_p} (efficiency {ok_cuts[0][1]:.4f}, false {ok_cuts[0][2]:.4f} on calibration frames)")
-    # 5. conformal calibration, Mondrian by (observed charge quintile x predicted scale quartile)
+    # 5. conformal calibration, Mondrian by (pixel count x charge near the peak x predicted scale),
+    #    on the calibration frames plus a second calibration simulation (more events per cell)
     det = detect(fr.frames, params, fr.adu_per_e, fr.offset, keep_model=keep)
     Xc, ccx, ccy, *_ = labelled(fr, det, params)
+    if cfg.cal_extra_frames:
+        fr2 = _frames(lib, cfg, splits["cal"], cfg.cal_extra_frames, cfg.seed + 22)
+        X2, cx2, cy2, *_ = labelled(fr2, detect(fr2.frames, params, fr2.adu_per_e, fr2.offset, keep_model=keep), params)
+        Xc, ccx, ccy = np.concatenate([Xc, X2]), np.concatenate([ccx, cx2]), np.concatenate([ccy, cy2])
     rc = np.hypot(bx.inplace_predict(Xc) - ccx, by.inplace_predict(Xc) - ccy)
     sc = np.maximum(bs.inplace_predict(Xc), 1e-3)
-    qc = cell_charge(Xc, feature_names(params.window_r))
-    edges = _edges(qc, cfg.n_charge_bins)
-    sedges = _edges(sc, cfg.n_scale_bins)
-    cell = charge_bin(qc, edges) * cfg.n_scale_bins + charge_bin(sc, sedges)
-    qs = [conformal_quantile(rc[cell == b] / sc[cell == b]) for b in range(cfg.n_charge_bins * cfg.n_scale_bins)]
+    names = feature_names(params.window_r)
+    axes = [(f, _edges(sc if f == "scale" else Xc[:, names.index(f)], k).tolist()) for f, k in cfg.cells]
+    cell = cell_index(Xc, sc, names, axes)
+    qs = [conformal_quantile(rc[cell == b] / sc[cell == b]) for b in range(int(np.prod([k for _, k in cfg.cells])))]
     log(f"calibration: {len(Xc)} events, q per cell {np.round(qs, 3).tolist()} ({time.time() - t0:.0f} s)")
     manifest = {
         "modality": "electron", "model": "trees", "feature_names": feature_names(params.window_r),
         "candidate_feature_names": CANDIDATE_FEATURES,
-        "detect": asdict(params), "calibration": {"coverage": COVERAGE, "charge_features": list(CELL_CHARGE),
-                                                   "charge_edges": [float(e) for e in edges],
-                                                   "scale_edges": [float(e) for e in sedges], "q": qs},
+        "detect": asdict(params), "calibration": {"coverage": COVERAGE, "cells": axes, "q": qs},
         "keep_sweep": sweep, "keep_output": "margin",
         "training": {**asdict(cfg), "n_train": int(n_train), "n_scale": int(n_scale), "n_cal": int(len(Xc)),
                      "seconds": round(time.time() - t0, 1)},
@@ -281,11 +288,11 @@ class TreeModel:
         d = Path(self.manifest["_dir"])
         self.backends = {r: load_backend(d / self.manifest["boosters"][r], kind=kind, nthread=nthread) for r in ROLES}
         cal = self.manifest["calibration"]
-        self.edges = np.asarray(cal["charge_edges"], float)
-        self.sedges = np.asarray(cal["scale_edges"], float)
+        self.axes = [(f, np.asarray(e, float)) for f, e in cal["cells"]]
         self.q = np.asarray(cal["q"], np.float32)
         self.names = self.manifest["feature_names"]
         self.qcol = self.names.index("q_th")
+        self.ncol = self.names.index("npix_th")
         self.params = DetectParams(**self.manifest["detect"])
         self.keep_margin = self.manifest.get("keep_output", "probability") == "margin"
         self.model_id = f"electron-trees-{self.manifest['sha256']['dx.ubj'][:12]}"
@@ -302,20 +309,29 @@ class TreeModel:
 
     def predict(self, det: Detections, shape):
         """(dx, dy, radius, charge) of detections in frames of ``shape`` (n, H, W)."""
-        return self.predict_windows(det.window, edge_distances(det.row, det.col, shape[1], shape[2],
-                                                                self.params.window_r))
+        r = self.predict_all(det, shape)
+        return r["dx"], r["dy"], r["radius"], r["charge"]
+
+    def predict_all(self, det: Detections, shape) -> dict[str, np.ndarray]:
+        """dx, dy, radius, score, charge, size of detections in frames of ``shape`` (n, H, W)."""
+        return self.predict_windows_all(det.window, edge_distances(det.row, det.col, shape[1], shape[2],
+                                                                    self.params.window_r))
 
     def predict_windows(self, win: np.ndarray, edges: np.ndarray | None = None):
         """(dx, dy, radius, charge) for electron windows (m, 2R+1, 2R+1)."""
+        r = self.predict_windows_all(win, edges)
+        return r["dx"], r["dy"], r["radius"], r["charge"]
+
+    def predict_windows_all(self, win: np.ndarray, edges: np.ndarray | None = None) -> dict[str, np.ndarray]:
         X, fx, fy, tr = features(win, self.params.threshold_e, edges)
         if len(X) == 0:
             z = np.zeros(0, np.float32)
-            return z, z, z, z
+            return {"dx": z, "dy": z, "radius": z, "score": z, "charge": z, "size": np.zeros(0, np.int32)}
         cx = self.backends["dx"].predict(X)
         cy = self.backends["dy"].predict(X)
         s = np.maximum(self.backends["scale"].predict(X), 1e-3)
         charge = X[:, self.qcol]
-        cell = charge_bin(cell_charge(X, self.names), self.edges) * (len(self.sedges) - 1) + charge_bin(s, self.sedges)
-        radius = s * self.q[cell]
+        radius = (s * self.q[cell_index(X, s, self.names, self.axes)]).astype(np.float32)
         dx, dy = from_canonical(cx, cy, fx, fy, tr)
-        return dx.astype(np.float32), dy.astype(np.float32), radius.astype(np.float32), charge
+        return {"dx": dx.astype(np.float32), "dy": dy.astype(np.float32), "radius": radius, "score": radius,
+                "charge": charge, "size": X[:, self.ncol].astype(np.int32)}

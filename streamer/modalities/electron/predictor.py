@@ -26,25 +26,25 @@ def _detect(packet: Packet, params: DetectParams):
     return frames, detect(frames, params, float(h.get("adu_per_e", 1.0)), float(h.get("offset", 0.0)))
 
 
-def _common(det: Detections, e_shape, params: DetectParams) -> dict[str, np.ndarray]:
-    """Columns every predictor returns: item, charge, size, flags (edge, crowded)."""
+def _common(det: Detections, e_shape, params: DetectParams, charge_size=None) -> dict[str, np.ndarray]:
+    """Columns every predictor returns: item, charge, size, flags (edge, crowded).
+    ``charge_size``: (charge, size) when already known (the trees' features hold both)."""
     n, h, w = e_shape
     r = params.window_r
-    if _fast.HAVE_NUMBA:
-        charge, size = _fast._charge_size(det.window, params.threshold_e)
-        flags = np.zeros(len(det), np.uint8)
-        edge = (det.row < r) | (det.col < r) | (det.row >= h - r) | (det.col >= w - r)
-        flags[edge] |= FLAG_EDGE
-        if len(det):
-            flags[_fast._crowded(det.item, det.row, det.col, r, n, h)] |= FLAG_CROWDED
-        count = np.bincount(det.item, minlength=n).astype(np.int32)
-        return {"item": det.item.astype(np.int32), "charge": charge, "size": size, "flags": flags, "count": count}
-    above = det.window > params.threshold_e
-    charge = np.where(above, det.window, 0.0).sum(axis=(1, 2)).astype(np.float32)
-    size = above.sum(axis=(1, 2)).astype(np.int32)
     flags = np.zeros(len(det), np.uint8)
     edge = (det.row < r) | (det.col < r) | (det.row >= h - r) | (det.col >= w - r)
     flags[edge] |= FLAG_EDGE
+    count = np.bincount(det.item, minlength=n).astype(np.int32)
+    if _fast.HAVE_NUMBA:
+        if charge_size is None:
+            charge_size = _fast._charge_size(det.window, params.threshold_e)
+        if len(det):
+            flags[_fast._crowded(det.item, det.row, det.col, r, n, h)] |= FLAG_CROWDED
+        return {"item": det.item.astype(np.int32), "charge": np.asarray(charge_size[0], np.float32),
+                "size": np.asarray(charge_size[1], np.int32), "flags": flags, "count": count}
+    above = det.window > params.threshold_e
+    charge = np.where(above, det.window, 0.0).sum(axis=(1, 2)).astype(np.float32)
+    size = above.sum(axis=(1, 2)).astype(np.int32)
     if len(det):
         # another detection inside this one's window: a peak image, gathered per window
         img = np.zeros((n, h + 2 * r, w + 2 * r), np.uint8)
@@ -53,8 +53,23 @@ def _common(det: Detections, e_shape, params: DetectParams) -> dict[str, np.ndar
         near = img[det.item[:, None, None], (det.row + r)[:, None, None] + k[None, :, None],
                    (det.col + r)[:, None, None] + k[None, None, :]].sum(axis=(1, 2))
         flags[near > 1] |= FLAG_CROWDED
-    count = np.bincount(det.item, minlength=n).astype(np.int32)
     return {"item": det.item.astype(np.int32), "charge": charge, "size": size, "flags": flags, "count": count}
+
+
+def _warm_up(predictor) -> None:
+    """Run the kernels once on a tiny synthetic packet (uint16 and float32 frames): numba loads its
+    cached machine code on first call (~0.2 s per process), which would otherwise land on the
+    first real packet of every worker."""
+    if not _fast.HAVE_NUMBA:
+        return
+    for dtype in (np.uint16, np.float32):
+        fr = np.full((1, 24, 24), 100, dtype)
+        fr[0, 10:13, 10:13] = 400
+        fr[0, 11, 11] = 900
+        fr[0, 11, 15] = 500  # a second maximum: neighbour search, valley, orphan rule
+        predictor.predict(Packet("warm-up", 0, 0.0, "electron", "frames", 1,
+                                 {"n": 1, "height": 24, "width": 24, "adu_per_e": 1.0, "offset": 100.0},
+                                 {"frames": fr}))
 
 
 class BaselinePredictor:
@@ -76,6 +91,7 @@ class BaselinePredictor:
                 self.model_id += "+" + self._model.model_id.split("-")[-1]
             except (FileNotFoundError, ValueError, OSError):
                 self._model = None  # no bundle: rule-based merge (DetectParams.merge_px)
+        _warm_up(self)
 
     def predict(self, packet: Packet) -> dict[str, np.ndarray]:
         if self._model is not None:
@@ -101,17 +117,18 @@ class TreesPredictor:
         self.params = self.model.params
         self.model_id = self.model.model_id + ("" if kind == "compiled" else f"-{kind}")
         self.charge_range = self.model.manifest.get("charge_range", [0.0, np.inf])
+        _warm_up(self)
 
     def predict(self, packet: Packet) -> dict[str, np.ndarray]:
         h = packet.header
         e = packet.arrays["frames"]
         det = self.model.detect(e, float(h.get("adu_per_e", 1.0)), float(h.get("offset", 0.0)))
-        out = _common(det, e.shape, self.params)
-        dx, dy, radius, _ = self.model.predict(det, e.shape)
-        out["x"] = (det.col + dx).astype(np.float32)
-        out["y"] = (det.row + dy).astype(np.float32)
-        out["radius"] = radius
-        out["score"] = radius
+        res = self.model.predict_all(det, e.shape)
+        out = _common(det, e.shape, self.params, (res["charge"], res["size"]))
+        out["x"] = (det.col + res["dx"]).astype(np.float32)
+        out["y"] = (det.row + res["dy"]).astype(np.float32)
+        out["radius"] = res["radius"]
+        out["score"] = res["score"]
         lo, hi = self.charge_range
         out["flags"][(out["charge"] < lo) | (out["charge"] > hi)] |= FLAG_CHARGE_RANGE
         return out

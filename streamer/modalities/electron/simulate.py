@@ -60,6 +60,9 @@ def _symmetry(stamps: np.ndarray, sub: np.ndarray, sym: np.ndarray):
     return st, sb
 
 
+CHUNK = 100_000  # electrons per scatter-add chunk
+
+
 def simulate_frames(lib: EventLibrary, n_frames: int, height: int = 100, width: int = 100,
                     rate: float = 10.0, noise_e: float = 20.0, adu_per_e: float = 1.0,
                     offset: float = 100.0, dtype: str = "<u2", seed: int = 0,
@@ -71,20 +74,28 @@ def simulate_frames(lib: EventLibrary, n_frames: int, height: int = 100, width: 
     item = np.repeat(np.arange(n_frames), counts)
     pool = np.arange(len(lib)) if lib_indices is None else np.asarray(lib_indices)
     li = pool[rng.integers(0, len(pool), ne)]
-    stamps, sub = _symmetry(lib.stamps[li], lib.sub[li], rng.integers(0, 8, ne))
+    sym = rng.integers(0, 8, ne)
     # entry pixel uniform over the frame; continuous entry = pixel low edge + sub-pixel offset
     col = rng.integers(0, width, ne)
     row = rng.integers(0, height, ne)
+    # scatter-add every stamp pixel that lands inside its frame, in chunks of electrons (a 576x576
+    # acquisition has ~3,000 per frame: unchunked index arrays would take tens of GB); one chunk
+    # (the same sums as before) up to CHUNK electrons
+    k = np.arange(STAMP) - CENTRE
+    clean = np.zeros(n_frames * height * width)
+    charge = np.empty(ne)
+    sub = np.empty((ne, 2), lib.sub.dtype)
+    for a in range(0, max(ne, 1), CHUNK):
+        b = min(a + CHUNK, ne)
+        stamps, sub[a:b] = _symmetry(lib.stamps[li[a:b]], lib.sub[li[a:b]], sym[a:b])
+        rr = row[a:b, None, None] + k[None, :, None]
+        cc = col[a:b, None, None] + k[None, None, :]
+        inside = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
+        flat = (item[a:b, None, None] * height + rr) * width + cc
+        clean += np.bincount(flat[inside], weights=stamps[inside], minlength=n_frames * height * width)
+        charge[a:b] = np.where(inside, stamps, 0).sum(axis=(1, 2))
     tx = col - 0.5 + sub[:, 0]
     ty = row - 0.5 + sub[:, 1]
-    # scatter-add every stamp pixel that lands inside its frame
-    k = np.arange(STAMP) - CENTRE
-    rr = row[:, None, None] + k[None, :, None]
-    cc = col[:, None, None] + k[None, None, :]
-    inside = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
-    flat = (item[:, None, None] * height + rr) * width + cc
-    clean = np.bincount(flat[inside], weights=stamps[inside], minlength=n_frames * height * width)
-    charge = np.where(inside, stamps, 0).sum(axis=(1, 2))
     img = clean.reshape(n_frames, height, width)
     img = (img + rng.normal(0.0, noise_e, img.shape)) * adu_per_e + offset
     if np.dtype(dtype).kind == "u":
