@@ -1,5 +1,6 @@
 # Two set-up commands on a fresh machine: `make demo` and `make test` (each installs what it needs).
 VENV ?= .venv
+MODALITY ?= minflux
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/streamer demo
+	$(VENV)/bin/streamer demo --modality $(MODALITY)
 
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q

@@ -16,6 +16,7 @@ in bench/RESULTS.md with the command.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import statistics
 import sys
@@ -53,23 +54,30 @@ def simulate(name: str, items: int | None):
     return mod.commands.simulate(args)
 
 
-def exactly_once(out: Path, modality: str, n: int, size: int) -> str:
+def exactly_once(out: Path, modality: str, n: int, size: int, per_repeat: int | None = None) -> str:
+    """Every item once, in order: packet k of the replay holds the items of its slice (the last
+    packet of each repeat of the recording may be short)."""
     res = load_results(out, modality)
-    idx = res["seq"] * size + res["row"]
+    per_repeat = per_repeat or n
+    sizes = [sl.stop - sl.start for sl in packet_slices(per_repeat, size)] * (n // per_repeat)
+    start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    if res["seq"].max(initial=-1) >= len(sizes):
+        return f"FAILED: seq {res['seq'].max()} beyond the {len(sizes)} packets sent"
+    idx = start[res["seq"]] + res["row"]
     if len(idx) == n and np.array_equal(idx, np.arange(n)):
         return "exactly once, in order"
     dup = len(idx) - len(np.unique(idx))
     return f"FAILED: {len(np.unique(idx)):,} of {n:,} items, {dup:,} duplicated"
 
 
-def fault_run(name: str, rec, size: int, fault: str, tmp: Path) -> dict:
+def fault_run(name: str, rec, size: int, fault: str, tmp: Path, repeat: int = 1) -> dict:
     out = tmp / f"{name}-{fault}"
     errors: list = []
     with LocalPipeline(2, f"{name}:", out_dir=str(out)) as pipe:
         def go():
             try:
                 replay(rec, pipe.endpoints["ingest"], packet_size=size, confirm=pipe.endpoints["results"],
-                       confirm_timeout=600)
+                       confirm_timeout=600, repeat=repeat)
             except BaseException as exc:
                 errors.append(exc)
         t0 = time.perf_counter()
@@ -79,19 +87,20 @@ def fault_run(name: str, rec, size: int, fault: str, tmp: Path) -> dict:
 
         def third(_t, m):
             wm = m.get("streams", {}).get("replay", {}).get("watermark", 0)
-            return m.get("tuples", 0) >= len(rec) // 3 and (fault == "worker" or wm > 0)
+            return m.get("tuples", 0) >= len(rec) * repeat // 3 and (fault == "worker" or wm > 0)
 
-        hit = wait_for(sub, third, 300) is not None
+        hit = wait_for(sub, third, 900) is not None
         sub.close()
         if fault == "worker":
             pipe.kill_worker(0)
         else:
             pipe.restart_sink()
         t.join(900)
-        summary = pipe.wait(120)
+        summary = pipe.wait(300)
     return {"modality": name, "fault": f"kill -9 {fault}" + (" + restart" if fault == "sink" else ""),
-            "items": len(rec), "injected mid-stream": hit, "wall_s": round(time.perf_counter() - t0, 1),
-            "outcome": "publisher error: " + repr(errors[0]) if errors else exactly_once(out, name, len(rec), size),
+            "items": len(rec) * repeat, "injected mid-stream": hit, "wall_s": round(time.perf_counter() - t0, 1),
+            "outcome": "publisher error: " + repr(errors[0]) if errors else exactly_once(out, name, len(rec) * repeat, size,
+                                                                              len(rec)),
             "recovered packets": summary.get("recovered", 0), "resent": summary.get("resent", 0)}
 
 
@@ -149,6 +158,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--modality", action="append", default=None)
     p.add_argument("--items", type=int, default=1_000_000, help="MINFLUX tuples per fault run")
+    p.add_argument("--other-items", type=int, default=100_000,
+                   help="items per fault run of the other modalities (their recording replayed several times)")
     p.add_argument("--fuzz", type=int, default=10_000)
     p.add_argument("--rounds", type=int, default=3, help="durability-cost rounds")
     p.add_argument("--no-write", action="store_true")
@@ -160,13 +171,21 @@ def main() -> int:
         for name in names:
             rec = simulate(name, args.items)
             size = getattr(registry.get(name).commands, "demo_packet_size", 1000)
+            repeat = 1 if name == "minflux" else max(1, -(-args.other_items // len(rec)))
             for fault in ("worker", "sink"):
-                rows.append(fault_run(name, rec, size, fault, tmp))
+                rows.append(fault_run(name, rec, size, fault, tmp, repeat))
                 print(rows[-1], flush=True)
             # small packets for the fuzz run: 10,000 mutated copies of a 30 MB packet would not fit in memory
             rows.append(fuzz_run(name, rec, min(size, 1000 if name == "minflux" else 4), args.fuzz, tmp))
             print(rows[-1], flush=True)
-        cost = durability_cost(simulate("minflux", 300_000), args.rounds, tmp)
+        cost = durability_cost(simulate("minflux", 300_000), args.rounds, tmp) if args.rounds else []
+    store = ROOT / "bench" / "results" / "faults.json"
+    kept = json.loads(store.read_text()) if store.is_file() else {"rows": [], "cost": []}
+    rows = [r for r in kept["rows"] if r["modality"] not in names] + rows
+    rows.sort(key=lambda r: r["modality"])
+    cost = cost if cost else kept["cost"]
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.write_text(json.dumps({"rows": rows, "cost": cost}, indent=1, default=str))
     cols = ["modality", "fault", "items", "injected mid-stream", "outcome", "recovered packets", "wall_s"]
     table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n" + "\n".join(
         "| " + " | ".join(f"{r[c]:,}" if isinstance(r[c], int) and not isinstance(r[c], bool) else str(r[c])

@@ -79,6 +79,9 @@ class Dispatcher:
         w.last_seen = now
         if free_slots is not None:
             w.serves = serves
+            # credits follow from what the worker may hold minus what it holds: a worker whose first
+            # message to this sink was an answer (the sink restarted) was registered without credits
+            w.credits = max(0, self._announced[identity][0] - len(w.jobs) - len(w.stale))
         return False
 
     @property

@@ -142,3 +142,19 @@ def test_end_confirmation_without_a_sink_fails_clearly(tmp_path):
     with Publisher(f"ipc://{tmp_path}/ingest", "scope") as pub:
         with pytest.raises(BackPressure, match="cannot confirm the end of stream 'scope'.*no stats"):
             pub.end_confirmed(f"ipc://{tmp_path}/results", timeout=0.5)
+
+
+def test_worker_first_heard_through_an_answer_gets_its_credits_from_the_next_heartbeat():
+    """After a sink restart a worker may speak first with an answer for the old sink's job."""
+    from streamer.pipeline.dispatcher import Dispatcher, Job
+
+    d = Dispatcher()
+    assert d.seen(b"w", 0.0) is True  # registered by a DONE: nothing announced yet
+    d.add(Job(1, b"x", "s", 0))
+    assert d.assign(0.0) is None  # no credits yet
+    d.seen(b"w", 0.1, 2)  # its heartbeat
+    assert d.assign(0.1) is not None and d.assign(0.1) is None  # one queued job: one sent
+    d.add(Job(2, b"y", "s", 1))
+    d.add(Job(3, b"z", "s", 2))
+    d.seen(b"w", 0.2, 2)  # a heartbeat while it holds 1 job: 1 free slot, not 2
+    assert d.assign(0.2) is not None and d.assign(0.2) is None

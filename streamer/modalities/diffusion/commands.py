@@ -22,6 +22,39 @@ def _optics(args) -> Optics:
 
 class DiffusionCommands:
     demo_packet_size = 256
+    verbs = {"cut": "a movie (TIFF or .npy) + tracks (CSV, e.g. a saved trackpy DataFrame) -> replay file of "
+                    "16-frame stacks around each track, playable with `streamer run/publish --modality diffusion`"}
+
+    # ------------------------------------------------------------------ cut (real movies)
+    def add_cut_arguments(self, p) -> None:
+        p.add_argument("movie", help="movie (frames, height, width): .tif/.tiff or .npy")
+        p.add_argument("tracks", help="CSV with columns frame, x, y, particle (x, y in pixels)")
+        p.add_argument("output", help="replay file to write (.npz)")
+        p.add_argument("--frames", type=int, default=16, help="frames per stack (T)")
+        p.add_argument("--size", type=int, default=64, help="crop size (pixels)")
+        p.add_argument("--pixel-nm", type=float, default=200.0)
+        p.add_argument("--frame-s", type=float, required=True, help="frame period of the movie (s)")
+        p.add_argument("--exposure-s", type=float, default=None, help="exposure (s, default = frame period)")
+        p.add_argument("--baseline", type=float, default=0.0, help="camera offset, ADU")
+        p.add_argument("--adu-per-photon", type=float, default=1.0)
+
+    def cut(self, args: argparse.Namespace) -> int:
+        from .loaders import cut_stacks, load_movie, load_tracks_csv
+
+        movie = load_movie(args.movie)
+        frame, x, y, particle = load_tracks_csv(args.tracks)
+        stacks, pid, first = cut_stacks(movie, frame, x, y, particle, args.frames, args.size)
+        if not len(stacks):
+            raise ValueError(f"no track of {args.tracks} has {args.frames} consecutive frames inside the movie")
+        header = {"frames": args.frames, "height": args.size, "width": args.size, "pixel_nm": args.pixel_nm,
+                  "frame_s": args.frame_s, "exposure_s": args.exposure_s or args.frame_s,
+                  "baseline": args.baseline, "adu_per_photon": args.adu_per_photon}
+        rec = Recording("diffusion", "stacks", {"stacks": stacks.astype(np.uint16)}, header,
+                        {"particle": pid, "first_frame": first}, {"movie": str(args.movie), "tracks": str(args.tracks)})
+        path = rec.save(args.output)
+        print(f"wrote {len(stacks):,} stacks of {args.frames}x{args.size}x{args.size} from "
+              f"{len(np.unique(pid)):,} tracks to {path}")
+        return 0
 
     # ------------------------------------------------------------------ simulate
     def add_simulate_arguments(self, p) -> None:
