@@ -201,7 +201,8 @@ def write_parts(directory: Path, modality: str, stream: str, parts: list, tag: s
             cols["row"] = pa.array((np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)).astype(np.int32))
         for k in names:
             ref = next(getattr(r, attr)[k] for r in res if k in getattr(r, attr))
-            col = np.concatenate([getattr(r, attr).get(k, np.full((rows[i], *ref.shape[1:]), _fill(ref.dtype), ref.dtype))
+            col = np.concatenate([a if (a := getattr(r, attr).get(k)) is not None
+                                  else np.full((rows[i], *ref.shape[1:]), _fill(ref.dtype), ref.dtype)
                                   for i, r in enumerate(res)])
             cols[k] = _column(pa, col)
         _atomic(pq, pa.table(cols), folder / f"{table_name}-{stem}.parquet")
@@ -219,7 +220,7 @@ def write_parts(directory: Path, modality: str, stream: str, parts: list, tag: s
 def _atomic(pq, table, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     # no dictionary pages: on float results they cost 5x the write time and make files larger (measured)
-    pq.write_table(table, tmp, compression="lz4", use_dictionary=False)
+    pq.write_table(table, tmp, compression="lz4", use_dictionary=False, write_statistics=False)
     os.replace(tmp, path)
 
 
