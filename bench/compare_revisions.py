@@ -41,11 +41,11 @@ def checkout(rev: str, into: Path) -> Path:
     return path
 
 
-def run_once(path: Path, args: argparse.Namespace, out: Path) -> float:
+def run_once(path: Path, args: argparse.Namespace, out: Path, persist: Path | None = None) -> float:
     env = {**os.environ, "PYTHONPATH": str(path)}
     cmd = [sys.executable, "-m", "streamer.cli", "run", "--simulate", "static", "--traces", str(args.traces),
            "--tuples-per-trace", str(args.tuples_per_trace), "--seed", "7", "--packet-size", str(args.packet_size),
-           "--repeat", str(args.repeat), "-w", "2", "--json", str(out)]
+           "--repeat", str(args.repeat), "-w", "2", "--json", str(out)] + (["--out", str(persist)] if persist else [])
     subprocess.run(cmd, cwd=path, env=env, check=True, capture_output=True, timeout=900)
     s = json.loads(out.read_text())
     assert s["tuples"] == s["publisher"]["tuples"], "lost tuples"
@@ -60,6 +60,9 @@ def main() -> int:
     p.add_argument("--tuples-per-trace", type=int, default=1000)
     p.add_argument("--packet-size", type=int, default=1000)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--persist", action="append", default=[], metavar="REV",
+                   help="run this revision with --out (results persisted) too")
+    p.add_argument("--section", default=SECTION)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="streamer-revs-") as tmp:
@@ -69,7 +72,8 @@ def main() -> int:
             rates: dict[str, list[float]] = {rev: [] for rev in args.revisions}
             for r in range(args.rounds):
                 for rev in (args.revisions if r % 2 == 0 else args.revisions[::-1]):
-                    rates[rev].append(run_once(paths[rev], args, tmp / "s.json"))
+                    persist = tmp / f"out-{rev}-{r}" if rev in args.persist else None
+                    rates[rev].append(run_once(paths[rev], args, tmp / "s.json", persist))
                     print(f"round {r}: {rev} {rates[rev][-1]:,.0f} tuples/s", flush=True)
         finally:
             for path in paths.values():
@@ -79,7 +83,7 @@ def main() -> int:
            .stdout.strip() for rev in args.revisions}
     lines = ["| revision | median tuples/s (sink) | runs | ratio to " + args.revisions[0] + " |", "|---|---|---|---|"]
     for rev, v in rates.items():
-        lines.append(f"| {rev} ({sha[rev]}) | {statistics.median(v):,.0f} | "
+        lines.append(f"| {rev} ({sha[rev]}){' with --out' if rev in args.persist else ''} | {statistics.median(v):,.0f} | "
                      f"{', '.join(f'{x / 1e3:,.0f}k' for x in v)} | {statistics.median(v) / ref:.3f} |")
     table = "\n".join(lines)
     print(table)
@@ -88,7 +92,7 @@ def main() -> int:
         body = (f"MINFLUX end to end (`streamer run --simulate static`, {args.traces * args.tuples_per_trace:,} tuples x "
                 f"{args.repeat}, packets of {args.packet_size}, 2 workers, trained static model), {args.rounds} "
                 f"rounds alternating the order, same machine, same run. Command: {cmd}\n\n{table}\n")
-        write_sections(ROOT / "bench" / "RESULTS.md", {SECTION: f"{SECTION}\n\n{body}"})
+        write_sections(ROOT / "bench" / "RESULTS.md", {args.section: f"{args.section}\n\n{body}"})
     return 0
 
 
