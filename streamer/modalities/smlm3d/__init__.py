@@ -8,8 +8,6 @@ intervals +- 1.645 CRLB). Physics, simulator, metrics and models live in this pa
 
 from __future__ import annotations
 
-import numpy as np
-
 from ...core.modality import ArraySpec, HeaderField, Modality, PacketKind, PredictorSpec, ResultSpec
 from .localize import FLAGS
 
@@ -56,14 +54,6 @@ RESULTS = ResultSpec(
 )
 
 
-def validate(packet):
-    """The camera model must be usable (finite scalars; ranges are declared)."""
-    from ...core.wire import PacketError
-
-    h = packet.header
-    if not np.isfinite(h["pixel_nm"]) or not np.isfinite(h["adu_per_photon"]) or not np.isfinite(h["baseline"]):
-        raise PacketError("non-finite", "pixel_nm, baseline and adu_per_photon must be finite")
-    return packet
 
 
 def _mle():
@@ -108,7 +98,6 @@ MODALITY = Modality(
     results=RESULTS,
     predictors=PREDICTORS,
     default_predictor="trees",
-    validate=validate,
     view=_view,
     commands=_commands(),
     doc="camera frames of blinking emitters -> each emitter's x, y, z, photons + 90 % intervals (seed 002)",
