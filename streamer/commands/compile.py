@@ -46,7 +46,7 @@ def model_files(paths: list[Path], models_dir: Path) -> list[Path]:
     if not paths:
         paths = sorted(models_dir.glob("*/*/manifest.json"))  # compiled_models/<modality>/<model>/
         if not paths:
-            raise FileNotFoundError(f"no model bundles (*/manifest.json) under {models_dir}; "
+            raise FileNotFoundError(f"no model bundles (<modality>/<model>/manifest.json) under {models_dir}; "
                                     "train models first or pass model files")
     out: list[Path] = []
     for p in paths:
@@ -58,7 +58,10 @@ def model_files(paths: list[Path], models_dir: Path) -> list[Path]:
             manifest = json.loads(p.read_text())
             boosters = manifest.get("boosters")
             if not isinstance(boosters, dict) or not boosters:
-                raise ValueError(f"{p}: manifest has no 'boosters' mapping")
+                # a modality's bundle may name its boosters its own way: every XGBoost file in it
+                boosters = {f.stem: f.name for f in sorted(p.parent.glob("*.ubj"))}
+                if not boosters:
+                    raise ValueError(f"{p}: bundle has no 'boosters' mapping and no .ubj booster files")
             digests = manifest.get("sha256") if isinstance(manifest.get("sha256"), dict) else {}
             for name in boosters.values():
                 booster = p.parent / name
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                                    "block_rows": args.block_rows}.items() if v is not None}
     # no option given = the default build workers load (with its automatic layout fallback)
     options = CompileOptions(annotate=args.annotate, **overrides) if overrides or args.annotate else None
-    if args.missing_ok and not args.paths and not any(args.models_dir.glob("*/manifest.json")):
+    if args.missing_ok and not args.paths and not any(args.models_dir.glob("*/*/manifest.json")):
         print(f"streamer compile: no model bundles under {args.models_dir}; nothing to compile")
         return 0
     failed = 0
