@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,3 +249,14 @@ def test_default_build_falls_back_to_tl2cgen_for_trees_too_deep_for_arrays(tmp_p
     assert ensure_library(path, lib_dir=tmp_path / "lib") == lib  # remembered, not retried
     out = CompiledBackend(lib).predict(X)
     assert np.max(np.abs(out - booster.inplace_predict(X))) < TOL_NM
+
+
+def test_install_step_compiles_every_shipped_booster_of_every_modality(tmp_path, capsys):
+    """`streamer compile --missing-ok` (the Makefile's install step) finds compiled_models/<modality>/<model>/."""
+    root = Path(__file__).resolve().parents[2] / "compiled_models"
+    shipped = sorted(root.glob("*/*/*.ubj"))
+    assert {p.parts[-3] for p in shipped} >= {"minflux"}
+    assert cli.main(["compile", "--missing-ok", "--models-dir", str(root), "--lib-dir", str(tmp_path),
+                     "--no-calibrate", "--parity-rows", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("parity max|diff|") == len(shipped) and "FAILED" not in out
