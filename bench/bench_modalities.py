@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from streamer.commands import simulation  # noqa: E402
 from streamer.core import registry  # noqa: E402
 from streamer.core.results_md import write_sections  # noqa: E402
 from streamer.pipeline.launcher import run_local_pipeline  # noqa: E402
@@ -40,12 +41,7 @@ CASES = {
 
 
 def simulate(name: str, options: list[str]):
-    mod = registry.get(name)
-    p = argparse.ArgumentParser()
-    mod.commands.add_simulate_arguments(p)
-    args = p.parse_args(options)
-    args.simulate = None
-    return mod.commands.simulate(args)
+    return simulation.recording(registry.get(name), options)
 
 
 def main() -> int:

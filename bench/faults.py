@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streamer.client import Subscriber, wait_for  # noqa: E402
+from streamer.commands import simulation  # noqa: E402
 from streamer.core import registry, wire  # noqa: E402
 from streamer.core.fuzz import fuzz  # noqa: E402
 from streamer.core.recording import packet_slices  # noqa: E402
@@ -44,14 +45,8 @@ SECTION = "## Faults and durability"
 
 
 def simulate(name: str, items: int | None):
-    mod = registry.get(name)
-    p = argparse.ArgumentParser()
-    mod.commands.add_simulate_arguments(p)
-    args = p.parse_args([])
-    args.simulate = None
-    if name == "minflux" and items:
-        args.traces, args.tuples_per_trace = max(1, items // 1000), 1000
-    return mod.commands.simulate(args)
+    options = ["--traces", str(max(1, items // 1000)), "--tuples-per-trace", "1000"] if name == "minflux" and items else []
+    return simulation.recording(registry.get(name), options)
 
 
 def exactly_once(out: Path, modality: str, n: int, size: int, per_repeat: int | None = None) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from streamer.commands import simulation  # noqa: E402
 from streamer.core import registry  # noqa: E402
 from streamer.pipeline.launcher import LocalPipeline  # noqa: E402
 from streamer.pipeline.publisher import replay  # noqa: E402
@@ -36,11 +37,7 @@ CASES = {
 def shoot(name: str, out: Path) -> str:
     mod = registry.get(name)
     options, size, rate = CASES[name]
-    p = argparse.ArgumentParser()
-    mod.commands.add_simulate_arguments(p)
-    args = p.parse_args(options)
-    args.simulate = None
-    rec = mod.commands.simulate(args)
+    rec = simulation.recording(mod, options)
     seconds = len(rec) / rate
     out.parent.mkdir(parents=True, exist_ok=True)
     with LocalPipeline(2, f"{name}:") as pipe:

@@ -25,6 +25,15 @@ def simulate(args: argparse.Namespace, what: str = "nothing to simulate", demo: 
     return fn(args, demo=True) if demo and "demo" in inspect.signature(fn).parameters else fn(args)
 
 
+def recording(modality, options: list[str] = ()):
+    """The modality's simulated recording for command-line style ``options`` (benches, tests)."""
+    p = argparse.ArgumentParser(prog=f"simulate --modality {modality.name}")
+    modality.commands.add_simulate_arguments(p)
+    args = p.parse_args(list(options))
+    args.simulate = None
+    return modality.commands.simulate(args)
+
+
 def describe(args: argparse.Namespace, rec) -> str:
     cmds = args._modality_obj.commands
     return cmds.describe(rec) if hasattr(cmds, "describe") else f"{len(rec):,} {rec.kind} items"

@@ -100,6 +100,10 @@ def unpack(raw: bytes | memoryview) -> dict[str, Any]:
         raise PacketError("not-msgpack", f"{type(exc).__name__}: {exc}") from None
     if not isinstance(msg, dict):
         raise PacketError("not-a-map", type(msg).__name__)
+    return _check_version(msg)
+
+
+def _check_version(msg: dict[str, Any]) -> dict[str, Any]:
     v = msg.get("v")
     if v not in (1, 2) or isinstance(v, bool):
         raise PacketError("unknown-version", f"v={v!r}, this receiver implements v=1 and v=2")
@@ -167,10 +171,7 @@ def scan(raw: bytes | memoryview) -> dict[str, Any]:
         raise
     except (IndexError, ValueError, struct.error, UnicodeDecodeError) as exc:
         raise PacketError("not-msgpack", f"{type(exc).__name__}: {exc}") from None
-    v = out.get("v")
-    if v not in (1, 2) or isinstance(v, bool):
-        raise PacketError("unknown-version", f"v={v!r}, this receiver implements v=1 and v=2")
-    return out
+    return _check_version(out)
 
 
 def get(msg: Mapping, key: str, types: type | tuple[type, ...]) -> Any:

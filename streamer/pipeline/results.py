@@ -15,14 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from ..core.wire import LEGACY_MODALITY
-from .store import load_parquet, parquet_modalities
+from .store import concat_filled, load_parquet, parquet_modalities
 
 LEGACY_FORMATS = ("streamer-results", "minflux-results")
 NPZ_VERSION = 2
-
-
-def _fill(dtype: np.dtype):
-    return np.nan if dtype.kind in "fc" else (-1 if dtype.kind == "i" else 0)
 
 
 def result_modalities(directory: str | Path) -> list[str]:
@@ -75,11 +71,5 @@ def _load_npz(d: Path, modality: str) -> dict[str, np.ndarray]:
                 c[key] = names[c[key]]
         c["packet_model"] = np.asarray(meta["models"], dtype=object)[c["packet_model"]]
         chunks.append(c)
-    # an optional array that no packet of one chunk carried is absent there: fill it like the writer does
-    for k in set().union(*chunks):
-        ref = next(c[k] for c in chunks if k in c)
-        for c in chunks:
-            if k not in c:
-                rows = len(c["det_seq"] if k.startswith("det_") and "det_seq" in c else c["seq"])
-                c[k] = np.full((rows, *ref.shape[1:]), _fill(ref.dtype), ref.dtype)
-    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    # an optional array that no packet of one chunk carried is absent there: filled like the writer does
+    return concat_filled(chunks, lambda k: "det_seq" if k.startswith("det_") else "seq")

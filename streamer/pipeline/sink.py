@@ -124,7 +124,7 @@ class Sink:
         # job ids start at a random offset: answers a worker still holds from a previous sink run
         # cannot be mistaken for this run's jobs
         self.next_job = int.from_bytes(os.urandom(5), "little") << 20
-        self.packets = self.tuples = self.rejected = self.rejected_tuples = self.rejected_bytes = self.ended = 0
+        self.packets = self.tuples = self.rejected = self.rejected_tuples = self.rejected_bytes = 0
         self.by_modality: dict[str, int] = {}
         self._ended: dict[str, tuple[int, float]] = {}  # stream -> (packets it announced, when)
         self.flagged: dict[str, int] = {}
@@ -344,7 +344,6 @@ class Sink:
             head = self.order[0]
             if isinstance(head, _End):
                 self.tracker.end(head.stream, head.total)
-                self.ended += 1
                 self._ended[head.stream] = (head.total, time.monotonic())
                 self.order.popleft()
                 self._publish_stats()  # publishers waiting for their end confirmation learn it now

@@ -71,6 +71,19 @@ def _fill(dtype: np.dtype):
     return np.nan if dtype.kind in "fc" else (-1 if dtype.kind == "i" else 0)
 
 
+def concat_filled(parts: list[dict[str, np.ndarray]], rows_key=lambda k: "seq") -> dict[str, np.ndarray]:
+    """Concatenate column dicts; a column missing from a part (an optional array none of its packets
+    carried) is filled there (NaN / -1 / 0) with as many rows as that part's ``rows_key(column)``."""
+    if not parts:
+        return {}
+    out = {}
+    for k in dict.fromkeys(k for p in parts for k in p):
+        ref = next(p[k] for p in parts if k in p)
+        out[k] = np.concatenate([p[k] if k in p else np.full((len(p[rows_key(k)]), *ref.shape[1:]), _fill(ref.dtype),
+                                                              ref.dtype) for p in parts])
+    return out
+
+
 def partition(directory: Path, modality: str, stream: str) -> Path:
     return directory / f"modality={quote(modality, safe='')}" / f"stream={quote(stream, safe='')}"
 
@@ -256,18 +269,7 @@ def load_parquet(directory: str | Path, modality: str) -> dict[str, np.ndarray]:
     if not tables["packets"]:
         raise FileNotFoundError(f"no {modality} results in {directory}")
 
-    def concat(parts: list[dict]) -> dict[str, np.ndarray]:
-        if not parts:
-            return {}
-        keys = list(dict.fromkeys(k for p in parts for k in p))
-        out = {}
-        for k in keys:
-            ref = next(p[k] for p in parts if k in p)
-            out[k] = np.concatenate([p[k] if k in p else np.full((len(p["seq"]), *ref.shape[1:]), _fill(ref.dtype),
-                                                                  ref.dtype) for p in parts])
-        return out
-
-    packets, items, dets = (concat(tables[k]) for k in ("packets", "items", "detections"))
+    packets, items, dets = (concat_filled(tables[k]) for k in ("packets", "items", "detections"))
 
     def by_stream_seq(t: dict, second: str | None) -> dict:
         if not t:

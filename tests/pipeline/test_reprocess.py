@@ -76,19 +76,14 @@ OTHERS = {"electron": (["--frames", "300", "--size", "100"], 50),
 
 @pytest.mark.parametrize("name", sorted(OTHERS))
 def test_every_modality_reprocesses_equal_to_live(name, tmp_path):
-    import argparse
-
+    from streamer.commands import simulation
     from streamer.core import registry
 
     if not registry.known(name):
         pytest.skip(f"{name} not installed")
     mod = registry.get(name)
     options, size = OTHERS[name]
-    p = argparse.ArgumentParser()
-    mod.commands.add_simulate_arguments(p)
-    args = p.parse_args(options)
-    args.simulate = None
-    rec = mod.commands.simulate(args)
+    rec = simulation.recording(mod, options)
     run_local_pipeline(rec, workers=2, predictor=f"{name}:", packet_size=size, out_dir=str(tmp_path / "live"),
                        sink_args=["--archive", str(tmp_path / "archive")])
     s = reprocess(tmp_path / "archive", tmp_path / "re", [f"{name}:"], workers=2, packets_per_task=2)
