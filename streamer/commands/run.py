@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser, modality) -> None:
     p.add_argument("--predictor", action="append", default=None, metavar="[MODALITY:]NAME",
                    help=f"predictor the workers serve (default: {modality.name}'s {modality.default_predictor!r}); "
                         "repeatable")
-    p.add_argument("--out", default=None, help="persist results (results-*.npz, errors.jsonl) here")
+    p.add_argument("--out", default=None, help="persist results here (Parquet per modality/stream, manifest.json, errors.jsonl; `streamer results DIR` reads them)")
     p.add_argument("--json", default=None, help="also write the summary as JSON to this file")
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     p.add_argument("-v", "--verbose", action="store_true", help="show sink/worker output")

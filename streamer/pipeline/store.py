@@ -214,10 +214,11 @@ def write_parts(directory: Path, modality: str, stream: str, parts: list, tag: s
             cols["row"] = pa.array((np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)).astype(np.int32))
         for k in names:
             ref = next(getattr(r, attr)[k] for r in res if k in getattr(r, attr))
-            col = np.concatenate([a if (a := getattr(r, attr).get(k)) is not None
-                                  else np.full((rows[i], *ref.shape[1:]), _fill(ref.dtype), ref.dtype)
-                                  for i, r in enumerate(res)])
-            cols[k] = _column(pa, col)
+            # one Arrow chunk per result, zero-copy over the message bytes: the Parquet writer copies
+            # once into its pages (a numpy concatenate first cost a third of the writer's time)
+            cols[k] = pa.chunked_array([_column(pa, a if (a := getattr(r, attr).get(k)) is not None
+                                                else np.full((rows[i], *ref.shape[1:]), _fill(ref.dtype), ref.dtype))
+                                        for i, r in enumerate(res)])
         _atomic(pq, pa.table(cols), folder / f"{table_name}-{stem}.parquet")
     packets = pa.table({
         "seq": pa.array(seqs), "n": pa.array(n), "m": pa.array(m),
