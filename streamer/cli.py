@@ -30,10 +30,12 @@ COMMANDS: dict[str, str] = {
     "bench": "bench",
     "compile": "compile",
     "keys": "keys",
+    "profile": "profile",
 }
 #: verbs the modality implements entirely (its Commands object)
 MODALITY_VERBS: dict[str, str] = {
     "train": "train, conformally calibrate and save the modality's model bundles (compiled per machine)",
+    "calibrate": "fit an instrument profile from the user's own calibration data (beads, dark frames, ...)",
     "evaluate": "held-out accuracy / interval-coverage tables of the modality's predictors vs baselines and the physical floor",
 }
 

@@ -107,8 +107,8 @@ class ResultSpec:
 
     ``items``: arrays with first axis ``n`` (one row per input item). ``detections``: arrays with
     first axis ``m``; the codec adds the column ``item`` (<i4, index of the item in the packet).
-    ``flags``: bit -> name of the uint8 ``flags`` column (per item, or per detection when the
-    modality has detections and no per-item flags).
+    ``flags``: bit value (1, 2, 4, ... 128) -> name, for the uint8 ``flags`` column (per item, or
+    per detection when the modality has detections and no per-item flags); readers test ``flags & value``.
     """
 
     items: tuple[ArraySpec, ...] = ()
@@ -116,7 +116,23 @@ class ResultSpec:
     flags: Mapping[int, str] = field(default_factory=dict)
     #: flag bit set on items whose input was invalid (see ArraySpec.finite="flag"); 0: reject instead
     invalid_flag: int = 0
+    #: interval bounds (item or detection arrays): NaN where the model does not cover the instrument
+    intervals: tuple[str, ...] = ()
+    #: flag bit set where the stream's instrument lies outside what the model covers (see core.profile)
+    mismatch_flag: int = 0
     doc: str = ""
+
+    def __post_init__(self) -> None:
+        # a bit index (0, 1, 2) instead of a value would make every reader count nothing for bit 0
+        bad = [b for b in self.flags if not (isinstance(b, int) and 0 < b < 256 and b & (b - 1) == 0)]
+        if bad:
+            raise ValueError(f"flags keys must be single-bit values 1, 2, 4, ... 128, not {bad}")
+        for name in ("invalid_flag", "mismatch_flag"):
+            if getattr(self, name) and getattr(self, name) not in self.flags:
+                raise ValueError(f"{name} {getattr(self, name)} is not one of the declared flags")
+        arrays = {a.name for a in (*self.items, *self.detections)}
+        if set(self.intervals) - arrays:
+            raise ValueError(f"intervals {sorted(set(self.intervals) - arrays)} are not declared result arrays")
 
 
 class Predictor(Protocol):
@@ -129,11 +145,17 @@ class Predictor(Protocol):
 
 @dataclass(frozen=True)
 class PredictorSpec:
-    """A named predictor; ``factory`` is called once per worker (import heavy things inside it)."""
+    """A named predictor; ``factory`` is called once per worker (import heavy things inside it).
+
+    ``from_bundle(path)``: the same predictor on another bundle of its kind (one trained for another
+    instrument profile, see :mod:`streamer.core.profile`); workers use it to serve each stream with
+    the bundle trained for its instrument. A predictor may have ``coverage`` (a
+    :class:`~streamer.core.profile.Coverage`); without one it covers the nominal instrument."""
 
     name: str
     factory: Callable[[], Predictor]
     doc: str = ""
+    from_bundle: Callable[[Any], Predictor] | None = None
 
 
 @dataclass
@@ -198,6 +220,8 @@ class Modality:
     view: Callable[..., View] | None = None
     #: ``streamer <verb> --modality NAME`` hooks (see :class:`Commands`)
     commands: "Commands | None" = None
+    #: the instrument's physical parameters (:class:`streamer.core.profile.ProfileParam`)
+    profile: tuple = ()
     doc: str = ""
 
     def packet_kind(self, kind: str) -> PacketKind | None:

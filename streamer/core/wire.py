@@ -400,6 +400,8 @@ def encode_result(packet: Packet, spec: ResultSpec, out: Mapping[str, np.ndarray
             layout[a.name] = [dt.str, list(tail), axis]
     if packet.invalid is not None and packet.invalid.any():
         _mark_invalid(msg, layout, packet, spec)
+    if packet.invalid_reasons:  # flagged items by reason (invalid input, instrument mismatch)
+        msg["invalid"] = dict(packet.invalid_reasons)
     msg["layout"] = layout
     return pack(msg)
 
@@ -418,7 +420,6 @@ def _mark_invalid(msg: dict, layout: dict, packet: Packet, spec: ResultSpec) -> 
         else:
             continue
         msg[name] = a.tobytes()
-    msg["invalid"] = dict(packet.invalid_reasons)
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,10 @@ import zmq
 
 from ..core import registry, wire
 from ..core.modality import Modality, Predictor
+from ..core.profile import InstrumentProfile, mark_mismatch
 from ..core.wire import PacketError, safe_int, safe_str
 from . import defaults
+from .instruments import Instruments
 from .security import apply_client
 
 
@@ -48,17 +50,19 @@ def parse_serves(specs: list[str] | tuple[str, ...], default_modality: str = reg
 
 
 class Served:
-    """The modalities a worker serves, each with its loaded predictor."""
+    """The modalities a worker serves, each with its loaded predictor, and the instrument profiles it
+    knows (each served by the bundle trained for it, see :mod:`.instruments`)."""
 
-    def __init__(self, serves: dict[str, str]):
+    def __init__(self, serves: dict[str, str], profiles: list[InstrumentProfile] = (), models_dir=None):
         self.names = dict(serves)
         self.modalities: dict[str, Modality] = {m: registry.get(m) for m in serves}
         # once: model loading is not on the per-packet path
         self.predictors: dict[str, Predictor] = {m: self.modalities[m].predictor(p).factory()
                                                  for m, p in serves.items()}
+        self.instruments = Instruments(self.modalities, self.predictors, self.names, list(profiles), models_dir)
 
     def model_ids(self) -> str:
-        return ", ".join(f"{m}:{p.model_id}" for m, p in self.predictors.items())
+        return ", ".join([f"{m}:{p.model_id}" for m, p in self.predictors.items()] + self.instruments.loaded)
 
 
 def handle(served: Served, raw: bytes, max_items: int | None, source: str) -> tuple[bytes, bytes]:
@@ -80,8 +84,12 @@ def handle(served: Served, raw: bytes, max_items: int | None, source: str) -> tu
         return b"FAIL", wire.encode_error(exc.reason, exc.detail, stream=safe_str(stream), seq=safe_int(seq), n=n,
                                           source=source, modality=safe_str(modality), nbytes=len(raw))
     try:
-        predictor = served.predictors[packet.modality]
-        return b"DONE", wire.encode_result(packet, mod.results, predictor.predict(packet), predictor.model_id)
+        route = served.instruments.route(packet)
+        out = route.predictor.predict(packet)
+        if route.reason:  # outside what this model covers: estimates kept, intervals dropped, flagged
+            count = mark_mismatch(out, mod.results, packet.n, len(out["item"]) if "item" in out else None)
+            packet.invalid_reasons[route.reason] = packet.invalid_reasons.get(route.reason, 0) + count
+        return b"DONE", wire.encode_result(packet, mod.results, out, route.predictor.model_id)
     except Exception as exc:  # a predictor bug must cost one packet, not the worker
         detail = f"{type(exc).__name__}: {exc} | {traceback.format_exc(limit=3)}"
         return b"FAIL", wire.encode_error("worker-error", detail, stream=packet.stream, seq=packet.seq, n=packet.n,
@@ -91,11 +99,11 @@ def handle(served: Served, raw: bytes, max_items: int | None, source: str) -> tu
 def run_worker(endpoint: str = defaults.DEFAULT_WORK, serves: dict[str, str] | None = None, *,
                prefetch: int = defaults.PREFETCH, heartbeat_s: float = defaults.HEARTBEAT_S,
                max_items: int | None = None, curve_dir: str | None = None, parent_pid: int | None = None,
-               verbose: bool = False) -> int:
+               profiles: list[InstrumentProfile] = (), models_dir=None, verbose: bool = False) -> int:
     """Serve jobs until SIGINT/SIGTERM; finishes the jobs it already received, then says BYE.
 
     ``serves``: {modality: predictor name} (default: MINFLUX's default predictor)."""
-    served = Served(serves or parse_serves([defaults.DEFAULT_PREDICTOR]))
+    served = Served(serves or parse_serves([defaults.DEFAULT_PREDICTOR]), profiles, models_dir)
     name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)

@@ -9,10 +9,12 @@ estimator with motion-blur and localisation-error correction, Vestergaard et al.
 from __future__ import annotations
 
 from ...core.modality import ArraySpec, HeaderField, Modality, PacketKind, PredictorSpec, ResultSpec
+from .instrument import PROFILE
 
 NAME = "diffusion"
 MIN_SIDE = 11  #: the localisation ROI is 11x11 pixels
-FLAGS = {0: "out-of-range", 1: "few-photons"}
+FLAGS = {1: "out-of-range", 2: "few-photons", 4: "instrument-mismatch"}  # predictors.FLAG_RANGE, FLAG_PHOTONS
+
 
 STACKS = PacketKind(
     name="stacks",
@@ -39,9 +41,12 @@ RESULTS = ResultSpec(
         ArraySpec("D_lo", _F4, ("n",), doc="lower end of the 90 % interval (um^2/s)"),
         ArraySpec("D_hi", _F4, ("n",), doc="upper end of the 90 % interval (um^2/s)"),
         ArraySpec("photons", _F4, ("n",), doc="measured signal photons per frame"),
-        ArraySpec("flags", ("<u1",), ("n",), doc="bit 0 out of the trained range, bit 1 too few photons"),
+        ArraySpec("flags", ("<u1",), ("n",), doc="1 out of the trained range, 2 too few photons, "
+                                                  "4 instrument outside what the model covers (no interval)"),
     ),
     flags=FLAGS,
+    intervals=("D_lo", "D_hi"),
+    mismatch_flag=4,
     doc="one row per stack",
 )
 
@@ -73,18 +78,20 @@ def _baseline(method: str):
     return factory
 
 
-def _trees(kind: str = "compiled"):
-    def factory():
+def _trees(kind: str = "compiled", bundle=None):
+    def factory(path=bundle):
         from .predictors import TreesPredictor
 
-        return TreesPredictor(backend=kind)
+        return TreesPredictor(path, backend=kind)
     return factory
 
 
 PREDICTORS = (
     PredictorSpec("trees", _trees("compiled"),
-                  "compiled XGBoost on log D (trajectory + blob-shape + intensity features), conformal 90 % interval"),
-    PredictorSpec("trees-xgboost", _trees("xgboost"), "the same bundle on XGBoost's own predictor"),
+                  "compiled XGBoost on log D (trajectory + blob-shape + intensity features), conformal 90 % interval",
+                  from_bundle=_trees("compiled")),
+    PredictorSpec("trees-xgboost", _trees("xgboost"), "the same bundle on XGBoost's own predictor",
+                  from_bundle=_trees("xgboost")),
     PredictorSpec("msd", _baseline("msd"), "trajectory-D: per-frame Gaussian-mask positions, MSD line fit (lags 1-4), "
                   "slope / 4; plug-in interval"),
     PredictorSpec("cve", _baseline("cve"), "covariance estimator with blur + localisation-error correction "
@@ -114,5 +121,6 @@ MODALITY = Modality(
     validate=validate,
     view=_view,
     commands=_commands(),
+    profile=PROFILE,
     doc="image stacks around one moving molecule -> D + 90 % interval (seed 001)",
 )

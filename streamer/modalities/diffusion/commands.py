@@ -16,6 +16,14 @@ SECTION = "## diffusion: D from blurred stacks (issue 18)"
 
 
 def _optics(args) -> Optics:
+    if getattr(args, "instrument", None):
+        from ...core import profile, registry
+        from .instrument import optics_of_profile
+
+        inst = profile.load(args.instrument, registry.get)
+        if inst.modality != "diffusion":
+            raise ValueError(f"{args.instrument} is a {inst.modality} profile")
+        return optics_of_profile(inst, frames=args.frames, size=args.size)
     return Optics(frames=args.frames, height=args.size, width=args.size, frame_s=args.frame_s,
                   exposure_s=args.exposure_s)
 
@@ -63,6 +71,9 @@ class DiffusionCommands:
         p.add_argument("--size", type=int, default=64, help="frame height = width (pixels, >= 11)")
         p.add_argument("--frame-s", type=float, default=0.010, help="frame period (s)")
         p.add_argument("--exposure-s", type=float, default=None, help="exposure (s, default = frame period)")
+        p.add_argument("--instrument", default=None, metavar="PROFILE.toml",
+                       help="simulate this instrument (pixel, frame period, exposure, PSF, camera; replaces "
+                            "--frame-s/--exposure-s)")
         p.add_argument("--d", type=float, default=None, help="fixed D (um^2/s; default log-uniform 0.01-10)")
         p.add_argument("--photons", type=float, default=None,
                        help="fixed photons per frame (default log-uniform 100-5,000)")
@@ -114,6 +125,69 @@ class DiffusionCommands:
         lines.append(f"flagged           out-of-range {np.mean(fl & 1 > 0):.1%}, few-photons {np.mean(fl & 2 > 0):.1%}")
         return "\n".join(lines), bool(complete)
 
+    # ------------------------------------------------------------------ calibrate
+    def add_calibrate_arguments(self, p) -> None:
+        p.add_argument("data", help="immobilized beads: replay file (.npz, stacks + header) or a movie / stacks "
+                                    "(.tif, .npy: (T, H, W) or (n, T, H, W), ADU)")
+        p.add_argument("--out", required=True, help="instrument profile to write (.toml)")
+        p.add_argument("--name", default=None, help="instrument name (default: the output file's stem)")
+        p.add_argument("--base", default=None, metavar="PROFILE.toml",
+                       help="start from this profile (default: the nominal instrument); fitted values replace its own")
+        p.add_argument("--pixel-nm", type=float, default=None, help="pixel size (default: the file's header)")
+        p.add_argument("--frame-s", type=float, default=None, help="frame period (default: the file's header)")
+        p.add_argument("--exposure-s", type=float, default=None, help="exposure (default: header, else frame period)")
+        p.add_argument("--baseline", type=float, default=None, help="camera offset, ADU (dark frames; default: header)")
+        p.add_argument("--force", action="store_true", help="overwrite --out")
+
+    def calibrate(self, args: argparse.Namespace) -> int:
+        from ...core import profile, registry
+        from .calibrate import calibrate_beads
+        from .loaders import load_movie
+
+        out = Path(args.out)
+        if out.exists() and not args.force:
+            raise ValueError(f"{out} exists (--force to overwrite)")
+        header: dict = {}
+        if str(args.data).endswith(".npz"):
+            from ...core.recording import load_recording
+
+            rec = load_recording(args.data)
+            if rec.modality != "diffusion":
+                raise ValueError(f"{args.data} holds {rec.modality} data, not diffusion stacks")
+            stacks, header = rec.arrays["stacks"], dict(rec.header)
+        else:
+            stacks = load_movie(args.data)
+        base = profile.load(args.base, registry.get) if args.base else profile.nominal(registry.get("diffusion"))
+        pick = lambda opt, key: opt if opt is not None else header.get(key)  # noqa: E731
+        pixel, frame = pick(args.pixel_nm, "pixel_nm"), pick(args.frame_s, "frame_s")
+        if pixel is None or frame is None:
+            raise ValueError("the data has no header: give --pixel-nm and --frame-s (beads cannot tell them)")
+        exposure = pick(args.exposure_s, "exposure_s") or frame
+        baseline = pick(args.baseline, "baseline")
+        baseline = base["baseline"] if baseline is None else baseline
+        t0 = time.time()
+        fit = calibrate_beads(np.asarray(stacks), float(pixel), float(baseline))
+        src = f"calibrate {Path(args.data).name} {time.strftime('%Y-%m-%d')}"
+        given = "header" if header else "option"
+        prof = base.with_values({"pixel_nm": pixel, "frame_s": frame, "exposure_fraction": exposure / frame,
+                                 "baseline": baseline}, given, args.name or out.stem)
+        prof = prof.with_values({"fwhm_nm": fit.fwhm_nm, "adu_per_photon": fit.gain, "read_sigma": fit.read_sigma},
+                                src)
+        profile.parse(prof.to_toml(), registry.get, str(out))  # the file must pass its own validation
+        prof.save(out)
+        print(prof.summary(registry.get("diffusion").profile))
+        print(f"beads {fit.beads}: FWHM {fit.fwhm_nm:.1f} nm (sd over beads {fit.fwhm_sd_nm:.1f}), PSF fit residual "
+              f"{fit.residual_rms:.1%} of peak; gain {fit.gain:.3f} ADU/photon, read noise {fit.read_sigma:.2f} e-; "
+              f"localisation noise {fit.loc_noise_nm:.1f} nm per frame ({time.time() - t0:.1f} s)")
+        print(f"wrote {out}")
+        return 0
+
+    def instrument_bench(self, workdir: Path, quick: bool = False) -> dict:
+        """bench/profiles.py: instrument A's model on B's data, then calibrate + train for B."""
+        from .instrument_bench import run
+
+        return run(workdir, quick)
+
     # ------------------------------------------------------------------ train
     def add_train_arguments(self, p) -> None:
         p.add_argument("--n-train", type=int, default=30000, help="simulated training stacks")
@@ -121,14 +195,26 @@ class DiffusionCommands:
                        help="simulated calibration stacks (half: scale model, half: conformal quantiles)")
         p.add_argument("--rounds", type=int, default=350, help="boosting rounds")
         p.add_argument("--seed", type=int, default=1)
-        p.add_argument("--out", default=None, help="bundle directory (default compiled_models/diffusion/trees)")
+        p.add_argument("--instrument", default=None, metavar="PROFILE.toml",
+                       help="train for this instrument profile (default: the nominal instrument)")
+        p.add_argument("--out", default=None, help="bundle directory (default compiled_models/diffusion/trees, or "
+                                                    "trees-<profile name> with --instrument)")
 
     def train(self, args: argparse.Namespace) -> int:
+        from ...core import profile, registry
         from .model import DEFAULT_BUNDLE, train
 
-        train(Path(args.out) if args.out else DEFAULT_BUNDLE, n_train=args.n_train, n_cal=args.n_cal,
-              seed=args.seed, rounds=args.rounds)
-        return 0
+        inst = profile.load(args.instrument, registry.get) if args.instrument else None
+        if inst is not None and inst.modality != "diffusion":
+            raise ValueError(f"{args.instrument} is a {inst.modality} profile")
+        out = Path(args.out) if args.out else DEFAULT_BUNDLE.with_name(f"trees-{inst.name}") if inst else DEFAULT_BUNDLE
+        t0 = time.time()
+        m = train(out, n_train=args.n_train, n_cal=args.n_cal, seed=args.seed, rounds=args.rounds, instrument=inst,
+                  progress=inst is not None)
+        if inst is not None:
+            print(f"trained for {inst.name} (hash {inst.hash}) in {time.time() - t0:.0f} s: {out}; workers started "
+                  f"with --instrument {args.instrument} serve it (compile it here: `streamer compile`)")
+        return 0 if m else 1
 
     # ------------------------------------------------------------------ evaluate
     def add_evaluate_arguments(self, p) -> None:

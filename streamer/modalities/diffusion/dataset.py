@@ -39,12 +39,16 @@ def stack_features(stacks: np.ndarray, op: Optics, baseline: float, adu: float) 
 
 
 def make(rng: np.random.Generator, d: np.ndarray, photons: np.ndarray, background: np.ndarray,
-         op: Optics, chunk: int = 1024, fwhm_nm: np.ndarray | None = None) -> Dataset:
-    """Simulate stacks for the given conditions and keep only features, baselines and truth."""
+         op: Optics, chunk: int = 1024, fwhm_nm: np.ndarray | None = None, progress: str | bool = False) -> Dataset:
+    """Simulate stacks for the given conditions and keep only features, baselines and truth
+    (``progress``: a tqdm bar with this label)."""
+    from tqdm import tqdm
+
     from .features import FEATURE_NAMES
 
     cols = {k: [] for k in ("X", "d_path")}
-    for a in range(0, len(d), chunk):
+    starts = range(0, len(d), chunk)
+    for a in (tqdm(starts, desc=str(progress), unit=f"x{chunk} stacks") if progress else starts):
         sl = slice(a, a + chunk)
         b = simulate(rng, d[sl], photons[sl], background[sl], op,
                      fwhm_nm=None if fwhm_nm is None else fwhm_nm[sl])
@@ -59,7 +63,7 @@ def make(rng: np.random.Generator, d: np.ndarray, photons: np.ndarray, backgroun
 
 
 def make_random(seed: int, n: int, op: Optics, d_range=TRAIN_D, photon_range=TRAIN_PHOTONS,
-                background_range=BACKGROUND, fwhm_range=TRAIN_FWHM) -> Dataset:
+                background_range=BACKGROUND, fwhm_range=TRAIN_FWHM, progress: str | bool = False) -> Dataset:
     """Random conditions; cached under $STREAMER_DIFFUSION_CACHE (if set) by all the arguments."""
     import dataclasses
     import hashlib
@@ -78,7 +82,7 @@ def make_random(seed: int, n: int, op: Optics, d_range=TRAIN_D, photon_range=TRA
     rng = np.random.default_rng(seed)
     d, p, b = draw_conditions(rng, n, d_range, photon_range, background_range)
     fw = None if fwhm_range is None else rng.uniform(*fwhm_range, n)
-    ds = make(rng, d, p, b, op, fwhm_nm=fw)
+    ds = make(rng, d, p, b, op, fwhm_nm=fw, progress=progress)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **dataclasses.asdict(ds))

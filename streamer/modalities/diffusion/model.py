@@ -48,13 +48,24 @@ def fit_booster(X: np.ndarray, log_d: np.ndarray, rounds: int = 500, nthread: in
 
 
 def train(out_dir: Path = DEFAULT_BUNDLE, n_train: int = 30000, n_cal: int = 16000, seed: int = 1,
-          rounds: int = 350, nthread: int = 2, op: Optics | None = None, log=print) -> dict:
-    """Simulate, fit, calibrate and write a bundle; returns the manifest."""
+          rounds: int = 350, nthread: int = 2, op: Optics | None = None, log=print, instrument=None,
+          progress: bool = False) -> dict:
+    """Simulate, fit, calibrate and write a bundle; returns the manifest.
+
+    ``instrument``: an :class:`~streamer.core.profile.InstrumentProfile` to train for (its optics
+    replace ``op``; the PSF width is drawn within +-6 % of its FWHM); the bundle records it and the
+    parameter ranges it covers."""
+    fwhm_range = DS.TRAIN_FWHM
+    if instrument is not None:
+        from .instrument import optics_of_profile
+
+        op = optics_of_profile(instrument)
+        fwhm_range = (op.fwhm_nm * 0.94, op.fwhm_nm * 1.06)
     op = op or Optics()
     t0 = time.time()
-    tr = DS.make_random(seed, n_train, op)
+    tr = DS.make_random(seed, n_train, op, fwhm_range=fwhm_range, progress=progress and "train set")
     log(f"train set: {n_train} stacks in {time.time() - t0:.0f} s")
-    cal = DS.make_random(seed + 1, n_cal, op)
+    cal = DS.make_random(seed + 1, n_cal, op, fwhm_range=fwhm_range, progress=progress and "calibration set")
     log(f"calibration set: {n_cal} stacks in {time.time() - t0:.0f} s")
     bst = fit_booster(tr.X, np.log(tr.d), rounds=rounds, nthread=nthread)
     log(f"booster: {rounds} rounds in {time.time() - t0:.0f} s")
@@ -82,7 +93,7 @@ def train(out_dir: Path = DEFAULT_BUNDLE, n_train: int = 30000, n_cal: int = 160
         "calibration": mond.to_json(),
         "optics": op.asdict(),
         "ranges": {"d_um2_s": list(DS.TRAIN_D), "photons": list(DS.TRAIN_PHOTONS),
-                   "background": list(DS.BACKGROUND), "psf_fwhm_nm": list(DS.TRAIN_FWHM)},
+                   "background": list(DS.BACKGROUND), "psf_fwhm_nm": list(fwhm_range)},
         "training": {**PARAMS, "rounds": rounds, "scale": {**SCALE_PARAMS, "rounds": SCALE_ROUNDS}},
         "data": {"n_train": n_train, "n_cal": n_cal, "seed_train": seed, "seed_cal": seed + 1,
                  "cal_split": "first half: scale model; second half: conformal quantiles"},
@@ -90,6 +101,13 @@ def train(out_dir: Path = DEFAULT_BUNDLE, n_train: int = 30000, n_cal: int = 160
                     "cal_coverage_in_sample": float(np.mean(res[b] <= hw))},
         "sha256": {p.name: _sha(p) for p in (booster_path, scale_path)},
     }
+    if instrument is not None:
+        from .instrument import coverage
+
+        cov = coverage(manifest)  # the optics' tolerances, with the drawn PSF range
+        manifest["instrument"] = {**cov.to_manifest(), "profile": instrument.name, "hash": instrument.hash,
+                                  "values": dict(instrument.values), "provenance": dict(instrument.provenance)}
+    manifest["training"]["seconds"] = round(time.time() - t0, 1)
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     log(f"wrote {out_dir} ({booster_path.stat().st_size / 1e6:.2f} MB booster) in {time.time() - t0:.0f} s")
     return manifest

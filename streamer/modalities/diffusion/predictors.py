@@ -16,10 +16,10 @@ from . import estimators as E
 from .features import features, positions_nm
 from .localize import Spots, measure
 from .model import scale_features
+from .instrument import coverage
 from .physics import Optics, blur_r
 
 FLAG_RANGE, FLAG_PHOTONS = 1, 2
-FLAGS = {0: "out-of-range", 1: "few-photons"}
 MIN_PHOTONS = 100.0  #: measured photons per frame below which a stack is flagged
 Z90 = 1.6448536269514722
 SUB = 10  #: sub-positions per exposure of the simulator (R = 0.165 vs 1/6 for a continuous exposure)
@@ -90,6 +90,7 @@ class TreesPredictor:
         self.psf_fwhm = float(o["fwhm_nm"])
         self.d_range = self.manifest["ranges"]["d_um2_s"]
         self.p_range = self.manifest["ranges"]["photons"]
+        self.coverage = coverage(self.manifest)
 
     def features(self, packet) -> tuple[np.ndarray, np.ndarray, Optics]:
         h = packet.header

@@ -16,7 +16,7 @@ from . import fast as _fast
 from .detect import BASELINES, SEED_RULE, DetectParams, Detections, baseline_xy, detect
 
 FLAG_EDGE, FLAG_CROWDED, FLAG_CHARGE_RANGE = 1, 2, 4
-FLAGS = {0: "edge", 1: "crowded", 2: "charge-out-of-range"}
+FLAGS = {FLAG_EDGE: "edge", FLAG_CROWDED: "crowded", FLAG_CHARGE_RANGE: "charge-out-of-range"}
 
 
 def _detect(packet: Packet, params: DetectParams):
