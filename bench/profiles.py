@@ -11,6 +11,7 @@ steps and returns a row; the table goes to "## Instrument profiles (issue 14)" i
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import tempfile
@@ -42,15 +43,24 @@ def main() -> int:
         row["wall"] = f"{time.time() - t0:.0f} s"
         rows.append(row)
         print({k: v for k, v in row.items() if k != "detail"}, flush=True)
+    if not args.no_write and not args.quick:  # rows of the modalities not run this time are kept
+        store = ROOT / "bench" / "results" / "profiles.json"
+        cmd = "`.venv/bin/python bench/profiles.py " + " ".join(map(shlex.quote, sys.argv[1:])) + "`"
+        for r in rows:
+            r["command"] = cmd
+        kept = json.loads(store.read_text()) if store.is_file() else []
+        rows = sorted([r for r in kept if r["modality"] not in names] + rows, key=lambda r: r["modality"])
+        store.write_text(json.dumps(rows, indent=1))
     table = ("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
              + "\n".join("| " + " | ".join(str(r.get(c, "-")) for c in COLUMNS) + " |" for r in rows))
-    details = "\n\n".join(r["detail"] for r in rows if r.get("detail"))
+    details = "\n\n".join(f"{r['detail']}\n\n(command: {r.get('command', '-')}, {r['wall']})" for r in rows
+                          if r.get("detail"))
     print(table)
-    if not args.no_write:
-        cmd = "`.venv/bin/python bench/profiles.py " + " ".join(map(shlex.quote, sys.argv[1:])) + "`"
-        write_sections(ROOT / "bench" / "RESULTS.md", {SECTION: f"{SECTION}\n\nCommand: {cmd} "
-                       f"({time.strftime('%Y-%m-%d %H:%M')} UTC, 2-core VM shared with other jobs; training times "
-                       f"are wall clock under that load).\n\n{table}\n\n{details}\n"})
+    if not args.no_write and not args.quick:
+        write_sections(ROOT / "bench" / "RESULTS.md", {SECTION: f"{SECTION}\n\nCommand: `.venv/bin/python "
+                       f"bench/profiles.py [--modality NAME]` (each row's own command and wall time are under its "
+                       f"detail; last written {time.strftime('%Y-%m-%d %H:%M')} UTC, 2-core VM shared with other "
+                       f"jobs: training times are wall clock under that load).\n\n{table}\n\n{details}\n"})
     return 0 if all(str(r.get("B's model on B", "")).startswith("PASS") for r in rows) else 1
 
 
