@@ -30,6 +30,9 @@ import time
 import warnings
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import dist_version, ours_version  # noqa: E402  (bench/peers/common.py)
+
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
@@ -94,18 +97,11 @@ def trackpy_d(stacks: np.ndarray, pixel_nm: float, frame_s: float, baseline: flo
 
 def simulate_grid(per_cell: int, seed: int, chunk: int):
     """The evaluation grid of streamer.modalities.diffusion.evaluate (decades of D x photons), chunked."""
-    from streamer.modalities.diffusion.evaluate import BACKGROUND, DECADES, PHOTONS
-    from streamer.modalities.diffusion.physics import Optics, simulate
+    from streamer.modalities.diffusion.physics import Optics, draw_grid, simulate
 
     op = Optics()
     rng = np.random.default_rng(seed)
-    d, p = [], []
-    for lo, hi in DECADES:
-        for ph in PHOTONS:
-            d.append(np.exp(rng.uniform(np.log(lo), np.log(hi), per_cell)))
-            p.append(np.full(per_cell, ph))
-    d, p = np.concatenate(d), np.concatenate(p)
-    b = np.exp(rng.uniform(*np.log(BACKGROUND), len(d)))
+    d, p, b = draw_grid(rng, per_cell)
     for a in range(0, len(d), chunk):
         sl = slice(a, a + chunk)
         yield op, d[sl], p[sl], simulate(rng, d[sl], p[sl], b[sl], op).stacks
@@ -187,27 +183,6 @@ def table(res: dict) -> tuple[str, list[str]]:
     return "\n".join(lines), wins
 
 
-def _dist_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "?"
-
-
-def _ours_version() -> str:
-    import subprocess
-
-    rev = "?"
-    try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip() or "?"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return f"minflux-streamer {_dist_version('minflux-streamer')} @ {rev}"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="30 stacks per cell (a smoke run)")
@@ -224,8 +199,8 @@ def main(argv=None) -> int:
     cmd = "OMP_NUM_THREADS=1 .venv/bin/python bench/peers/diffusion_trackpy.py" + (" --quick" if a.quick else "")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     body = [SECTION, "",
-            f"`{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; trackpy {_dist_version('trackpy')}, "
-            f"ours {_ours_version()} model `{TreesPredictor().model_id}`; Python {platform.python_version()}; "
+            f"`{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; trackpy {dist_version('trackpy')}, "
+            f"ours {ours_version()} model `{TreesPredictor().model_id}`; Python {platform.python_version()}; "
             f"1-min load average {load:.1f} on a shared 2-core machine). Identical simulated 16x64x64 stacks "
             f"(seed 001 physics: 200 nm pixels, 10 ms frames, continuous exposure, FWHM 250 nm, background 0.5-4 "
             f"photons/pixel), {per_cell} per (decade, photons) cell, D log-uniform in each decade, seed {a.seed}. "

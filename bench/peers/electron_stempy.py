@@ -29,6 +29,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import dist_version, ours_version  # noqa: E402  (bench/peers/common.py)
+
 # one core for both sides: BLAS/OpenMP/numba pools off before numpy or numba load
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
@@ -265,12 +268,12 @@ def main(argv=None) -> int:
     conds = [run_condition("100x100, ~10 e-", lib, idx, n_sparse, 100, 10.0, 7, (4.0, 5.0), pred, 1000, True, 1000),
              run_condition("576x576, ~2,927 e-", lib, idx, n_dense, 576, 2927.0, 8, (4.0, 5.0), pred, 8, False, 8)]
     cmd = "OMP_NUM_THREADS=1 .venv/bin/python bench/peers/electron_stempy.py" + (" --quick" if a.quick else "")
-    ours_ver = _ours_version()
+    ours_ver = ours_version()
     sp, tr = conds[0]["scores"]["stempy 4 sigma"], conds[0]["scores"]["ours (trees)"]
     wins = peer_wins(conds)
     e_s, e_o = conds[0]["err"]["stempy 4 sigma"].mean(), conds[0]["err"]["ours (trees)"].mean()
     body = [SECTION, "",
-            f"`{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; stempy {_dist_version('stempy')}, "
+            f"`{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; stempy {dist_version('stempy')}, "
             f"ours {ours_ver}, model `{pred.model_id}`; Python {platform.python_version()}, {platform.machine()}; "
             f"1-min load average {os.getloadavg()[0]:.1f} on a shared 2-core machine). Identical simulated frames "
             "(seed 003 physics, held-out library events, read noise 20 e-, offset 100 ADU). stempy: "
@@ -297,28 +300,6 @@ def main(argv=None) -> int:
     write_sections(a.results, {SECTION: "\n".join(body)})
     print("\n".join(body))
     return 0
-
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "?"
-
-
-def _ours_version() -> str:
-    """Package version + git revision of the working tree (the bundle id travels in the model_id)."""
-    import subprocess
-
-    rev = "?"
-    try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip() or "?"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return f"minflux-streamer {_dist_version('minflux-streamer')} @ {rev}"
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (bench/peers/common.py; stdlib only: the peer venv runs this file too)
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,17 +56,11 @@ PARITY = {"tid": ("tid", 1.0), "tim": ("tim", 1.0), "x": ("loc0", 1e9), "y": ("l
 
 
 def peer_python() -> Path:
-    """The interpreter of the pyMINFLUX virtualenv ($STREAMER_PYMINFLUX_PYTHON or .venv-pyminflux)."""
-    return Path(os.environ.get(PEER_ENV, ROOT / ".venv-pyminflux" / "bin" / "python"))
+    return common.peer_python(PEER_ENV, ".venv-pyminflux")
 
 
 def peer_available() -> bool:
-    py = peer_python()
-    if not py.is_file():
-        return False
-    r = subprocess.run([str(py), "-c", "import pyminflux.reader, pyminflux.processor"], capture_output=True,
-                       env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
-    return r.returncode == 0
+    return common.peer_available(PEER_ENV, ".venv-pyminflux", "pyminflux.reader, pyminflux.processor")
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (bench/peers/common.py; stdlib only: the peer venv runs this file too)
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,17 +47,11 @@ BOX_GRID = (7, 9)
 
 
 def peer_python() -> Path:
-    """The interpreter of the Picasso virtualenv ($STREAMER_PICASSO_PYTHON or .venv-picasso)."""
-    return Path(os.environ.get(PEER_ENV, ROOT / ".venv-picasso" / "bin" / "python"))
+    return common.peer_python(PEER_ENV, ".venv-picasso")
 
 
 def peer_available() -> bool:
-    """True when the peer interpreter exists and imports picasso."""
-    py = peer_python()
-    if not py.is_file():
-        return False
-    r = subprocess.run([str(py), "-c", "import picasso.localize, picasso.zfit"], capture_output=True)
-    return r.returncode == 0
+    return common.peer_available(PEER_ENV, ".venv-picasso", "picasso.localize, picasso.zfit")
 
 
 def to_ours_nm(x_px: np.ndarray, y_px: np.ndarray, pixel_nm: float) -> tuple[np.ndarray, np.ndarray]:

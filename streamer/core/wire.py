@@ -232,13 +232,16 @@ def content_digest(msg: Mapping[str, Any]) -> bytes:
 
 def encode_packet(modality: str, kind: str, stream: str, seq: int, header_fields: Mapping[str, Any],
                   arrays: Mapping[str, np.ndarray], spec: PacketKind | None = None,
-                  t_acq: float | None = None, v: int = VERSION) -> bytes:
+                  t_acq: float | None = None, v: int = VERSION, instrument: str | None = None) -> bytes:
     """One input packet. With ``spec``, arrays are cast to their declared (first) dtype; without
-    it they are sent as given (little-endian required). ``t_acq`` defaults to now."""
+    it they are sent as given (little-endian required). ``t_acq`` defaults to now; ``instrument``
+    names the stream's instrument profile (see :mod:`streamer.core.profile`)."""
     msg: dict[str, Any] = {"v": v, "kind": kind, "stream": stream, "seq": int(seq),
                            "t_acq": float(time.time() if t_acq is None else t_acq)}
     if v >= 2:
         msg["modality"] = modality
+    if instrument is not None:
+        msg["instrument"] = str(instrument)
     msg.update(header_fields)
     declared = {a.name: a for a in spec.arrays} if spec else {}
     for name, arr in arrays.items():

@@ -96,6 +96,16 @@ def handle(served: Served, raw: bytes, max_items: int | None, source: str) -> tu
                                           source=source, modality=packet.modality, nbytes=len(raw))
 
 
+def serve_raw(served: Served, raw: bytes) -> wire.Result:
+    """One packet through the worker's own path, in process (benches, tests): the decoded result, or
+    a PacketError with the reason the worker would have answered."""
+    status, payload = handle(served, raw, None, "in-process")
+    if status != b"DONE":
+        err = wire.unpack(payload)
+        raise PacketError(err.get("reason", "worker-error"), err.get("detail", ""))
+    return wire.decode_result(payload)
+
+
 def run_worker(endpoint: str = defaults.DEFAULT_WORK, serves: dict[str, str] | None = None, *,
                prefetch: int = defaults.PREFETCH, heartbeat_s: float = defaults.HEARTBEAT_S,
                max_items: int | None = None, curve_dir: str | None = None, parent_pid: int | None = None,

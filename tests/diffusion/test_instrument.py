@@ -10,7 +10,7 @@ from streamer.modalities.diffusion import STACKS
 from streamer.modalities.diffusion.calibrate import calibrate_beads
 from streamer.modalities.diffusion.physics import Optics, simulate
 from streamer.modalities.diffusion.instrument import optics_of_profile
-from streamer.pipeline.worker import Served, handle
+from streamer.pipeline.worker import Served, serve_raw
 
 DIFF = registry.get("diffusion")
 
@@ -21,18 +21,12 @@ def _packet(op: Optics, n=4, seed=0, instrument=None, d=0.5):
     header = {"n": n, "frames": op.frames, "height": op.height, "width": op.width, "pixel_nm": op.pixel_nm,
               "frame_s": op.frame_s, "exposure_s": op.exposure, "baseline": op.baseline,
               "adu_per_photon": op.adu_per_photon}
-    raw = wire.encode_packet("diffusion", "stacks", "s", 0, header, {"stacks": b.stacks}, spec=STACKS)
-    if instrument is not None:  # the optional envelope key
-        msg = wire.unpack(raw)
-        msg["instrument"] = instrument
-        raw = wire.pack(msg)
-    return raw
+    return wire.encode_packet("diffusion", "stacks", "s", 0, header, {"stacks": b.stacks}, spec=STACKS,
+                              instrument=instrument)
 
 
 def _serve(served, raw):
-    status, payload = handle(served, raw, None, "test")
-    assert status == b"DONE", wire.unpack(payload)
-    return wire.decode_result(payload)
+    return serve_raw(served, raw)
 
 
 @pytest.fixture(scope="module")

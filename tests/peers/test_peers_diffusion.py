@@ -12,18 +12,11 @@ import pytest
 
 pytest.importorskip("trackpy")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "peers" / "diffusion_trackpy.py"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "peers"))  # bench/ is no package
 
 
 def _load():
-    """The bench script as a module (bench/ is no package)."""
-    name = "bench_peers_diffusion_trackpy"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SCRIPT)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+    return importlib.import_module("diffusion_trackpy")
 
 
 @pytest.fixture(scope="module")

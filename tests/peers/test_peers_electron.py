@@ -11,18 +11,11 @@ import pytest
 
 pytest.importorskip("stempy")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "peers" / "electron_stempy.py"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "peers"))  # bench/ is no package
 
 
 def _load():
-    """The bench script as a module (bench/ is no package); registered so its dataclasses resolve."""
-    name = "bench_peers_electron_stempy"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SCRIPT)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+    return importlib.import_module("electron_stempy")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ pyMINFLUX runs in its own virtualenv (bench/peers/README.md); the peer tests ski
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("minflux_pyminflux", ROOT / "bench" / "peers" / "minflux_pyminflux.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = _bench()
+sys.path.insert(0, str(ROOT / "bench" / "peers"))  # bench/ is no package
+bench = importlib.import_module("minflux_pyminflux")
 needs_peer = pytest.mark.skipif(not bench.peer_available(),
                                 reason="pyMINFLUX virtualenv absent (see bench/peers/README.md)")
 N, HALF_L = 12, 15.0

@@ -8,7 +8,7 @@ import numpy as np
 
 from .features import features
 from .localize import measure
-from .physics import Optics, blur_r, draw_conditions, simulate
+from .physics import GRID_DECADES, GRID_PHOTONS, Optics, blur_r, draw_conditions, draw_grid, simulate
 
 #: training ranges: a little wider than the evaluated 0.01-10 um^2/s and 100-5,000 photons so the
 #: trees do not shrink toward the middle at the ends of the evaluated range
@@ -89,15 +89,9 @@ def make_random(seed: int, n: int, op: Optics, d_range=TRAIN_D, photon_range=TRA
     return ds
 
 
-def make_grid(seed: int, per_cell: int, op: Optics, decades=((0.01, 0.1), (0.1, 1.0), (1.0, 10.0)),
-              photon_levels=(200.0, 1000.0, 5000.0), background_range=BACKGROUND) -> Dataset:
+def make_grid(seed: int, per_cell: int, op: Optics, decades=GRID_DECADES, photon_levels=GRID_PHOTONS,
+              background_range=BACKGROUND) -> Dataset:
     """The evaluation grid: D log-uniform within each decade x fixed photon levels."""
     rng = np.random.default_rng(seed)
-    d, p = [], []
-    for lo, hi in decades:
-        for ph in photon_levels:
-            d.append(np.exp(rng.uniform(np.log(lo), np.log(hi), per_cell)))
-            p.append(np.full(per_cell, ph))
-    d, p = np.concatenate(d), np.concatenate(p)
-    b = np.exp(rng.uniform(np.log(background_range[0]), np.log(background_range[1]), len(d)))
+    d, p, b = draw_grid(rng, per_cell, decades, photon_levels, background_range)
     return make(rng, d, p, b, op)

@@ -9,11 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import estimators as E
-from .physics import Optics, blur_r, simulate
+from .physics import GRID_BACKGROUND, GRID_DECADES, GRID_PHOTONS, Optics, blur_r, draw_grid, simulate
 
-DECADES = ((0.01, 0.1), (0.1, 1.0), (1.0, 10.0))
-PHOTONS = (200.0, 1000.0, 5000.0)
-BACKGROUND = (0.5, 4.0)
+DECADES, PHOTONS, BACKGROUND = GRID_DECADES, GRID_PHOTONS, GRID_BACKGROUND
 
 
 def make_packet(stacks: np.ndarray, op: Optics, baseline: float, adu: float, seq: int = 0):
@@ -40,13 +38,7 @@ def run_grid(predictors: dict, per_cell: int = 700, seed: int = 7, op: Optics | 
     """Simulate the grid in chunks and run every predictor on the same stacks."""
     op = op or Optics()
     rng = np.random.default_rng(seed)
-    d, p = [], []
-    for lo, hi in DECADES:
-        for ph in PHOTONS:
-            d.append(np.exp(rng.uniform(np.log(lo), np.log(hi), per_cell)))
-            p.append(np.full(per_cell, ph))
-    d, p = np.concatenate(d), np.concatenate(p)
-    b = np.exp(rng.uniform(*np.log(BACKGROUND), len(d)))
+    d, p, b = draw_grid(rng, per_cell, DECADES, PHOTONS, BACKGROUND)
     outs: dict[str, list] = {k: [] for k in predictors}
     d_path = []
     for a in range(0, len(d), chunk):

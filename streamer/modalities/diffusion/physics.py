@@ -162,3 +162,20 @@ def blur_r(op: Optics) -> float:
     cov = np.minimum(tt[:, None], tt[None, :])  # per 2D: covariance / (2D)
     var = w @ cov @ w  # Var / (2D)
     return 0.5 * (1.0 - var / op.frame_s)
+
+
+#: the evaluation grid (``streamer evaluate --modality diffusion``): decades of D x photon levels
+GRID_DECADES = ((0.01, 0.1), (0.1, 1.0), (1.0, 10.0))
+GRID_PHOTONS = (200.0, 1000.0, 5000.0)
+GRID_BACKGROUND = (0.5, 4.0)
+
+
+def draw_grid(rng: np.random.Generator, per_cell: int, decades=GRID_DECADES, photon_levels=GRID_PHOTONS,
+              background_range=GRID_BACKGROUND) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(D, photons, background) of the evaluation grid: per (decade, photon level) cell ``per_cell``
+    stacks, D log-uniform within the decade, background log-uniform."""
+    d = np.concatenate([np.exp(rng.uniform(np.log(lo), np.log(hi), per_cell)) for lo, hi in decades
+                        for _ in photon_levels])
+    p = np.concatenate([np.full(per_cell, ph) for _ in decades for ph in photon_levels])
+    b = np.exp(rng.uniform(*np.log(background_range), len(d)))
+    return d, p, b
