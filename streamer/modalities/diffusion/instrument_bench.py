@@ -33,12 +33,13 @@ class _ThroughWorker:
         self.flagged = self.items = 0
 
     def predict(self, packet) -> dict:
-        from ...core import wire
+        from ...core import registry, wire
         from ...pipeline.worker import serve_raw
-        from . import STACKS
+
+        spec = registry.get("diffusion").packet_kind("stacks")  # (not `from . import`: no import circle)
 
         res = serve_raw(self.served, wire.encode_packet("diffusion", "stacks", "bench", packet.seq,
-                                                        {**packet.header, "n": packet.n}, packet.arrays, spec=STACKS,
+                                                        {**packet.header, "n": packet.n}, packet.arrays, spec=spec,
                                                         instrument=self.instrument))
         self.items += res.n
         self.flagged += sum(res.invalid.values())
