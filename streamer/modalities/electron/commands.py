@@ -95,7 +95,8 @@ def report(rec: Recording, results: dict[str, np.ndarray], args) -> tuple[str, b
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("electron")
-    g.add_argument("--train-frames", type=int, default=16000, help="100x100 training frames (10 e- each)")
+    g.add_argument("--train-frames", type=int, default=None,
+                   help="100x100 training frames (10 e- each; default: TrainConfig.train_frames)")
     g.add_argument("--out", type=Path, default=None, help="bundle directory (default compiled_models/electron/trees)")
     g.add_argument("--nthread", type=int, default=2)
 
@@ -104,7 +105,9 @@ def train(args: argparse.Namespace) -> int:
     from .model import BUNDLE_DIR, TrainConfig
     from .model import train as fit
 
-    cfg = TrainConfig(train_frames=args.train_frames, nthread=args.nthread)
+    cfg = TrainConfig(nthread=args.nthread)
+    if args.train_frames is not None:
+        cfg = TrainConfig(train_frames=args.train_frames, nthread=args.nthread)
     manifest = fit(cfg, args.out or BUNDLE_DIR)
     print(f"wrote {args.out or BUNDLE_DIR}: {manifest['training']['n_train']} training events")
     return 0
