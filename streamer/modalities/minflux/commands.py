@@ -8,7 +8,7 @@ import importlib
 import numpy as np
 
 #: verbs whose whole implementation is MINFLUX's (module under .verbs with HELP/add_arguments/run)
-_VERB_MODULES = ("train", "evaluate", "estimate", "convert")
+_VERB_MODULES = ("train", "evaluate", "estimate", "convert", "calibrate")
 
 
 def _verb(name: str):
@@ -90,6 +90,12 @@ class MinfluxCommands:
         from .recording import load_recording
 
         return load_recording(path).to_core()
+
+    def instrument_bench(self, workdir, quick: bool = False) -> dict:
+        """bench/profiles.py: instrument A's models on B's data, then calibrate + train for B."""
+        from .instrument_bench import run
+
+        return run(workdir, quick)
 
     # ------------------------------------------------------------------ whole verbs
     def __getattr__(self, name: str):

@@ -280,8 +280,11 @@ class GeneralConfig:
         return asdict(self)
 
 
-def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print) -> dict:
-    """Simulate, split by ruler, train, de-shrink (per N_eff bin), calibrate; save the bundle."""
+def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, instrument: dict | None = None) -> dict:
+    """Simulate, split by ruler, train, de-shrink (per N_eff bin), calibrate; save the bundle.
+
+    ``instrument``: the manifest entry of a bundle trained for one profile (profile name, hash,
+    covered ranges, values; see :mod:`.instrument`), recorded so workers find and check it."""
     from ...core import conformal, model_bundle
     from ...core.training import BoosterParams, Split, fit_booster, xgb_version
     from . import datasets
@@ -359,6 +362,8 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print) ->
                      "seconds": round(time.perf_counter() - t0, 1)},
         "metrics": metrics,
     }
+    if instrument is not None:
+        manifest["instrument"] = instrument
     if out_dir is not None:
         manifest = model_bundle.save_bundle(Path(out_dir), manifest, {"point": point, "noise": noise})
         log(f"[general] wrote {out_dir}")

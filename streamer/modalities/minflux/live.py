@@ -140,17 +140,49 @@ class LivePredictor:
 
 
 class LiveModalityPredictor:
-    """Adapter to the modality protocol (packet in, declared result arrays out)."""
+    """Adapter to the modality protocol (packet in, declared result arrays out).
+
+    ``coverage``: what the bundle covers. Besides the worker's check of the stream's profile, two
+    things the stream itself shows are checked here (vectorised, per packet): tuples whose beam
+    positions give an L/2 outside the coverage, and -- with self-calibration on and the stream
+    calibrated -- live v0/background outside it (the whole packet: they hold for the stream).
+    Either gets the mismatch flag and no interval, counted as ``instrument-mismatch-measured``."""
 
     def __init__(self, **kw):
         self.inner = LivePredictor(**kw)
         self.model_id = self.inner.model_id
 
+    @property
+    def coverage(self):
+        """What the bundle covers (read from its manifest once)."""
+        cov = self.__dict__.get("_coverage")
+        if cov is None:
+            from .instrument import coverage
+
+            cov = self.__dict__["_coverage"] = coverage(self.inner.model.manifest)
+        return cov
+
     def predict(self, packet) -> dict:
+        from .instrument import half_l_outside, mark_rows
         from .wire import RESULTS, result_arrays
 
-        out = self.inner.process(packet.stream, packet.extra["batch"])
+        b = packet.extra["batch"]
+        out = self.inner.process(packet.stream, b)
         res = result_arrays(packet, out["distance"], out["lower"], out["upper"], out["flags"])
         declared = {a.name for a in RESULTS.items}
         res.update({k: v for k, v in out.items() if k in declared and k not in res})
+        bad = half_l_outside(self.coverage, b.positions) if packet.header.get("half_l") is None else None
+        inner = self.inner
+        if inner.fixed_v0 is None or inner.fixed_bg is None:
+            st = inner.streams[packet.stream]
+            if st.cal.calibrated:  # two scalars per packet: the values the model was just given
+                live = {}
+                if inner.fixed_v0 is None:
+                    live["v0"] = min(st.cal.v0, 1.0)
+                if inner.fixed_bg is None:
+                    live["background"] = st.cal.background
+                if self.coverage.outside(live):
+                    bad = np.ones(packet.n, bool)
+        if bad is not None:
+            mark_rows(packet, res, bad, RESULTS.mismatch_flag)
         return res

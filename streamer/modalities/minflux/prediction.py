@@ -17,6 +17,10 @@ FLAG_OUT_OF_RANGE = 4  # estimate outside the calibrated distance range
 FLAG_NONPHYSICAL = 8  # counts inconsistent with two emitters (e.g. visibility > v0 on both axes)
 FLAG_INVALID_INPUT = 16  # the tuple's positions/centre/time were NaN/inf: no estimate (the rest of the packet is fine)
 FLAG_UNCALIBRATED = 32  # self-calibrating predictor: the stream's instrument is not yet calibrated (prior used)
+# the stream's instrument (its profile, header L/2, beam positions or live-calibrated v0/b) lies outside
+# what the serving model covers: estimate kept, every interval NaN (issue 14). Not FLAG_UNCALIBRATED:
+# that one is transient and keeps the interval of the prior instrument
+FLAG_INSTRUMENT_MISMATCH = 64
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ import numpy as np
 from ...core import wire
 from ...core.modality import ArraySpec, HeaderField, Modality, Packet, PacketKind, ResultSpec
 from ...core.wire import PacketError
+from .instrument import PROFILE
 from .physics import HALF_L_NM, beam_positions
-from .prediction import (FLAG_INVALID_INPUT, FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL, FLAG_NONPHYSICAL, FLAG_OUT_OF_RANGE,
-                         FLAG_UNCALIBRATED)
+from .prediction import (FLAG_INSTRUMENT_MISMATCH, FLAG_INVALID_INPUT, FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL,
+                         FLAG_NONPHYSICAL, FLAG_OUT_OF_RANGE, FLAG_UNCALIBRATED)
 from .tuples import TupleBatch
 
 NAME = "minflux"
@@ -59,14 +60,18 @@ RESULTS = ResultSpec(
     ),
     flags={FLAG_NO_INTERVAL: "no interval", FLAG_LOW_PHOTONS: "low photons",
            FLAG_OUT_OF_RANGE: "out of range", FLAG_NONPHYSICAL: "non-physical", FLAG_INVALID_INPUT: "invalid input",
-           FLAG_UNCALIBRATED: "uncalibrated instrument"},
+           FLAG_UNCALIBRATED: "uncalibrated instrument", FLAG_INSTRUMENT_MISMATCH: "instrument mismatch"},
     invalid_flag=FLAG_INVALID_INPUT,
+    intervals=("lower", "upper", "trace_lower", "trace_upper"),
+    mismatch_flag=FLAG_INSTRUMENT_MISMATCH,
 )
 
 REASONS = {
     "ambiguous-positions": "both 'positions' and 'centre' given",
     "non-increasing-positions": "beam positions of an axis not strictly increasing (c-L/2 < c < c+L/2)",
     "non-monotonic-time": "per-tuple 'time' decreases between consecutive tuples of the same trace",
+    "instrument-mismatch-measured": "tuples flagged (no interval) because what the stream shows -- the beam "
+                                    "positions' L/2, the live-calibrated v0/background -- lies outside the model's coverage",
 }
 
 
@@ -107,6 +112,7 @@ def validate(packet: Packet) -> Packet:
 #: the wire part of the modality (the package's MODALITY adds predictors, view and commands to it)
 DECLARATION = Modality(name=NAME, title="MINFLUX two-emitter distance", packets=(TUPLES,), results=RESULTS,
                        predictors=(), default_predictor="static", reasons=REASONS, validate=validate,
+                       profile=PROFILE,
                        doc="photon-count tuples (6 exposures around a centre) -> two-emitter distance + 90% interval")
 
 
