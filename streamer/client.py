@@ -43,17 +43,21 @@ class Publisher:
     A sink killed and restarted on the same ``--out`` then loses nothing and duplicates nothing.
     Without ``results`` (or with a raw PUSH socket) a packet is gone once sent: a sink crash loses
     what it held.
+
+    ``instrument``: the name of the stream's instrument profile, sent in every packet; workers given
+    that profile serve the stream with the bundle trained for it (see :mod:`streamer.core.profile`).
     """
 
     def __init__(self, endpoint: str = DEFAULT_INGEST, stream: str = "microscope", *, modality: str = registry.DEFAULT_MODALITY,
                  kind: str | None = None, first_seq: int = 0, hwm: int = 100, curve: str | Path | None = None,
                  context: zmq.Context | None = None, results: str | None = None, retain_bytes: int = 256 << 20,
-                 resend_after_s: float = 5.0):
+                 resend_after_s: float = 5.0, instrument: str | None = None):
         if not stream or len(stream) > wire.MAX_STREAM_ID:
             raise ValueError(f"stream id must be 1-{wire.MAX_STREAM_ID} characters")
         self.stream = stream
         self.modality = modality
         self.kind = kind
+        self.instrument = instrument  # the instrument profile's name, in every packet (see core.profile)
         self._spec = self._packet_kind(modality, kind)
         self.seq = first_seq
         self._curve = curve
@@ -169,7 +173,8 @@ class Publisher:
         item_key = spec.item_key if spec else "n"
         if item_key not in head and arrays:
             head[item_key] = len(next(iter(arrays.values())))
-        raw = wire.encode_packet(modality, kind, self.stream, self.seq, head, arrays, spec, t_acq)
+        raw = wire.encode_packet(modality, kind, self.stream, self.seq, head, arrays, spec, t_acq,
+                                 instrument=self.instrument)
         self._send_packet(self.seq, raw, timeout)
         self.seq += 1
         return self.seq - 1

@@ -114,3 +114,21 @@ def test_calibrate_train_serve_round_trip(tmp_path):
     # only when no profile is the default; here B is the worker's default profile, so it is covered
     res = _serve(served, _packet(op_fit))
     assert res.invalid == {}
+
+
+def test_publisher_names_the_instrument_in_every_packet():
+    import zmq
+
+    from streamer.client import Publisher
+
+    ctx = zmq.Context.instance()
+    pull = ctx.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        with Publisher(f"tcp://127.0.0.1:{port}", "s", modality="diffusion", instrument="scopeB", context=ctx) as pub:
+            stacks = np.zeros((1, 4, 16, 16), "<u2")
+            pub.send(stacks=stacks, frames=4, height=16, width=16, frame_s=0.01)
+        assert pull.poll(5000)
+        assert wire.unpack(pull.recv())["instrument"] == "scopeB"
+    finally:
+        pull.close(0)
