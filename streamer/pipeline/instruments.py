@@ -8,7 +8,7 @@ profile's values and the packet's own header parameters (``pixel_nm``, ``frame_s
 serving model's coverage. Outside it, results keep their point estimates but lose their intervals and
 carry the modality's mismatch flag, counted under ``instrument-mismatch`` (or ``instrument-unknown``
 for a packet naming a profile this worker was not given) -- never a confident answer for another
-instrument.
+instrument. The profile that applies is handed to the predictor as ``packet.extra["profile"]``.
 """
 
 from __future__ import annotations
@@ -97,6 +97,8 @@ class Instruments:
             predictor = known[profile.name][1]
         else:
             profile, predictor = None, self.default[packet.modality]
+        if profile is not None:  # predictors may use the user's calibration (e.g. MINFLUX v0, background)
+            packet.extra["profile"] = profile
         cov = self.coverage(predictor, mod)
         if cov is None:
             return Route(predictor, [], None)

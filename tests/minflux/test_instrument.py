@@ -12,7 +12,7 @@ from streamer.modalities.minflux.prediction import FLAG_UNCALIBRATED
 from streamer.modalities.minflux.profiles import self_calibrate, simulate_stream
 from streamer.modalities.minflux.simulate import InstrumentParams, simulate_static
 from streamer.modalities.minflux.wire import RESULTS, encode_packet
-from streamer.pipeline.worker import Served, handle
+from streamer.pipeline.worker import Served, serve_raw
 
 MF = registry.get("minflux")
 B_VALUES = {"v0": 0.95, "background": 10.0, "half_l": 30.0}
@@ -36,9 +36,7 @@ def _packet(batch, seq=0, instrument=None, header_half_l=None, stream="s"):
 
 
 def _serve(served, raw):
-    status, payload = handle(served, raw, None, "test")
-    assert status == b"DONE", wire.unpack(payload)
-    return wire.decode_result(payload)
+    return serve_raw(served, raw)
 
 
 def _rulers(n=200, half_l=15.0, v0=1.0, seed=0):
@@ -185,3 +183,17 @@ def test_calibrate_train_serve_round_trip(tmp_path):
     # B's data naming nothing on a nominal worker: flagged, never answered as if from A
     res = _serve(Served({"minflux": "static"}), _packet(b, stream="nominal"))
     assert (res.flags & RESULTS.mismatch_flag).all() and res.invalid == {MEASURED: 1000}
+
+
+def test_a_profile_s_measured_v0_and_background_override_self_calibration():
+    """A calibration file is the user's calibration: its measured (not nominal) values are used from
+    the first tuple, no self-calibration wait, no 'uncalibrated' flag."""
+    cal = prof.nominal(MF, "lab").with_values({"v0": 0.97, "background": 1.5}, "calibrate ruler.npz")
+    served = Served({"minflux": "general"}, [cal])
+    res = _serve(served, _packet(_rulers(200, v0=0.97), instrument="lab"))
+    assert np.allclose(res.v0, 0.97) and np.allclose(res.background, 1.5)
+    assert not (res.flags & FLAG_UNCALIBRATED).any() and not (res.flags & MISMATCH).any()
+    # nominal values in a profile are not a calibration: the stream still calibrates itself
+    served = Served({"minflux": "general"}, [prof.nominal(MF, "plain")])
+    res = _serve(served, _packet(_rulers(200), instrument="plain"))
+    assert (res.flags & FLAG_UNCALIBRATED).all()

@@ -70,8 +70,13 @@ class LivePredictor:
             self.streams[name] = s
         return s
 
-    def process(self, stream: str, batch: TupleBatch) -> dict[str, np.ndarray]:
+    def process(self, stream: str, batch: TupleBatch, measured: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+        """``measured``: v0 / background the user calibrated (an instrument profile's measured values;
+        they override self-calibration for this packet, like ``v0=`` / ``background=``)."""
         n = len(batch)
+        measured = measured or {}
+        fixed_v0 = measured.get("v0", self.fixed_v0)
+        fixed_bg = measured.get("background", self.fixed_bg)
         st = self.stream(stream)
         P, Q, m0, var_pq, var_m0 = harmonic_terms(batch.counts, batch.positions)
         n_tot = batch.counts.sum(axis=(1, 2), dtype=np.int64).astype(np.float64)
@@ -114,11 +119,11 @@ class LivePredictor:
             two = cs == STATE_TWO
             if two.any():
                 st.traces.add(t, x[two, 0], x[two, 1], x[two, 2], x[two, 3], x[two, 4])
-        v0 = self.fixed_v0 if self.fixed_v0 is not None else min(st.cal.v0, 1.0)  # v0 <= 1 physically
-        bg = self.fixed_bg if self.fixed_bg is not None else st.cal.background
+        v0 = fixed_v0 if fixed_v0 is not None else min(st.cal.v0, 1.0)  # v0 <= 1 physically
+        bg = fixed_bg if fixed_bg is not None else st.cal.background
         pred = self.model.predict_with(batch, np.float32(v0), np.float32(bg))
         flags = pred.flags
-        if (self.fixed_v0 is None or self.fixed_bg is None) and not st.cal.calibrated:
+        if (fixed_v0 is None or fixed_bg is None) and not st.cal.calibrated:
             flags = flags | np.uint8(FLAG_UNCALIBRATED)
         # per-trace distance (pooled visibility, see traces.TraceDistance); background can differ
         # between traces (local autofluorescence): once a trace has its own background-only
@@ -126,14 +131,14 @@ class LivePredictor:
         td = np.full(n, np.nan, np.float32)
         tlo, thi = td.copy(), td.copy()
         for t, m in zip(keys, masks):
-            b_t, b_se = bg, (0.0 if self.fixed_bg is not None else st.cal.background_se)
-            if self.fixed_bg is None:
+            b_t, b_se = bg, (0.0 if fixed_bg is not None else st.cal.background_se)
+            if fixed_bg is None:
                 b_own, own = st.cal.trace_background(t)
                 if own:
                     b_t = b_own
                     b_se = float(np.sqrt(max(b_t, 1e-3) / (6.0 * st.cal.trace_bg[t][1])))
             td[m], tlo[m], thi[m] = st.traces.estimate(
-                t, v0, b_t, 0.0 if self.fixed_v0 is not None else st.cal.v0_se, b_se)
+                t, v0, b_t, 0.0 if fixed_v0 is not None else st.cal.v0_se, b_se)
         return {"distance": pred.distance, "lower": pred.lower, "upper": pred.upper, "flags": flags,
                 "state": state, "v0": np.full(n, v0, np.float32), "background": np.full(n, bg, np.float32),
                 "trace_distance": td, "trace_lower": tlo, "trace_upper": thi}
@@ -167,19 +172,23 @@ class LiveModalityPredictor:
         from .wire import RESULTS, result_arrays
 
         b = packet.extra["batch"]
-        out = self.inner.process(packet.stream, b)
+        prof = packet.extra.get("profile")  # measured values of the stream's instrument profile override
+        measured = {k: prof[k] for k in ("v0", "background")
+                    if prof is not None and prof.provenance.get(k, "nominal") != "nominal"}
+        out = self.inner.process(packet.stream, b, measured)
         res = result_arrays(packet, out["distance"], out["lower"], out["upper"], out["flags"])
         declared = {a.name for a in RESULTS.items}
         res.update({k: v for k, v in out.items() if k in declared and k not in res})
         bad = half_l_outside(self.coverage, b.positions) if packet.header.get("half_l") is None else None
         inner = self.inner
-        if inner.fixed_v0 is None or inner.fixed_bg is None:
+        fixed_v0, fixed_bg = measured.get("v0", inner.fixed_v0), measured.get("background", inner.fixed_bg)
+        if fixed_v0 is None or fixed_bg is None:
             st = inner.streams[packet.stream]
             if st.cal.calibrated:  # two scalars per packet: the values the model was just given
                 live = {}
-                if inner.fixed_v0 is None:
+                if fixed_v0 is None:
                     live["v0"] = min(st.cal.v0, 1.0)
-                if inner.fixed_bg is None:
+                if fixed_bg is None:
                     live["background"] = st.cal.background
                 if self.coverage.outside(live):
                     bad = np.ones(packet.n, bool)
