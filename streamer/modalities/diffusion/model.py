@@ -49,18 +49,18 @@ def fit_booster(X: np.ndarray, log_d: np.ndarray, rounds: int = 500, nthread: in
 
 def train(out_dir: Path = DEFAULT_BUNDLE, n_train: int = 30000, n_cal: int = 16000, seed: int = 1,
           rounds: int = 350, nthread: int = 2, op: Optics | None = None, log=print, instrument=None,
-          progress: bool = False) -> dict:
+          progress: bool = False, fwhm_tol: float = 0.06) -> dict:
     """Simulate, fit, calibrate and write a bundle; returns the manifest.
 
     ``instrument``: an :class:`~streamer.core.profile.InstrumentProfile` to train for (its optics
-    replace ``op``; the PSF width is drawn within +-6 % of its FWHM); the bundle records it and the
-    parameter ranges it covers."""
+    replace ``op``; the PSF width is drawn within +-``fwhm_tol`` of its FWHM); the bundle records it
+    and the parameter ranges it covers."""
     fwhm_range = DS.TRAIN_FWHM
     if instrument is not None:
         from .instrument import optics_of_profile
 
         op = optics_of_profile(instrument)
-        fwhm_range = (op.fwhm_nm * 0.94, op.fwhm_nm * 1.06)
+        fwhm_range = (op.fwhm_nm * (1 - fwhm_tol), op.fwhm_nm * (1 + fwhm_tol))
     op = op or Optics()
     t0 = time.time()
     tr = DS.make_random(seed, n_train, op, fwhm_range=fwhm_range, progress=progress and "train set")
