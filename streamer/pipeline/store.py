@@ -84,6 +84,21 @@ def concat_filled(parts: list[dict[str, np.ndarray]], rows_key=lambda k: "seq") 
     return out
 
 
+def recover(directory: str | Path) -> dict[str, dict[int, bytes]]:
+    """{stream: {seq: digest}} of every packet persisted in ``directory`` (any earlier run); removes
+    what a crash left half-written (``*.tmp``, never visible to readers)."""
+    _, pq = _pa()
+    directory = Path(directory)
+    out: dict[str, dict[int, bytes]] = defaultdict(dict)
+    for path in sorted(directory.glob("modality=*/stream=*/packets-*.parquet")):
+        stream = unquote(path.parent.name[len("stream="):])
+        t = pq.read_table(path, columns=["seq", "digest"])
+        out[stream].update(zip(t.column("seq").to_pylist(), t.column("digest").to_pylist()))
+    for tmp in directory.glob("modality=*/stream=*/*.tmp"):
+        tmp.unlink(missing_ok=True)
+    return dict(out)
+
+
 def partition(directory: Path, modality: str, stream: str) -> Path:
     return directory / f"modality={quote(modality, safe='')}" / f"stream={quote(stream, safe='')}"
 
@@ -112,16 +127,7 @@ class ResultStore:
 
     # ------------------------------------------------------------------ recovery
     def recover(self) -> dict[str, dict[int, bytes]]:
-        """{stream: {seq: digest}} of every packet persisted in this directory (any earlier run)."""
-        _, pq = _pa()
-        out: dict[str, dict[int, bytes]] = defaultdict(dict)
-        for path in sorted(self.dir.glob("modality=*/stream=*/packets-*.parquet")):
-            stream = unquote(path.parent.name[len("stream="):])
-            t = pq.read_table(path, columns=["seq", "digest"])
-            out[stream].update(zip(t.column("seq").to_pylist(), t.column("digest").to_pylist()))
-        for tmp in self.dir.glob("modality=*/stream=*/*.tmp"):  # a crash mid-write: never visible
-            tmp.unlink(missing_ok=True)
-        return dict(out)
+        return recover(self.dir)
 
     # ------------------------------------------------------------------ writing
     def add(self, res: Result, t_sink: float, digest: bytes) -> None:
