@@ -79,3 +79,57 @@ def test_render_helper_is_linear():
     two = render({k: v[1:] for k, v in t.items()}, 1, 64, 64, 100.0, 0.0)
     np.testing.assert_allclose(both, one + two, atol=1e-9)
     assert both.sum() == pytest.approx(3000, rel=1e-3)
+
+
+def test_pair_fit_recovers_pairs_whose_single_fit_leaves_the_z_range():
+    """Two emitters ~4 px apart look like one wide, defocused blob: the single fit answers with
+    |z| > 800 nm (rejected); the second pass must fit two emitters there instead of losing both."""
+    n = 40
+    t = {"item": np.repeat(np.arange(n), 2), "x": np.tile([3000.0, 3400.0], n), "y": np.full(2 * n, 3200.0),
+         "z": np.full(2 * n, 450.0), "photons": np.full(2 * n, 20000.0)}
+    rng = np.random.default_rng(4)
+    frames = (100 + rng.poisson(render(t, n, 64, 64, 100.0, 200.0))).astype(np.uint16)
+    T = np.column_stack([t["x"], t["y"], t["z"]])
+    L1 = localize(frames, passes=1)
+    k1 = (L1.flags & REJECTED) == 0
+    L2 = localize(frames, passes=2)
+    k2 = (L2.flags & REJECTED) == 0
+    a1 = assess(L1.item[k1], L1.xyz[k1], t["item"], T)
+    a2 = assess(L2.item[k2], L2.xyz[k2], t["item"], T)
+    assert a2["ji"] >= 90 and a2["ji"] > a1["ji"] + 20, (a1["ji"], a2["ji"])
+    assert a2["rmse_lat"] < 30
+
+
+def test_shrink_weights_follow_held_out_error():
+    from streamer.modalities.smlm3d.train import choose_shrink
+
+    rng = np.random.default_rng(1)
+    m = 4000
+    truth = rng.normal(size=(m, 3))
+    fit = truth + rng.normal(size=(m, 3))
+    g = np.where(np.arange(m) < m // 2, 3, 7)   # two groups of one nearest-candidate bin
+    corr = np.where((g == 3)[:, None], truth - fit, rng.normal(size=(m, 3)))  # exact vs pure noise
+    w = choose_shrink(fit, corr, truth, g, np.ones(m, bool))
+    assert w.shape == (N_GROUPS, 3)
+    np.testing.assert_allclose(w[3], 1.0)
+    np.testing.assert_allclose(w[7], 0.0)
+
+
+def test_precision_filter_rejects_only_pairs_known_far_worse_than_isolated():
+    """Sparse frames: a pair fit 1 px apart (each emitter known to many isolated CRLBs) is flagged,
+    a pair 4 px apart (nearly independent emitters) is not."""
+    from streamer.modalities.smlm3d.model import imprecise_pairs
+
+    n = 30
+    out = {}
+    for sep in (100.0, 400.0):
+        t = {"item": np.repeat(np.arange(n), 2), "x": np.tile([3000.0, 3000.0 + sep], n),
+             "y": np.full(2 * n, 3200.0), "z": np.full(2 * n, 300.0), "photons": np.full(2 * n, 20000.0)}
+        frames = (100 + np.random.default_rng(8).poisson(render(t, n, 64, 64, 100.0, 200.0))).astype(np.uint16)
+        L = localize(frames, passes=2)
+        pair = (L.flags & PAIR) != 0
+        bad = imprecise_pairs(L, np.zeros(len(L), int), 100.0)
+        assert not (bad & ~pair).any()                      # only pair fits are judged
+        out[sep] = (pair.sum(), bad.sum())
+    assert out[100.0][0] >= n and out[100.0][1] >= 0.7 * out[100.0][0], out
+    assert out[400.0][0] >= n and out[400.0][1] == 0, out

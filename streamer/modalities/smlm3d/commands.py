@@ -80,7 +80,7 @@ class SMLM3DCommands:
     # ------------------------------------------------------------------ train
     def add_train_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--sampling", choices=["structure", "csr", "both"], default="both")
-        p.add_argument("--chunks", type=int, default=240, help="50-frame simulation chunks per bundle")
+        p.add_argument("--chunks", type=int, default=320, help="50-frame simulation chunks per bundle")
         p.add_argument("--rounds", type=int, default=60, help="boosting rounds per ensemble")
         p.add_argument("--seed", type=int, default=0)
 

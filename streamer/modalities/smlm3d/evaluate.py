@@ -1,9 +1,15 @@
 """The issue-17 table: SNR x density for MLE / trees-CSR / trees-structure, CRLB and interval coverage.
 
 Test data: structure-sampled frames (three-helix filaments, a new random structure every 100 frames,
-seeds disjoint from training), as seed 002 tests on microtubules. Each cell has at least ~600 true
+seeds disjoint from training), as seed 002 tests on microtubules. Each cell has at least --emitters true
 emitters. The CRLB column is the floor at the true parameters of the matched emitters (isolated
 emitter, same camera noise, 13x13 window = the fit window), reported as sqrt(mean(CRLB^2)).
+"iso lat ratio": the lateral RMSE / CRLB over matched emitters with no other true emitter of their frame
+within 500 nm (in brackets: their share); on filaments even sparse frames hold close pairs, for which
+the isolated-emitter CRLB is not attainable, and the column says how much of the ratio they make.
+The PASS/FAIL lines keep the issue's reference (all matched emitters, isolated-emitter CRLB). (A joint
+multi-emitter CRLB was tried as the reference and dropped: unresolvable pairs have near-infinite
+bounds, so the ratio of means fell below 1 at 13 emitters/frame and says nothing.)
 """
 
 from __future__ import annotations
@@ -42,10 +48,33 @@ def score_cell(out: dict, truth: dict, pixel_nm: float = 100.0) -> dict:
     th = np.column_stack([truth["x"][it] / pixel_nm, truth["y"][it] / pixel_nm, truth["z"][it],
                           truth["photons"][it], truth["background"][truth["item"][it]]])
     c = crlb(th, pixel_nm=pixel_nm, n_px=ROI, read_var=READ_VAR) if len(it) else np.zeros((0, 5))
+    # emitters with no other true emitter of their frame within ISOLATED_NM: where the isolated-emitter
+    # CRLB is the attainable floor (closer pairs on a filament are not, whatever the estimator)
+    iso = _isolated(truth)[it] if len(it) else np.zeros(0, bool)
+    d = est[ie] - T[it]
+    if iso.any():
+        a["ratio_lat_iso"] = float(np.sqrt(np.mean(d[iso, 0] ** 2 + d[iso, 1] ** 2))
+                                   / np.sqrt(np.mean(c[iso, 0] ** 2 + c[iso, 1] ** 2)))
+    else:
+        a["ratio_lat_iso"] = float("nan")
+    a["frac_iso"] = float(iso.mean()) if len(iso) else float("nan")
     a.update(crlb_lat=float(np.sqrt(np.mean(c[:, 0] ** 2 + c[:, 1] ** 2))) if len(it) else float("nan"),
              crlb_ax=float(np.sqrt(np.mean(c[:, 2] ** 2))) if len(it) else float("nan"),
              cov_x=cov["x"], cov_y=cov["y"], cov_z=cov["z"])
     return a
+
+
+ISOLATED_NM = 500.0
+
+
+def _isolated(truth: dict) -> np.ndarray:
+    """Per true emitter: no other emitter of the same frame within ISOLATED_NM laterally."""
+    from scipy.spatial import cKDTree
+
+    pts = np.column_stack([truth["x"] + truth["item"] * 1e9, truth["y"]])
+    if len(pts) < 2:
+        return np.ones(len(pts), bool)
+    return cKDTree(pts).query(pts, k=2)[0][:, 1] > ISOLATED_NM
 
 
 def run(predictors: dict, snrs=tuple(SNR_LEVELS), densities=DENSITIES, min_emitters: int = 600,
@@ -70,14 +99,15 @@ def run(predictors: dict, snrs=tuple(SNR_LEVELS), densities=DENSITIES, min_emitt
 
 
 HEADER = ("| SNR | density | method | JI % | lat RMSE nm | CRLB lat | ratio | ax RMSE nm | CRLB ax | ratio "
-          "| E3D % | cov x | cov y | cov z | frames/s |")
+          "| E3D % | cov x | cov y | cov z | iso lat ratio | frames/s |")
 
 
 def fmt_row(r: dict) -> str:
     return (f"| {r['snr']} | {r['density']:.2f} | {r['method']} | {r['ji']:.1f} | {r['rmse_lat']:.1f} | "
             f"{r['crlb_lat']:.1f} | {r['rmse_lat'] / r['crlb_lat']:.2f} | {r['rmse_ax']:.1f} | "
             f"{r['crlb_ax']:.1f} | {r['rmse_ax'] / r['crlb_ax']:.2f} | {r['eff_3d']:.1f} | "
-            f"{100 * r['cov_x']:.1f} | {100 * r['cov_y']:.1f} | {100 * r['cov_z']:.1f} | {r['fps']:.0f} |")
+            f"{100 * r['cov_x']:.1f} | {100 * r['cov_y']:.1f} | {100 * r['cov_z']:.1f} | "
+            f"{r['ratio_lat_iso']:.2f} ({100 * r['frac_iso']:.0f} %) | {r['fps']:.0f} |")
 
 
 def table(rows: list[dict]) -> str:
@@ -99,7 +129,8 @@ def verdicts(rows: list[dict]) -> list[str]:
             rl, ra = t["rmse_lat"] / t["crlb_lat"], t["rmse_ax"] / t["crlb_ax"]
             ok = rl <= 1.15 and ra <= 1.25 and t["ji"] >= m["ji"]
             out.append(f"{'PASS' if ok else 'FAIL'} low density {s} d={d}: trees lat {rl:.2f}x CRLB (<=1.15), "
-                       f"ax {ra:.2f}x (<=1.25), JI {t['ji']:.1f} vs MLE {m['ji']:.1f}")
+                       f"ax {ra:.2f}x (<=1.25), JI {t['ji']:.1f} vs MLE {m['ji']:.1f}; isolated emitters "
+                       f"({100 * t['frac_iso']:.0f} %) lat {t['ratio_lat_iso']:.2f}x")
         for d in [d for d in dens if d >= 2.0]:
             t, m, c = by.get((s, d, "trees")), by.get((s, d, "mle")), by.get((s, d, "trees-csr"))
             if t is None or m is None:

@@ -169,7 +169,11 @@ def _split_pairs(f: mle.Fit, cand: Candidates, rois, r0, c0, flags, psf, pixel_n
     candidate becomes two localizations (flag ``pair fit``), both with the pair model's CRLB."""
     M, R = len(f.theta), ROI
     chi2 = ((rois - f.mu) ** 2 / (f.mu + 2.25)).reshape(M, R * R).mean(1) if M else np.zeros(0)
-    idx = np.nonzero(((flags & REJECTED) == 0) & (chi2 > PAIR_CHI2))[0]
+    # also single fits rejected only for |z| out of range: two emitters 2-5 px apart make one wide,
+    # defocused-looking blob, and the single fit answers with an impossible z (measured: most of the
+    # missed emitters of close pairs on filaments); duplicates stay out (their partner is fitted)
+    z_only = ((flags & Z_OUT) != 0) & ((flags & DUPLICATE) == 0)
+    idx = np.nonzero((((flags & REJECTED) == 0) | z_only) & (chi2 > PAIR_CHI2))[0]
     if len(idx) == 0:
         return f, cand, rois, r0, c0, flags
     th2, sd2, ll2, mu2 = mle.fit_pairs(rois[idx], f.theta[idx], psf, pixel_nm, PAIR_ITER)
@@ -190,6 +194,7 @@ def _split_pairs(f: mle.Fit, cand: Candidates, rois, r0, c0, flags, psf, pixel_n
     ll = f.loglik.copy()
     ll[idx] = ll2
     flags = flags.copy()
+    flags[idx] &= ~np.uint8(REJECTED | Z_OUT)   # the pair model explains the blob within range
     flags[idx] |= PAIR
     fit = mle.Fit(np.vstack([theta, new_theta]), np.vstack([sd, sd2[:, 1]]), np.append(ll, ll2),
                   np.append(f.converged, f.converged[idx]), np.concatenate([mu, mu2]))

@@ -125,30 +125,10 @@ def _pair_model(theta: np.ndarray, R: int, psf: AstigmaticPSF, pixel_nm: float, 
     return m1 + m2 + theta[:, 8, None, None], J
 
 
-def fit_pairs(rois: np.ndarray, single: np.ndarray, psf: AstigmaticPSF = DEFAULT_PSF,
-              pixel_nm: float = 100.0, n_iter: int = 20, split_px: float = 1.0):
-    """Two-emitter Poisson MLE started from single-emitter fits ``single`` (M, 5).
-
-    Starts: the single emitter split +-``split_px`` along 4 directions (best likelihood kept), half
-    the photons each, same z. Returns theta (M, 9), per-emitter CRLB sd (M, 2, 5) (x, y in pixels,
-    z nm, N, b), log-likelihood (M,), the model (M, R, R).
-    """
-    M, R, _ = rois.shape
-    d = np.maximum(rois, -READ_VAR + 1e-3) + READ_VAR
-    if M == 0:
-        return np.zeros((0, 9)), np.zeros((0, 2, 5)), np.zeros(0), np.zeros((0, R, R))
-    best_ll, theta = np.full(M, -np.inf), np.zeros((M, 9))
-    for u in PAIR_SPLITS:
-        t = np.empty((M, 9))
-        off = split_px * u
-        t[:, 0:2] = single[:, 0:2] - off
-        t[:, 4:6] = single[:, 0:2] + off
-        t[:, 2] = t[:, 6] = single[:, 2]
-        t[:, 3] = t[:, 7] = 0.5 * single[:, 3]
-        t[:, 8] = single[:, 4]
-        ll = _loglik(d, _pair_model(t, R, psf, pixel_nm))
-        better = ll > best_ll
-        best_ll[better], theta[better] = ll[better], t[better]
+def _pair_lm(d: np.ndarray, theta: np.ndarray, psf: AstigmaticPSF, pixel_nm: float, n_iter: int):
+    """Levenberg-Marquardt of the two-emitter model from ``theta`` (M, 9) on data ``d`` (+ read var)."""
+    M, R = len(d), d.shape[1]
+    theta = theta.copy()
     lo = np.array([-1.0, -1.0, -Z_BOUND, 1.0] * 2 + [1e-2])
     hi = np.array([R + 1.0, R + 1.0, Z_BOUND, 1e9] * 2 + [1e6])
     lam = np.full(M, 1e-2)
@@ -178,6 +158,61 @@ def fit_pairs(rois: np.ndarray, single: np.ndarray, psf: AstigmaticPSF = DEFAULT
         # done: accepted step below 1e-3 px laterally and 1 nm axially for both emitters
         small = ok & np.all(np.abs(step[:, [0, 1, 4, 5]]) < 1e-3, 1) & np.all(np.abs(step[:, [2, 6]]) < 1.0, 1)
         active = active[~small & (lam[active] < 1e8)]
+    return theta, ll, mu, J
+
+
+def fit_pairs(rois: np.ndarray, single: np.ndarray, psf: AstigmaticPSF = DEFAULT_PSF,
+              pixel_nm: float = 100.0, n_iter: int = 20, split_px: float = 1.0):
+    """Two-emitter Poisson MLE started from single-emitter fits ``single`` (M, 5).
+
+    Starts: the single emitter split +-``split_px`` along 4 directions at its z, half the photons
+    each (best likelihood kept). Single fits with |z| > 800 nm also try 2 ``split_px`` splits at the
+    clipped z and at +-350 nm, and run from the best start of each sign of z (better optimum kept). Returns theta (M, 9), per-emitter CRLB sd (M, 2, 5) (x, y in pixels,
+    z nm, N, b), log-likelihood (M,), the model (M, R, R).
+    """
+    M, R, _ = rois.shape
+    d = np.maximum(rois, -READ_VAR + 1e-3) + READ_VAR
+    if M == 0:
+        return np.zeros((0, 9)), np.zeros((0, 2, 5)), np.zeros(0), np.zeros((0, R, R))
+    def best_start(rows, splits, z_values):
+        """Best-likelihood start per row and per sign of z: (2, k) log-likelihoods, (2, k, 9)."""
+        k = len(rows)
+        bl, bt = np.full((2, k), -np.inf), np.zeros((2, k, 9))
+        for u in splits:
+            for z0 in z_values:
+                t = np.empty((k, 9))
+                t[:, 0:2] = single[rows, 0:2] - split_px * u
+                t[:, 4:6] = single[rows, 0:2] + split_px * u
+                t[:, 2] = t[:, 6] = z0[rows]
+                t[:, 3] = t[:, 7] = 0.5 * single[rows, 3]
+                t[:, 8] = single[rows, 4]
+                ll = _loglik(d[rows], _pair_model(t, R, psf, pixel_nm))
+                sgn = (z0[rows] >= 0).astype(int)
+                for s_ in (0, 1):
+                    better = (sgn == s_) & (ll > bl[s_])
+                    bl[s_, better], bt[s_, better] = ll[better], t[better]
+        return bl, bt
+
+    ar = np.arange(M)
+    bl, bt = best_start(ar, PAIR_SPLITS, (single[:, 2],))
+    first = np.argmax(bl, axis=0)
+    start = bt[first, ar]
+    # a single fit rejected for |z| > 800 nm is usually a wide pair: it sits between the two, and its
+    # z is no guide (the astigmatic elongation mimicked the separation), so such rows also try 2-px
+    # splits at +-350 nm, and run the best start of *each* sign of z (elongation along x or along y)
+    alt = np.nonzero(np.abs(single[:, 2]) > 800.0)[0]
+    if len(alt):
+        zc = np.clip(single[:, 2], -600.0, 600.0)
+        bl2, bt2 = best_start(alt, np.concatenate([PAIR_SPLITS, 2.0 * PAIR_SPLITS]),
+                              (zc, np.full(M, -350.0), np.full(M, 350.0)))
+        f2 = np.argmax(bl2, axis=0)
+        start[alt] = bt2[f2, np.arange(len(alt))]
+    theta, ll, mu, J = _pair_lm(d, start, psf, pixel_nm, n_iter)
+    if len(alt):
+        th_b, ll_b, mu_b, J_b = _pair_lm(d[alt], bt2[1 - f2, np.arange(len(alt))], psf, pixel_nm, n_iter)
+        w = ll_b > ll[alt]
+        theta[alt[w]], ll[alt[w]], mu[alt[w]], J[alt[w]] = th_b[w], ll_b[w], mu_b[w], J_b[w]
+    P = 9
     Jf = J.reshape(M, R * R, P)
     F = np.einsum("mki,mk,mkj->mij", Jf, (1.0 / (mu + READ_VAR)).reshape(M, -1), Jf, optimize=True)
     cov = np.linalg.inv(F + np.eye(P) * 1e-9)

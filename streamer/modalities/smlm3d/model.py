@@ -4,7 +4,13 @@ Regression targets are the fit's residuals in units of its own CRLB (t = (truth 
 ensemble serves every SNR: isolated emitters have t ~ N(0, 1) and the trees predict ~0 (the fit is
 already efficient there), while overlapping neighbours leave a predictable bias (residual moments,
 neighbour offsets) that the trees remove. A classifier scores each candidate (P(matched to a true
-emitter)); localizations below the bundle's threshold are flagged ``rejected``.
+emitter)); localizations below the bundle's threshold (per background level x frame crowding) are
+flagged ``rejected``.
+
+Shrinkage: per Mondrian group (below) and coordinate, the correction is multiplied by a weight in
+{0, 0.25, ..., 1} that minimises the squared error on held-out calibration frames (isolated emitters
+at low SNR get little or none of it: there the fit is already at the CRLB and the trees' prediction
+is mostly noise).
 
 Intervals: normalized Mondrian split conformal. A third ensemble predicts the log of the fit's typical
 |error| / CRLB from the same features (crowded or badly fitted candidates err by many CRLBs), so the
@@ -30,6 +36,9 @@ NN_EDGES = (3.0, 6.0, 12.0)      # nearest-candidate distance bins (pixels)
 COUNT_EDGES = (3.0, 7.0)         # candidates in the frame: <= 2, 3-6, >= 7
 BG_EDGES = (25.0, 100.0)         # background bins (photons/pixel)
 COVERAGE = 0.9
+PAIR_PRECISION_K = 3.0           # see imprecise_pairs
+PAIR_PRECISION_BIN = 1           # frame-crowding bins it applies to: <= 6 candidates per frame (rejected ones included)
+MIN_GROUP = 200                  # calibration scores a Mondrian group needs for its own quantile
 N_GROUPS = (len(BG_EDGES) + 1) * (len(COUNT_EDGES) + 1) * (len(NN_EDGES) + 1)
 
 
@@ -55,9 +64,31 @@ def conformal_quantiles(scores: np.ndarray, g: np.ndarray, level: float = COVERA
     per_bg = N_GROUPS // (len(BG_EDGES) + 1)
     for gi in range(N_GROUPS):
         s = scores[g == gi]
-        if len(s) < 50:  # sparse cell: pool over the background levels (the score is CRLB-scaled)
+        # a 90 % quantile from fewer than ~200 scores moves coverage by > 2 %: pool such a sparse cell
+        # over the background levels (the score is CRLB-scaled), and a still sparser one over all
+        if len(s) < MIN_GROUP:
             s = scores[g % per_bg == gi % per_bg]
-        out[gi] = q(s) if len(s) >= 20 else pooled
+        out[gi] = q(s) if len(s) >= 50 else pooled
+    return out
+
+
+def imprecise_pairs(L: Localizations, count_bin: np.ndarray, pixel_nm: float) -> np.ndarray:
+    """Pair-fit localizations of sparse frames whose own CRLB exceeds PAIR_PRECISION_K x the
+    isolated-emitter CRLB at the same estimate (two emitters ~1 px apart on a filament: resolved, but
+    each known to tens of nm, 5-35x the isolated bound, measured). A precision filter for the sparse
+    regime only: in crowded frames such pairs are most of the detections and the JI needs them."""
+    from .detect import READ_VAR, ROI
+    from .localize import PAIR
+    from .psf import crlb
+
+    sel = np.nonzero(((L.flags & PAIR) != 0) & (count_bin <= PAIR_PRECISION_BIN))[0]
+    out = np.zeros(len(L), bool)
+    if len(sel) == 0:
+        return out
+    th = np.column_stack([L.xyz[sel, 0] / pixel_nm, L.xyz[sel, 1] / pixel_nm, L.xyz[sel, 2],
+                          L.photons[sel], L.background[sel]])
+    iso = crlb(th, pixel_nm=pixel_nm, n_px=ROI, read_var=READ_VAR)
+    out[sel] = np.hypot(L.sd[sel, 0], L.sd[sel, 1]) > PAIR_PRECISION_K * np.hypot(iso[:, 0], iso[:, 1])
     return out
 
 
@@ -95,15 +126,23 @@ def apply(L: Localizations, pixel_nm: float, b: "Bundle") -> dict[str, np.ndarra
         score = np.asarray(b.cls.predict(X), np.float32).reshape(m)
         ls = np.asarray(b.scale.predict(X), np.float64).reshape(m, 3)
     sd = L.sd
-    xyz = L.xyz + t[:, :3] * sd
+    g = groups(X) if m else np.zeros(0, np.int64)
+    # per-group weight of the trees' correction (chosen on held-out frames): where the fit is already
+    # efficient (isolated emitters) a full correction only adds the trees' own noise
+    w = np.asarray(manifest["shrink"])[g] if "shrink" in manifest and m else np.ones((m, 3))
+    xyz = L.xyz + w * t[:, :3] * sd
     sd_logn = L.fit.sd[:, 3] / np.maximum(L.photons, 1.0)
     photons = L.photons * np.exp(np.clip(t[:, 3] * sd_logn, -3.0, 3.0))
-    q = np.asarray(manifest["conformal"]["q"])[groups(X)] if m else np.zeros((0, 3))
+    q = np.asarray(manifest["conformal"]["q"])[g] if m else np.zeros((0, 3))
     half = q * sd * np.exp(ls)
     flags = L.flags & ~np.uint8(REJECTED)
-    thr = np.atleast_1d(np.asarray(manifest["score_threshold"], np.float32))
-    if len(thr) > 1:  # per frame-crowding bin
-        thr = thr[np.digitize(X[:, FEATURE_NAMES.index("frame_count")], COUNT_EDGES)] if m else thr[:0]
+    thr = np.asarray(manifest["score_threshold"], np.float32)
+    cnt = np.digitize(X[:, FEATURE_NAMES.index("frame_count")], COUNT_EDGES)
+    if thr.ndim == 2:    # per background level x frame-crowding bin
+        thr = thr[np.digitize(np.exp(X[:, FEATURE_NAMES.index("log_bg")]), BG_EDGES), cnt]
+    elif thr.size > 1:   # per frame-crowding bin (earlier bundles)
+        thr = thr[cnt]
     flags |= np.where(score < thr, np.uint8(REJECTED), np.uint8(0))
+    flags[imprecise_pairs(L, cnt, pixel_nm)] |= REJECTED
     flags[(L.flags & DUPLICATE) != 0] |= REJECTED
     return {"xyz": xyz, "photons": photons, "half": half, "score": score, "flags": flags.astype(np.uint8), "X": X}

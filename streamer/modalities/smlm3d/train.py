@@ -17,17 +17,22 @@ import numpy as np
 from .features import FEATURE_NAMES, features
 from .localize import DUPLICATE, REJECTED, localize
 from .metrics import LATERAL_TOL, efficiency, match
-from .model import COUNT_EDGES, MODEL_DIR, conformal_quantiles, groups
+from .model import BG_EDGES, COUNT_EDGES, MODEL_DIR, conformal_quantiles, groups
 from .psf import DEFAULT_PSF
 from .simulate import SNR_LEVELS, SimConfig, simulate_frames
 
 N_ITER = 20
 PASSES = 2
+# a "good" localization (the classifier's positive class): matched, and lateral error below
+# GOOD_SD x the CRLB's lateral sd + GOOD_LAT_NM, axial below GOOD_SD_Z x sd_z + GOOD_AX_NM
+GOOD_SD, GOOD_LAT_NM, GOOD_SD_Z, GOOD_AX_NM = 3.0, 5.0, 4.0, 10.0
+GOOD_KEEP = 0.97   # score thresholds keep at least this share of the good localizations' scores above
 
 
 def make_dataset(sampling: str, n_chunks: int, frames_per_chunk: int = 50, seed: int = 0,
-                 pixel_nm: float = 100.0) -> dict[str, np.ndarray]:
-    """Features, targets (residual / CRLB), match labels and chunk ids of simulated candidates."""
+                 pixel_nm: float = 100.0, baseline: bool = True) -> dict[str, np.ndarray]:
+    """Features, targets (residual / CRLB), match labels and chunk ids of simulated candidates
+    (``baseline``: also the one-pass MLE's per-frame TP / FP on the same frames)."""
     rng = np.random.default_rng(seed)
     out: dict[str, list] = {k: [] for k in ("X", "t", "label", "chunk", "sd", "fit", "truth", "item",
                                             "n_true", "frame_true", "frame_cand", "frame_chunk",
@@ -59,12 +64,15 @@ def make_dataset(sampling: str, n_chunks: int, frames_per_chunk: int = 50, seed:
         out["n_true"].append(np.array([len(T)]))
         out["frame_true"].append(np.bincount(truth["item"], minlength=frames_per_chunk))
         # the one-pass MLE baseline on the same frames: per-frame TP / FP, the JI floor of sparse frames
-        B = localize(frames, pixel_nm=pixel_nm, n_iter=N_ITER, passes=1)
-        kb = (B.flags & REJECTED) == 0
-        be, _ = match(B.item[kb], B.xyz[kb], truth["item"], T)
-        tp_b = np.bincount(B.item[kb][be], minlength=frames_per_chunk)
+        tp_b = fp_b = np.zeros(frames_per_chunk, np.int64)
+        if baseline:
+            B = localize(frames, pixel_nm=pixel_nm, n_iter=N_ITER, passes=1)
+            kb = (B.flags & REJECTED) == 0
+            be, _ = match(B.item[kb], B.xyz[kb], truth["item"], T)
+            tp_b = np.bincount(B.item[kb][be], minlength=frames_per_chunk)
+            fp_b = np.bincount(B.item[kb], minlength=frames_per_chunk) - tp_b
         out["frame_mle_tp"].append(tp_b)
-        out["frame_mle_fp"].append(np.bincount(B.item[kb], minlength=frames_per_chunk) - tp_b)
+        out["frame_mle_fp"].append(fp_b)
         out["frame_cand"].append(np.bincount(L.item, minlength=frames_per_chunk))
         out["frame_chunk"].append(np.full(frames_per_chunk, c))
     return {k: np.concatenate(v) for k, v in out.items()}
@@ -95,12 +103,38 @@ def _choose_threshold(score, label, err_lat, err_ax, n_true: int, min_ji: float 
     return best_t
 
 
+SHRINK_GRID = np.linspace(0.0, 1.0, 5)
+
+
+def choose_shrink(fit: np.ndarray, corr: np.ndarray, truth: np.ndarray, g: np.ndarray, use: np.ndarray,
+                  min_rows: int = 100) -> np.ndarray:
+    """(N_GROUPS, 3) weight of the trees' correction per Mondrian group and coordinate: the grid value
+    with the smallest squared error of ``fit + w * corr`` on the ``use`` rows; groups with fewer than
+    ``min_rows`` rows take the weight chosen on all rows of their nearest-candidate bin."""
+    from .model import N_GROUPS, NN_EDGES
+
+    def best(rows):
+        e = truth[rows][None] - fit[rows][None] - SHRINK_GRID[:, None, None] * corr[rows][None]
+        return SHRINK_GRID[np.argmin((e * e).sum(1), axis=0)]
+
+    n_nn = len(NN_EDGES) + 1
+    pooled = {b: best(use & (g % n_nn == b)) if (use & (g % n_nn == b)).sum() >= min_rows else np.ones(3)
+              for b in range(n_nn)}
+    out = np.ones((N_GROUPS, 3))
+    for gi in range(N_GROUPS):
+        rows = use & (g == gi)
+        out[gi] = best(rows) if rows.sum() >= min_rows else pooled[gi % n_nn]
+    return out
+
+
 def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, rounds: int = 60,
-                 out_root: Path = MODEL_DIR, verbose: bool = True) -> dict:
+                 out_root: Path = MODEL_DIR, verbose: bool = True, data: dict | None = None,
+                 cal_factor: float = 2.0) -> dict:
+    """Simulate (or take ``data`` from ``make_dataset``), train the three ensembles, calibrate, save."""
     import xgboost as xgb
 
     t0 = time.perf_counter()
-    D = make_dataset(sampling, n_chunks, seed=seed)
+    D = make_dataset(sampling, n_chunks, seed=seed) if data is None else data
     n_true_total = int(D["n_true"].sum())
     cal_chunks = np.arange(n_chunks) % 4 == 3          # every 4th chunk: calibration (all SNRs)
     is_cal = cal_chunks[D["chunk"]]
@@ -119,8 +153,8 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
     # so the efficiency-tuned cut can drop the fits that dominate the RMSE
     tt = np.nan_to_num(np.abs(D["t"][:, :3]), nan=np.inf)
     err_nm = tt * D["sd"]
-    good = lab & (np.hypot(err_nm[:, 0], err_nm[:, 1]) < 5 * np.hypot(D["sd"][:, 0], D["sd"][:, 1]) + 20) \
-        & (err_nm[:, 2] < 5 * D["sd"][:, 2] + 40)
+    good = lab & (np.hypot(err_nm[:, 0], err_nm[:, 1]) < GOOD_SD * np.hypot(D["sd"][:, 0], D["sd"][:, 1]) + GOOD_LAT_NM) \
+        & (err_nm[:, 2] < GOOD_SD_Z * D["sd"][:, 2] + GOOD_AX_NM)
     clf = xgb.train({**params, "max_depth": 5, "objective": "binary:logistic", "eval_metric": "logloss"},
                     xgb.DMatrix(D["X"][tr], label=good[tr].astype(np.float32)), num_boost_round=rounds)
     # typical |error| / CRLB of the fit (log), the conformal normaliser
@@ -128,29 +162,79 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
     scale = xgb.train({**params, "max_depth": 5, "objective": "reg:squarederror",
                        "multi_strategy": "one_output_per_tree"},
                       xgb.DMatrix(D["X"][tr & lab], label=ys), num_boost_round=max(rounds // 2, 10))
-    # calibration on held-out chunks
+    # held-out chunks, two halves: "tune" picks the correction weights and the score thresholds,
+    # "conf" (never used for anything else) gives the conformal quantiles
+    tune_chunks = np.arange(n_chunks) % 8 == 3
+    conf_chunks = np.arange(n_chunks) % 8 == 7
     Xc = D["X"][is_cal]
     pred = reg.inplace_predict(Xc).reshape(len(Xc), 4)
     score = clf.inplace_predict(Xc)
     ls = scale.inplace_predict(Xc).reshape(len(Xc), 3)
-    est = D["fit"][is_cal] + pred[:, :3] * D["sd"][is_cal]
-    err = D["truth"][is_cal] - est
+    gc = groups(Xc)
     lab_c = lab[is_cal]
-    scores = np.abs(err[lab_c]) / (D["sd"][is_cal][lab_c] * np.exp(ls[lab_c]))
-    q = conformal_quantiles(scores, groups(Xc[lab_c]))
+    in_tune = tune_chunks[D["chunk"][is_cal]]
+    good_c = good[is_cal]
+    shrink = choose_shrink(D["fit"][is_cal], pred[:, :3] * D["sd"][is_cal], D["truth"][is_cal], gc,
+                           lab_c & in_tune)
+    est = D["fit"][is_cal] + shrink[gc] * pred[:, :3] * D["sd"][is_cal]
+    err = D["truth"][is_cal] - est
     err_lat = np.nan_to_num(np.hypot(err[:, 0], err[:, 1]))
     err_ax = np.nan_to_num(err[:, 2])
-    # one threshold per frame-crowding bin (isolated emitters tolerate a stricter cut than crowds)
+    # one threshold per background level x frame-crowding bin (both observable: the fitted background
+    # and the candidates of the frame): isolated emitters tolerate a stricter cut than crowds, and the
+    # classifier's scores of good localizations run lower at 1k photons than at 20k
+    levels = list(SNR_LEVELS.values())
+    chunk_bg = np.digitize([levels[c % len(levels)][1] for c in range(n_chunks)], BG_EDGES)
+    fbg = chunk_bg[D["frame_chunk"]]
     fbin = np.digitize(D["frame_cand"], COUNT_EDGES)
-    fcal = cal_chunks[D["frame_chunk"]]
+    ftune = tune_chunks[D["frame_chunk"]]
     cbin = np.digitize(Xc[:, FEATURE_NAMES.index("frame_count")], COUNT_EDGES)
-    thr = []
-    for k in range(len(COUNT_EDGES) + 1):
-        fr = fcal & (fbin == k)
-        n_true_k = int(D["frame_true"][fr].sum())
-        ji_mle = 100.0 * D["frame_mle_tp"][fr].sum() / max(n_true_k + D["frame_mle_fp"][fr].sum(), 1)
-        thr.append(_choose_threshold(score[cbin == k], lab_c[cbin == k].astype(int), err_lat[cbin == k],
-                                     err_ax[cbin == k], n_true_k, ji_mle if k == 0 else -np.inf))
+    bbin = np.digitize(np.exp(Xc[:, FEATURE_NAMES.index("log_bg")]), BG_EDGES)
+    thr = np.zeros((len(BG_EDGES) + 1, len(COUNT_EDGES) + 1))
+    for j in range(len(BG_EDGES) + 1):
+        for k in range(len(COUNT_EDGES) + 1):
+            fr = ftune & (fbin == k) & (fbg == j)
+            sel = in_tune & (cbin == k) & (bbin == j)
+            n_true_k = int(D["frame_true"][fr].sum())
+            ji_mle = 100.0 * D["frame_mle_tp"][fr].sum() / max(n_true_k + D["frame_mle_fp"][fr].sum(), 1)
+            t_eff = _choose_threshold(score[sel], lab_c[sel].astype(int), err_lat[sel], err_ax[sel], n_true_k,
+                                      ji_mle if k == 0 else -np.inf)
+            # precision first: cut at least up to the score that keeps GOOD_KEEP of the good localizations
+            # (the 3D efficiency barely sees a few merged close pairs at 20k photons, yet their 30-nm
+            # errors are ~10 CRLBs), unless that drops the sparse frames' JI below the MLE baseline's
+            g_sc = score[sel & good_c]
+            t_prec = float(np.quantile(g_sc, 1.0 - GOOD_KEEP)) if len(g_sc) >= 50 else t_eff
+            keep_p = score[sel] >= t_prec
+            tp_p = int((keep_p & lab_c[sel]).sum())
+            ji_p = 100.0 * tp_p / max(n_true_k + int((keep_p & ~lab_c[sel]).sum()), 1)
+            thr[j, k] = max(t_eff, t_prec) if (k > 0 or ji_p >= ji_mle) else t_eff
+    # conformal scores of the localizations that will be *kept* (score above its bin's threshold, not a
+    # duplicate): calibrating on every matched candidate would let the rejected, badly fitted ones
+    # inflate the quantiles and over-cover what is reported
+    # Calibration set: the held-out "conf" chunks plus CAL_FACTOR x n_chunks freshly simulated chunks
+    # (own seed, so other structures): 36 groups need thousands of scores each for their quantiles
+    # to land within ~1 % coverage (a few hundred left them +-3 % off, measured)
+    def kept_scores(X, fit, sd, truth, labelled, rows):
+        pr = reg.inplace_predict(X).reshape(len(X), 4)
+        sc = clf.inplace_predict(X)
+        lsc = scale.inplace_predict(X).reshape(len(X), 3)
+        g = groups(X)
+        est_c = fit + shrink[g] * pr[:, :3] * sd
+        b_, c_ = (np.digitize(np.exp(X[:, FEATURE_NAMES.index("log_bg")]), BG_EDGES),
+                  np.digitize(X[:, FEATURE_NAMES.index("frame_count")], COUNT_EDGES))
+        kept = (sc >= thr[b_, c_]) & ((X[:, FEATURE_NAMES.index("flags")].astype(int) & DUPLICATE) == 0)
+        use = labelled & kept & rows
+        return np.abs(truth[use] - est_c[use]) / (sd[use] * np.exp(lsc[use])), g[use]
+
+    n_cal = int(round(cal_factor * n_chunks))
+    C = make_dataset(sampling, n_cal, seed=seed + 1_000_003, baseline=False) if n_cal else None
+    s1, g1 = kept_scores(Xc, D["fit"][is_cal], D["sd"][is_cal], D["truth"][is_cal], lab_c,
+                         conf_chunks[D["chunk"][is_cal]])
+    if C is not None:
+        s2, g2 = kept_scores(C["X"], C["fit"], C["sd"], C["truth"], C["label"] == 1, np.ones(len(C["X"]), bool))
+        s1, g1 = np.concatenate([s1, s2]), np.concatenate([g1, g2])
+    q = conformal_quantiles(s1, g1)
+    n_conf = len(s1)
     out = out_root / name
     out.mkdir(parents=True, exist_ok=True)
     reg.save_model(str(out / "reg.ubj"))
@@ -160,11 +244,14 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
         "name": name, "modality": "smlm3d", "format_version": 1, "sampling": sampling,
         "feature_names": list(FEATURE_NAMES), "reg": "reg.ubj", "cls": "cls.ubj", "scale": "scale.ubj",
         "reg_targets": ["dx/sd_x", "dy/sd_y", "dz/sd_z", "dlogN/sd_logN"],
-        "score_threshold": [round(t, 3) for t in thr],
-        "score_threshold_bins": "candidates/frame " + str(list(COUNT_EDGES)),
+        "score_threshold": thr.round(3).tolist(),
+        "score_threshold_bins": f"background {list(BG_EDGES)} x candidates/frame {list(COUNT_EDGES)}",
+        "shrink": shrink.round(2).tolist(),
         "fit_iterations": N_ITER, "passes": PASSES, "psf": DEFAULT_PSF.to_dict(),
         "conformal": {"level": 0.9, "score": "|truth - estimate| / (CRLB(fit) * exp(scale))",
                       "groups": "background [25, 100] x candidates/frame [3, 7] x nearest candidate px [3, 6, 12]",
+                      "calibrated_on": f"kept localizations: held-out chunks (c % 8 == 7) + {n_cal} fresh chunks",
+                      "scores": n_conf,
                       "q": q.round(4).tolist()},
         "training": {"chunks": n_chunks, "frames_per_chunk": 50, "candidates": int(len(D["X"])),
                      "matched": int(lab.sum()), "true_emitters": n_true_total, "rounds": rounds,
@@ -175,5 +262,5 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     if verbose:
         size = sum(p.stat().st_size for p in out.glob("*.ubj"))
-        print(f"[{name}] thresholds {thr}, bundle {size / 1e6:.2f} MB, {time.perf_counter() - t0:.0f} s")
+        print(f"[{name}] thresholds {thr.round(2).tolist()}, bundle {size / 1e6:.2f} MB, {time.perf_counter() - t0:.0f} s")
     return manifest
