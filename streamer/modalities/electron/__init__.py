@@ -5,6 +5,8 @@ Packets (kind ``frames``): ``n``, ``height``, ``width``, ``frames`` <u2 or <f4 (
 Results: per detection ``x``, ``y`` (pixels; pixel (r, c) is centred on x=c, y=r), ``radius``
 (90% conformal error radius, pixels), ``score`` (= radius: the knob), ``charge`` (e- above the
 40 e- threshold in the 13x13 window), ``size`` (pixels above threshold), ``flags``; per frame ``count``.
+Instrument profile (issue 14; parameters in ``instrument.py``): detections of a stream whose instrument
+the model does not cover carry flag 8 and no radius/score.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 from streamer.core.modality import ArraySpec, HeaderField, Modality, Packet, PacketKind, PredictorSpec, ResultSpec
 
 from .detect import BASELINES
-from .predictor import FLAGS
+from .instrument import PROFILE
+from .predictor import FLAG_MISMATCH, FLAGS
 
 MAX_PIXELS = 1 << 28  # per packet (512 MiB of float32): larger packets are refused, not attempted
 
@@ -53,6 +56,10 @@ RESULTS = ResultSpec(
         ArraySpec("flags", ("<u1",), ("m",), finite=False, doc="bits: see flags"),
     ),
     flags=FLAGS,
+    # the radius is the 90 % interval; the score is the same number (the knob): both NaN when the
+    # stream's instrument lies outside what the model covers
+    intervals=("radius", "score"),
+    mismatch_flag=FLAG_MISMATCH,
     doc="one row per detected electron; count per frame",
 )
 
@@ -75,6 +82,16 @@ def _factory(name: str):
         from .predictor import make_predictor
 
         return make_predictor(name)
+
+    return make
+
+
+def _from_bundle(kind: str):
+    """The trees predictor on another bundle (one trained for an instrument profile)."""
+    def make(path):
+        from .predictor import TreesPredictor
+
+        return TreesPredictor(kind, path)
 
     return make
 
@@ -104,13 +121,16 @@ MODALITY = Modality(
     packets=(FRAMES,),
     results=RESULTS,
     predictors=(
-        PredictorSpec("trees", _factory("trees"), "compiled XGBoost entry point + conformal 90% radius (default)"),
-        PredictorSpec("trees-xgboost", _factory("trees-xgboost"), "same model through XGBoost (comparison)"),
+        PredictorSpec("trees", _factory("trees"), "compiled XGBoost entry point + conformal 90% radius (default)",
+                      from_bundle=_from_bundle("compiled")),
+        PredictorSpec("trees-xgboost", _factory("trees-xgboost"), "same model through XGBoost (comparison)",
+                      from_bundle=_from_bundle("xgboost")),
         *(PredictorSpec(b, _factory(b), f"seed baseline {b}") for b in BASELINES),
     ),
     default_predictor="trees",
     validate=validate,
     view=_view,
     commands=_LazyCommands(),
+    profile=PROFILE,
     doc=__doc__ or "",
 )

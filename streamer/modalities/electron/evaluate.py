@@ -22,15 +22,18 @@ def _deciles(v: np.ndarray, covered: np.ndarray) -> list[tuple[float, float, flo
 
 
 
-def run_sparse(model: TreeModel, lib, idx, n_frames: int, seed: int, rate: float = 10.0, size: int = 100) -> dict:
+def run_sparse(model: TreeModel, lib, idx, n_frames: int, seed: int, rate: float = 10.0, size: int = 100,
+               camera: dict | None = None, pixel_um: float = PIXEL_UM) -> dict:
     """Everything measured on sparse frames (default 10 e- per 100x100 frame).
 
     Baselines run twice: on the seed's rule-based detection (the standard pipeline) and on the
     trees' detection (the candidate classifier picks the peak nearest the entry: a hybrid). All
-    errors are compared on the same isolated electrons (matched by every detection)."""
+    errors are compared on the same isolated electrons (matched by every detection). ``camera``:
+    read noise / gain / offset of the simulated frames (:func:`.simulate.simulate_frames` keywords,
+    default the nominal camera); ``pixel_um``: the library's pixel pitch (errors in um)."""
     from .features import features
 
-    fr = simulate_frames(lib, n_frames, size, size, rate=rate, seed=seed, lib_indices=idx)
+    fr = simulate_frames(lib, n_frames, size, size, rate=rate, seed=seed, lib_indices=idx, **(camera or {}))
     det = model.detect(fr.frames, fr.adu_per_e, fr.offset)
     rule = detect(fr.frames, SEED_RULE, fr.adu_per_e, fr.offset)
     m = match(det.item, det.col, det.row, fr.truth_item, fr.truth_x, fr.truth_y)
@@ -41,15 +44,15 @@ def run_sparse(model: TreeModel, lib, idx, n_frames: int, seed: int, rate: float
     ti = np.nonzero(ok & iso & (mr >= 0))[0]
     di, ri = m[ti], mr[ti]
     tx, ty = fr.truth_x[ti], fr.truth_y[ti]
-    err = {"trees": np.hypot(det.col[di] + dx[di] - tx, det.row[di] + dy[di] - ty) * PIXEL_UM}
+    err = {"trees": np.hypot(det.col[di] + dx[di] - tx, det.row[di] + dy[di] - ty) * pixel_um}
     for name in BASELINES:
         bx, by = baseline_xy(rule, name)
-        err[name] = np.hypot(bx[ri] - tx, by[ri] - ty) * PIXEL_UM
+        err[name] = np.hypot(bx[ri] - tx, by[ri] - ty) * pixel_um
         bx, by = baseline_xy(det, name)
-        err[name + "@trees-det"] = np.hypot(bx[di] - tx, by[di] - ty) * PIXEL_UM
+        err[name + "@trees-det"] = np.hypot(bx[di] - tx, by[di] - ty) * pixel_um
     track = fr.truth_track_um[ti]
     hard = track >= np.quantile(track, 0.8)
-    covered = err["trees"] <= radius[di] * PIXEL_UM
+    covered = err["trees"] <= radius[di] * pixel_um
     # baseline knobs (the centroid has none of its own): cluster size, and 3x3 charge fraction
     names = model.manifest["feature_names"]
     knobs = {}
@@ -65,11 +68,11 @@ def run_sparse(model: TreeModel, lib, idx, n_frames: int, seed: int, rate: float
         "rule_efficiency": float((mr >= 0).mean()),
         "rule_false_per_true": float((len(rule) - (mr >= 0).sum()) / len(fr.truth_x)),
         "n_isolated": n_iso, "err": err, "hard": hard, "covered": covered,
-        "crb_um": None if fr.truth_crb_px is None else fr.truth_crb_px[ti] * PIXEL_UM,
+        "crb_um": None if fr.truth_crb_px is None else fr.truth_crb_px[ti] * pixel_um,
         "coverage": float(covered.mean()), "coverage_hard": float(covered[hard].mean()),
         "cov_charge": _deciles(fr.truth_charge[ti], covered), "cov_track": _deciles(track, covered),
         "cov_obs_charge": _deciles(charge[di], covered),
-        "radius_um_median": float(np.median(radius[di]) * PIXEL_UM),
+        "radius_um_median": float(np.median(radius[di]) * pixel_um),
         "knob": {"trees": knob_curve(err["trees"], radius[di], n_iso),
                  **{f"{b}{tag}|{k}": knob_curve(err[b + tag], v, n_iso)
                     for b in BASELINES for tag in ("", "@trees-det") for k, v in knobs[tag].items()}},

@@ -67,6 +67,27 @@ class TrainConfig:
     extra_train: tuple = ((101, 40000),)
     extra_scale: tuple = ()
     extra_cal: tuple = ()
+    #: the instrument simulated (issue 14): EventPhysics keywords (None: the nominal sensor and beam)
+    #: and the camera's read noise / gain / offset (:func:`.simulate.simulate_frames`)
+    physics: dict | None = None
+    noise_e: float = 20.0
+    adu_per_e: float = 1.0
+    offset: float = 100.0
+
+    def event_physics(self):
+        from .physics import EventPhysics
+
+        return EventPhysics(**(self.physics or {}))
+
+    def detect_params(self) -> DetectParams:
+        """Detection thresholds: the nominal ones (2 sigma of 20 e- read noise, ...), scaled up with
+        a noisier camera so that the candidate count per frame stays what the classifier was built for."""
+        k = max(1.0, self.noise_e / 20.0)
+        if k == 1.0:
+            return DetectParams()
+        d = DetectParams()
+        return DetectParams(threshold_e=d.threshold_e * k, seed_e=d.seed_e * k, box_e=d.box_e * k,
+                            orphan_box=d.orphan_box * k)
 
 
 def library_splits(n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -93,7 +114,8 @@ def training_pool(cfg: "TrainConfig"):
     split extended by the events of its extra libraries (``cfg.extra_*``), appended after it."""
     from .physics import load_library
 
-    base = load_library(cfg.library_n, cfg.library_seed)
+    phys = cfg.event_physics()
+    base = load_library(cfg.library_n, cfg.library_seed, phys)
     splits = library_splits(len(base), cfg.library_seed)
     seeds = [int(sd) for extra in (cfg.extra_train, cfg.extra_scale, cfg.extra_cal) for sd, _ in extra]
     if len(set(seeds)) != len(seeds):
@@ -103,7 +125,7 @@ def training_pool(cfg: "TrainConfig"):
         for seed, n in extra:
             if int(seed) == cfg.library_seed:
                 raise ValueError(f"extra library seed {seed} is the base library's (its test split would leak)")
-            lb = load_library(int(n), int(seed))
+            lb = load_library(int(n), int(seed), phys)
             libs.append(lb)
             splits[role] = np.concatenate([splits[role], np.arange(start, start + len(lb))])
             start += len(lb)
@@ -125,7 +147,8 @@ def labelled(frames, det: Detections, params: DetectParams):
 def _frames(lib, cfg: TrainConfig, idx, n_frames: int, seed: int):
     from .simulate import simulate_frames
 
-    return simulate_frames(lib, n_frames, cfg.size, cfg.size, rate=cfg.rate, seed=seed, lib_indices=idx)
+    return simulate_frames(lib, n_frames, cfg.size, cfg.size, rate=cfg.rate, seed=seed, lib_indices=idx,
+                           noise_e=cfg.noise_e, adu_per_e=cfg.adu_per_e, offset=cfg.offset)
 
 
 def candidate_set(fr, params: DetectParams):
@@ -201,8 +224,10 @@ def _fit_scale(xgb, cfg: TrainConfig, sim_det, splits, params, bx, by):
 
 
 def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=print,
-          recalibrate: bool = False, refit_scale: bool = False, refit_point: bool = False) -> dict:
-    """Simulate, fit, calibrate and write the bundle; returns the manifest. With ``recalibrate``
+          recalibrate: bool = False, refit_scale: bool = False, refit_point: bool = False,
+          instrument: dict | None = None) -> dict:
+    """Simulate, fit, calibrate and write the bundle; returns the manifest (``instrument``: the
+    manifest's instrument entry, see :func:`.instrument.coverage`). With ``recalibrate``
     the boosters already in ``out_dir`` are kept and only the cut and conformal step are redone
     (``refit_scale``: the error-scale booster is refit too; ``refit_point``: the entry-point and
     scale boosters are refit, only the candidate classifier is kept)."""
@@ -210,7 +235,7 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
 
     t0 = time.time()
     lib, splits = training_pool(cfg)
-    params = DetectParams()
+    params = cfg.detect_params()
     # 1. candidate classifier: an electron's own peak vs a secondary maximum of its track / noise
     old = {}
     if recalibrate:
@@ -294,6 +319,8 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
         "charge_range": charge_range,
         "physics": lib.physics,
     }
+    if instrument:  # trained for an instrument profile (issue 14): its hash and what the bundle covers
+        manifest["instrument"] = instrument
     return save_bundle(out_dir, manifest, {"keep": bk, "dx": bx, "dy": by, "scale": bs})
 
 

@@ -15,8 +15,10 @@ from streamer.core.modality import Packet
 from . import fast as _fast
 from .detect import BASELINES, SEED_RULE, DetectParams, Detections, baseline_xy, detect
 
-FLAG_EDGE, FLAG_CROWDED, FLAG_CHARGE_RANGE = 1, 2, 4
-FLAGS = {FLAG_EDGE: "edge", FLAG_CROWDED: "crowded", FLAG_CHARGE_RANGE: "charge-out-of-range"}
+FLAG_EDGE, FLAG_CROWDED, FLAG_CHARGE_RANGE, FLAG_MISMATCH = 1, 2, 4, 8
+#: FLAG_MISMATCH: the stream's instrument lies outside what the model covers (set by the worker, issue 14)
+FLAGS = {FLAG_EDGE: "edge", FLAG_CROWDED: "crowded", FLAG_CHARGE_RANGE: "charge-out-of-range",
+         FLAG_MISMATCH: "instrument-mismatch"}
 
 
 def _detect(packet: Packet, params: DetectParams):
@@ -111,9 +113,12 @@ class TreesPredictor:
     """Compiled (or XGBoost) trees: sub-pixel entry point + conformal 90% radius."""
 
     def __init__(self, kind: str = "compiled", directory=None) -> None:
+        from .instrument import coverage
         from .model import BUNDLE_DIR, TreeModel
 
         self.model = TreeModel(directory or BUNDLE_DIR, kind=kind, nthread=1)
+        #: the instruments this bundle answers for (issue 14; the worker flags packets outside it)
+        self.coverage = coverage(self.model.manifest)
         self.params = self.model.params
         self.model_id = self.model.model_id + ("" if kind == "compiled" else f"-{kind}")
         self.charge_range = self.model.manifest.get("charge_range", [0.0, np.inf])
