@@ -35,6 +35,8 @@ from ..core.wire import Result
 from . import defaults
 
 FORMAT = "streamer-results-parquet"
+#: no dictionary pages: on float results they cost 5x the write time and make files larger (measured)
+WRITE_OPTIONS = {"compression": "lz4", "use_dictionary": False, "write_statistics": False}
 
 
 def _pa():
@@ -107,7 +109,7 @@ class ResultStore:
     """Buffers released results per (modality, stream) and writes them as Parquet from a thread."""
 
     def __init__(self, directory: str | Path, chunk_items: int = defaults.CHUNK_TUPLES, flush_s: float = 1.0):
-        _pa()  # fail at start-up, not at the first flush, when pyarrow is missing
+        _warm_up()  # fail at start-up, not at the first flush, when pyarrow is missing
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.run_id = f"{int(time.time()):x}{os.getpid():x}{os.urandom(2).hex()}"
@@ -237,10 +239,19 @@ def write_parts(directory: Path, modality: str, stream: str, parts: list, tag: s
     return seqs
 
 
+def _warm_up() -> None:
+    """Import now what the first write would import (pyarrow's pandas shim, Parquet and LZ4
+    modules): mid-stream, those imports held the GIL for ~0.3 s and stalled the sink's loop."""
+    pa, pq = _pa()
+    sink = pa.BufferOutputStream()
+    table = pa.table({"a": pa.array(np.zeros(2, np.float32)),
+                      "b": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(4, np.float32)), 2)})
+    pq.write_table(table, sink, **WRITE_OPTIONS)
+
+
 def _atomic(pq, table, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    # no dictionary pages: on float results they cost 5x the write time and make files larger (measured)
-    pq.write_table(table, tmp, compression="lz4", use_dictionary=False, write_statistics=False)
+    pq.write_table(table, tmp, **WRITE_OPTIONS)
     os.replace(tmp, path)
 
 
