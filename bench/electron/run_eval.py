@@ -64,6 +64,11 @@ def main() -> int:
     out.write_text("# Electron (seed 003) benchmark\n\n`.venv/bin/python bench/electron/run_eval.py`, "
                    f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n" + text + "\n")
     print(text)
+    try:  # the knob curve as a figure (docs/electron/knob.png), when matplotlib is installed
+        from plot_knob import main as plot_knob
+    except ImportError:
+        return 0
+    plot_knob()
     return 0
 
 

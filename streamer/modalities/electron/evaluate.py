@@ -194,7 +194,8 @@ def table(res: dict, dense: dict | None = None, speeds: dict | None = None) -> t
                      f"| {c[0]:.0f}-{c[1]:.0f} | {c[2]:.3f} |")
     shown = [best_k, best_kx]
     lines += ["", "Knob curve (mean error of kept isolated events, um; efficiency = kept / isolated electrons):", "",
-              "| efficiency | trees (cut on radius) | " + " | ".join(shown) + " | " + best + " (no knob) |",
+              "| efficiency | trees (cut on radius) | " + " | ".join(k.replace("|", ", cut on ") for k in shown)
+              + " | " + best + " (no knob) |",  # ("|" inside a cell would split the markdown column)
               "|---|---|---|---|---|"]
     for eff in sorted(knob):
         if eff < 0.5 or np.isnan(knob[eff]):
