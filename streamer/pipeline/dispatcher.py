@@ -3,8 +3,9 @@
 Pure logic, no sockets (the sink drives it), so every rule here is unit-testable:
 * a worker announces free slots (its prefetch) when first seen; each dispatch uses one credit and
   each answer returns one, so no worker ever holds more than ``prefetch`` jobs (back-pressure);
-* a worker that says goodbye, disappears (send fails) or stays silent past the heartbeat timeout is
-  dropped and its jobs go back to the FRONT of the queue, oldest first, so order is preserved;
+* a worker that says goodbye, disappears (send fails) or stays silent past the heartbeat timeout (the
+  job timeout while it holds jobs: a long packet keeps it from heartbeating) is dropped and its jobs
+  go back to the FRONT of the queue, oldest first, so order is preserved;
 * a job unanswered for ``job_timeout`` is re-queued too; the first answer wins, later ones are
   ignored (``redundant``) -- that is what makes re-sending safe;
 * a job that was dispatched ``max_deliveries`` times without an answer is poison (it kills
@@ -128,7 +129,10 @@ class Dispatcher:
 
     def expire(self, now: float) -> tuple[list[bytes], list[Job]]:
         """Drop silent workers and re-queue timed-out jobs: (lost worker ids, poison jobs)."""
-        dead = [i for i, w in self.workers.items() if now - w.last_seen > self.heartbeat_timeout]
+        # a worker computing a long packet sends no heartbeat until it answers: while it holds jobs it
+        # has the job timeout to be heard from (a killed one is caught at once by its disconnect)
+        dead = [i for i, w in self.workers.items()
+                if now - w.last_seen > (max(self.heartbeat_timeout, self.job_timeout) if w.jobs else self.heartbeat_timeout)]
         poison = [job for i in dead for job in self.lost(i)]
         late = [jid for jid, job in self.in_flight.items() if now - job.sent_at > self.job_timeout]
         if late:

@@ -40,13 +40,13 @@ def test_dead_worker_jobs_go_back_to_the_front_and_late_answers_are_redundant():
     held = {w: [] for w in (b"a", b"b")}
     for w, j in drain(d):
         held[w].append(j)
-    d.seen(b"b", 1.5)  # b still alive, a silent
-    lost, poison = d.expire(1.6)
-    assert lost == [b"a"] and poison == [] and d.resent == 2
-    assert [j.id for j in list(d.pending)[:2]] == sorted(held[b"a"])  # re-queued ahead of new work
     for j in held[b"b"]:
         d.complete(j, b"b")
-    resent = drain(d, 2.0)
+    d.seen(b"b", 30.9)  # b still alive, a silent (past the job timeout: it holds jobs)
+    lost, poison = d.expire(31.0)
+    assert lost == [b"a"] and poison == [] and d.resent == 2
+    assert [j.id for j in list(d.pending)[:2]] == sorted(held[b"a"])  # re-queued ahead of new work
+    resent = drain(d, 31.0)
     assert [j for _, j in resent] == sorted(held[b"a"])
     # "a" was not dead after all: the first answer wins, the re-sent copy's answer is ignored
     first, second = held[b"a"]
@@ -54,6 +54,21 @@ def test_dead_worker_jobs_go_back_to_the_front_and_late_answers_are_redundant():
     assert d.complete(first, b"b") is None and d.redundant == 1
     assert d.complete(second, b"b") is not None and d.complete(second, b"a") is None
     assert not d.in_flight and d.credits() == 2  # b's slots are back; a (re-registered) got none
+
+
+def test_a_busy_worker_has_the_job_timeout_to_answer_an_idle_one_the_heartbeat_timeout():
+    """A long packet keeps a worker from heartbeating: that must not make it dead (its jobs would be
+    re-sent, and after max_deliveries given up -- lost); a killed worker is caught by its disconnect."""
+    d = Dispatcher(heartbeat_timeout=1.0, job_timeout=30.0)
+    jobs(d, 1)
+    d.seen(b"busy", 0.0, 1)
+    d.seen(b"idle", 0.0, 1)
+    [(busy, _)] = drain(d)  # one job: one worker holds it
+    idle = ({b"busy", b"idle"} - {busy}).pop()
+    lost, _ = d.expire(5.0)  # both silent for 5 s
+    assert lost == [idle] and d.resent == 0
+    lost, _ = d.expire(31.0)
+    assert lost == [busy] and d.resent == 1
 
 
 def test_poison_packet_is_given_up_after_max_deliveries():
