@@ -3,13 +3,16 @@
 Predictors: ``trees`` (default; MLE fit corrected + scored by compiled trees trained on structure-
 sampled simulations, conformal intervals), ``trees-csr`` (the same trained on CSR samples),
 ``trees-xgboost`` (the default bundle on XGBoost's predictor) and ``mle`` (DoG + batched Poisson MLE,
-intervals +- 1.645 CRLB). Physics, simulator, metrics and models live in this package.
+intervals +- 1.645 CRLB; it fits with the stream's calibration curve when the worker has its
+instrument profile). Instrument profiles (issue 14): ``instrument.py``; detections of a stream whose
+instrument the model does not cover carry flag 64 and no intervals. Physics, simulator, metrics and models live in this package.
 """
 
 from __future__ import annotations
 
 from ...core.modality import ArraySpec, HeaderField, Modality, PacketKind, PredictorSpec, ResultSpec
-from .localize import FLAGS
+from .instrument import PROFILE
+from .localize import FLAGS, MISMATCH
 
 NAME = "smlm3d"
 
@@ -50,6 +53,8 @@ RESULTS = ResultSpec(
         ArraySpec("flags", ("<u1",), ("m",), doc="bit 0 rejected (not a localization to keep)"),
     ),
     flags=FLAGS,
+    intervals=("x_lo", "x_hi", "y_lo", "y_hi", "z_lo", "z_hi"),
+    mismatch_flag=MISMATCH,  # the stream's instrument lies outside what the model covers (issue 14)
     doc="one row per candidate; rows with flag bit 0 (rejected) are not localizations",
 )
 
@@ -70,11 +75,23 @@ def _trees(bundle: str, kind: str = "auto"):
     return factory
 
 
+def _from_bundle(kind: str = "auto"):
+    """The trees predictor on another bundle directory (one trained for an instrument profile)."""
+    def make(path):
+        from .predictors import TreesPredictor
+
+        return TreesPredictor(str(path), kind=kind)
+    return make
+
+
 PREDICTORS = (
     PredictorSpec("trees", _trees("trees-structure"),
-                  "MLE fit + compiled trees (structure-trained): bias correction, candidate score, conformal 90 % intervals"),
-    PredictorSpec("trees-csr", _trees("trees-csr"), "the same trees trained on CSR-sampled emitters"),
-    PredictorSpec("trees-xgboost", _trees("trees-structure", "xgboost"), "the default bundle on XGBoost's predictor"),
+                  "MLE fit + compiled trees (structure-trained): bias correction, candidate score, conformal 90 % intervals",
+                  from_bundle=_from_bundle()),
+    PredictorSpec("trees-csr", _trees("trees-csr"), "the same trees trained on CSR-sampled emitters",
+                  from_bundle=_from_bundle()),
+    PredictorSpec("trees-xgboost", _trees("trees-structure", "xgboost"), "the default bundle on XGBoost's predictor",
+                  from_bundle=_from_bundle("xgboost")),
     PredictorSpec("mle", _mle, "DoG detection + batched Poisson MLE of the astigmatic PSF; +-1.645 CRLB intervals"),
 )
 
@@ -100,5 +117,6 @@ MODALITY = Modality(
     default_predictor="trees",
     view=_view,
     commands=_commands(),
+    profile=PROFILE,
     doc="camera frames of blinking emitters -> each emitter's x, y, z, photons + 90 % intervals (seed 002)",
 )

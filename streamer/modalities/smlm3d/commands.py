@@ -1,4 +1,4 @@
-"""CLI hooks: ``streamer simulate|demo|train|evaluate --modality smlm3d``."""
+"""CLI hooks: ``streamer simulate|demo|train|evaluate|calibrate --modality smlm3d``."""
 
 from __future__ import annotations
 
@@ -28,22 +28,67 @@ class SMLM3DCommands:
         p.add_argument("--emccd", action="store_true", help="EMCCD excess noise (gain register)")
         p.add_argument("--adu-per-photon", type=float, default=1.0)
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--instrument", default=None, metavar="PROFILE.toml",
+                       help="simulate this instrument (calibration curve, pixel size, camera; issue 14) instead "
+                            "of the nominal one (--adu-per-photon and --emccd are then the profile's)")
+        p.add_argument("--beads", default=None, metavar="BEADS.tif",
+                       help="instead of blinking emitters: a bead z-stack for `streamer calibrate` written to this "
+                            "TIFF (the replay file holds the same frames, truth z per frame)")
+        p.add_argument("--z-step-nm", type=float, default=20.0, help="bead stack: stage step between frames")
+        p.add_argument("--z-range-nm", default="-800,800", help="bead stack: first,last stage z (nm)")
+        p.add_argument("--n-beads", type=int, default=6, help="bead stack: beads in the field")
 
     def simulate(self, args: argparse.Namespace, demo: bool = False) -> Recording:
+        inst = load_profile(args.instrument) if getattr(args, "instrument", None) else None
+        if getattr(args, "beads", None):
+            return self._beads(args, inst)
         N, b = SNR_LEVELS[args.snr]
         cam = Camera(adu_per_photon=args.adu_per_photon, emccd=args.emccd)
+        extra = {}
+        if inst is not None:
+            from .instrument import camera_of, psf_of
+
+            cam = camera_of(inst)
+            extra = {"psf": psf_of(inst), "pixel_nm": float(inst["pixel_nm"])}
         cfg = SimConfig(n_frames=args.frames, photons=N, background=b, density=args.density,
                         sampling=args.sampling, structure_every=args.structure_every, camera=cam,
-                        seed=args.seed)
+                        seed=args.seed, **extra)
         frames, truth = simulate_frames(cfg)
         header = {"height": cfg.height, "width": cfg.width, "pixel_nm": cfg.pixel_nm,
                   "baseline": cam.baseline, "adu_per_photon": cam.adu_per_photon}
         meta = {"snr": args.snr, "photons": N, "background": b, "density": args.density,
                 "sampling": args.sampling, "structure_every": args.structure_every, "emccd": args.emccd, "seed": args.seed}
+        if inst is not None:
+            meta["instrument"] = {"name": inst.name, "hash": inst.hash, "values": dict(inst.values)}
         return Recording("smlm3d", "frames", {"frames": frames, "frame_id": np.arange(len(frames), dtype=np.int64)},
                          header, truth, meta)
 
+    def _beads(self, args: argparse.Namespace, inst) -> Recording:
+        """A bead z-stack of the instrument: TIFF at ``--beads`` (+ the replay file the verb writes)."""
+        import json
+
+        import tifffile
+
+        from ...core import profile, registry
+        from .calibrate import simulate_beads
+        from .instrument import camera_of, header_of, psf_of
+
+        inst = inst or profile.nominal(registry.get("smlm3d"))
+        lo, hi = (float(v) for v in args.z_range_nm.split(","))
+        frames, z = simulate_beads(psf_of(inst), camera_of(inst), float(inst["pixel_nm"]), n_beads=args.n_beads,
+                                   z_step_nm=args.z_step_nm, z_range=(lo, hi), seed=args.seed)
+        header = {"height": frames.shape[1], "width": frames.shape[2], **header_of(inst)}
+        desc = {"z_nm": z.tolist(), "z_step_nm": args.z_step_nm, **header_of(inst)}
+        tifffile.imwrite(args.beads, frames, description=json.dumps(desc))
+        print(f"wrote a {len(frames)}-frame bead z-stack ({args.n_beads} beads, z {lo:g}..{hi:g} nm step "
+              f"{args.z_step_nm:g}) of {inst.name!r} to {args.beads}")
+        meta = {"beads": True, "instrument": {"name": inst.name, "hash": inst.hash, "values": dict(inst.values)}}
+        return Recording("smlm3d", "frames", {"frames": frames, "frame_id": np.arange(len(frames), dtype=np.int64)},
+                         header, {"z": z}, meta)
+
     def describe(self, rec: Recording) -> str:
+        if rec.meta.get("beads"):
+            return f"bead z-stack of {len(rec):,} frames"
         return (f"{len(rec):,} frames {rec.arrays['frames'].shape[1]}x{rec.arrays['frames'].shape[2]}, "
                 f"{len(rec.truth.get('x', ())):,} emitters ({rec.meta.get('sampling')}, {rec.meta.get('snr')})")
 
@@ -80,12 +125,36 @@ class SMLM3DCommands:
     # ------------------------------------------------------------------ train
     def add_train_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--sampling", choices=["structure", "csr", "both"], default="both")
-        p.add_argument("--chunks", type=int, default=320, help="50-frame simulation chunks per bundle")
+        p.add_argument("--chunks", type=int, default=None,
+                       help="50-frame simulation chunks per bundle (default 320)")
         p.add_argument("--rounds", type=int, default=60, help="boosting rounds per ensemble")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--instrument", default=None, metavar="PROFILE.toml",
+                       help="train one structure-sampled bundle for this instrument profile (its curve, pixel size "
+                            "and camera simulated); the bundle records the profile's hash and the ranges it covers")
+        p.add_argument("--out", type=Path, default=None,
+                       help="bundle directory (default compiled_models/smlm3d/trees-<profile name> with --instrument)")
+        p.add_argument("--tiny", action="store_true", help="a few chunks and trees (tests: plumbing, not accuracy)")
 
     def train(self, args: argparse.Namespace) -> int:
         from .train import train_bundle
+
+        if getattr(args, "instrument", None):
+            from .instrument_train import PROFILE_CONFIG, TINY_CONFIG, train_for_profile
+            from .model import MODEL_DIR
+
+            inst = load_profile(args.instrument)
+            out = args.out or MODEL_DIR / f"trees-{inst.name}"
+            cfg = dict(TINY_CONFIG if args.tiny else PROFILE_CONFIG)
+            if args.chunks is not None:
+                cfg["n_chunks"] = args.chunks
+            manifest, seconds = train_for_profile(inst, Path(out), cfg, seed=args.seed, progress=True)
+            print(f"trained for {inst.name} (hash {inst.hash}) in {seconds:.0f} s: {out} "
+                  f"({manifest['training']['candidates']:,} training candidates from {manifest['training']['chunks']} "
+                  f"chunks); workers started with --instrument {args.instrument} serve it")
+            return 0
+        if args.chunks is None:
+            args.chunks = 320
 
         todo = ["structure", "csr"] if args.sampling == "both" else [args.sampling]
         for s in todo:
@@ -125,3 +194,97 @@ class SMLM3DCommands:
                     + "\n".join(f"- {c}" for c in checks))
             write_sections(RESULTS_MD, {f"## smlm3d: SNR x density ({args.test_sampling} test frames)": body})
         return 0
+
+    # ------------------------------------------------------------------ calibrate (issue 14)
+    def add_calibrate_arguments(self, p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("smlm3d")
+        g.add_argument("data", help="bead z-stack TIFF (frames at known stage z steps; `streamer simulate --modality "
+                                    "smlm3d OUT.npz --beads BEADS.tif` writes one)")
+        g.add_argument("--out", required=True, help="instrument profile to write (.toml)")
+        g.add_argument("--z-step-nm", type=float, default=None,
+                       help="stage step between frames (default: the TIFF's description, if it has z)")
+        g.add_argument("--z-start-nm", type=float, default=None,
+                       help="stage z of the first frame (default: the stack centred on 0); the fit finds the foci' "
+                            "midpoint itself, so this only labels the plot")
+        g.add_argument("--name", default=None, help="instrument name (default: the output file's stem)")
+        g.add_argument("--base", default=None, metavar="PROFILE.toml",
+                       help="start from this profile (default: the nominal instrument); fitted values replace its own")
+        g.add_argument("--pixel-nm", type=float, default=None, help="pixel size (default: the TIFF's description, else --base)")
+        g.add_argument("--baseline", type=float, default=None, help="camera offset ADU (default: description, else --base)")
+        g.add_argument("--adu-per-photon", type=float, default=None, help="camera gain (default: description, else --base)")
+        g.add_argument("--read-noise", type=float, default=None,
+                       help="camera read noise, ADU rms (a bead stack does not measure it; default: --base's)")
+        g.add_argument("--emccd", type=int, choices=[0, 1], default=None, help="1: an EMCCD (default: --base's)")
+        g.add_argument("--plot", default=None, help="PNG of the fit (default: next to --out)")
+        g.add_argument("--force", action="store_true", help="overwrite --out")
+
+    def calibrate(self, args: argparse.Namespace) -> int:
+        import json
+
+        import tifffile
+
+        from ...core import profile, registry
+        from .calibrate import calibrate_beads, plot
+        from .instrument import curve_values
+
+        out = Path(args.out)
+        if out.exists() and not args.force:
+            raise ValueError(f"{out} exists (--force to overwrite)")
+        with tifffile.TiffFile(args.data) as tif:
+            frames = tif.asarray()
+            try:
+                desc = json.loads(tif.pages[0].description or "{}")
+            except ValueError:
+                desc = {}
+        if frames.ndim != 3:
+            raise ValueError(f"{args.data}: expected a z-stack (n_z, H, W), got shape {frames.shape}")
+        mod = registry.get("smlm3d")
+        base = load_profile(args.base) if args.base else profile.nominal(mod)
+        n = len(frames)
+        if args.z_step_nm is not None:
+            start = args.z_start_nm if args.z_start_nm is not None else -0.5 * (n - 1) * args.z_step_nm
+            z = start + args.z_step_nm * np.arange(n)
+        elif isinstance(desc.get("z_nm"), list) and len(desc["z_nm"]) == n:
+            z = np.asarray(desc["z_nm"], float)
+        else:
+            raise ValueError(f"{args.data}: give --z-step-nm (the TIFF does not say where each frame was taken)")
+        given, source = {}, {}
+        for key in ("pixel_nm", "baseline", "adu_per_photon", "read_noise", "emccd"):
+            v = getattr(args, key)
+            if v is not None:
+                given[key], source[key] = float(v), "option"
+            elif key in desc:
+                given[key], source[key] = float(desc[key]), "TIFF description"
+        values = {**base.values, **given}
+        t0 = time.time()
+        cal = calibrate_beads(frames, z, values["pixel_nm"], values["baseline"], values["adu_per_photon"])
+        src = f"calibrate {Path(args.data).name} {time.strftime('%Y-%m-%d')}"
+        prof = base
+        for key, how in source.items():
+            prof = prof.with_values({key: given[key]}, how)
+        prof = prof.with_values(curve_values(cal.psf), src, args.name or out.stem)
+        if not args.base:  # not "the simulator's default instrument" any more
+            prof = profile.InstrumentProfile(prof.modality, prof.name, prof.values, prof.provenance, src)
+        profile.parse(prof.to_toml(), registry.get, str(out))  # the file must pass its own validation
+        prof.save(out)
+        png = plot(cal, args.plot or out.with_suffix(".png"))
+        print(prof.summary(mod.profile))
+        print("\n".join(cal.lines()) + f"\n({time.time() - t0:.1f} s)")
+        print(f"wrote {out}" + (f" and {png}" if png else " (no plot: matplotlib is not installed)"))
+        return 0
+
+    def instrument_bench(self, workdir: Path, quick: bool = False) -> dict:
+        """bench/profiles.py: instrument A's model on B's data, then calibrate + train for B."""
+        from .instrument_bench import run
+
+        return run(Path(workdir), quick)
+
+
+def load_profile(path):
+    """An smlm3d instrument profile from a file (clear error for another modality's)."""
+    from ...core import profile, registry
+
+    inst = profile.load(path, registry.get)
+    if inst.modality != "smlm3d":
+        raise ValueError(f"{path} is a {inst.modality} profile, not an smlm3d one")
+    return inst

@@ -21,7 +21,7 @@ import numpy as np
 from .detect import READ_VAR, ROI
 from .localize import REJECTED
 from .metrics import assess
-from .psf import crlb
+from .psf import DEFAULT_PSF, crlb
 from .simulate import DENSITIES, SNR_LEVELS, SimConfig, simulate_frames
 
 METHODS = ("mle", "trees-csr", "trees")
@@ -35,7 +35,8 @@ def cell_data(snr: str, density: float, min_emitters: int = 600, seed: int = 10_
     return simulate_frames(cfg)
 
 
-def score_cell(out: dict, truth: dict, pixel_nm: float = 100.0) -> dict:
+def score_cell(out: dict, truth: dict, pixel_nm: float = 100.0, psf=None) -> dict:
+    """JI, RMSE, CRLB (of ``psf``, the instrument's curve; default the nominal one), interval coverage."""
     keep = (out["flags"] & REJECTED) == 0
     est = np.column_stack([out["x"], out["y"], out["z"]])[keep].astype(np.float64)
     T = np.column_stack([truth["x"], truth["y"], truth["z"]])
@@ -47,7 +48,7 @@ def score_cell(out: dict, truth: dict, pixel_nm: float = 100.0) -> dict:
         cov[c] = float(np.mean((T[it, k] >= lo) & (T[it, k] <= hi))) if len(ie) else float("nan")
     th = np.column_stack([truth["x"][it] / pixel_nm, truth["y"][it] / pixel_nm, truth["z"][it],
                           truth["photons"][it], truth["background"][truth["item"][it]]])
-    c = crlb(th, pixel_nm=pixel_nm, n_px=ROI, read_var=READ_VAR) if len(it) else np.zeros((0, 5))
+    c = crlb(th, psf or DEFAULT_PSF, pixel_nm=pixel_nm, n_px=ROI, read_var=READ_VAR) if len(it) else np.zeros((0, 5))
     # emitters with no other true emitter of their frame within ISOLATED_NM: where the isolated-emitter
     # CRLB is the attainable floor (closer pairs on a filament are not, whatever the estimator)
     iso = _isolated(truth)[it] if len(it) else np.zeros(0, bool)

@@ -18,6 +18,10 @@ from .psf import DEFAULT_PSF, AstigmaticPSF
 REJECTED, EDGE, Z_OUT, NOT_CONVERGED, DUPLICATE, PAIR = (1 << k for k in range(6))
 FLAGS = {REJECTED: "rejected", EDGE: "edge", Z_OUT: "z out of range", NOT_CONVERGED: "not converged",
          DUPLICATE: "duplicate", PAIR: "pair fit"}
+#: set by the worker (issue 14) where the stream's instrument lies outside what the model covers;
+#: such rows keep their estimates but lose their intervals
+MISMATCH = 1 << 6
+FLAGS[MISMATCH] = "instrument-mismatch"
 WARM_ITER = 8      # LM iterations of a refit started from the previous pass's estimate
 PAIR_ITER = 30     # max LM iterations of the two-emitter fit (converged ROIs leave early)
 PAIR_CHI2 = 1.15   # Pearson chi2/pixel of the single fit above which a two-emitter fit is tried

@@ -72,14 +72,14 @@ def conformal_quantiles(scores: np.ndarray, g: np.ndarray, level: float = COVERA
     return out
 
 
-def imprecise_pairs(L: Localizations, count_bin: np.ndarray, pixel_nm: float) -> np.ndarray:
+def imprecise_pairs(L: Localizations, count_bin: np.ndarray, pixel_nm: float, psf=None) -> np.ndarray:
     """Pair-fit localizations of sparse frames whose own CRLB exceeds PAIR_PRECISION_K x the
     isolated-emitter CRLB at the same estimate (two emitters ~1 px apart on a filament: resolved, but
     each known to tens of nm, 5-35x the isolated bound, measured). A precision filter for the sparse
     regime only: in crowded frames such pairs are most of the detections and the JI needs them."""
     from .detect import READ_VAR, ROI
     from .localize import PAIR
-    from .psf import crlb
+    from .psf import DEFAULT_PSF, crlb
 
     sel = np.nonzero(((L.flags & PAIR) != 0) & (count_bin <= PAIR_PRECISION_BIN))[0]
     out = np.zeros(len(L), bool)
@@ -87,7 +87,7 @@ def imprecise_pairs(L: Localizations, count_bin: np.ndarray, pixel_nm: float) ->
         return out
     th = np.column_stack([L.xyz[sel, 0] / pixel_nm, L.xyz[sel, 1] / pixel_nm, L.xyz[sel, 2],
                           L.photons[sel], L.background[sel]])
-    iso = crlb(th, pixel_nm=pixel_nm, n_px=ROI, read_var=READ_VAR)
+    iso = crlb(th, psf or DEFAULT_PSF, pixel_nm=pixel_nm, n_px=ROI, read_var=READ_VAR)
     out[sel] = np.hypot(L.sd[sel, 0], L.sd[sel, 1]) > PAIR_PRECISION_K * np.hypot(iso[:, 0], iso[:, 1])
     return out
 
@@ -114,7 +114,7 @@ class Bundle:
         return cls_(name, man, reg, clf, scale)
 
 
-def apply(L: Localizations, pixel_nm: float, b: "Bundle") -> dict[str, np.ndarray]:
+def apply(L: Localizations, pixel_nm: float, b: "Bundle", psf=None) -> dict[str, np.ndarray]:
     """Corrected localizations, score, intervals and flags for every candidate of ``L``."""
     manifest = b.manifest
     X = features(L, pixel_nm)
@@ -143,6 +143,6 @@ def apply(L: Localizations, pixel_nm: float, b: "Bundle") -> dict[str, np.ndarra
     elif thr.size > 1:   # per frame-crowding bin (earlier bundles)
         thr = thr[cnt]
     flags |= np.where(score < thr, np.uint8(REJECTED), np.uint8(0))
-    flags[imprecise_pairs(L, cnt, pixel_nm)] |= REJECTED
+    flags[imprecise_pairs(L, cnt, pixel_nm, psf)] |= REJECTED
     flags[(L.flags & DUPLICATE) != 0] |= REJECTED
     return {"xyz": xyz, "photons": photons, "half": half, "score": score, "flags": flags.astype(np.uint8), "X": X}

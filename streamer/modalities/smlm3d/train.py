@@ -30,9 +30,16 @@ GOOD_KEEP = 0.97   # score thresholds keep at least this share of the good local
 
 
 def make_dataset(sampling: str, n_chunks: int, frames_per_chunk: int = 50, seed: int = 0,
-                 pixel_nm: float = 100.0, baseline: bool = True) -> dict[str, np.ndarray]:
+                 pixel_nm: float = 100.0, baseline: bool = True, psf=None, camera=None,
+                 progress=None) -> dict[str, np.ndarray]:
     """Features, targets (residual / CRLB), match labels and chunk ids of simulated candidates
-    (``baseline``: also the one-pass MLE's per-frame TP / FP on the same frames)."""
+    (``baseline``: also the one-pass MLE's per-frame TP / FP on the same frames). ``psf`` / ``camera``:
+    the instrument simulated (default: the nominal one; issue 14 trains for a user's profile);
+    ``progress()`` is called once per chunk."""
+    from .simulate import Camera
+
+    psf = psf or DEFAULT_PSF
+    camera = camera or Camera()
     rng = np.random.default_rng(seed)
     out: dict[str, list] = {k: [] for k in ("X", "t", "label", "chunk", "sd", "fit", "truth", "item",
                                             "n_true", "frame_true", "frame_cand", "frame_chunk",
@@ -42,9 +49,11 @@ def make_dataset(sampling: str, n_chunks: int, frames_per_chunk: int = 50, seed:
         N, b = levels[c % len(levels)]
         dens = float(np.exp(rng.uniform(np.log(0.3), np.log(16.0))))
         cfg = SimConfig(n_frames=frames_per_chunk, photons=N, background=b, density=dens,
-                        sampling=sampling, structure_every=1, seed=int(rng.integers(1 << 31)))
+                        sampling=sampling, structure_every=1, seed=int(rng.integers(1 << 31)),
+                        pixel_nm=pixel_nm, psf=psf, camera=camera)
         frames, truth = simulate_frames(cfg)
-        L = localize(frames, pixel_nm=pixel_nm, n_iter=N_ITER, passes=PASSES)
+        L = localize(frames, pixel_nm=pixel_nm, baseline=camera.baseline, adu_per_photon=camera.adu_per_photon,
+                     n_iter=N_ITER, passes=PASSES, psf=psf)
         X = features(L, pixel_nm)
         T = np.column_stack([truth["x"], truth["y"], truth["z"]])
         keep = (L.flags & DUPLICATE) == 0
@@ -66,7 +75,8 @@ def make_dataset(sampling: str, n_chunks: int, frames_per_chunk: int = 50, seed:
         # the one-pass MLE baseline on the same frames: per-frame TP / FP, the JI floor of sparse frames
         tp_b = fp_b = np.zeros(frames_per_chunk, np.int64)
         if baseline:
-            B = localize(frames, pixel_nm=pixel_nm, n_iter=N_ITER, passes=1)
+            B = localize(frames, pixel_nm=pixel_nm, baseline=camera.baseline, adu_per_photon=camera.adu_per_photon,
+                         n_iter=N_ITER, passes=1, psf=psf)
             kb = (B.flags & REJECTED) == 0
             be, _ = match(B.item[kb], B.xyz[kb], truth["item"], T)
             tp_b = np.bincount(B.item[kb][be], minlength=frames_per_chunk)
@@ -75,6 +85,8 @@ def make_dataset(sampling: str, n_chunks: int, frames_per_chunk: int = 50, seed:
         out["frame_mle_fp"].append(fp_b)
         out["frame_cand"].append(np.bincount(L.item, minlength=frames_per_chunk))
         out["frame_chunk"].append(np.full(frames_per_chunk, c))
+        if progress is not None:
+            progress()
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -129,12 +141,18 @@ def choose_shrink(fit: np.ndarray, corr: np.ndarray, truth: np.ndarray, g: np.nd
 
 def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, rounds: int = 60,
                  out_root: Path = MODEL_DIR, verbose: bool = True, data: dict | None = None,
-                 cal_factor: float = 2.0) -> dict:
-    """Simulate (or take ``data`` from ``make_dataset``), train the three ensembles, calibrate, save."""
+                 cal_factor: float = 2.0, psf=None, camera=None, pixel_nm: float = 100.0,
+                 instrument: dict | None = None, progress=None, nthread: int = 2) -> dict:
+    """Simulate (or take ``data`` from ``make_dataset``), train the three ensembles, calibrate, save.
+
+    ``psf`` / ``camera`` / ``pixel_nm``: the instrument simulated (issue 14); ``instrument``: the
+    manifest's profile entry (hash, covered ranges); ``progress()``: called per simulated chunk."""
     import xgboost as xgb
 
+    psf = psf or DEFAULT_PSF
+    sim = {"pixel_nm": pixel_nm, "psf": psf, "camera": camera, "progress": progress}
     t0 = time.perf_counter()
-    D = make_dataset(sampling, n_chunks, seed=seed) if data is None else data
+    D = make_dataset(sampling, n_chunks, seed=seed, **sim) if data is None else data
     n_true_total = int(D["n_true"].sum())
     cal_chunks = np.arange(n_chunks) % 4 == 3          # every 4th chunk: calibration (all SNRs)
     is_cal = cal_chunks[D["chunk"]]
@@ -144,7 +162,7 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
         print(f"[{name}] {len(D['X'])} candidates ({lab.sum()} matched) from {n_chunks} chunks "
               f"in {time.perf_counter() - t0:.0f} s")
     params = dict(tree_method="hist", max_depth=6, eta=0.15, subsample=0.8, colsample_bytree=0.8,
-                  min_child_weight=20, nthread=2, seed=seed)
+                  min_child_weight=20, nthread=nthread, seed=seed)
     y = np.clip(D["t"][tr & lab], -20, 20)
     reg = xgb.train({**params, "objective": "reg:pseudohubererror", "huber_slope": 2.0,
                      "multi_strategy": "one_output_per_tree"},
@@ -227,7 +245,7 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
         return np.abs(truth[use] - est_c[use]) / (sd[use] * np.exp(lsc[use])), g[use]
 
     n_cal = int(round(cal_factor * n_chunks))
-    C = make_dataset(sampling, n_cal, seed=seed + 1_000_003, baseline=False) if n_cal else None
+    C = make_dataset(sampling, n_cal, seed=seed + 1_000_003, baseline=False, **sim) if n_cal else None
     s1, g1 = kept_scores(Xc, D["fit"][is_cal], D["sd"][is_cal], D["truth"][is_cal], lab_c,
                          conf_chunks[D["chunk"][is_cal]])
     if C is not None:
@@ -247,7 +265,7 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
         "score_threshold": thr.round(3).tolist(),
         "score_threshold_bins": f"background {list(BG_EDGES)} x candidates/frame {list(COUNT_EDGES)}",
         "shrink": shrink.round(2).tolist(),
-        "fit_iterations": N_ITER, "passes": PASSES, "psf": DEFAULT_PSF.to_dict(),
+        "fit_iterations": N_ITER, "passes": PASSES, "psf": psf.to_dict(), "pixel_nm": pixel_nm,
         "conformal": {"level": 0.9, "score": "|truth - estimate| / (CRLB(fit) * exp(scale))",
                       "groups": "background [25, 100] x candidates/frame [3, 7] x nearest candidate px [3, 6, 12]",
                       "calibrated_on": f"kept localizations: held-out chunks (c % 8 == 7) + {n_cal} fresh chunks",
@@ -259,6 +277,8 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
                      "seconds": round(time.perf_counter() - t0, 1), "seed": seed},
         "lateral_tol_nm": LATERAL_TOL,
     }
+    if instrument:
+        manifest["instrument"] = instrument
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     if verbose:
         size = sum(p.stat().st_size for p in out.glob("*.ubj"))
