@@ -122,6 +122,23 @@ def _q(text: str) -> str:
     return json.dumps(str(text))  # a TOML basic string is a JSON string for what we write
 
 
+def add_output_arguments(p) -> None:
+    """The options every ``streamer calibrate --modality NAME`` shares: where the fitted profile goes
+    and what it starts from."""
+    p.add_argument("--out", required=True, help="instrument profile to write (.toml)")
+    p.add_argument("--name", default=None, help="instrument name (default: the output file's stem)")
+    p.add_argument("--base", default=None, metavar="PROFILE.toml",
+                   help="start from this profile (default: the nominal instrument); fitted values replace its own")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+
+
+def from_values(modality: str, params: tuple[ProfileParam, ...], values: Mapping[str, float], name: str = "trained",
+                source: str = "bundle") -> InstrumentProfile:
+    """A profile of ``modality`` from ``values`` (missing parameters: nominal), all from ``source``."""
+    return InstrumentProfile(modality, name, {p.name: float(values.get(p.name, p.nominal)) for p in params},
+                             {p.name: source for p in params})
+
+
 def declared(modality) -> tuple[ProfileParam, ...]:
     params = tuple(getattr(modality, "profile", ()) or ())
     if not params:

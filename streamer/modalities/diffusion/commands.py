@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...core.profile import add_output_arguments
 from ...core.recording import Recording
 from .physics import Optics, draw_conditions, simulate
 
@@ -129,15 +130,11 @@ class DiffusionCommands:
     def add_calibrate_arguments(self, p) -> None:
         p.add_argument("data", help="immobilized beads: replay file (.npz, stacks + header) or a movie / stacks "
                                     "(.tif, .npy: (T, H, W) or (n, T, H, W), ADU)")
-        p.add_argument("--out", required=True, help="instrument profile to write (.toml)")
-        p.add_argument("--name", default=None, help="instrument name (default: the output file's stem)")
-        p.add_argument("--base", default=None, metavar="PROFILE.toml",
-                       help="start from this profile (default: the nominal instrument); fitted values replace its own")
+        add_output_arguments(p)
         p.add_argument("--pixel-nm", type=float, default=None, help="pixel size (default: the file's header)")
         p.add_argument("--frame-s", type=float, default=None, help="frame period (default: the file's header)")
         p.add_argument("--exposure-s", type=float, default=None, help="exposure (default: header, else frame period)")
         p.add_argument("--baseline", type=float, default=None, help="camera offset, ADU (dark frames; default: header)")
-        p.add_argument("--force", action="store_true", help="overwrite --out")
 
     def calibrate(self, args: argparse.Namespace) -> int:
         from ...core import profile, registry

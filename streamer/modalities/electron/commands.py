@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer.core.profile import add_output_arguments
 from streamer.core.recording import Recording
 
 from .metrics import isolated, match
@@ -186,18 +187,14 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("electron")
     g.add_argument("data", help="low-dose (flat) frames: replay file (.npz from `streamer simulate`/a converter) "
                                 "or .npy (n, H, W) ADU; isolated electrons (a few per 100x100 frame)")
+    add_output_arguments(g)
     g.add_argument("--dark", required=True, help="dark frames (no beam): .npz replay file or .npy (n, H, W) ADU")
-    g.add_argument("--out", required=True, help="instrument profile to write (.toml)")
-    g.add_argument("--name", default=None, help="instrument name (default: the output file's stem)")
-    g.add_argument("--base", default=None, metavar="PROFILE.toml",
-                   help="start from this profile (default: the nominal instrument); fitted values replace its own")
     g.add_argument("--pixel-um", type=float, default=None, help="pixel pitch (default: the file's header, else --base)")
     g.add_argument("--energy-kev", type=float, default=None, help="beam energy (default: --base's)")
     g.add_argument("--fit-energy", action="store_true",
                    help="also fit the beam energy from the event-charge distribution (simulates a grid of energies)")
     g.add_argument("--sim-electrons", type=int, default=12000, help="electrons per simulated reference series")
     g.add_argument("--sim-library", type=int, default=12000, help="events in the reference event library")
-    g.add_argument("--force", action="store_true", help="overwrite --out")
 
 
 def _frames_of(path: str) -> tuple[np.ndarray, dict]:

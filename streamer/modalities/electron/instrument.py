@@ -76,10 +76,9 @@ def header_of(profile) -> dict[str, float]:
 
 
 def profile_of(values: Mapping[str, float], name: str = "trained", source: str = "bundle"):
-    from ...core.profile import InstrumentProfile
+    from ...core.profile import from_values
 
-    return InstrumentProfile("electron", name, {p.name: float(values.get(p.name, p.nominal)) for p in PROFILE},
-                             {p.name: source for p in PROFILE})
+    return from_values("electron", PROFILE, values, name, source)
 
 
 def coverage_around(profile):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...core.profile import add_output_arguments
 from ...core.recording import Recording
 from .simulate import DENSITIES, SNR_LEVELS, Camera, SimConfig, simulate_frames
 
@@ -200,15 +201,12 @@ class SMLM3DCommands:
         g = p.add_argument_group("smlm3d")
         g.add_argument("data", help="bead z-stack TIFF (frames at known stage z steps; `streamer simulate --modality "
                                     "smlm3d OUT.npz --beads BEADS.tif` writes one)")
-        g.add_argument("--out", required=True, help="instrument profile to write (.toml)")
+        add_output_arguments(g)
         g.add_argument("--z-step-nm", type=float, default=None,
                        help="stage step between frames (default: the TIFF's description, if it has z)")
         g.add_argument("--z-start-nm", type=float, default=None,
                        help="stage z of the first frame (default: the stack centred on 0); the fit finds the foci' "
                             "midpoint itself, so this only labels the plot")
-        g.add_argument("--name", default=None, help="instrument name (default: the output file's stem)")
-        g.add_argument("--base", default=None, metavar="PROFILE.toml",
-                       help="start from this profile (default: the nominal instrument); fitted values replace its own")
         g.add_argument("--pixel-nm", type=float, default=None, help="pixel size (default: the TIFF's description, else --base)")
         g.add_argument("--baseline", type=float, default=None, help="camera offset ADU (default: description, else --base)")
         g.add_argument("--adu-per-photon", type=float, default=None, help="camera gain (default: description, else --base)")
@@ -216,7 +214,6 @@ class SMLM3DCommands:
                        help="camera read noise, ADU rms (a bead stack does not measure it; default: --base's)")
         g.add_argument("--emccd", type=int, choices=[0, 1], default=None, help="1: an EMCCD (default: --base's)")
         g.add_argument("--plot", default=None, help="PNG of the fit (default: next to --out)")
-        g.add_argument("--force", action="store_true", help="overwrite --out")
 
     def calibrate(self, args: argparse.Namespace) -> int:
         import json

@@ -13,20 +13,17 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from ....core.profile import add_output_arguments
 
 HELP = "fit an instrument profile (v0, background, L/2) from a MINFLUX recording (self-calibration)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="recording: replay .npz, Abberior .npy/.mat, Hensel parsed.pkl (traces that bleach)")
-    p.add_argument("--out", required=True, help="instrument profile to write (.toml)")
-    p.add_argument("--name", default=None, help="instrument name (default: the output file's stem)")
-    p.add_argument("--base", default=None, metavar="PROFILE.toml",
-                   help="start from this profile (default: the nominal instrument); fitted values replace its own")
+    add_output_arguments(p)
     p.add_argument("--format", default="auto", choices=["auto", "hensel", "abberior", "replay"])
     p.add_argument("--half-l-nm", type=float, default=None, help="Abberior exports without beam positions: L/2")
     p.add_argument("--packet", type=int, default=1000, help="tuples per packet of the replay (as a worker sees them)")
-    p.add_argument("--force", action="store_true", help="overwrite --out")
 
 
 def run(args: argparse.Namespace) -> int:
