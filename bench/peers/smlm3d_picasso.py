@@ -318,10 +318,10 @@ def section(rows, args, picasso_version, our_version, bead_z, chosen, elapsed) -
         lines.append(("- " + "; ".join(wins)) if wins else "- nowhere in this run")
     lines += ["", "Why Picasso is faster per core: one net-gradient threshold and one single-emitter Gaussian "
               "MLE per spot (numba), and nothing more. Our `trees` path fits every candidate with the Poisson "
-              "MLE, tries a two-emitter fit where the single fit's chi2/pixel exceeds 1.15 (most candidates at "
-              "5 emitters/frame: the gap widens with density), then runs the classifier and regressor trees on "
-              "per-ROI features; that is what buys the lower lateral/axial RMSE and higher E3D in every cell. "
-             ]
+              "MLE, tries a two-emitter fit where the single fit's chi2/pixel exceeds 1.15 (overlapping spots, "
+              "more of them at higher density: the gap widens with density), then runs the classifier and "
+              "regressor trees on per-ROI features; that is what buys the lower lateral/axial RMSE and higher "
+              "E3D in every cell."]
     return "\n".join(lines)
 
 
