@@ -89,22 +89,25 @@ def validate(packet: Packet) -> Packet:
         positions = beam_positions(a["centre"], np.float32(half_l)).astype(np.float32)  # = float32 arithmetic
     else:
         raise PacketError("missing-key", "positions or centre")
-    ok = np.ones(packet.n, bool) if packet.invalid is None else ~packet.invalid
-    if not ok.all():  # flagged tuples get a harmless pattern; their results are overwritten as invalid
+    # the common case (no flagged tuple) indexes nothing: boolean masks copy every array (per packet)
+    ok = None if packet.invalid is None or not packet.invalid.any() else ~packet.invalid
+    if ok is not None:  # flagged tuples get a harmless pattern; their results are overwritten as invalid
         positions = positions.copy()
         positions[~ok] = beam_positions(np.zeros((1, 2), np.float32), np.float32(HALF_L_NM))
     if not (np.diff(positions, axis=2) > 0).all():
         raise PacketError("non-increasing-positions", "need c-L/2 < c < c+L/2 on both axes")
     time_s, trace_id = a.get("time"), a.get("trace_id")
     if time_s is not None:
-        if (time_s[ok] < 0).any():
+        t = time_s if ok is None else time_s[ok]
+        if (t < 0).any():
             raise PacketError("negative", "time")
-        t, tid = time_s[ok], (trace_id[ok] if trace_id is not None else None)
+        tid = trace_id if trace_id is None or ok is None else trace_id[ok]
         back = np.diff(t) < 0
         if tid is not None:  # a packet may hold the end of one trace and the start of the next
             back &= tid[1:] == tid[:-1]
         if back.any():
-            raise PacketError("non-monotonic-time", f"at tuple {int(np.flatnonzero(ok)[np.argmax(back) + 1])}")
+            at = np.argmax(back) + 1
+            raise PacketError("non-monotonic-time", f"at tuple {int(at if ok is None else np.flatnonzero(ok)[at])}")
     packet.extra["batch"] = TupleBatch.build(a["counts"], positions, trace_id, time_s)
     return packet
 
