@@ -47,6 +47,7 @@ def test_round_trip_defaults():
 
 @pytest.mark.parametrize("change,reason", [
     (dict(frames=15), "bad-size"),  # wrong stack shape for the bytes sent
+    (dict(frames=1), "bad-value"),  # D needs 2 frames: the declared minimum
     (dict(height=30), "bad-size"),
     (dict(frame_s=float("nan")), "non-finite"),
     (dict(frame_s=-0.01), ("bad-value", "negative")),  # core's reason for a non-positive field

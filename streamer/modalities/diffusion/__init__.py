@@ -52,21 +52,16 @@ RESULTS = ResultSpec(
 
 
 def validate(packet):
-    """Checks the declaration cannot express (core already rejects non-finite scalars and wrong
-    sizes): T >= 2, exposure <= frame period."""
+    """Checks the declaration cannot express (the codec already rejects non-finite scalars, fields out
+    of their declared range such as T < 2, and wrong sizes): exposure defaults to, and may not exceed,
+    the frame period."""
     from ...core.wire import PacketError
 
     h = packet.header
-    if h["frames"] < 2:
-        raise PacketError("bad-value", f"frames={h['frames']}: D needs at least 2 frames per stack")
     if h["exposure_s"] == 0.0:
         h["exposure_s"] = float(h["frame_s"])
     if h["exposure_s"] > h["frame_s"] * (1 + 1e-9):
         raise PacketError("bad-value", f"exposure_s={h['exposure_s']} longer than frame_s={h['frame_s']}")
-    st = packet.arrays.get("stacks")
-    want = (packet.n, h["frames"], h["height"], h["width"])
-    if st is None or st.shape != want:
-        raise PacketError("bad-size", f"stacks: shape {None if st is None else st.shape}, expected {want}")
     return packet
 
 
@@ -78,8 +73,8 @@ def _baseline(method: str):
     return factory
 
 
-def _trees(kind: str = "compiled", bundle=None):
-    def factory(path=bundle):
+def _trees(kind: str = "compiled"):
+    def factory(path=None):
         from .predictors import TreesPredictor
 
         return TreesPredictor(path, backend=kind)
