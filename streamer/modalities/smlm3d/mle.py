@@ -62,6 +62,30 @@ def initial(rois: np.ndarray, psf: AstigmaticPSF, pixel_nm: float) -> np.ndarray
     return theta
 
 
+def _lm_step(active, theta, mu, J, ll, lam, d, lo, hi, evaluate):
+    """One Levenberg-Marquardt step of the Poisson likelihood (Fisher scoring, damped) for the fits
+    ``active``: taken where the likelihood does not drop (``theta``, ``mu``, ``J``, ``ll`` updated in
+    place, damping lowered), else the damping is raised. ``evaluate(theta) -> (mu, J)`` is the model
+    (one emitter or a pair). Returns (step, accepted)."""
+    mu_a, J_a, d_a = mu[active], J[active], d[active]
+    P = J.shape[-1]
+    F = fisher(mu_a, J_a, READ_VAR)
+    w = 1.0 / (mu_a + READ_VAR)
+    grad = np.einsum("mkp,mk->mp", J_a.reshape(len(active), -1, P), (d_a * w - 1.0).reshape(len(active), -1))
+    diag = np.diagonal(F, axis1=1, axis2=2)
+    A = F + (lam[active, None] * diag)[:, :, None] * np.eye(P) + np.eye(P) * 1e-9
+    step = np.linalg.solve(A, grad[:, :, None])[:, :, 0]
+    trial = np.clip(theta[active] + step, lo, hi)
+    mu_t, J_t = evaluate(trial)
+    ll_t = _loglik(d_a, mu_t)
+    ok = ll_t >= ll[active]
+    acc = active[ok]
+    theta[acc], mu[acc], J[acc], ll[acc] = trial[ok], mu_t[ok], J_t[ok], ll_t[ok]
+    lam[acc] = np.maximum(lam[acc] * 0.3, 1e-6)
+    lam[active[~ok]] *= 10.0
+    return step, ok
+
+
 def fit(rois: np.ndarray, psf: AstigmaticPSF = DEFAULT_PSF, pixel_nm: float = 100.0,
         n_iter: int = 20, theta0: np.ndarray | None = None, tol: float = 1e-3) -> Fit:
     """Fit every ROI (M, R, R) (photons) with one emitter + flat background."""
@@ -81,22 +105,8 @@ def fit(rois: np.ndarray, psf: AstigmaticPSF = DEFAULT_PSF, pixel_nm: float = 10
     for _ in range(n_iter):
         if len(active) == 0:
             break
-        th, mua, Ja, da = theta[active], mu[active], J[active], d[active]
-        w = 1.0 / (mua + READ_VAR)
-        F = fisher(mua, Ja, READ_VAR)
-        grad = np.einsum("mkp,mk->mp", Ja.reshape(len(active), -1, 5),
-                         (da * w - 1.0).reshape(len(active), -1))
-        diag = np.diagonal(F, axis1=1, axis2=2)
-        A = F + (lam[active, None] * diag)[:, :, None] * np.eye(5)
-        step = np.linalg.solve(A + np.eye(5) * 1e-9, grad[:, :, None])[:, :, 0]
-        trial = np.clip(th + step, lo, hi)
-        mu_t, J_t = model(trial, R, psf, pixel_nm, jac=True)
-        ll_t = _loglik(da, mu_t)
-        ok = ll_t >= ll[active]
-        acc = active[ok]
-        theta[acc], mu[acc], J[acc], ll[acc] = trial[ok], mu_t[ok], J_t[ok], ll_t[ok]
-        lam[acc] = np.maximum(lam[acc] * 0.3, 1e-6)
-        lam[active[~ok]] *= 10.0
+        step, ok = _lm_step(active, theta, mu, J, ll, lam, d, lo, hi,
+                            lambda t: model(t, R, psf, pixel_nm, jac=True))
         # converged: accepted step smaller than tol (pixels / 1 nm z / relative N)
         small = ok & (np.abs(step[:, 0]) < tol) & (np.abs(step[:, 1]) < tol) & (np.abs(step[:, 2]) < 10 * tol * 100)
         converged[active[small]] = True
@@ -134,27 +144,12 @@ def _pair_lm(d: np.ndarray, theta: np.ndarray, psf: AstigmaticPSF, pixel_nm: flo
     lam = np.full(M, 1e-2)
     mu, J = _pair_model(theta, R, psf, pixel_nm, jac=True)
     ll = _loglik(d, mu)
-    P = 9
     active = np.arange(M)
     for _ in range(n_iter):
         if len(active) == 0:
             break
-        A_, ma, Ja, da = len(active), mu[active], J[active], d[active]
-        w = 1.0 / (ma + READ_VAR)
-        Jf = Ja.reshape(A_, R * R, P)
-        F = np.einsum("mki,mk,mkj->mij", Jf, w.reshape(A_, -1), Jf, optimize=True)
-        grad = np.einsum("mkp,mk->mp", Jf, (da * w - 1.0).reshape(A_, -1))
-        diag = np.diagonal(F, axis1=1, axis2=2)
-        A = F + (lam[active, None] * diag)[:, :, None] * np.eye(P) + np.eye(P) * 1e-9
-        step = np.linalg.solve(A, grad[:, :, None])[:, :, 0]
-        trial = np.clip(theta[active] + step, lo, hi)
-        mu_t, J_t = _pair_model(trial, R, psf, pixel_nm, jac=True)
-        ll_t = _loglik(da, mu_t)
-        ok = ll_t >= ll[active]
-        acc = active[ok]
-        theta[acc], mu[acc], J[acc], ll[acc] = trial[ok], mu_t[ok], J_t[ok], ll_t[ok]
-        lam[acc] = np.maximum(lam[acc] * 0.3, 1e-6)
-        lam[active[~ok]] *= 10.0
+        step, ok = _lm_step(active, theta, mu, J, ll, lam, d, lo, hi,
+                            lambda t: _pair_model(t, R, psf, pixel_nm, jac=True))
         # done: accepted step below 1e-3 px laterally and 1 nm axially for both emitters
         small = ok & np.all(np.abs(step[:, [0, 1, 4, 5]]) < 1e-3, 1) & np.all(np.abs(step[:, [2, 6]]) < 1.0, 1)
         active = active[~small & (lam[active] < 1e8)]
@@ -167,7 +162,8 @@ def fit_pairs(rois: np.ndarray, single: np.ndarray, psf: AstigmaticPSF = DEFAULT
 
     Starts: the single emitter split +-``split_px`` along 4 directions at its z, half the photons
     each (best likelihood kept). Single fits with |z| > 800 nm also try 2 ``split_px`` splits at the
-    clipped z and at +-350 nm, and run from the best start of each sign of z (better optimum kept). Returns theta (M, 9), per-emitter CRLB sd (M, 2, 5) (x, y in pixels,
+    clipped z and at +-350 nm, and run from the best start of each sign of z (better optimum kept).
+    Returns theta (M, 9), per-emitter CRLB sd (M, 2, 5) (x, y in pixels,
     z nm, N, b), log-likelihood (M,), the model (M, R, R).
     """
     M, R, _ = rois.shape
@@ -212,10 +208,7 @@ def fit_pairs(rois: np.ndarray, single: np.ndarray, psf: AstigmaticPSF = DEFAULT
         th_b, ll_b, mu_b, J_b = _pair_lm(d[alt], bt2[1 - f2, np.arange(len(alt))], psf, pixel_nm, n_iter)
         w = ll_b > ll[alt]
         theta[alt[w]], ll[alt[w]], mu[alt[w]], J[alt[w]] = th_b[w], ll_b[w], mu_b[w], J_b[w]
-    P = 9
-    Jf = J.reshape(M, R * R, P)
-    F = np.einsum("mki,mk,mkj->mij", Jf, (1.0 / (mu + READ_VAR)).reshape(M, -1), Jf, optimize=True)
-    cov = np.linalg.inv(F + np.eye(P) * 1e-9)
+    cov = np.linalg.inv(fisher(mu, J, READ_VAR) + np.eye(9) * 1e-9)
     var = np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0)
     sd = np.sqrt(np.stack([np.append(var[:, 0:4], var[:, 8:9], 1), np.append(var[:, 4:8], var[:, 8:9], 1)], 1))
     return theta, sd, ll, mu

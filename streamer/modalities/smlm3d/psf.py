@@ -104,12 +104,13 @@ def model(theta: np.ndarray, n_px: int, psf: AstigmaticPSF, pixel_nm: float, jac
 
 
 def fisher(mu: np.ndarray, J: np.ndarray, read_var: float = 0.0) -> np.ndarray:
-    """Poisson Fisher information (M, 5, 5) = sum_k J_k J_k^T / (mu_k + read_var).
+    """Poisson Fisher information (M, P, P) = sum_k J_k J_k^T / (mu_k + read_var), P = J.shape[-1]
+    (5 for one emitter, 9 for a pair).
 
     Read noise enters as the usual sCMOS approximation data + var ~ Poisson(mu + var).
     """
     M, K = len(mu), int(np.prod(mu.shape[1:]))
-    Jf = J.reshape(M, K, 5)
+    Jf = J.reshape(M, K, J.shape[-1])
     w = 1.0 / (mu.reshape(M, K) + read_var)
     return np.einsum("mki,mk,mkj->mij", Jf, w, Jf, optimize=True)
 
