@@ -49,8 +49,9 @@ def main() -> int:
     text = (f"{SECTION}\n\n`.venv/bin/python bench/diffusion/bench_robustness.py --n {args.n}` "
             f"({time.strftime('%Y-%m-%d %H:%M')}, model `{trees.model_id}`): D log-uniform 0.01-10 um^2/s, "
             "1,000 photons/frame. The trees read the blur from the spot width, so an unknown PSF width beyond "
-            "the trained +-6 % biases them and is NOT flagged (the wire carries no PSF width); a shorter "
-            "exposure is flagged.\n\n" + "\n".join(rows))
+            "the trained +-6 % biases them and is NOT flagged when the stream names no instrument profile "
+            "(the wire carries no PSF width; a profile does: see \"## Instrument profiles (issue 14)\"); a "
+            "shorter exposure is flagged.\n\n" + "\n".join(rows))
     print(text)
     if args.write:
         from streamer.core.results_md import write_sections
