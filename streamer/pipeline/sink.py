@@ -42,8 +42,7 @@ from .security import CurveServer, check_bind
 from .stats import LatencyStats
 from .archive import RawArchive
 from .ledger import Ledger
-from .store import ResultStore
-from .store import recover as recover_store
+from .store import ResultStore, recover as recover_store
 from .tracker import SeqTracker
 
 SWITCH_INTERVAL_S = 0.0002  #: GIL switch interval of the sink process (see Sink.run)

@@ -12,7 +12,7 @@ cover and the sink run that wrote them (never overwritten, never renamed onto ea
 Arrays with a tail shape (MINFLUX ``centre`` (n, 2)) are fixed-size lists. Each file is written to a
 ``.tmp`` name and renamed (atomic on POSIX). ``manifest.json`` (also atomic) lists the persisted seq
 ranges per stream for humans and tools; on start the sink recovers its state from the packets files
-themselves (:meth:`ResultStore.recover`), so the manifest can never disagree with the data.
+themselves (:func:`recover`), so the manifest can never disagree with the data.
 Flushes happen when ``chunk_items`` are buffered or ``flush_s`` (default 1 s) has passed: a crash
 loses at most what was not flushed, and the sink's watermark (what publishers may forget) only
 covers flushed packets. Rejected packets go to ``errors.jsonl`` (flushed per line).
@@ -126,10 +126,6 @@ class ResultStore:
         self._thread.start()
         self._errors = open(self.dir / "errors.jsonl", "a")
         self.items = 0
-
-    # ------------------------------------------------------------------ recovery
-    def recover(self) -> dict[str, dict[int, bytes]]:
-        return recover(self.dir)
 
     # ------------------------------------------------------------------ writing
     def add(self, res: Result, t_sink: float, digest: bytes) -> None:
