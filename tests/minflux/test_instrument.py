@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from streamer.core import profile as prof
-from streamer.core import registry, wire
+from streamer.core import registry
 from streamer.modalities.minflux.instrument import MEASURED, coverage
 from streamer.modalities.minflux.prediction import FLAG_INSTRUMENT_MISMATCH as MISMATCH
 from streamer.modalities.minflux.prediction import FLAG_UNCALIBRATED
@@ -24,15 +24,9 @@ def _b(name="scopeB"):
 
 def _packet(batch, seq=0, instrument=None, header_half_l=None, stream="s"):
     if header_half_l is not None:
-        raw = encode_packet(stream, seq, batch.counts, centre=batch.centre, half_l=header_half_l,
-                            trace_id=batch.trace_id)
-    else:
-        raw = encode_packet(stream, seq, batch.counts, batch.positions, trace_id=batch.trace_id)
-    if instrument is not None:  # the optional envelope key
-        msg = wire.unpack(raw)
-        msg["instrument"] = instrument
-        raw = wire.pack(msg)
-    return raw
+        return encode_packet(stream, seq, batch.counts, centre=batch.centre, half_l=header_half_l,
+                             trace_id=batch.trace_id, instrument=instrument)
+    return encode_packet(stream, seq, batch.counts, batch.positions, trace_id=batch.trace_id, instrument=instrument)
 
 
 def _serve(served, raw):

@@ -102,8 +102,7 @@ class _ThroughWorker:
         self.reasons: dict[str, int] = {}
 
     def run(self, batch, packet: int = 1000, stream: str = "bench") -> dict:
-        from ...core import wire
-        from ...pipeline.worker import handle
+        from ...pipeline.worker import serve_raw
         from .wire import encode_packet
 
         outs = []
@@ -111,17 +110,11 @@ class _ThroughWorker:
             b = batch[i:i + packet]
             if self.header_half_l is not None:
                 raw = encode_packet(stream, seq, b.counts, centre=b.centre, half_l=self.header_half_l,
-                                    trace_id=b.trace_id, time_s=b.time_s)
+                                    trace_id=b.trace_id, time_s=b.time_s, instrument=self.instrument)
             else:
-                raw = encode_packet(stream, seq, b.counts, b.positions, trace_id=b.trace_id, time_s=b.time_s)
-            if self.instrument:
-                msg = wire.unpack(raw)
-                msg["instrument"] = self.instrument
-                raw = wire.pack(msg)
-            status, payload = handle(self.served, raw, None, "bench")
-            if status != b"DONE":
-                raise RuntimeError(wire.unpack(payload))
-            res = wire.decode_result(payload)
+                raw = encode_packet(stream, seq, b.counts, b.positions, trace_id=b.trace_id, time_s=b.time_s,
+                                    instrument=self.instrument)
+            res = serve_raw(self.served, raw)
             self.items += res.n
             for k, v in res.invalid.items():
                 self.reasons[k] = self.reasons.get(k, 0) + v

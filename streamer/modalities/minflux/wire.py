@@ -124,14 +124,16 @@ DECLARATION = Modality(name=NAME, title="MINFLUX two-emitter distance", packets=
 
 def encode_packet(stream: str, seq: int, counts: np.ndarray, positions: np.ndarray | None = None, *,
                   centre: np.ndarray | None = None, half_l: float = HALF_L_NM, trace_id: np.ndarray | None = None,
-                  time_s: np.ndarray | None = None, t_acq: float | None = None, v: int = wire.VERSION) -> bytes:
-    """One ``tuples`` packet. Give either full ``positions`` (n,2,3) or ``centre`` (n,2) + ``half_l``."""
+                  time_s: np.ndarray | None = None, t_acq: float | None = None, v: int = wire.VERSION,
+                  instrument: str | None = None) -> bytes:
+    """One ``tuples`` packet. Give either full ``positions`` (n,2,3) or ``centre`` (n,2) + ``half_l``;
+    ``instrument`` names the stream's instrument profile."""
     counts = np.asarray(counts)
     head: dict = {"n": len(counts)}
     if centre is not None:
         head["half_l"] = float(half_l)
     arrays = {"counts": counts, "positions": positions, "centre": centre, "trace_id": trace_id, "time": time_s}
-    return wire.encode_packet(NAME, "tuples", stream, seq, head, arrays, TUPLES, t_acq, v=v)
+    return wire.encode_packet(NAME, "tuples", stream, seq, head, arrays, TUPLES, t_acq, v=v, instrument=instrument)
 
 
 def encode_batch(stream: str, seq: int, batch: TupleBatch, t_acq: float | None = None) -> bytes:
