@@ -12,7 +12,7 @@ from streamer.core import registry, wire
 from streamer.modalities.smlm3d import FRAMES
 from streamer.modalities.smlm3d.instrument import camera_of, header_of, psf_of
 from streamer.modalities.smlm3d.psf import DEFAULT_PSF
-from streamer.modalities.smlm3d.simulate import Camera, SimConfig, simulate_frames
+from streamer.modalities.smlm3d.simulate import SimConfig, simulate_frames
 from streamer.pipeline.worker import Served, serve_raw
 
 SMLM = registry.get("smlm3d")
