@@ -110,6 +110,7 @@ def _check_version(msg: dict[str, Any]) -> dict[str, Any]:
     return msg
 
 
+SCAN_MIN_BYTES = 1 << 17  # below this, :func:`scan` is :func:`unpack` (copying is cheaper than parsing in Python)
 _FIXED = {0xCC: (">B", 1), 0xCD: (">H", 2), 0xCE: (">I", 4), 0xCF: (">Q", 8), 0xD0: (">b", 1), 0xD1: (">h", 2),
           0xD2: (">i", 4), 0xD3: (">q", 8), 0xCA: (">f", 4), 0xCB: (">d", 8)}
 _CONST = {0xC0: None, 0xC2: False, 0xC3: True}
@@ -119,11 +120,15 @@ _LENGTH = {0xC4: (">B", 1), 0xC5: (">H", 2), 0xC6: (">I", 4), 0xD9: (">B", 1), 0
 def scan(raw: bytes | memoryview) -> dict[str, Any]:
     """Like :func:`unpack` for a flat map, but ``bin`` values come back as memoryview slices of
     ``raw`` (no copy): the sink reads envelopes of packets of many megabytes and forwards them as
-    they are. Maps holding nested arrays/maps/ext fall back to :func:`unpack`."""
+    they are. Maps holding nested arrays/maps/ext fall back to :func:`unpack`, and so do small
+    messages: below :data:`SCAN_MIN_BYTES` msgpack's C decoder copying the arrays is faster than
+    this loop (1.4 vs 6.5 us for a 52 kB MINFLUX packet)."""
     import struct
 
     if len(raw) > MAX_PACKET_BYTES:
         raise PacketError("oversized", f"{len(raw)} bytes > {MAX_PACKET_BYTES}")
+    if len(raw) < SCAN_MIN_BYTES:
+        return unpack(raw)
     mv = memoryview(raw).cast("B") if not isinstance(raw, bytes) else memoryview(raw)
     try:
         b0 = mv[0]

@@ -94,7 +94,8 @@ def validate(packet: Packet) -> Packet:
     if ok is not None:  # flagged tuples get a harmless pattern; their results are overwritten as invalid
         positions = positions.copy()
         positions[~ok] = beam_positions(np.zeros((1, 2), np.float32), np.float32(HALF_L_NM))
-    if not (np.diff(positions, axis=2) > 0).all():
+    # slices, not np.diff: same test without diff's temporaries (~10 us per packet of 1000)
+    if not ((positions[..., 1:] > positions[..., :-1]).all()):
         raise PacketError("non-increasing-positions", "need c-L/2 < c < c+L/2 on both axes")
     time_s, trace_id = a.get("time"), a.get("trace_id")
     if time_s is not None:
@@ -102,7 +103,7 @@ def validate(packet: Packet) -> Packet:
         if (t < 0).any():
             raise PacketError("negative", "time")
         tid = trace_id if trace_id is None or ok is None else trace_id[ok]
-        back = np.diff(t) < 0
+        back = t[1:] < t[:-1]
         if tid is not None:  # a packet may hold the end of one trace and the start of the next
             back &= tid[1:] == tid[:-1]
         if back.any():
