@@ -176,6 +176,7 @@ def main() -> int:
     p.add_argument("--cost-repeat", type=int, default=5, help="each cost run replays them this many times (sustained)")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
+    cmd = "`.venv/bin/python bench/faults.py " + " ".join(map(shlex.quote, sys.argv[1:])) + "`"
     names = args.modality or [n for n in registry.names() if hasattr(registry.get(n).commands, "simulate")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="streamer-faults-") as tmp:
@@ -185,11 +186,11 @@ def main() -> int:
             size = getattr(registry.get(name).commands, "demo_packet_size", 1000)
             repeat = 1 if name == "minflux" else max(1, -(-args.other_items // len(rec)))
             for fault in ("worker", "sink"):
-                rows.append({**fault_run(name, rec, size, fault, tmp, repeat), "item": item_shape(rec)})
+                rows.append({**fault_run(name, rec, size, fault, tmp, repeat), "item": item_shape(rec), "command": cmd})
                 print(rows[-1], flush=True)
             # small packets for the fuzz run: 10,000 mutated copies of a 30 MB packet would not fit in memory
             rows.append({**fuzz_run(name, rec, min(size, 1000 if name == "minflux" else 4), args.fuzz, tmp),
-                         "item": item_shape(rec)})
+                         "item": item_shape(rec), "command": cmd})
             print(rows[-1], flush=True)
         cost = durability_cost(simulate("minflux", args.cost_items), args.rounds, tmp, args.cost_repeat) if args.rounds else []
     store = ROOT / "bench" / "results" / "faults.json"
@@ -198,9 +199,10 @@ def main() -> int:
     rows.sort(key=lambda r: r["modality"])
     cost_what = (f"{args.cost_items * args.cost_repeat / 1e6:g}M tuples ({args.cost_items / 1e6:g}M replayed x "
                  f"{args.cost_repeat})" if cost else kept.get("cost_what", "0.3M tuples"))
+    cost_cmd = cmd if cost else kept.get("cost_command", "")
     cost = cost if cost else kept["cost"]
     store.parent.mkdir(parents=True, exist_ok=True)
-    store.write_text(json.dumps({"rows": rows, "cost": cost, "cost_what": cost_what}, indent=1, default=str))
+    store.write_text(json.dumps({"rows": rows, "cost": cost, "cost_what": cost_what, "cost_command": cost_cmd}, indent=1, default=str))
     cols = ["modality", "item", "fault", "items", "injected mid-stream", "outcome", "recovered packets", "wall_s"]
     table = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n" + "\n".join(
         "| " + " | ".join(f"{r[c]:,}" if isinstance(r.get(c), int) and not isinstance(r[c], bool) else str(r.get(c, "-"))
@@ -211,10 +213,16 @@ def main() -> int:
     print(table)
     print(cost_table)
     if not args.no_write:
-        cmd = "`.venv/bin/python bench/faults.py " + " ".join(map(shlex.quote, sys.argv[1:])) + "`"
-        write_sections(ROOT / "bench" / "RESULTS.md", {SECTION: f"{SECTION}\n\nCommand: {cmd} (2-core VM shared with "
-                       f"other sessions; ratios are side by side in one run).\n\n{table}\n\nCost of durability "
-                       f"(alternating rounds):\n\n{cost_table}\n"})
+        # each modality's rows are from the latest run that included it: say which command made them
+        by_cmd: dict[str, list[str]] = {}
+        for r in rows:
+            by_cmd.setdefault(r.get("command", "(not recorded)"), [])
+            if r["modality"] not in by_cmd[r.get("command", "(not recorded)")]:
+                by_cmd[r.get("command", "(not recorded)")].append(r["modality"])
+        made = "\n".join(f"- {', '.join(m)}: {c}" for c, m in by_cmd.items())
+        write_sections(ROOT / "bench" / "RESULTS.md", {SECTION: f"{SECTION}\n\nCommands (2-core VM shared with other "
+                       f"sessions; ratios are side by side in one run):\n\n{made}\n\n{table}\n\nCost of durability "
+                       f"(alternating rounds; {cost_cmd or 'command not recorded'}):\n\n{cost_table}\n"})
     return 0 if all(r["outcome"].startswith("exactly once") for r in rows) else 1
 
 
