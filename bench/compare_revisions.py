@@ -85,6 +85,11 @@ def main() -> int:
     for rev, v in rates.items():
         lines.append(f"| {rev} ({sha[rev]}){' with --out' if rev in args.persist else ''} | {statistics.median(v):,.0f} | "
                      f"{', '.join(f'{x / 1e3:,.0f}k' for x in v)} | {statistics.median(v) / ref:.3f} |")
+    same = [rev for rev in args.revisions if rev not in args.persist and rev != args.revisions[0]
+            and any(sha[rev] == sha[o] for o in args.persist)]
+    if same:  # one commit run with and without --out: say so, the labels alone do not
+        lines.append(f"\n{', '.join(same)} and {', '.join(args.persist)} are the same commit; the rows differ only in "
+                     "--out (results persisted as Parquet, acknowledged).")
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
