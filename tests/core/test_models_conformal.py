@@ -146,17 +146,26 @@ def test_calibration_refuses_starved_bins():
 
 def test_compiled_hull_is_bit_identical_to_the_numpy_reference(calibrated):
     """The numba kernel (one pass per tuple) and the (n, bins) numpy reference give the same float32
-    bounds, including NaN/inf predictions, zero photons and predictions far outside the range."""
+    bounds, including NaN/inf predictions, zero photons and predictions far outside the range; also
+    with several cells of padded bin tables (the general model's per-information cells)."""
     _, _, cal = calibrated
     ic = conformal.IntervalCalibration(cal)
     rng = np.random.default_rng(3)
     d = np.concatenate([rng.uniform(-30, 90, 20_000), [np.nan, np.inf, -np.inf, 1e9, -1e9, 0.0]]).astype(np.float32)
     ph = np.concatenate([rng.integers(0, 3000, 20_000), [5, 5, 5, 0, 1e6, np.nan]]).astype(np.float32)
     inv_s = np.float32(1.0) / conformal.photon_scale(ph, ic.power)
-    fast = conformal._hull(d, inv_s, ic.left[0], ic.right[0], ic.q[0])
-    ref = conformal._hull_numpy(d, inv_s, ic)
-    for a, b in zip(fast, ref):
-        assert a.dtype == b.dtype == np.float32
-        np.testing.assert_array_equal(a, b)
+    nb = ic.q.shape[1]
+    left = np.full((3, nb + 2), np.inf, np.float32)  # 3 cells, the last 2 bins (and more in cell 2) padding
+    right = np.full((3, nb + 2), -np.inf, np.float32)
+    q = np.zeros((3, nb + 2), np.float32)
+    for c, (scale, used) in enumerate(((1.0, nb), (0.5, nb), (2.0, nb - 3))):
+        left[c, :used], right[c, :used], q[c, :used] = ic.left[0, :used], ic.right[0, :used], ic.q[0, :used] * scale
+    for tables, cell in (((ic.left, ic.right, ic.q), np.zeros(len(d), np.intp)),
+                         ((left, right, q), rng.integers(0, 3, len(d)))):
+        fast = conformal._hull(d, inv_s, *tables, cell)
+        ref = conformal._hull_numpy(d, inv_s, *tables, cell)
+        for a, b in zip(fast, ref):
+            assert a.dtype == b.dtype == np.float32
+            np.testing.assert_array_equal(a, b)
     lo, hi, empty = conformal.apply_intervals(d, ph, ic)
     assert empty[-6:-3].all() and np.isfinite(lo[~np.isnan(d) & ~np.isnan(ph)]).all()

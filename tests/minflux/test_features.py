@@ -81,3 +81,18 @@ def test_zero_photon_tuple_is_finite():
     counts = np.zeros((1, 2, 3), np.uint16)
     pos = physics.beam_positions(np.zeros((1, 2))).astype(np.float32)
     assert np.isfinite(compute_features(counts, pos, ALL_FEATURES)).all()
+
+
+def test_count_sums_equal_numpy_reductions_bit_for_bit():
+    """The matrix-product totals are exactly numpy's sums for integer counts (up to the uint16
+    maximum) and fall back to numpy's own sums for non-integer counts."""
+    from streamer.modalities.minflux.features import count_sums
+
+    rng = np.random.default_rng(0)
+    for counts in (rng.poisson(40, (2000, 2, 3)).astype(np.uint16), rng.integers(0, 65536, (2000, 2, 3)).astype(np.uint16),
+                   rng.integers(0, 2**20, (500, 2, 3)).astype(np.int64), rng.gamma(2.0, 30.0, (500, 2, 3))):
+        c = counts.astype(np.float32)
+        n_tot, n_axis = count_sums(counts, c)
+        np.testing.assert_array_equal(n_tot, c.sum(axis=(1, 2)))
+        np.testing.assert_array_equal(n_axis, c.sum(axis=2))
+        assert n_tot.dtype == n_axis.dtype == np.float32

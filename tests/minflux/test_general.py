@@ -178,3 +178,55 @@ def test_offgrid_grid_evaluation_runs(tiny_general):
     assert 0 < res["summary"]["eligible_cells"] < 243
     md = offgrid.markdown(res, "test")
     assert "eligible cells pass all three" in md and md.count("\n|") > 243
+
+
+def _v0_from_all_traces(cal: traces.StreamCalibration) -> float:
+    """v0 recomputed from every trace's sums (the O(traces) definition the running sums replace)."""
+    if cal.one_n < 2 * cal.min_one_tuples:
+        return cal.prior_v0
+    keys = list(cal.trace_one)
+    sums = np.array([cal.trace_one[k] for k in keys])
+    b = np.array([cal.trace_background(k)[0] if k != -1 else cal.background for k in keys])
+    den = float((sums[:, 2] - 2.0 * b * sums[:, 1] + sums[:, 4] * b * b - sums[:, 3]).sum())
+    num = float(sums[:, 0].sum())
+    return cal.prior_v0 if den <= 0 or num <= 0 else float(np.sqrt(num / den))
+
+
+def test_running_v0_equals_the_per_trace_definition():
+    """Traces interleaved in packets, some reaching their own background mid-stream, some never,
+    some tuples without a trace id: the O(1) running v0 equals the sum over all traces, always."""
+    rec = offgrid.simulate_stream(0.93, 2.0, 1200, seed=5)
+    t = rec.tuples
+    P, Q, m0, vpq, vm0 = traces.harmonic_terms(t.counts, t.positions)
+    order = np.random.default_rng(2).permutation(len(t) // 200) * 200  # packets of 200 in shuffled order
+    cal = traces.StreamCalibration(min_background_tuples=150, min_one_tuples=100)
+    state = rec.truth["state"]
+    checked = 0
+    for k, a in enumerate(order):
+        sl = slice(a, a + 200)
+        for tr in np.unique(t.trace_id[sl]):
+            m = t.trace_id[sl] == tr
+            cal.add(t.counts[sl][m], state[sl][m], P[sl][m], Q[sl][m], m0[sl][m], vpq[sl][m], vm0[sl][m],
+                    trace=None if k % 7 == 0 else int(tr))
+        if cal.one_n >= 2 * cal.min_one_tuples:
+            assert cal.v0 == pytest.approx(_v0_from_all_traces(cal), rel=1e-9)
+            checked += 1
+    own = sum(cal.trace_background(k)[1] for k in cal.trace_one if k != -1)
+    assert checked > 10 and 0 < own < len(cal.trace_one) - 1
+    assert abs(cal.v0 - 0.93) < 0.02
+
+
+@pytest.mark.parametrize("tids", [[4, 4, 4], [1, 1, 2, 2, 2, 7], [1, 2, 1, 3], [5], [3, 3, 9, 3]])
+def test_trace_selections_match_masks_in_first_appearance_order(tids):
+    """Runs become slices (views) when every trace is one run; otherwise masks; same tuples, same order."""
+    from streamer.modalities.minflux.live import _trace_selections
+
+    tids = np.asarray(tids, np.int64)
+    sels, keys = _trace_selections(tids)
+    _, first = np.unique(tids, return_index=True)
+    assert keys == [int(t) for t in tids[np.sort(first)]]
+    idx = np.arange(len(tids))
+    for sel, k in zip(sels, keys):
+        np.testing.assert_array_equal(idx[sel], np.flatnonzero(tids == k))
+    contiguous = len(keys) == 1 + int((tids[1:] != tids[:-1]).sum())
+    assert all(isinstance(s, slice) for s in sels) == contiguous

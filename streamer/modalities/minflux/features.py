@@ -57,6 +57,18 @@ _F32_K = np.float32(physics.K_NM)
 _SEP_SCALE = np.float32(physics.LAMBDA_NM / (2.0 * np.pi))
 
 
+def count_sums(counts: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n_tot (n,), per-axis totals (n, 2)) of float32 counts ``c`` = ``counts`` as float32.
+
+    Integer counts sum exactly in any order below 2**24, so a matrix product with ones gives the
+    very values of ``c.sum(...)``, 5-8x faster than numpy's reduction over axes of length 3 and 6;
+    non-integer input keeps numpy's own summation (its rounding is what the models were trained on)."""
+    if np.asarray(counts).dtype.kind in "iu":
+        n_axis = c @ np.ones(3, np.float32)
+        return c.reshape(len(c), 6) @ np.ones(6, np.float32), n_axis
+    return c.sum(axis=(1, 2)), c.sum(axis=2)
+
+
 def feature_names(feature_set: str) -> tuple[str, ...]:
     """Names of a feature set ("published", "physics" or "all")."""
     if feature_set not in FEATURE_SETS:
@@ -64,7 +76,8 @@ def feature_names(feature_set: str) -> tuple[str, ...]:
     return FEATURE_SETS[feature_set]
 
 
-def _physics_columns(c: np.ndarray, positions: np.ndarray, n_tot: np.ndarray) -> dict[str, np.ndarray]:
+def _physics_columns(c: np.ndarray, positions: np.ndarray, n_tot: np.ndarray,
+                     counts_axis: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Harmonic fit of each axis' 3 counts (the closed-form estimator's), in float32."""
     m0, m1, psi = harmonic_fit(c, positions, np.float32)
     safe_m0 = np.where(m0 > 0, m0, np.float32(1.0))
@@ -74,7 +87,7 @@ def _physics_columns(c: np.ndarray, positions: np.ndarray, n_tot: np.ndarray) ->
     d_axes = _SEP_SCALE * np.arccos(np.clip(vis_bc / np.float32(NOMINAL_V0), 0.0, 1.0))
     # midpoint of the pair relative to the centre exposure: n_k is minimal where K(m - u) = 0
     mid = -psi / _F32_K
-    n_axis = c.sum(axis=2)
+    n_axis = counts_axis if counts_axis is not None else c.sum(axis=2)
     return {
         "vis_raw_x": vis_raw[:, 0], "vis_raw_y": vis_raw[:, 1],
         "vis_bc_x": vis_bc[:, 0], "vis_bc_y": vis_bc[:, 1],
@@ -109,10 +122,10 @@ def compute_features(counts: np.ndarray, positions: np.ndarray, names: tuple[str
     if unknown:
         raise ValueError(f"unknown feature names {sorted(unknown)}")
     c = counts.astype(np.float32)
-    n_tot = c.sum(axis=(1, 2))
+    n_tot, n_axis = count_sums(counts, c)
     cols: dict[str, np.ndarray] = {"log_n": np.log1p(n_tot)}
     if any(name in PHYSICS_FEATURES for name in names):
-        cols.update(_physics_columns(c, positions, n_tot))
+        cols.update(_physics_columns(c, positions, n_tot, n_axis))
     if any(name in PUBLISHED_FEATURES and name not in cols for name in names):  # log_n is shared
         cols.update(_published_columns(c, positions, n_tot))
     out = np.empty((len(c), len(names)), np.float32)

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import debias, physics
 from .estimators.closed_form import harmonic_fit
+from .features import count_sums
 from .prediction import FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL, FLAG_OUT_OF_RANGE, Prediction
 from .recording import Recording
 from .simulate import STATE_TWO
@@ -136,7 +137,9 @@ def pseudo_photons(log_r2: np.ndarray) -> np.ndarray:
 def half_l_of(positions: np.ndarray) -> np.ndarray:
     """(n,) L/2 of each tuple from its beam positions (mean over both axes)."""
     p = positions.astype(np.float32, copy=False)
-    return (p[..., 2] - p[..., 0]).mean(axis=1) * np.float32(0.5)
+    w = p[..., 2] - p[..., 0]
+    # = w.mean(axis=1) * 0.5 bit for bit (float32 mean of two is (a + b) / 2; halving is exact), 4x faster
+    return (w[:, 0] + w[:, 1]) * np.float32(0.5) * np.float32(0.5)
 
 
 def effective_photons(photons: np.ndarray, v0: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -153,7 +156,7 @@ def instrument_features(counts: np.ndarray, positions: np.ndarray, v0, backgroun
     c = counts.astype(np.float32)
     v0 = np.broadcast_to(np.asarray(v0, np.float32), (n,))
     b = np.broadcast_to(np.asarray(background, np.float32), (n,))
-    n_tot = c.sum(axis=(1, 2))
+    n_tot, n_axis = count_sums(counts, c)
     m0, m1, psi = harmonic_fit(c, positions, np.float32)
     denom = (m0 - b[:, None]) * v0[:, None]
     vis = np.where(denom > 0, m1 / np.where(denom > 0, denom, np.float32(1.0)), np.float32(0.0))
@@ -164,7 +167,7 @@ def instrument_features(counts: np.ndarray, positions: np.ndarray, v0, backgroun
     out[:, 2], out[:, 3] = d_axes[:, 0], d_axes[:, 1]
     out[:, 4] = np.hypot(d_axes[:, 0], d_axes[:, 1])
     out[:, 5], out[:, 6] = mid[:, 0], mid[:, 1]
-    out[:, 7] = c[:, 0].sum(axis=1) / np.maximum(n_tot, np.float32(1.0))
+    out[:, 7] = n_axis[:, 0] / np.maximum(n_tot, np.float32(1.0))
     out[:, 8] = np.log1p(n_tot)
     out[:, 9] = np.log(effective_photons(n_tot, v0, b))
     out[:, 10] = np.float32(6.0) * b / np.maximum(n_tot, np.float32(1.0))
@@ -222,25 +225,23 @@ class _Intervals:
             self.left[k, :len(e) - 1], self.right[k, :len(e) - 1] = e[:-1], e[1:]
             self.q[k, :len(e) - 1] = c["q_bins"]
         self.power = np.array([c["photon_power"] for c in cells], np.float32)
+        from ...core.conformal import warm_up
+
+        warm_up()  # the compiled hull, at load time
 
     def apply(self, raw: np.ndarray, info: np.ndarray):
         """(lower, upper, empty): hull of {y : |y - raw| s(info) <= Q_cell,bin(y)} (core.conformal.apply_intervals)."""
-        from ...core.conformal import PHOTON_REF
+        from ...core.conformal import PHOTON_REF, hull
 
         k = _neff_bin(info, self.cuts)
-        d = np.asarray(raw, np.float32)[:, None]
+        d = np.asarray(raw, np.float32)
         n = np.maximum(np.asarray(info, np.float32), np.float32(1.0)) * np.float32(1.0 / PHOTON_REF)
-        inv_s = (n ** -self.power[k])[:, None]
-        half = self.q[k] * inv_s
-        lo_b = np.maximum(self.left[k], d - half)
-        hi_b = np.minimum(self.right[k], d + half)
-        ok = lo_b <= hi_b
-        lo = np.where(ok, lo_b, np.float32(np.inf)).min(axis=1)
-        hi = np.where(ok, hi_b, np.float32(-np.inf)).max(axis=1)
+        inv_s = n ** -self.power[k]
+        lo, hi = hull(d, inv_s, self.left, self.right, self.q, k)
         empty = ~np.isfinite(lo)
         if empty.any():
-            sm = inv_s[empty, 0] * self.q_marginal[k[empty]]
-            dm = d[empty, 0]
+            sm = inv_s[empty] * self.q_marginal[k[empty]]
+            dm = d[empty]
             lo[empty] = np.clip(dm - sm, self.lo_range[k[empty]], self.hi_range[k[empty]])
             hi[empty] = np.clip(dm + sm, self.lo_range[k[empty]], self.hi_range[k[empty]])
         return lo, hi, empty

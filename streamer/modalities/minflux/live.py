@@ -80,11 +80,9 @@ class LivePredictor:
         st = self.stream(stream)
         P, Q, m0, var_pq, var_m0 = harmonic_terms(batch.counts, batch.positions)
         n_tot = batch.counts.sum(axis=(1, 2), dtype=np.int64).astype(np.float64)
+        terms_all = np.stack([P, Q, m0, var_pq, var_m0], axis=1)  # (n, 5, 2): one copy per packet, views per trace
         state = np.full(n, STATE_UNKNOWN, np.uint8)
-        tids = batch.trace_id
-        uniq, first = np.unique(tids, return_index=True)
-        masks = [tids == t for t in uniq[np.argsort(first)]] if len(uniq) > 1 else [np.ones(n, bool)]
-        keys = [int(tids[m][0]) for m in masks]
+        masks, keys = _trace_selections(batch.trace_id)
         for t, m in zip(keys, masks):  # segmentation (published with every tuple)
             state[m] = st.seg.segment(t, P[m], Q[m], var_pq[m], n_tot[m], st.cal.background)
         # Calibration sums and the per-trace distance use *confirmed* tuples only: a tuple whose
@@ -94,7 +92,7 @@ class LivePredictor:
         w = self.window
         conf = []  # per trace: (terms (k, 5, 2), n_tot (k,), confirmed state (k,), 255 = not confirmed)
         for t, m in zip(keys, masks):
-            terms = np.stack([P[m], Q[m], m0[m], var_pq[m], var_m0[m]], axis=1)
+            terms = terms_all[m]
             old_terms, old_n, old_state, start = st.pending.get(
                 t, (np.zeros((0, 5, 2)), np.zeros(0), np.zeros(0, np.uint8), 0))
             A_terms = np.concatenate([old_terms, terms])
@@ -103,22 +101,24 @@ class LivePredictor:
             ready_end = len(A_state) - w
             if ready_end > start:
                 idx = np.arange(start, ready_end)
+                ready = slice(start, ready_end)
                 lo = np.maximum(idx - w, 0)
                 cstate = np.full(len(idx), STATE_UNKNOWN, np.uint8)
                 for s_ in (0, 1, STATE_TWO):
                     bad = np.concatenate([[0], np.cumsum(A_state != s_)])
                     ok = (bad[idx + w + 1] - bad[lo]) == 0
                     cstate[ok] = s_
-                conf.append((t, A_terms[idx], A_n[idx], cstate))
+                conf.append((t, A_terms[ready], A_n[ready], cstate))
                 cut = max(0, ready_end - w)
                 st.pending[t] = (A_terms[cut:], A_n[cut:], A_state[cut:], ready_end - cut)
             else:
                 st.pending[t] = (A_terms, A_n, A_state, start)
         for t, x, nt, cs in conf:
-            st.cal.add(nt, cs, x[:, 0], x[:, 1], x[:, 2], x[:, 3], x[:, 4], trace=t)
+            st.cal.add_terms(nt, cs, x, trace=t)
             two = cs == STATE_TWO
             if two.any():
-                st.traces.add(t, x[two, 0], x[two, 1], x[two, 2], x[two, 3], x[two, 4])
+                x2 = x[two]  # one gather, then views
+                st.traces.add(t, x2[:, 0], x2[:, 1], x2[:, 2], x2[:, 3], x2[:, 4])
         v0 = fixed_v0 if fixed_v0 is not None else min(st.cal.v0, 1.0)  # v0 <= 1 physically
         bg = fixed_bg if fixed_bg is not None else st.cal.background
         pred = self.model.predict_with(batch, np.float32(v0), np.float32(bg))
@@ -142,6 +142,24 @@ class LivePredictor:
         return {"distance": pred.distance, "lower": pred.lower, "upper": pred.upper, "flags": flags,
                 "state": state, "v0": np.full(n, v0, np.float32), "background": np.full(n, bg, np.float32),
                 "trace_distance": td, "trace_lower": tlo, "trace_upper": thi}
+
+
+def _trace_selections(tids: np.ndarray) -> tuple[list, list[int]]:
+    """Each trace's tuples in a packet, in order of first appearance, and the trace ids. A trace's
+    tuples usually form one run: slices then (views), boolean masks only for interleaved traces
+    (a mask copies every array it selects, per trace and per packet)."""
+    n = len(tids)
+    if n == 0:
+        return [], []
+    cut = np.flatnonzero(tids[1:] != tids[:-1]) + 1
+    starts = np.concatenate([[0], cut])
+    run_ids = tids[starts]
+    if len(np.unique(run_ids)) == len(run_ids):
+        ends = np.concatenate([cut, [n]])
+        return [slice(int(a), int(b)) for a, b in zip(starts, ends)], [int(t) for t in run_ids]
+    uniq, first = np.unique(tids, return_index=True)
+    ordered = uniq[np.argsort(first)]
+    return [tids == t for t in ordered], [int(t) for t in ordered]
 
 
 class LiveModalityPredictor:

@@ -69,6 +69,13 @@ def harmonic_terms(counts: np.ndarray, positions: np.ndarray, dtype=np.float32):
 # --------------------------------------------------------------------------- calibration state
 
 
+def _den_terms(sums: np.ndarray, b: float) -> float:
+    """One trace's (or a group's) part of v0's denominator, sum (m0 - b)^2 - var m0 over its 1-on
+    axis-tuples, from its sums (num, sum m0, sum m0^2, sum var m0, axis-tuples)."""
+    return float(sums[2] - 2.0 * b * sums[1] + sums[4] * b * b - sums[3])
+
+
+
 @dataclass
 class StreamCalibration:
     """Running sums of one stream; :meth:`estimate` gives (v0, b, n_background, n_one)."""
@@ -94,10 +101,18 @@ class StreamCalibration:
     min_one_tuples: int = 500
     trace_bg: dict = field(default_factory=dict)  # trace -> [sum of counts, tuples] of background-only tuples
     trace_one: dict = field(default_factory=dict)  # trace -> 1-on sums (num, sum m0, sum m0^2, sum var m0, axis-tuples)
+    # v0's denominator kept up to date as tuples arrive (O(1) per packet, not O(traces seen)): the
+    # 1-on sums of traces on the stream background, and the summed terms of traces with their own
+    _shared: np.ndarray = field(default_factory=lambda: np.zeros(5))
+    _own_den: float = 0.0
 
     def add(self, counts: np.ndarray, state: np.ndarray, P, Q, m0, var_pq, var_m0, trace: int | None = None) -> None:
         """Add tuples (``counts``: per tuple (n, 2, 3) or totals (n,)) with their states; ``trace``: all
         from that trace (the v0 sums are kept per trace, so each trace's own background applies)."""
+        self.add_terms(counts, state, np.stack([P, Q, m0, var_pq, var_m0], axis=1), trace)
+
+    def add_terms(self, counts: np.ndarray, state: np.ndarray, terms: np.ndarray, trace: int | None = None) -> None:
+        """:meth:`add` with the harmonic terms as one (n, 5, 2) array (P, Q, m0, var_pq, var_m0)."""
         bg = state == STATE_BACKGROUND
         if bg.any():
             total = float(counts[bg].sum(dtype=np.float64))
@@ -105,15 +120,30 @@ class StreamCalibration:
             self.bg_n += int(bg.sum())
             if trace is not None:
                 tb = self.trace_bg.setdefault(trace, [0.0, 0])
+                b_old, own_old = self.trace_background(trace)
                 tb[0] += total
                 tb[1] += int(bg.sum())
+                b_new, own_new = self.trace_background(trace)
+                s_t = self.trace_one.get(trace)
+                if own_new and s_t is not None:  # its 1-on sums now count with its (new) own background
+                    if own_old:
+                        self._own_den -= _den_terms(s_t, b_old)
+                    else:
+                        self._shared -= s_t
+                    self._own_den += _den_terms(s_t, b_new)
         one = state == STATE_ONE
         if one.any():
-            P1, Q1, m1, v1, w1 = (np.asarray(a[one], np.float64) for a in (P, Q, m0, var_pq, var_m0))
+            sel = np.asarray(terms[one], np.float64)  # one gather, then column views
+            P1, Q1, m1, v1, w1 = (sel[:, j] for j in range(5))
             x = P1**2 + Q1**2 - v1
             sums = np.array([x.sum(), m1.sum(), (m1**2).sum(), w1.sum(), 2.0 * one.sum()])
             key = -1 if trace is None else trace
             self.trace_one[key] = self.trace_one.get(key, 0.0) + sums
+            b_own, own = self.trace_background(key) if key != -1 else (0.0, False)
+            if own:  # the terms are linear in the sums at a fixed background
+                self._own_den += _den_terms(sums, b_own)
+            else:
+                self._shared += sums
             self.v_num += float(sums[0])
             self.m0_sum += float(sums[1])
             self.m0_sq += float(sums[2])
@@ -145,11 +175,8 @@ class StreamCalibration:
         between traces; one stream-wide b biased v0 by ~-2e-4 at v0 = 1 with b ~ U(0.5, 2) per trace)."""
         if self.one_n < 2 * self.min_one_tuples:
             return self.prior_v0
-        keys = list(self.trace_one)
-        sums = np.array([self.trace_one[k] for k in keys])
-        b = np.array([self.trace_background(k)[0] if k != -1 else self.background for k in keys])
-        den = float((sums[:, 2] - 2.0 * b * sums[:, 1] + sums[:, 4] * b * b - sums[:, 3]).sum())
-        num = float(sums[:, 0].sum())
+        den = self._own_den + _den_terms(self._shared, self.background)
+        num = self.v_num
         if den <= 0 or num <= 0:
             return self.prior_v0
         return float(np.sqrt(num / den))
@@ -186,10 +213,8 @@ _LEVEL_EDGES = np.geomspace(1.0, 1e5, 401)  # per-trace histogram of emitter-win
 
 @dataclass
 class _TraceSeg:
-    tail_p: np.ndarray  # last window-1 tuples' P, Q, var(P)+var(Q) (k, 2) and total counts (k,)
-    tail_q: np.ndarray
-    tail_v: np.ndarray
-    tail_n: np.ndarray
+    #: last window-1 tuples' columns P (2), Q (2), var(P)+var(Q) (2), total counts: (k, 7) float64
+    tail: np.ndarray = field(default_factory=lambda: np.zeros((0, 7)))
     hist: np.ndarray = field(default_factory=lambda: np.zeros(len(_LEVEL_EDGES) + 1, np.int64))
 
 
@@ -213,21 +238,19 @@ class Segmenter:
         w = self.window
         st = self.traces.get(trace)
         if st is None:
-            st = _TraceSeg(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0))
+            st = _TraceSeg()
             self.traces[trace] = st
-        k = len(st.tail_n)
-        aP = np.concatenate([st.tail_p, P])
-        aQ = np.concatenate([st.tail_q, Q])
-        aV = np.concatenate([st.tail_v, var_pq])
-        aN = np.concatenate([st.tail_n, n_tot])
-
-        def wsum(a):
-            cs = np.cumsum(a, axis=0, dtype=np.float64)
-            out = cs.copy()
-            out[w:] = cs[w:] - cs[:-w]
-            return out
-
-        sP, sQ, sV, sN = wsum(aP), wsum(aQ), wsum(aV), wsum(aN)
+        k = len(st.tail)
+        # one (k + m, 7) block and one running sum for all columns (cumsum runs down each column
+        # separately: the same sums as four arrays, a quarter of the numpy calls)
+        a = np.empty((k + len(n_tot), 7))
+        a[:k] = st.tail
+        a[k:, 0:2], a[k:, 2:4], a[k:, 4:6], a[k:, 6] = P, Q, var_pq, n_tot
+        cs = np.cumsum(a, axis=0)
+        sums = cs.copy()
+        sums[w:] = cs[w:] - cs[:-w]
+        sP, sQ, sV, sN = sums[:, 0:2], sums[:, 2:4], sums[:, 4:6], sums[:, 6]
+        aN = a[:, 6]
         cnt = np.minimum(np.arange(1, len(aN) + 1), w)
         z = ((sP**2 + sQ**2) / np.maximum(sV, 1e-9)).sum(axis=1)[k:]
         level = (sN / cnt - 6.0 * background)[k:]
@@ -243,7 +266,7 @@ class Segmenter:
         states = np.where(sig, np.where(level > self.two_fraction * top, STATE_TWO, STATE_ONE),
                           STATE_BACKGROUND).astype(np.uint8)
         keep = max(0, len(aN) - (w - 1))
-        st.tail_p, st.tail_q, st.tail_v, st.tail_n = aP[keep:], aQ[keep:], aV[keep:], aN[keep:]
+        st.tail = a[keep:].copy()  # (a copy: the packet's block is not kept alive by a view)
         return states
 
 
