@@ -17,17 +17,8 @@ import math
 
 import numpy as np
 
-try:  # optional: without numba the numpy reference code runs
-    import numba as _nb
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised only where numba is missing
-    _nb = None
-    HAVE_NUMBA = False
-
-
-def _jit(fn):
-    return _nb.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")(fn) if HAVE_NUMBA else fn
+from streamer.core.jit import HAVE_NUMBA  # noqa: F401 (callers test it: without numba the numpy reference runs)
+from streamer.core.jit import jit as _jit
 
 
 @_jit
