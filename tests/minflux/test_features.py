@@ -96,3 +96,16 @@ def test_count_sums_equal_numpy_reductions_bit_for_bit():
         np.testing.assert_array_equal(n_tot, c.sum(axis=(1, 2)))
         np.testing.assert_array_equal(n_axis, c.sum(axis=2))
         assert n_tot.dtype == n_axis.dtype == np.float32
+
+
+def test_count_totals_and_photons_are_exact():
+    from streamer.modalities.minflux.tuples import TupleBatch, count_totals
+
+    rng = np.random.default_rng(1)
+    counts = rng.integers(0, 65536, (3000, 2, 3)).astype(np.uint16)
+    np.testing.assert_array_equal(count_totals(counts), counts.sum(axis=(1, 2), dtype=np.int64).astype(np.float64))
+    pos = np.broadcast_to(np.array([-15.0, 0.0, 15.0], np.float32), (3000, 2, 3))
+    b = TupleBatch.build(counts, pos)
+    assert b.photons.dtype == np.int64
+    np.testing.assert_array_equal(b.photons, counts.sum(axis=(1, 2), dtype=np.int64))
+    assert count_totals(counts[:0]).shape == (0,)

@@ -27,7 +27,7 @@ from .general import REGIME, GeneralPredictor
 from .prediction import FLAG_UNCALIBRATED
 from .simulate import STATE_TWO
 from .traces import STATE_UNKNOWN, Segmenter, StreamCalibration, TraceDistance, harmonic_terms
-from .tuples import TupleBatch
+from .tuples import TupleBatch, count_totals
 
 ENV_V0 = "STREAMER_MINFLUX_V0"
 ENV_BACKGROUND = "STREAMER_MINFLUX_BACKGROUND"
@@ -79,7 +79,7 @@ class LivePredictor:
         fixed_bg = measured.get("background", self.fixed_bg)
         st = self.stream(stream)
         P, Q, m0, var_pq, var_m0 = harmonic_terms(batch.counts, batch.positions)
-        n_tot = batch.counts.sum(axis=(1, 2), dtype=np.int64).astype(np.float64)
+        n_tot = count_totals(batch.counts)
         terms_all = np.stack([P, Q, m0, var_pq, var_m0], axis=1)  # (n, 5, 2): one copy per packet, views per trace
         state = np.full(n, STATE_UNKNOWN, np.uint8)
         masks, keys = _trace_selections(batch.trace_id)
