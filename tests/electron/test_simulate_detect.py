@@ -82,3 +82,20 @@ def test_knob_curve_is_monotone_for_an_informative_score():
     means = [r[1] for r in rows]
     assert all(a <= b + 1e-9 for a, b in zip(means, means[1:]))
     assert abs(means[-1] - err.mean()) < 1e-9
+
+
+def test_double_counts_are_second_detections_of_matched_electrons():
+    """Frame 0: electron A detected twice (1 px and 4 px away), electron B once; frame 1: a
+    detection with no electron within 6 px (a count of nothing, not a double count), and one at
+    A's position but in another frame (frames never mix)."""
+    from streamer.modalities.electron.metrics import double_counts
+
+    tru_item, tru_x, tru_y = np.array([0, 0]), np.array([10.0, 40.0]), np.array([10.0, 40.0])
+    det_item = np.array([0, 0, 0, 1, 1])
+    det_x = np.array([11.0, 14.0, 40.0, 80.0, 10.0])
+    det_y = np.array([10.0, 10.0, 41.0, 80.0, 10.0])
+    m = match(det_item, det_x, det_y, tru_item, tru_x, tru_y)
+    assert m.tolist() == [0, 2]
+    assert double_counts(det_item, det_x, det_y, tru_item, tru_x, tru_y, m) == 1
+    assert double_counts(det_item[:1], det_x[:1], det_y[:1], tru_item, tru_x, tru_y,
+                         match(det_item[:1], det_x[:1], det_y[:1], tru_item, tru_x, tru_y)) == 0

@@ -31,6 +31,25 @@ def match(det_item, det_x, det_y, tru_item, tru_x, tru_y, radius: float = MATCH_
     return out
 
 
+def double_counts(det_item, det_x, det_y, tru_item, tru_x, tru_y, det_of_truth: np.ndarray,
+                  radius: float = MATCH_PX) -> int:
+    """Detections left unmatched whose nearest true entry (same frame, within ``radius`` px) is
+    already matched to another detection: the same electron counted a second time. The other
+    unmatched detections are counts of no electron at all (noise, a track's far end)."""
+    matched = np.zeros(len(det_x), bool)
+    matched[det_of_truth[det_of_truth >= 0]] = True
+    spare = np.flatnonzero(~matched)
+    if len(spare) == 0 or len(tru_x) == 0:
+        return 0
+    big = 1e6  # separates frames, as in :func:`match`
+    tree = cKDTree(np.column_stack([np.asarray(tru_x, float) + np.asarray(tru_item, float) * big,
+                                    np.asarray(tru_y, float)]))
+    dist, idx = tree.query(np.column_stack([np.asarray(det_x, float)[spare] + np.asarray(det_item, float)[spare] * big,
+                                            np.asarray(det_y, float)[spare]]), distance_upper_bound=radius)
+    near = np.isfinite(dist)
+    return int((det_of_truth[idx[near]] >= 0).sum())
+
+
 def isolated(tru_item, tru_x, tru_y, radius: float = ISOLATION_PX) -> np.ndarray:
     """True for entries with no other entry of the same frame within ``radius`` pixels."""
     pts = np.column_stack([np.asarray(tru_x, float) + np.asarray(tru_item, float) * 1e6, np.asarray(tru_y, float)])
