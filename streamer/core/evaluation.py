@@ -47,6 +47,23 @@ def coverage_report(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, photons: np.n
 # held-out evaluation of a shipped bundle against the physics estimators and the CRB
 
 
+def predict_in_packets(predict, frames: np.ndarray, packet: int, skip=()) -> dict[str, np.ndarray]:
+    """Detection columns of ``frames`` (n, ...) by ``predict(packet_frames, seq) -> (columns, flagged)``,
+    ``packet`` frames at a time (benches: the worker's path packet by packet). ``item`` is shifted to
+    the frame index in ``frames``; columns in ``skip`` are dropped; ``flagged`` sums the counts."""
+    cols: dict[str, list] = {}
+    flagged = 0
+    for seq, a in enumerate(range(0, len(frames), packet)):
+        det, fl = predict(frames[a:a + packet], seq)
+        flagged += fl
+        for k, v in det.items():
+            if k not in skip:
+                cols.setdefault(k, []).append(np.asarray(v) + (a if k == "item" else 0))
+    out = {k: np.concatenate(v) for k, v in cols.items()}
+    out["flagged"] = flagged
+    return out
+
+
 def timed(fn, *args, repeat: int = 1):
     """(result, seconds per call) of the fastest of ``repeat`` calls."""
     import time

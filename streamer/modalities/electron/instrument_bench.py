@@ -26,19 +26,12 @@ B_VALUES = {"pixel_um": 6.5, "energy_kev": 200.0, "read_noise_e": 14.0, "adu_per
 PACKET = 100  # frames per packet through the worker path
 
 
-def predict_frames(predict, frames: np.ndarray, header: dict) -> dict[str, np.ndarray]:
+def predict_frames(predict, frames: np.ndarray) -> dict[str, np.ndarray]:
     """Detections of ``frames`` (n, H, W) by ``predict(packet_frames, seq) -> (detections, flagged)``,
     packet by packet; ``item`` = frame index in ``frames``."""
-    cols: dict[str, list] = {}
-    flagged = 0
-    for seq, a in enumerate(range(0, len(frames), PACKET)):
-        det, fl = predict(frames[a:a + PACKET], seq)
-        flagged += fl
-        for k, v in det.items():
-            cols.setdefault(k, []).append(np.asarray(v) + (a if k == "item" else 0))
-    out = {k: np.concatenate(v) for k, v in cols.items()}
-    out["flagged"] = flagged
-    return out
+    from ...core.evaluation import predict_in_packets
+
+    return predict_in_packets(predict, frames, PACKET)
 
 
 def through_worker(served, header: dict, instrument: str | None):
@@ -157,9 +150,9 @@ def run(workdir: Path, quick: bool = False, log=print) -> dict:
     log("electron: A's model on B's data")
     only_a = Served({"electron": "trees"}, [b_true], models_dir=workdir / "no-models")
     plain = Served({"electron": "trees"})
-    named = predict_frames(through_worker(only_a, hdr_b, "scopeB"), fr_b.frames, hdr_b)
-    header_only = predict_frames(through_worker(plain, hdr_b, None), fr_b.frames, hdr_b)
-    raw = predict_frames(unmarked(plain.predictors["electron"], hdr_b), fr_b.frames, hdr_b)
+    named = predict_frames(through_worker(only_a, hdr_b, "scopeB"), fr_b.frames)
+    header_only = predict_frames(through_worker(plain, hdr_b, None), fr_b.frames)
+    raw = predict_frames(unmarked(plain.predictors["electron"], hdr_b), fr_b.frames)
     r_ab = metrics(fr_b, raw, b_true["pixel_um"])
     share = lambda d: (d["flags"] & 8 > 0).mean() if len(d["flags"]) else float("nan")  # noqa: E731
     kept = lambda d: np.isfinite(d["radius"]).mean() if len(d["radius"]) else float("nan")  # noqa: E731
@@ -202,12 +195,12 @@ def run(workdir: Path, quick: bool = False, log=print) -> dict:
     t0 = time.time()
     served_b = Served({"electron": "trees"}, [b_fit], models_dir=workdir / "models")  # compiles B's bundle
     load_s = time.time() - t0
-    via_b = predict_frames(through_worker(served_b, hdr_b, "scopeB"), fr_b.frames, hdr_b)
+    via_b = predict_frames(through_worker(served_b, hdr_b, "scopeB"), fr_b.frames)
     r_bb = metrics(fr_b, via_b, b_true["pixel_um"])
     lib_a = load_library()
     fr_a = simulate_frames(lib_a, n_eval, 100, 100, rate=10.0, seed=71, lib_indices=library_splits(len(lib_a))["test"])
     hdr_a = header_of(a)
-    via_a = predict_frames(through_worker(plain, hdr_a, None), fr_a.frames, hdr_a)
+    via_a = predict_frames(through_worker(plain, hdr_a, None), fr_a.frames)
     r_aa = metrics(fr_a, via_a, a["pixel_um"])
 
     t = manifest["training"]

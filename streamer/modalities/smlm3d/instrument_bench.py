@@ -69,18 +69,10 @@ def unmarked(predictor, header: dict):
 
 
 def predict_all(predict, frames: np.ndarray) -> dict[str, np.ndarray]:
-    cols: dict[str, list] = {}
-    flagged = 0
-    for seq, a in enumerate(range(0, len(frames), PACKET)):
-        det, fl = predict(frames[a:a + PACKET], seq)
-        flagged += fl
-        for k, v in det.items():
-            if k == "count":
-                continue
-            cols.setdefault(k, []).append(np.asarray(v) + (a if k == "item" else 0))
-    out = {k: np.concatenate(v) for k, v in cols.items()}
-    out["flagged"] = flagged
-    return out
+    """Localizations of ``frames`` packet by packet (per-frame ``count`` dropped); ``item`` = frame index."""
+    from ...core.evaluation import predict_in_packets
+
+    return predict_in_packets(predict, frames, PACKET, skip=("count",))
 
 
 def metrics(det: dict, truth: dict, profile) -> dict:
