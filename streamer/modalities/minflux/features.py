@@ -23,7 +23,7 @@ import numpy as np
 
 from . import physics
 from .estimators.closed_form import harmonic_fit
-from .tuples import TupleBatch
+from .tuples import TupleBatch, count_totals
 
 NOMINAL_BACKGROUND = 1.0  # counts per exposure assumed by the closed-form features
 NOMINAL_V0 = 1.0
@@ -60,12 +60,12 @@ _SEP_SCALE = np.float32(physics.LAMBDA_NM / (2.0 * np.pi))
 def count_sums(counts: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n_tot (n,), per-axis totals (n, 2)) of float32 counts ``c`` = ``counts`` as float32.
 
-    Integer counts sum exactly in any order below 2**24, so a matrix product with ones gives the
-    very values of ``c.sum(...)``, 5-8x faster than numpy's reduction over axes of length 3 and 6;
+    Integer counts sum exactly in any order below 2**24, so matrix products with ones (the totals by
+    :func:`.tuples.count_totals`) give the very values of ``c.sum(...)``, several times faster than
+    numpy's reduction over axes of length 3 and 6;
     non-integer input keeps numpy's own summation (its rounding is what the models were trained on)."""
     if np.asarray(counts).dtype.kind in "iu":
-        n_axis = c @ np.ones(3, np.float32)
-        return c.reshape(len(c), 6) @ np.ones(6, np.float32), n_axis
+        return count_totals(counts).astype(np.float32), c @ np.ones(3, np.float32)
     return c.sum(axis=(1, 2)), c.sum(axis=2)
 
 
