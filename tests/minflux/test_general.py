@@ -160,6 +160,28 @@ def test_live_predictor_publishes_results(tiny_general, monkeypatch):
     assert "v0=0.91" in fixed.model_id
 
 
+def test_live_predictor_measures_two_on_tuples_only(tiny_general):
+    """Tuples segmented 1-on / background get NaN and FLAG_NOT_TWO_ON; the 2-on ones get exactly what
+    the model gives them in a whole-packet call with the same instrument."""
+    from streamer.modalities.minflux import live
+    from streamer.modalities.minflux.prediction import FLAG_NO_INTERVAL, FLAG_NOT_TWO_ON
+
+    out, _ = tiny_general
+    lp = live.LivePredictor(out, backend="xgboost", v0=0.95, background=1.0)
+    rec = offgrid.simulate_stream(0.95, 1.0, 1500, seed=7, distances=(20.0,))
+    res = [lp.process("s", rec.tuples[i:i + 500]) for i in range(0, 1500, 500)]
+    r = {k: np.concatenate([x[k] for x in res]) for k in res[0]}
+    two = r["state"] == STATE_TWO
+    assert 0.2 < two.mean() < 0.9  # the trace has 2-on, 1-on and background-only stretches
+    assert np.isnan(r["distance"][~two]).all() and np.isnan(r["lower"][~two]).all()
+    assert ((r["flags"][~two] & (FLAG_NOT_TWO_ON | FLAG_NO_INTERVAL)) == (FLAG_NOT_TWO_ON | FLAG_NO_INTERVAL)).all()
+    assert not (r["flags"][two] & FLAG_NOT_TWO_ON).any() and np.isfinite(r["distance"][two]).all()
+    whole = lp.model.predict_with(rec.tuples, np.float32(0.95), np.float32(1.0))
+    assert np.array_equal(r["distance"][two], whole.distance[two])
+    assert np.array_equal(r["lower"][two], whole.lower[two], equal_nan=True)
+    assert np.array_equal(r["flags"][two], whole.flags[two])
+
+
 def test_per_trace_table_over_persisted_results():
     rng = np.random.default_rng(0)
     tid = np.repeat(np.arange(3), 1000)

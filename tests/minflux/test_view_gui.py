@@ -215,7 +215,7 @@ def test_monitor_shows_real_results_and_screenshot(app, pub_sub, tmp_path):
     assert view.band.isVisible() == has_interval
     status = win.status.text()
     assert f"{total:,} items" in status and "rejected   : 1 malformed" in status and "low photons" in status
-    assert "view: all traces" in view.info.text() and "low photons: counted, not drawn" in view.info.text()
+    assert "view: all traces" in view.info.text() and "(low photons, not 2-on: counted, not drawn)" in view.info.text()
 
     trace = int(results[0][2].extra["batch"].trace_id[0])
     view.select_trace(trace)

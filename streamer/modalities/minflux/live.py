@@ -5,7 +5,8 @@ Per packet (vectorised; a Python loop only over the traces present in the packet
 1. per-axis harmonic terms of every tuple (:func:`traces.harmonic_terms`);
 2. per trace: streaming 2-on / 1-on / background segmentation (:class:`traces.Segmenter`);
 3. per stream: calibration sums (b from background-only tuples, v0 from 1-on tuples);
-4. the general model with the stream's instrument: the user's calibration when given
+4. the general model with the stream's instrument, on the tuples segmented 2-on (the others have
+   one emitter or none, so no distance: NaN, ``FLAG_NOT_TWO_ON``): the user's calibration when given
    (``v0=``/``background=`` or ``STREAMER_MINFLUX_V0`` / ``STREAMER_MINFLUX_BACKGROUND`` in the
    worker's environment), else the live estimate (``FLAG_UNCALIBRATED`` until the stream has enough
    background-only and 1-on tuples; the prior is then used);
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .general import REGIME, GeneralPredictor
-from .prediction import FLAG_UNCALIBRATED
+from .prediction import FLAG_NO_INTERVAL, FLAG_NOT_TWO_ON, FLAG_UNCALIBRATED, Prediction
 from .simulate import STATE_TWO
 from .traces import STATE_UNKNOWN, Segmenter, StreamCalibration, TraceDistance, harmonic_terms
 from .tuples import TupleBatch, count_totals
@@ -121,7 +122,7 @@ class LivePredictor:
                 st.traces.add(t, x2[:, 0], x2[:, 1], x2[:, 2], x2[:, 3], x2[:, 4])
         v0 = fixed_v0 if fixed_v0 is not None else min(st.cal.v0, 1.0)  # v0 <= 1 physically
         bg = fixed_bg if fixed_bg is not None else st.cal.background
-        pred = self.model.predict_with(batch, np.float32(v0), np.float32(bg))
+        pred = self._two_on_only(batch, state, np.float32(v0), np.float32(bg))
         flags = pred.flags
         if (fixed_v0 is None or fixed_bg is None) and not st.cal.calibrated:
             flags = flags | np.uint8(FLAG_UNCALIBRATED)
@@ -142,6 +143,24 @@ class LivePredictor:
         return {"distance": pred.distance, "lower": pred.lower, "upper": pred.upper, "flags": flags,
                 "state": state, "v0": np.full(n, v0, np.float32), "background": np.full(n, bg, np.float32),
                 "trace_distance": td, "trace_lower": tlo, "trace_upper": thi}
+
+
+    def _two_on_only(self, batch: TupleBatch, state: np.ndarray, v0, bg) -> Prediction:
+        """The model on the tuples segmented 2-on; the rest NaN with ``FLAG_NOT_TWO_ON``. (A 1-on
+        tuple's "distance" is the model's answer to a question without a second emitter: a value
+        near 0 that histograms like a measurement. Rows are independent, so the 2-on rows get
+        exactly the values a whole-packet call gives them.)"""
+        two = state == STATE_TWO
+        if two.all():
+            return self.model.predict_with(batch, v0, bg)
+        n = len(batch)
+        dist = np.full(n, np.nan, np.float32)
+        lo, hi = dist.copy(), dist.copy()
+        flags = np.full(n, FLAG_NOT_TWO_ON | FLAG_NO_INTERVAL, np.uint8)
+        if two.any():
+            sub = self.model.predict_with(batch[two], v0, bg)
+            dist[two], lo[two], hi[two], flags[two] = sub.distance, sub.lower, sub.upper, sub.flags
+        return Prediction(dist, lo, hi, flags, self.model.model_id)
 
 
 def _trace_selections(tids: np.ndarray) -> tuple[list, list[int]]:

@@ -21,6 +21,9 @@ FLAG_UNCALIBRATED = 32  # self-calibrating predictor: the stream's instrument is
 # what the serving model covers: estimate kept, every interval NaN (issue 14). Not FLAG_UNCALIBRATED:
 # that one is transient and keeps the interval of the prior instrument
 FLAG_INSTRUMENT_MISMATCH = 64
+# self-calibrating predictor: the live segmentation labels the tuple 1-on or background-only, so it
+# has no second emitter to measure: distance and interval NaN (with FLAG_NO_INTERVAL), model not run
+FLAG_NOT_TWO_ON = 128
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .prediction import FLAG_LOW_PHOTONS
+from .prediction import FLAG_LOW_PHOTONS, FLAG_NOT_TWO_ON
 from .view_model import FLAG_NAMES, MinfluxViewModel, ViewSummary
 
 BAND_BRUSH = (80, 160, 255, 70)
@@ -38,7 +38,7 @@ class MinfluxView:
     Options (``streamer monitor`` passes its own; unknown ones are ignored): ``capacity`` (tuples
     kept), ``window`` (tuples shown initially), ``max_points`` / ``band_points`` (points drawn per
     curve: bin means), ``trace`` (trace id selected at start), ``show_flagged`` (also draw
-    low-photon tuples; they are always counted), ``hist_range_nm``, ``hist_bin_nm``.
+    low-photon and not-2-on tuples; they are always counted), ``hist_range_nm``, ``hist_bin_nm``.
     """
 
     title = "MINFLUX distance"
@@ -48,8 +48,9 @@ class MinfluxView:
                  hist_range_nm: tuple[float, float] = (0.0, 60.0), hist_bin_nm: float = 0.5,
                  **_ignored: Any) -> None:
         capacity = int(capacity)
+        hide = 0 if show_flagged else FLAG_LOW_PHOTONS | FLAG_NOT_TWO_ON
         self.model = MinfluxViewModel(capacity=capacity, trace_capacity=capacity, hist_range_nm=hist_range_nm,
-                                      hist_bin_nm=hist_bin_nm, hide_flags=0 if show_flagged else FLAG_LOW_PHOTONS)
+                                      hist_bin_nm=hist_bin_nm, hide_flags=hide)
         self.window_tuples = max(1, min(int(window), capacity))
         self.max_points, self.band_points = int(max_points), int(band_points)
         self.info_every_s = 0.25  # the info line and the trace list are rewritten at most this often

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .prediction import FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL, FLAG_NONPHYSICAL, FLAG_OUT_OF_RANGE
+from .prediction import FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL, FLAG_NONPHYSICAL, FLAG_NOT_TWO_ON, FLAG_OUT_OF_RANGE
 from ...monitor.ring import RingColumns
 
 COLUMNS = {
@@ -30,6 +30,7 @@ FLAG_NAMES = {
     FLAG_LOW_PHOTONS: "low photons",
     FLAG_OUT_OF_RANGE: "out of range",
     FLAG_NONPHYSICAL: "non-physical",
+    FLAG_NOT_TWO_ON: "not 2-on",
 }
 
 
@@ -82,7 +83,7 @@ class MinfluxViewModel:
 
     def __init__(self, capacity: int = 200_000, trace_capacity: int | None = None,
                  max_traces: int = 2000, hist_range_nm: tuple[float, float] = (0.0, 60.0),
-                 hist_bin_nm: float = 0.5, hide_flags: int = FLAG_LOW_PHOTONS) -> None:
+                 hist_bin_nm: float = 0.5, hide_flags: int = FLAG_LOW_PHOTONS | FLAG_NOT_TWO_ON) -> None:
         self.ring = RingColumns(capacity, COLUMNS)
         # tuples with any of these flags are counted but not drawn: a background-only or
         # bleached tuple's "distance" would read as a measurement on the trace and histogram

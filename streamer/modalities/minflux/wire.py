@@ -18,7 +18,7 @@ from ...core.wire import PacketError
 from .instrument import PROFILE
 from .physics import HALF_L_NM, beam_positions
 from .prediction import (FLAG_INSTRUMENT_MISMATCH, FLAG_INVALID_INPUT, FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL,
-                         FLAG_NONPHYSICAL, FLAG_OUT_OF_RANGE, FLAG_UNCALIBRATED)
+                         FLAG_NONPHYSICAL, FLAG_NOT_TWO_ON, FLAG_OUT_OF_RANGE, FLAG_UNCALIBRATED)
 from .tuples import TupleBatch
 
 NAME = "minflux"
@@ -60,7 +60,8 @@ RESULTS = ResultSpec(
     ),
     flags={FLAG_NO_INTERVAL: "no interval", FLAG_LOW_PHOTONS: "low photons",
            FLAG_OUT_OF_RANGE: "out of range", FLAG_NONPHYSICAL: "non-physical", FLAG_INVALID_INPUT: "invalid input",
-           FLAG_UNCALIBRATED: "uncalibrated instrument", FLAG_INSTRUMENT_MISMATCH: "instrument mismatch"},
+           FLAG_UNCALIBRATED: "uncalibrated instrument", FLAG_INSTRUMENT_MISMATCH: "instrument mismatch",
+           FLAG_NOT_TWO_ON: "not 2-on"},
     invalid_flag=FLAG_INVALID_INPUT,
     intervals=("lower", "upper", "trace_lower", "trace_upper"),
     mismatch_flag=FLAG_INSTRUMENT_MISMATCH,
