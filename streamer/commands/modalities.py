@@ -41,7 +41,8 @@ def markdown(mod: Modality) -> str:
     out += ["Results (topic `result`, persisted):", "", "| key | type | required | meaning |", "|---|---|---|---|"]
     out += [f"| {_array_row(a)} |" for a in res.items]
     if res.detections:
-        out.append("| `item` | <i4 (m,) | yes | index of the item (frame/stack) in the packet each detection came from |")
+        out.append(f"| `item` | <i4 (m,) | {'no' if not any(a.required for a in res.detections) else 'yes'} | "
+                   f"index of the item (frame/stack/tuple) in the packet each of the {res.detection_noun} belongs to |")
         out += [f"| {_array_row(a)} |" for a in res.detections]
     if res.flags:
         out += ["", "Flags: " + ", ".join(f"{bit} = {name}" for bit, name in sorted(res.flags.items()))]

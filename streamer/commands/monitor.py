@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     app = pg.mkQApp("streamer monitor")
     view = modality.view(capacity=args.capacity, window=min(args.window, args.capacity), max_points=args.max_points,
                          trace=args.trace, show_flagged=args.show_flagged)
-    state = MonitorState(modality.results.flags, modality=name, view=view)
+    state = MonitorState(modality.results.flags, modality=name, view=view,
+                         detection_noun=modality.results.detection_noun)
     try:
         subscriber = ResultSubscriber(args.address, rcvhwm=args.rcvhwm)
     except zmq.ZMQError as exc:

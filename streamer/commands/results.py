@@ -29,6 +29,7 @@ def to_pandas(results: dict[str, np.ndarray], table: str = "items"):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core import registry
     from ..pipeline.results import load_results, result_modalities
 
     present = result_modalities(args.path)
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         streams = [str(s) for s in streams]
         items = len(res["seq"])
         dets = len(res.get("det_seq", ()))
-        print(f"{modality}: {items:,} items" + (f", {dets:,} detections" if "det_seq" in res else "")
+        noun = registry.get(modality).results.detection_noun if registry.known(modality) else "detections"
+        print(f"{modality}: {items:,} items" + (f", {dets:,} {noun}" if "det_seq" in res else "")
               + f" in {len(res['packet_seq']):,} packets; models {sorted(set(res['packet_model']))}")
         for s, c in zip(streams, counts):
             seqs = res["packet_seq"][res["packet_stream"].astype(str) == s]

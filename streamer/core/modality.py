@@ -106,7 +106,8 @@ class ResultSpec:
     """What each result message carries besides the envelope.
 
     ``items``: arrays with first axis ``n`` (one row per input item). ``detections``: arrays with
-    first axis ``m``; the codec adds the column ``item`` (<i4, index of the item in the packet).
+    first axis ``m``; the codec adds the column ``item`` (<i4, index of the item in the packet). When
+    every detection array is optional, a predictor may return none of them (and no ``item``).
     ``flags``: bit value (1, 2, 4, ... 128) -> name, for the uint8 ``flags`` column (per item, or
     per detection when the modality has detections and no per-item flags); readers test ``flags & value``.
     """
@@ -120,6 +121,8 @@ class ResultSpec:
     intervals: tuple[str, ...] = ()
     #: flag bit set where the stream's instrument lies outside what the model covers (see core.profile)
     mismatch_flag: int = 0
+    #: what a row of the ``m`` table is, in status lines ("detections", "localizations", ...)
+    detection_noun: str = "detections"
     doc: str = ""
 
     def __post_init__(self) -> None:

@@ -383,7 +383,8 @@ def encode_result(packet: Packet, spec: ResultSpec, out: Mapping[str, np.ndarray
                            "seq": packet.seq, "n": packet.n, "t_acq": packet.t_acq,
                            "t_done": float(time.time() if t_done is None else t_done), "model": model_id}
     m = None
-    if spec.detections:
+    det_optional = not any(a.required for a in spec.detections)
+    if spec.detections and not (det_optional and "item" not in out):
         item = out.get("item")
         if item is None:
             raise ValueError("predictor returned detections without 'item'")
@@ -405,7 +406,8 @@ def encode_result(packet: Packet, spec: ResultSpec, out: Mapping[str, np.ndarray
                 raise ValueError(f"{a.name}: shape {arr.shape}, declared {(rows, *tail)}")
             dt = a.dtype
             # a byte view, not tobytes(): msgpack copies once into the message instead of twice
-            msg[a.name] = memoryview(np.ascontiguousarray(arr, dt)).cast("B")
+            # (flattened first: memoryview cannot cast an empty multi-dimensional array)
+            msg[a.name] = memoryview(np.ascontiguousarray(arr, dt).reshape(-1)).cast("B")
             layout[a.name] = [dt.str, list(tail), axis]
     if packet.invalid is not None and packet.invalid.any():
         _mark_invalid(msg, layout, packet, spec)

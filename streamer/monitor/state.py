@@ -33,7 +33,8 @@ class Counters:
     """Numbers the shell's status panel shows."""
 
     items: int = 0  # items (tuples, frames, stacks) in the watched modality's results
-    detections: int = 0  # detections (results with an ``m``)
+    detections: int = 0  # rows of the results' ``m`` table (detections, localizations, ...)
+    detection_noun: str = "detections"  # what those rows are (the modality's ResultSpec says)
     messages: int = 0  # result messages received (all modalities)
     other_messages: int = 0  # result messages of modalities other than the watched one (counted only)
     missed_messages: int = 0  # result seqs the monitor never saw (display-side drops, HWM)
@@ -59,11 +60,11 @@ class MonitorState:
 
     def __init__(self, flags: Mapping[int, str] | None = None, *, modality: str | None = None,
                  view: Ingests | None = None, rate_window_s: float = 2.0, clock=time.monotonic,
-                 max_streams: int = 10_000) -> None:
+                 max_streams: int = 10_000, detection_noun: str = "detections") -> None:
         self.flags = {int(b): str(n) for b, n in (flags or {}).items()}
         self.modality = modality
         self.view = view
-        self.counters = Counters(flag_counts={name: 0 for name in self.flags.values()})
+        self.counters = Counters(flag_counts={name: 0 for name in self.flags.values()}, detection_noun=detection_noun)
         self._rate_window_s = rate_window_s
         self._arrivals: deque[tuple[float, int]] = deque()
         self._latency = RingColumns(300, {"latency": np.float64})  # ~10 s of frames

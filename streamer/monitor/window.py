@@ -58,7 +58,7 @@ def format_counters(c: Counters, modality: str | None = None) -> str:
     """Plain-text status panel (monospace), one fact per line."""
     p = c.pipeline
     other = f" (+{c.other_messages:,} of other modalities, not shown)" if c.other_messages else ""
-    dets = f", {c.detections:,} detections" if c.detections else ""
+    dets = f", {c.detections:,} {c.detection_noun}" if c.detections else ""
     lines = [
         f"received   : {c.items:,} items{dets} in {c.messages:,} result messages{other}"
         + (f"  [{modality}]" if modality else ""),

@@ -1,4 +1,4 @@
-"""MINFLUX's CLI hooks: ``streamer simulate|demo|run|publish|train|evaluate|estimate|convert --modality minflux``."""
+"""MINFLUX's CLI hooks: ``streamer simulate|demo|run|publish|train|evaluate|estimate|convert|traces --modality minflux``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import importlib
 import numpy as np
 
 #: verbs whose whole implementation is MINFLUX's (module under .verbs with HELP/add_arguments/run)
-_VERB_MODULES = ("train", "evaluate", "estimate", "convert", "calibrate")
+_VERB_MODULES = ("train", "evaluate", "estimate", "convert", "calibrate", "traces")
 
 
 def _verb(name: str):
@@ -17,7 +17,8 @@ def _verb(name: str):
 
 class MinfluxCommands:
     verbs = {"estimate": "physics estimators (closed form, MLE) on a replay file vs ground truth",
-             "convert": "recorded data (Hensel parsed.pkl, Abberior .npy/.mat) -> replay file"}
+             "convert": "recorded data (Hensel parsed.pkl, Abberior .npy/.mat) -> replay file",
+             "traces": "per-trace distances of a results directory, merged over every worker's partial sums"}
 
     # ------------------------------------------------------------------ simulate (also demo/run/publish)
     def add_simulate_arguments(self, p: argparse.ArgumentParser) -> None:

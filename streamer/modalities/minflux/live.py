@@ -10,11 +10,13 @@ Per packet (vectorised; a Python loop only over the traces present in the packet
    (``v0=``/``background=`` or ``STREAMER_MINFLUX_V0`` / ``STREAMER_MINFLUX_BACKGROUND`` in the
    worker's environment), else the live estimate (``FLAG_UNCALIBRATED`` until the stream has enough
    background-only and 1-on tuples; the prior is then used);
-5. per trace: the running distance + 90% interval over its 2-on tuples (:class:`traces.TraceDistance`).
+5. per trace: the running distance + 90% interval over its 2-on tuples (:class:`traces.TraceDistance`);
+6. the sums steps 3 and 5 added, as the result's second table (:mod:`.partials`): merged over every
+   worker's persisted results, they give each trace its answer from all its tuples.
 
 State is per worker process: with several workers each sees part of a stream's packets, so the
-calibration converges on its share and segmentation windows restart at packet gaps (measured numbers
-in bench/RESULTS.md are for one process seeing the whole stream).
+live calibration converges on its share, segmentation windows restart at packet gaps and the live
+per-trace columns are that worker's share; the merged partials (``streamer traces``) are the whole.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .general import REGIME, GeneralPredictor
+from .partials import packet_partials, sum_rows
 from .prediction import FLAG_NO_INTERVAL, FLAG_NOT_TWO_ON, FLAG_UNCALIBRATED, Prediction
 from .simulate import STATE_TWO
 from .traces import STATE_UNKNOWN, Segmenter, StreamCalibration, TraceDistance, harmonic_terms
@@ -114,12 +117,14 @@ class LivePredictor:
                 st.pending[t] = (A_terms[cut:], A_n[cut:], A_state[cut:], ready_end - cut)
             else:
                 st.pending[t] = (A_terms, A_n, A_state, start)
-        for t, x, nt, cs in conf:
+        last = {t: (m.stop - 1 if isinstance(m, slice) else int(np.flatnonzero(m)[-1])) for t, m in zip(keys, masks)}
+        summed = [(t, sum_rows(x), nt, cs) for t, x, nt, cs in conf]  # once, for the trace sums and the partials
+        partials = packet_partials(summed, last, self.block)
+        for (t, x, nt, cs), (_, rows, _, _) in zip(conf, summed):
             st.cal.add_terms(nt, cs, x, trace=t)
             two = cs == STATE_TWO
             if two.any():
-                x2 = x[two]  # one gather, then views
-                st.traces.add(t, x2[:, 0], x2[:, 1], x2[:, 2], x2[:, 3], x2[:, 4])
+                st.traces.add_rows(t, rows[two])
         v0 = fixed_v0 if fixed_v0 is not None else min(st.cal.v0, 1.0)  # v0 <= 1 physically
         bg = fixed_bg if fixed_bg is not None else st.cal.background
         pred = self._two_on_only(batch, state, np.float32(v0), np.float32(bg))
@@ -142,7 +147,7 @@ class LivePredictor:
                 t, v0, b_t, 0.0 if fixed_v0 is not None else st.cal.v0_se, b_se)
         return {"distance": pred.distance, "lower": pred.lower, "upper": pred.upper, "flags": flags,
                 "state": state, "v0": np.full(n, v0, np.float32), "background": np.full(n, bg, np.float32),
-                "trace_distance": td, "trace_lower": tlo, "trace_upper": thi}
+                "trace_distance": td, "trace_lower": tlo, "trace_upper": thi, **partials.arrays()}
 
 
     def _two_on_only(self, batch: TupleBatch, state: np.ndarray, v0, bg) -> Prediction:
@@ -214,7 +219,7 @@ class LiveModalityPredictor:
                     if prof is not None and prof.provenance.get(k, "nominal") != "nominal"}
         out = self.inner.process(packet.stream, b, measured)
         res = result_arrays(packet, out["distance"], out["lower"], out["upper"], out["flags"])
-        declared = {a.name for a in RESULTS.items}
+        declared = {a.name for a in (*RESULTS.items, *RESULTS.detections)} | {"item"}
         res.update({k: v for k, v in out.items() if k in declared and k not in res})
         bad = half_l_outside(self.coverage, b.positions) if packet.header.get("half_l") is None else None
         inner = self.inner

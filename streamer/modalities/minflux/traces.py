@@ -322,9 +322,12 @@ class TraceDistance:
 
     def add(self, trace: int, P, Q, m0, var_pq, var_m0) -> None:
         """One trace's 2-on tuples, in order (arrays (k, 2))."""
-        acc = self.traces.setdefault(trace, _TraceAcc())
         P, Q, m0, var_pq, var_m0 = (np.asarray(a, np.float64) for a in (P, Q, m0, var_pq, var_m0))
-        rows = np.stack([P**2 + Q**2 - var_pq, m0, m0**2, var_m0], axis=-1)  # (k, 2, 4)
+        self.add_rows(trace, np.stack([P**2 + Q**2 - var_pq, m0, m0**2, var_m0], axis=-1))
+
+    def add_rows(self, trace: int, rows: np.ndarray) -> None:
+        """:meth:`add` with the per-tuple summands (k, 2, 4) float64 already formed (partials.sum_rows)."""
+        acc = self.traces.setdefault(trace, _TraceAcc())
         i, n, b = 0, len(rows), self.block
         while i < n:
             take = min(b - acc.cur_n, n - i)
@@ -345,31 +348,42 @@ class TraceDistance:
         if acc is None or (not acc.blocks and acc.cur_n == 0):
             return (np.nan, np.nan, np.nan)
         blocks = np.asarray(acc.blocks).reshape(-1, 2, 4)
-        nb = np.full(len(blocks), float(self.block))
-        total = blocks.sum(axis=0) + acc.cur
-        n_total = nb.sum() + acc.cur_n
-        d2 = _d2(total, n_total, v0, background)
-        est = float(np.sqrt(max(d2, 0.0)))
-        k = len(blocks)
-        if k < self.min_blocks:
-            return (est, np.nan, np.nan)
-        full = blocks.sum(axis=0)
-        loo = _d2(full[None] - blocks, nb.sum() - nb, v0, background)
-        var = (k - 1) / k * float(((loo - loo.mean()) ** 2).sum())
-        if d2 > 2.0 * np.sqrt(var):  # second-order (Jensen) correction of sqrt(d^2) where it is stable
-            est = float(np.sqrt(d2) * (1.0 + var / (8.0 * d2 * d2)))
-        cal2 = 0.0
-        if v0_se > 0:
-            cal2 += (0.5 * (_d2(total, n_total, v0 + v0_se, background) - _d2(total, n_total, v0 - v0_se, background))) ** 2
-        if background_se > 0:
-            cal2 += (0.5 * (_d2(total, n_total, v0, background + background_se)
-                            - _d2(total, n_total, v0, max(background - background_se, 0.0)))) ** 2
-        half = float(np.sqrt(_t95(np.asarray(k - 1)) ** 2 * var + 1.6449**2 * cal2))
-        lo2, hi2 = d2 - half, d2 + half
-        lo, hi = float(np.sqrt(max(lo2, 0.0))), float(np.sqrt(max(hi2, 0.0)))
-        if self.sys_nm:
-            lo, hi = max(lo - 1.6449 * self.sys_nm, 0.0), hi + 1.6449 * self.sys_nm
-        return (est, lo, hi)
+        return estimate_from_blocks(blocks, np.full(len(blocks), float(self.block)), acc.cur, acc.cur_n, v0,
+                                    background, v0_se, background_se, self.min_blocks, self.sys_nm)
+
+
+def estimate_from_blocks(blocks: np.ndarray, nb: np.ndarray, extra: np.ndarray, extra_n: float, v0: float,
+                         background: float, v0_se: float = 0.0, background_se: float = 0.0, min_blocks: int = 4,
+                         sys_nm: float = 0.0) -> tuple[float, float, float]:
+    """(distance, lower, upper) from blocks of 2-on sums (k, 2, 4) of ``nb`` (k,) tuples each, plus
+    ``extra`` sums of ``extra_n`` tuples that count in the estimate but not as a jackknife block (a
+    block still filling). Shared by the live :class:`TraceDistance` and the merged partials."""
+    total = blocks.sum(axis=0) + extra
+    n_total = nb.sum() + extra_n
+    if n_total <= 0:
+        return (np.nan, np.nan, np.nan)
+    d2 = _d2(total, n_total, v0, background)
+    est = float(np.sqrt(max(d2, 0.0)))
+    k = len(blocks)
+    if k < min_blocks:
+        return (est, np.nan, np.nan)
+    full = blocks.sum(axis=0)
+    loo = _d2(full[None] - blocks, nb.sum() - nb, v0, background)
+    var = (k - 1) / k * float(((loo - loo.mean()) ** 2).sum())
+    if d2 > 2.0 * np.sqrt(var):  # second-order (Jensen) correction of sqrt(d^2) where it is stable
+        est = float(np.sqrt(d2) * (1.0 + var / (8.0 * d2 * d2)))
+    cal2 = 0.0
+    if v0_se > 0:
+        cal2 += (0.5 * (_d2(total, n_total, v0 + v0_se, background) - _d2(total, n_total, v0 - v0_se, background))) ** 2
+    if background_se > 0:
+        cal2 += (0.5 * (_d2(total, n_total, v0, background + background_se)
+                        - _d2(total, n_total, v0, max(background - background_se, 0.0)))) ** 2
+    half = float(np.sqrt(_t95(np.asarray(k - 1)) ** 2 * var + 1.6449**2 * cal2))
+    lo2, hi2 = d2 - half, d2 + half
+    lo, hi = float(np.sqrt(max(lo2, 0.0))), float(np.sqrt(max(hi2, 0.0)))
+    if sys_nm:
+        lo, hi = max(lo - 1.6449 * sys_nm, 0.0), hi + 1.6449 * sys_nm
+    return (est, lo, hi)
 
 
 def _d2(sums: np.ndarray, n, v0: float, b: float):

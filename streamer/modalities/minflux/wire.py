@@ -58,6 +58,16 @@ RESULTS = ResultSpec(
         ArraySpec("trace_lower", "<f4", ("n",), required=False, finite=False, doc="its 90% interval, nm (NaN: too few)"),
         ArraySpec("trace_upper", "<f4", ("n",), required=False, finite=False, doc="its 90% interval, nm"),
     ),
+    # the general predictor's per-packet partial sums (partials.py): merged over all workers'
+    # persisted results by `streamer traces`, each trace's answer from all its 2-on tuples
+    detections=(
+        ArraySpec("part_trace", "<i8", ("m",), required=False, doc="trace the sums belong to"),
+        ArraySpec("part_kind", "u1", ("m",), required=False, doc="2: a block of 2-on tuples, 1: 1-on, 0: background-only"),
+        ArraySpec("part_n", "<i4", ("m",), required=False, doc="tuples summed"),
+        ArraySpec("part_sums", "<f8", ("m", 2, 4), required=False,
+                  doc="per axis: sum(P^2+Q^2-var), sum m0, sum m0^2, sum var m0 (kind 0: [0,0] = total counts)"),
+    ),
+    detection_noun="per-trace partial sums",
     flags={FLAG_NO_INTERVAL: "no interval", FLAG_LOW_PHOTONS: "low photons",
            FLAG_OUT_OF_RANGE: "out of range", FLAG_NONPHYSICAL: "non-physical", FLAG_INVALID_INPUT: "invalid input",
            FLAG_UNCALIBRATED: "uncalibrated instrument", FLAG_INSTRUMENT_MISMATCH: "instrument mismatch",

@@ -309,6 +309,7 @@ def general_block(command: str, quick: bool = False, log=print) -> tuple[str, di
     tr_true = offgrid.evaluate_traces(n_streams=n_streams, true_instrument=True, mle_sample=2000, log=log)
     tr_self = offgrid.evaluate_traces(n_streams=n_streams, true_instrument=False,
                                       mle_sample=4000 if quick else 40_000, log=log)
+    merged = offgrid.evaluate_traces_merged(n_streams=n_streams, log=log)
     thr = _throughput(50_000 if quick else 200_000)
     s = tr_self["summary"]
     per_d = []
@@ -357,11 +358,25 @@ def general_block(command: str, quick: bool = False, log=print) -> tuple[str, di
                        ["d (nm)", "traces", "median 2-on tuples", "bias (true)", "its s.e.", "coverage (true)",
                         "width (true)", "bias (self)", "coverage (self)", "width (self)"], 3),
         "",
+        "### Per trace over several workers (merged partial sums)",
+        "",
+        f"Each of {merged['streams']} other streams (as above) replayed in packets of {merged['packet']} "
+        "to k self-calibrating workers in turn (packet i to worker i mod k); each worker returns the sums "
+        "it added as the result's partial-sum table, and `streamer traces` merges them: each trace's "
+        "distance and 90% interval from all its 2-on tuples, the stream's calibration from all its 1-on and "
+        "background-only tuples. A worker still segments only the packets it gets (the trace's 2-on level "
+        "comes from what it saw of the trace), so the answers degrade once a worker sees few packets of a "
+        "trace (k = 3 with 4-packet traces).",
+        "",
+        markdown_table(merged["rows"], ["workers", "d", "traces", "bias", "bias_se", "coverage", "with_interval", "width"],
+                       ["workers", "d (nm)", "traces", "bias", "its s.e.", "coverage", "with interval", "width"], 3),
+        "",
         "### Throughput (in process, 1 thread, packets of 1000)",
         "",
         "\n".join(f"- {k}: {v:,.0f} tuples/s" for k, v in thr.items()),
         "",
     ]
     raw = {"grid": grid, "traces_true_instrument": {k: v for k, v in tr_true.items() if k != "traces"},
-           "traces_self_calibrated": {k: v for k, v in tr_self.items() if k != "traces"}, "throughput": thr}
+           "traces_self_calibrated": {k: v for k, v in tr_self.items() if k != "traces"},
+           "traces_merged": merged, "throughput": thr}
     return "\n".join(lines), raw

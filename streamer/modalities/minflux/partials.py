@@ -1,0 +1,175 @@
+"""Per-trace answers over any number of workers: additive partial sums, persisted, then merged.
+
+A worker's live per-trace distance (:class:`.traces.TraceDistance`) sees only the packets that
+worker got: with two workers each trace's running answer is built from about half of its tuples,
+and the two halves never meet. Everything the per-trace estimate and the self-calibration use is a
+sum over tuples, so each worker also returns, per packet, the sums it added (this module's
+*partials*, the result's second table, persisted exactly once with the packet). Merging them
+(:func:`reduce`) gives every trace its answer from all its 2-on tuples, whatever the number of
+workers, restarts or re-sent packets (a packet's partials are stored once, with its one stored
+result).
+
+Rows (``kind`` = the state the sums belong to):
+
+* 2 (2-on): per axis (sum of P^2 + Q^2 - var PQ, sum m0, sum m0^2, sum var m0) over a chunk of at
+  most ``block`` consecutive confirmed 2-on tuples of one trace: the jackknife's blocks;
+* 1 (1-on): the same four sums over the packet's confirmed 1-on tuples of the trace (v0);
+* 0 (background-only): ``sums[0, 0]`` = their total counts (b).
+
+``n`` is the number of tuples of the row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
+from .traces import estimate_from_blocks
+
+KINDS = {STATE_BACKGROUND: "background", STATE_ONE: "1-on", STATE_TWO: "2-on"}
+MIN_BACKGROUND_TUPLES = 200  # as traces.StreamCalibration
+MIN_ONE_TUPLES = 500
+
+
+@dataclass
+class Partials:
+    """One packet's rows (all (m,) but ``sums`` (m, 2, 4))."""
+
+    item: np.ndarray   # int32: index (in the packet) of the trace's last tuple, for ordering
+    trace: np.ndarray  # int64
+    kind: np.ndarray   # uint8
+    n: np.ndarray      # int32
+    sums: np.ndarray   # float64
+
+    @classmethod
+    def empty(cls) -> "Partials":
+        return cls(np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.int32),
+                   np.zeros((0, 2, 4)))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The declared result columns (``item`` + ``part_*``)."""
+        return {"item": self.item, "part_trace": self.trace, "part_kind": self.kind, "part_n": self.n,
+                "part_sums": self.sums}
+
+
+def sum_rows(terms: np.ndarray) -> np.ndarray:
+    """(k, 2, 4) float64 per-tuple summands from harmonic terms (k, 5, 2) = P, Q, m0, var_pq, var_m0."""
+    t = np.asarray(terms, np.float64)
+    P, Q, m0, vpq, vm0 = (t[:, j] for j in range(5))
+    return np.stack([P * P + Q * Q - vpq, m0, m0 * m0, vm0], axis=-1)
+
+
+def _chunks(k: int, block: int) -> np.ndarray:
+    """Boundaries splitting k rows into ceil(k / block) nearly equal consecutive chunks."""
+    parts = max(1, -(-k // block))
+    return np.linspace(0, k, parts + 1).round().astype(np.int64)
+
+
+def packet_partials(confirmed: list, last_index: dict[int, int], block: int) -> Partials:
+    """Rows for one packet from the confirmed tuples per trace: ``confirmed`` = [(trace, summands
+    (k, 2, 4) of :func:`sum_rows`, counts total (k,), confirmed state (k,))] (the sums the worker adds
+    to its own state)."""
+    item, trace, kind, n, sums = [], [], [], [], []
+
+    def row(t, k_, n_, s_):
+        item.append(last_index[t]), trace.append(t), kind.append(k_), n.append(n_), sums.append(s_)
+
+    for t, summands, n_tot, cs in confirmed:
+        two = cs == STATE_TWO
+        if two.any():
+            rows = summands[two]
+            cuts = _chunks(len(rows), block)
+            c = np.add.reduceat(rows, cuts[:-1], axis=0)
+            for j in range(len(c)):
+                row(t, STATE_TWO, int(cuts[j + 1] - cuts[j]), c[j])
+        one = cs == STATE_ONE
+        if one.any():
+            row(t, STATE_ONE, int(one.sum()), summands[one].sum(axis=0))
+        bg = cs == STATE_BACKGROUND
+        if bg.any():
+            s = np.zeros((2, 4))
+            s[0, 0] = float(np.asarray(n_tot, np.float64)[bg].sum())
+            row(t, STATE_BACKGROUND, int(bg.sum()), s)
+    if not item:
+        return Partials.empty()
+    return Partials(np.array(item, np.int32), np.array(trace, np.int64), np.array(kind, np.uint8),
+                    np.array(n, np.int32), np.array(sums, np.float64).reshape(-1, 2, 4))
+
+
+def _den(sums: np.ndarray, n: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """v0's denominator terms sum((m0 - b)^2 - var m0) over both axes, per row (b per row)."""
+    s1, s2, sv = sums[:, :, 1], sums[:, :, 2], sums[:, :, 3]
+    return (s2 - 2.0 * b[:, None] * s1 + (n * 1.0)[:, None] * (b * b)[:, None] - sv).sum(axis=1)
+
+
+def calibration(trace, kind, n, sums) -> dict:
+    """One stream's instrument from its merged rows: b (stream and per trace with its own), v0 with a
+    delete-one-row jackknife standard error over the 1-on rows, and whether it is calibrated."""
+    bg = kind == STATE_BACKGROUND
+    n_bg = int(n[bg].sum())
+    b = float(sums[bg, 0, 0].sum() / (6.0 * n_bg)) if n_bg else float("nan")
+    own: dict[int, tuple[float, int]] = {}
+    for t in np.unique(trace[bg]):
+        s = bg & (trace == t)
+        k = int(n[s].sum())
+        if k >= MIN_BACKGROUND_TUPLES:
+            own[int(t)] = (float(sums[s, 0, 0].sum() / (6.0 * k)), k)
+    one = np.flatnonzero(kind == STATE_ONE)
+    n_one = int(n[one].sum())
+    calibrated = n_bg >= MIN_BACKGROUND_TUPLES and n_one >= MIN_ONE_TUPLES
+    out = {"background": b, "background_tuples": n_bg, "one_tuples": n_one, "own_background": own,
+           "calibrated": calibrated, "v0": float("nan"), "v0_se": float("nan"),
+           "background_se": float(np.sqrt(max(b, 1e-3) / (6.0 * n_bg))) if n_bg else float("nan")}
+    if not calibrated or len(one) == 0:
+        return out
+    b_row = np.array([own.get(int(t), (b, 0))[0] for t in trace[one]])
+    num = sums[one, :, 0].sum(axis=1)
+    den = _den(sums[one], n[one], b_row)
+    N, D = num.sum(), den.sum()
+    if N <= 0 or D <= 0:
+        return out
+    out["v0"] = float(np.sqrt(N / D))
+    k = len(one)
+    if k >= 2:
+        loo = np.sqrt(np.clip((N - num) / np.where(D - den > 0, D - den, np.nan), 0, None))
+        out["v0_se"] = float(np.sqrt((k - 1) / k * np.nansum((loo - np.nanmean(loo)) ** 2)))
+    return out
+
+
+def reduce(stream: np.ndarray, trace: np.ndarray, kind: np.ndarray, n: np.ndarray, sums: np.ndarray,
+           v0: float | None = None, background: float | None = None, min_blocks: int = 4,
+           sys_nm: float = 0.0) -> dict[str, np.ndarray]:
+    """Per (stream, trace): distance + 90% interval from all merged 2-on rows, with the stream's
+    merged calibration (or the given ``v0`` / ``background``, then exact: no calibration error)."""
+    stream = np.asarray(stream).astype(str)
+    trace, kind, n = np.asarray(trace, np.int64), np.asarray(kind, np.uint8), np.asarray(n, np.int64)
+    sums = np.asarray(sums, np.float64).reshape(-1, 2, 4)
+    cols: dict[str, list] = {k: [] for k in ("stream", "trace_id", "distance", "lower", "upper", "two_on_tuples",
+                                              "blocks", "v0", "background", "calibrated")}
+    for s in np.unique(stream):
+        ins = stream == s
+        cal = calibration(trace[ins], kind[ins], n[ins], sums[ins])
+        v = min(cal["v0"], 1.0) if v0 is None else float(v0)  # v0 <= 1 physically (as the live path)
+        v_se = cal["v0_se"] if v0 is None else 0.0
+        two = ins & (kind == STATE_TWO)
+        for t in np.unique(trace[two]):
+            rows = two & (trace == t)
+            if background is not None:
+                b_t, b_se = float(background), 0.0
+            elif int(t) in cal["own_background"]:
+                b_t, k_bg = cal["own_background"][int(t)]
+                b_se = float(np.sqrt(max(b_t, 1e-3) / (6.0 * k_bg)))
+            else:
+                b_t, b_se = cal["background"], cal["background_se"]
+            ok = np.isfinite(v) and np.isfinite(b_t)
+            est = (estimate_from_blocks(sums[rows], n[rows].astype(float), np.zeros((2, 4)), 0.0, v, b_t,
+                                        v_se if np.isfinite(v_se) else 0.0, b_se, min_blocks, sys_nm)
+                   if ok else (np.nan, np.nan, np.nan))
+            for k, val in zip(("stream", "trace_id", "distance", "lower", "upper", "two_on_tuples", "blocks", "v0",
+                               "background", "calibrated"),
+                              (s, int(t), *est, int(n[rows].sum()), int(rows.sum()), v, b_t,
+                               bool(cal["calibrated"] or v0 is not None))):
+                cols[k].append(val)
+    return {k: np.asarray(v) for k, v in cols.items()}

@@ -1,0 +1,96 @@
+"""Per-trace answers merged over workers (partials.py): the rows hold exactly the sums the worker
+added, any split of the packets over workers merges to answers from all tuples, and they survive
+the pipeline's store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamer.modalities.minflux import live, offgrid, partials
+from streamer.modalities.minflux.simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
+
+
+def _run(rec, workers: int, packet: int = 500, **kw):
+    lps = [live.LivePredictor(**kw) for _ in range(workers)]
+    t = rec.tuples
+    outs = [lps[k % workers].process("s", t[i:i + packet]) for k, i in enumerate(range(0, len(t), packet))]
+    cat = {k: np.concatenate([o[k] for o in outs]) for k in ("item", "part_trace", "part_kind", "part_n", "part_sums")}
+    return lps, outs, cat
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return offgrid.simulate_stream(0.93, 2.0, 3000, seed=21, distances=(10.0, 30.0, 50.0))
+
+
+def test_rows_are_exactly_the_sums_the_worker_added(stream):
+    (lp,), outs, cat = _run(stream, 1)
+    st = lp.streams["s"]
+    for o in outs:  # every row points at a tuple of its own packet
+        assert ((o["item"] >= 0) & (o["item"] < 500)).all() and len(o["item"]) == len(o["part_n"])
+    assert cat["part_sums"].shape == (len(cat["part_n"]), 2, 4)
+    kind, n, s, tr = cat["part_kind"], cat["part_n"], cat["part_sums"], cat["part_trace"]
+    assert n[kind == STATE_BACKGROUND].sum() == st.cal.bg_n
+    assert np.isclose(s[kind == STATE_BACKGROUND, 0, 0].sum(), st.cal.bg_sum, rtol=1e-12)
+    assert 2 * n[kind == STATE_ONE].sum() == st.cal.one_n
+    assert np.isclose(s[kind == STATE_ONE, :, 0].sum(), st.cal.v_num, rtol=1e-9)
+    for t, acc in st.traces.traces.items():
+        rows = (kind == STATE_TWO) & (tr == t)
+        assert n[rows].sum() == len(acc.blocks) * st.traces.block + acc.cur_n
+        assert np.allclose(s[rows].sum(axis=0), np.sum(acc.blocks, axis=0) + acc.cur, rtol=1e-9)
+        assert n[rows].max() <= st.traces.block  # jackknife blocks
+    # merged calibration = the worker's own
+    cal = partials.calibration(tr, kind, n, s)
+    assert cal["calibrated"] == st.cal.calibrated
+    assert np.isclose(cal["background"], st.cal.background) and np.isclose(cal["v0"], st.cal.v0, rtol=1e-9)
+
+
+def test_two_workers_merge_to_answers_from_all_tuples(stream):
+    lps, _, cat = _run(stream, 2)
+    red = partials.reduce(np.full(len(cat["part_n"]), "s"), cat["part_trace"], cat["part_kind"], cat["part_n"],
+                          cat["part_sums"])
+    assert list(red["trace_id"]) == [0, 1, 2] and red["calibrated"].all()
+    for j, d in enumerate((10.0, 30.0, 50.0)):
+        per_worker = [lp.streams["s"].traces.traces[j] for lp in lps]
+        assert red["two_on_tuples"][j] == sum(len(a.blocks) * 200 + a.cur_n for a in per_worker)
+        assert red["lower"][j] <= red["distance"][j] <= red["upper"][j]
+        assert abs(red["distance"][j] - d) < 6.0
+    assert abs(red["v0"][0] - 0.93) < 0.02 and abs(red["background"][0] / 2.0 - 1) < 0.1
+    # a given instrument is used as is
+    fixed = partials.reduce(np.full(len(cat["part_n"]), "s"), cat["part_trace"], cat["part_kind"], cat["part_n"],
+                            cat["part_sums"], v0=0.93, background=2.0)
+    assert (fixed["v0"] == 0.93).all() and (fixed["background"] == 2.0).all()
+
+
+def test_static_predictors_return_no_partials():
+    """The partial-sum table is optional: other MINFLUX predictors' results carry no ``m``."""
+    from streamer.core import wire as core_wire
+    from streamer.modalities.minflux import MODALITY
+    from streamer.modalities.minflux.wire import encode_batch
+    from streamer.pipeline.worker import Served, serve_raw
+
+    rec = offgrid.simulate_stream(1.0, 1.0, 200, seed=2, distances=(20.0,))
+    res = serve_raw(Served({"minflux": "closed-form"}), encode_batch("s", 0, rec.tuples))
+    assert res.m is None and res.detections == {} and len(res.items["distance"]) == 200
+    assert MODALITY.results.detection_noun == "per-trace partial sums"
+    assert core_wire.VERSION >= 2
+
+
+def test_pipeline_persists_partials_and_traces_merges_them(tmp_path):
+    """Sink + 2 workers with --out: every packet's partials stored once; `streamer traces` merges them."""
+    from streamer.modalities.minflux.verbs.traces import per_trace
+    from streamer.pipeline.launcher import run_local_pipeline
+    from streamer.pipeline.results import load_results
+
+    rec = offgrid.simulate_stream(0.95, 1.0, 2000, seed=8, distances=(15.0, 40.0))
+    summary = run_local_pipeline(rec.to_core(), workers=2, predictor="minflux:general", packet_size=500,
+                                 out_dir=str(tmp_path), timeout=120)
+    assert summary["tuples"] == len(rec) and summary["gaps"] == summary["rejected"] == 0
+    res = load_results(tmp_path, "minflux")
+    assert res["det_part_sums"].shape[1:] == (2, 4)
+    assert len(np.unique(res["packet_seq"])) == len(res["packet_seq"]) == 8  # each packet once
+    table = per_trace(res)
+    assert list(table["trace_id"]) == [0, 1]
+    assert table["two_on_tuples"].sum() == int((res["det_part_n"][res["det_part_kind"] == STATE_TWO]).sum())
+    assert np.isfinite(table["distance"]).all() and (np.abs(table["distance"] - [15.0, 40.0]) < 8).all()
