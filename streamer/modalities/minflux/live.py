@@ -29,7 +29,7 @@ import numpy as np
 from .general import REGIME, GeneralPredictor
 from .partials import packet_partials, sum_rows
 from .prediction import FLAG_NO_INTERVAL, FLAG_NOT_TWO_ON, FLAG_UNCALIBRATED, Prediction
-from .simulate import STATE_TWO
+from .simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
 from .traces import STATE_UNKNOWN, Segmenter, StreamCalibration, TraceDistance, harmonic_terms
 from .tuples import TupleBatch, count_totals
 
@@ -118,13 +118,17 @@ class LivePredictor:
             else:
                 st.pending[t] = (A_terms, A_n, A_state, start)
         last = {t: (m.stop - 1 if isinstance(m, slice) else int(np.flatnonzero(m)[-1])) for t, m in zip(keys, masks)}
-        summed = [(t, sum_rows(x), nt, cs) for t, x, nt, cs in conf]  # once, for the trace sums and the partials
-        partials = packet_partials(summed, last, self.block)
-        for (t, x, nt, cs), (_, rows, _, _) in zip(conf, summed):
+        summed = []  # per trace: what it adds to the trace sums and the calibration (also the partials)
+        for t, x, nt, cs in conf:
             st.cal.add_terms(nt, cs, x, trace=t)
-            two = cs == STATE_TWO
-            if two.any():
-                st.traces.add_rows(t, rows[two])
+            two, one, bgm = cs == STATE_TWO, cs == STATE_ONE, cs == STATE_BACKGROUND
+            rows2 = sum_rows(x[two]) if two.any() else None
+            if rows2 is not None:
+                st.traces.add_rows(t, rows2)
+            n_bg = int(bgm.sum())
+            summed.append((t, rows2, sum_rows(x[one]) if one.any() else None,
+                           float(nt[bgm].sum(dtype=np.float64)) if n_bg else 0.0, n_bg))
+        partials = packet_partials(summed, last, self.block)
         v0 = fixed_v0 if fixed_v0 is not None else min(st.cal.v0, 1.0)  # v0 <= 1 physically
         bg = fixed_bg if fixed_bg is not None else st.cal.background
         pred = self._two_on_only(batch, state, np.float32(v0), np.float32(bg))

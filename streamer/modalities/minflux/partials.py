@@ -61,37 +61,33 @@ def sum_rows(terms: np.ndarray) -> np.ndarray:
     return np.stack([P * P + Q * Q - vpq, m0, m0 * m0, vm0], axis=-1)
 
 
-def _chunks(k: int, block: int) -> np.ndarray:
+def _chunks(k: int, block: int) -> list[int]:
     """Boundaries splitting k rows into ceil(k / block) nearly equal consecutive chunks."""
     parts = max(1, -(-k // block))
-    return np.linspace(0, k, parts + 1).round().astype(np.int64)
+    return [(j * k) // parts for j in range(parts + 1)]
 
 
 def packet_partials(confirmed: list, last_index: dict[int, int], block: int) -> Partials:
-    """Rows for one packet from the confirmed tuples per trace: ``confirmed`` = [(trace, summands
-    (k, 2, 4) of :func:`sum_rows`, counts total (k,), confirmed state (k,))] (the sums the worker adds
-    to its own state)."""
+    """Rows for one packet: ``confirmed`` = [(trace, 2-on summands (k, 2, 4) of :func:`sum_rows` or
+    None, 1-on summands or None, total counts of the background-only tuples, their number)], the
+    sums the worker adds to its own state."""
     item, trace, kind, n, sums = [], [], [], [], []
 
     def row(t, k_, n_, s_):
         item.append(last_index[t]), trace.append(t), kind.append(k_), n.append(n_), sums.append(s_)
 
-    for t, summands, n_tot, cs in confirmed:
-        two = cs == STATE_TWO
-        if two.any():
-            rows = summands[two]
-            cuts = _chunks(len(rows), block)
-            c = np.add.reduceat(rows, cuts[:-1], axis=0)
+    for t, rows2, rows1, bg_total, n_bg in confirmed:
+        if rows2 is not None and len(rows2):
+            cuts = _chunks(len(rows2), block)
+            c = np.add.reduceat(rows2, cuts[:-1], axis=0)
             for j in range(len(c)):
-                row(t, STATE_TWO, int(cuts[j + 1] - cuts[j]), c[j])
-        one = cs == STATE_ONE
-        if one.any():
-            row(t, STATE_ONE, int(one.sum()), summands[one].sum(axis=0))
-        bg = cs == STATE_BACKGROUND
-        if bg.any():
+                row(t, STATE_TWO, cuts[j + 1] - cuts[j], c[j])
+        if rows1 is not None and len(rows1):
+            row(t, STATE_ONE, len(rows1), rows1.sum(axis=0))
+        if n_bg:
             s = np.zeros((2, 4))
-            s[0, 0] = float(np.asarray(n_tot, np.float64)[bg].sum())
-            row(t, STATE_BACKGROUND, int(bg.sum()), s)
+            s[0, 0] = bg_total
+            row(t, STATE_BACKGROUND, n_bg, s)
     if not item:
         return Partials.empty()
     return Partials(np.array(item, np.int32), np.array(trace, np.int64), np.array(kind, np.uint8),
