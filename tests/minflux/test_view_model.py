@@ -127,3 +127,46 @@ def test_view_ingests_decoded_results_headless():
     assert m.summary().mean_width_nm == pytest.approx(2.0)
     view.ingest([])
     assert m.tuples == 5
+
+
+def test_self_calibrating_results_show_states_calibration_and_merged_trace_answer():
+    """Results of the `general` predictor from two workers (decoded as the monitor gets them): the
+    photon trace splits by segmented state, the instrument is the merge of both workers' partial
+    sums, and a selected trace's answer uses every worker's tuples."""
+    from streamer.modalities.minflux import MODALITY, live, offgrid, partials
+    from streamer.modalities.minflux.view import format_instrument
+    from streamer.modalities.minflux.wire import encode_batch
+
+    rec = offgrid.simulate_stream(0.93, 2.0, 3000, seed=4, distances=(12.5, 30.0))
+    lps = [live.LivePredictor(backend="xgboost") for _ in range(2)]
+    adapters = []
+    for lp in lps:
+        a = live.LiveModalityPredictor.__new__(live.LiveModalityPredictor)
+        a.inner, a.model_id = lp, lp.model_id
+        adapters.append(a)
+    decoded, parts = [], []
+    for k, i in enumerate(range(0, len(rec), 500)):
+        packet = wire.decode_packet(wire.unpack(encode_batch("s", k, rec.tuples[i:i + 500])), MODALITY)
+        out = adapters[k % 2].predict(packet)
+        decoded.append(wire.decode_message(wire.encode_result(packet, RESULTS, out, "m")))
+        parts.append(out)
+    vm = MinfluxViewModel(capacity=20_000)
+    vm.ingest_results(decoded[:6])
+    vm.ingest_results(decoded[6:])
+    assert vm.has_states()
+    sc = vm.state_curve(max_points=100)
+    assert set(sc.photons) == {"2-on", "1-on", "background"}
+    two, bg = np.nanmean(sc.photons["2-on"]), np.nanmean(sc.photons["background"])
+    assert two > 3 * bg  # the steps a user reads: 2-on far above background-only
+    inst = vm.instrument()
+    cat = {c: np.concatenate([p[c] for p in parts]) for c in ("part_trace", "part_kind", "part_n", "part_sums")}
+    cal = partials.calibration(cat["part_trace"], cat["part_kind"], cat["part_n"], cat["part_sums"])
+    assert inst.stream == "s" and inst.calibrated and np.isclose(inst.v0, cal["v0"]) and abs(inst.v0 - 0.93) < 0.02
+    assert np.isfinite(inst.v0_live) and inst.trace is None and "v0 0.9" in format_instrument(inst)
+    vm.select_trace(1)
+    inst = vm.instrument()
+    red = partials.reduce(np.full(len(cat["part_n"]), "s"), cat["part_trace"], cat["part_kind"], cat["part_n"],
+                          cat["part_sums"])
+    assert inst.trace_two_on == red["two_on_tuples"][1] > 1000
+    assert np.isclose(inst.trace_distance, red["distance"][1]) and abs(inst.trace_distance - 30.0) < 4
+    assert "trace 1: " in format_instrument(inst)

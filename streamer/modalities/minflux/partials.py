@@ -102,16 +102,18 @@ def _den(sums: np.ndarray, n: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def calibration(trace, kind, n, sums) -> dict:
     """One stream's instrument from its merged rows: b (stream and per trace with its own), v0 with a
-    delete-one-row jackknife standard error over the 1-on rows, and whether it is calibrated."""
+    delete-one-row jackknife standard error over the 1-on rows, and whether it is calibrated.
+    Vectorised over rows (the monitor calls it on every refresh)."""
+    trace, kind, n = np.asarray(trace, np.int64), np.asarray(kind), np.asarray(n, np.int64)
+    sums = np.asarray(sums, np.float64).reshape(-1, 2, 4)
     bg = kind == STATE_BACKGROUND
     n_bg = int(n[bg].sum())
     b = float(sums[bg, 0, 0].sum() / (6.0 * n_bg)) if n_bg else float("nan")
-    own: dict[int, tuple[float, int]] = {}
-    for t in np.unique(trace[bg]):
-        s = bg & (trace == t)
-        k = int(n[s].sum())
-        if k >= MIN_BACKGROUND_TUPLES:
-            own[int(t)] = (float(sums[s, 0, 0].sum() / (6.0 * k)), k)
+    ids, inv = np.unique(trace[bg], return_inverse=True)
+    k_t = np.bincount(inv, weights=n[bg], minlength=len(ids))
+    c_t = np.bincount(inv, weights=sums[bg, 0, 0], minlength=len(ids))
+    has = k_t >= MIN_BACKGROUND_TUPLES
+    own = {int(t): (float(c / (6.0 * k)), int(k)) for t, c, k in zip(ids[has], c_t[has], k_t[has])}
     one = np.flatnonzero(kind == STATE_ONE)
     n_one = int(n[one].sum())
     calibrated = n_bg >= MIN_BACKGROUND_TUPLES and n_one >= MIN_ONE_TUPLES
@@ -120,7 +122,12 @@ def calibration(trace, kind, n, sums) -> dict:
            "background_se": float(np.sqrt(max(b, 1e-3) / (6.0 * n_bg))) if n_bg else float("nan")}
     if not calibrated or len(one) == 0:
         return out
-    b_row = np.array([own.get(int(t), (b, 0))[0] for t in trace[one]])
+    # each 1-on row with its trace's own background where it has one (as the live calibration)
+    pos = np.searchsorted(ids[has], trace[one]) if has.any() else np.zeros(len(one), np.int64)
+    b_own = c_t[has] / (6.0 * np.maximum(k_t[has], 1))
+    hit = (pos < len(b_own)) & (ids[has][np.minimum(pos, max(len(b_own) - 1, 0))] == trace[one]) if has.any() \
+        else np.zeros(len(one), bool)
+    b_row = np.where(hit, b_own[np.minimum(pos, max(len(b_own) - 1, 0))] if has.any() else b, b)
     num = sums[one, :, 0].sum(axis=1)
     den = _den(sums[one], n[one], b_row)
     N, D = num.sum(), den.sum()
@@ -129,7 +136,8 @@ def calibration(trace, kind, n, sums) -> dict:
     out["v0"] = float(np.sqrt(N / D))
     k = len(one)
     if k >= 2:
-        loo = np.sqrt(np.clip((N - num) / np.where(D - den > 0, D - den, np.nan), 0, None))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loo = np.sqrt(np.clip((N - num) / np.where(D - den > 0, D - den, np.nan), 0, None))
         out["v0_se"] = float(np.sqrt((k - 1) / k * np.nansum((loo - np.nanmean(loo)) ** 2)))
     return out
 

@@ -1,4 +1,6 @@
-"""The MINFLUX monitor view: rolling distance trace with the 90% interval band, and a histogram.
+"""The MINFLUX monitor view: rolling distance trace with the 90% interval band, and a histogram;
+with the self-calibrating predictor also the photon trace coloured by segmented state, the live
+calibration, and the selected trace's answer merged over every worker's partial sums.
 
 Hosted by the monitor shell (:mod:`streamer.monitor.window`, which owns the subscription, the
 frame timer and the rates/lag/errors panel); it follows the ``View`` protocol of
@@ -15,11 +17,34 @@ from typing import Any
 import numpy as np
 
 from .prediction import FLAG_LOW_PHOTONS, FLAG_NOT_TWO_ON
-from .view_model import FLAG_NAMES, MinfluxViewModel, ViewSummary
+from .view_model import FLAG_NAMES, Instrument, MinfluxViewModel, ViewSummary
 
 BAND_BRUSH = (80, 160, 255, 70)
 TRACE_RGB = (255, 200, 40)
 BOUND_RGBA = (80, 160, 255, 160)
+STATE_RGB = {"2-on": TRACE_RGB, "1-on": (80, 160, 255), "background": (150, 150, 150)}
+
+
+def format_instrument(s: Instrument) -> str:
+    """The instrument line: live calibration (as the newest tuple used it, and merged over all
+    workers) and the selected trace's merged answer."""
+    if not np.isfinite(s.v0_live):
+        return ""
+
+    def pm(v, se, fmt):
+        return ("n/a" if not np.isfinite(v) else f"{v:{fmt}}" + (f" +- {se:.2g}" if np.isfinite(se) else ""))
+
+    line = (f"instrument, stream {s.stream!r}: v0 {pm(s.v0, s.v0_se, '.4f')}, background "
+            f"{pm(s.background, s.background_se, '.3f')} counts/exposure (all workers' tuples"
+            f"{'' if s.calibrated else '; not yet calibrated: prior used'}); newest tuple used v0 {s.v0_live:.4f}, "
+            f"b {s.background_live:.3f}")
+    if s.trace is not None:
+        if np.isfinite(s.trace_distance):
+            iv = (f" [{s.trace_lower:.2f}, {s.trace_upper:.2f}]" if np.isfinite(s.trace_lower) else " (interval: too few blocks)")
+            line += f"\ntrace {s.trace}: {s.trace_distance:.2f} nm{iv} from {s.trace_two_on:,} 2-on tuples (all workers)"
+        else:
+            line += f"\ntrace {s.trace}: no 2-on tuples yet"
+    return line
 
 
 def format_summary(s: ViewSummary, selected: int | None, hidden_flags: int = 0) -> str:
@@ -80,6 +105,9 @@ class MinfluxView:
         if force or now - self._last_info >= self.info_every_s:
             self._last_info = now
             self.info.setText(format_summary(self.model.summary(), self.model.selected_trace, self.model.hide_flags))
+            inst = format_instrument(self.model.instrument())
+            self.instrument_label.setText(inst)
+            self.instrument_label.setVisible(bool(inst))
             self._update_trace_list()
         if not force and self.model.version == self._drawn_version:
             return
@@ -135,12 +163,25 @@ class MinfluxView:
                                               pen=pg.mkPen(TRACE_RGB))
         self.plots.ci.layout.setColumnStretchFactor(0, 3)
         self.plots.ci.layout.setColumnStretchFactor(1, 1)
+        # the self-calibrating predictor's segmentation, under the distance trace (same x)
+        self.state_plot = self.plots.addPlot(row=1, col=0, title="photons per tuple by segmented state")
+        self.state_plot.setLabel("left", "photons")
+        self.state_plot.setXLink(self.trace_plot)
+        self.state_plot.addLegend(offset=(-10, 5), brush=(0, 0, 0, 190), pen=(90, 90, 90), colCount=3)
+        self.state_curves = {name: self.state_plot.plot(pen=pg.mkPen(rgb, width=1.5), name=name)
+                             for name, rgb in STATE_RGB.items()}
+        self.plots.ci.layout.setRowStretchFactor(0, 3)
+        self.plots.ci.layout.setRowStretchFactor(1, 1)
+        self._state_shown = True
 
         self.info = QtWidgets.QLabel()
+        self.instrument_label = QtWidgets.QLabel()
+        self.instrument_label.setVisible(False)
         layout = QtWidgets.QVBoxLayout(root)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(controls)
         layout.addWidget(self.plots, stretch=1)
+        layout.addWidget(self.instrument_label)
         layout.addWidget(self.info)
         self._widget = root
 
@@ -204,3 +245,13 @@ class MinfluxView:
         self.trace_plot.setTitle(f"distance with 90% conformal interval: last {curve.n_tuples:,} tuples, {per}{band}")
         edges, counts = self.model.histogram(window=window)
         self.hist_curve.setData(edges, counts)
+        has_states = self.model.has_states()
+        if has_states != self._state_shown:  # only results that carry a segmentation get the row
+            self.state_plot.setVisible(has_states)
+            self.plots.ci.layout.setRowStretchFactor(1, 1 if has_states else 0)
+            self.plots.ci.layout.setRowMaximumHeight(1, 1e6 if has_states else 0)
+            self._state_shown = has_states
+        if has_states:
+            sc = self.model.state_curve(max_points=self.max_points, window=window)
+            for name, c in self.state_curves.items():
+                self.state_curves[name].setData(sc.x, sc.photons[name], connect="finite")

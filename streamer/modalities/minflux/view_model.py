@@ -23,7 +23,15 @@ COLUMNS = {
     "trace": np.int64,
     "time": np.float64,  # acquisition time of the tuple, s (NaN when unknown)
     "ordinal": np.int64,  # running number of the tuple as received by this monitor
+    # the self-calibrating predictor's (NaN / 255 from the others)
+    "photons": np.float32,
+    "state": np.uint8,
+    "v0": np.float32,
+    "background": np.float32,
 }
+#: rows of the per-trace partial-sum table kept (partials.py): ~5 per packet of 1,000 tuples
+PARTIAL_COLUMNS = {"stream": np.int32, "trace": np.int64, "kind": np.uint8, "n": np.int64, "sums": np.float64}
+STATE_NAMES = {2: "2-on", 1: "1-on", 0: "background"}
 
 FLAG_NAMES = {
     FLAG_NO_INTERVAL: "no interval",
@@ -71,7 +79,39 @@ def _bin_means(values: np.ndarray, k: int) -> np.ndarray:
 #: result array -> (ingest argument, dtype, fill when a result lacks it)
 RESULT_COLUMNS = {"distance": ("distance", np.float32, np.nan), "lower": ("lower", np.float32, np.nan),
                   "upper": ("upper", np.float32, np.nan), "flags": ("flags", np.uint8, 0),
-                  "trace_id": ("trace_id", np.int64, -1), "time": ("time_s", np.float64, np.nan)}
+                  "trace_id": ("trace_id", np.int64, -1), "time": ("time_s", np.float64, np.nan),
+                  "photons": ("photons", np.float32, np.nan), "state": ("state", np.uint8, 255),
+                  "v0": ("v0", np.float32, np.nan), "background": ("background", np.float32, np.nan)}
+
+
+@dataclass
+class StateCurve:
+    """Photons per tuple of the current view, bin means, one curve per segmented state (NaN where a
+    bin's majority state is another): the intensity trace a MINFLUX user reads the steps on."""
+
+    x: np.ndarray
+    photons: dict[str, np.ndarray]
+    per_point: int
+
+
+@dataclass
+class Instrument:
+    """The newest stream's live calibration and, merged over every worker's partial sums, its
+    calibration and the selected trace's answer."""
+
+    stream: str = ""
+    v0_live: float = float("nan")  # as used for the newest tuple (the worker's own estimate)
+    background_live: float = float("nan")
+    v0: float = float("nan")  # merged over all workers' partial sums
+    v0_se: float = float("nan")
+    background: float = float("nan")
+    background_se: float = float("nan")
+    calibrated: bool = False
+    trace: int | None = None
+    trace_distance: float = float("nan")  # the selected trace, merged
+    trace_lower: float = float("nan")
+    trace_upper: float = float("nan")
+    trace_two_on: int = 0
 
 
 class MinfluxViewModel:
@@ -95,6 +135,10 @@ class MinfluxViewModel:
         self._max_traces = max_traces
         self.tuples = 0  # tuples ever ingested
         self.version = 0  # bumped on every change, so the GUI redraws only when needed
+        self.partials = RingColumns(max(1000, capacity), {k: v for k, v in PARTIAL_COLUMNS.items() if k != "sums"})
+        self._partial_sums = np.zeros((self.partials.capacity, 2, 4))  # ring slot -> (2, 4) sums
+        self._streams: dict[str, int] = {}
+        self.newest_stream: str | None = None
 
     # -- ingest ---------------------------------------------------------------------------
     def ingest_results(self, results: list[dict]) -> None:
@@ -103,6 +147,14 @@ class MinfluxViewModel:
         results = [r for r in results if r.get("distance") is not None]
         if not results:
             return
+        self.newest_stream = str(results[-1].get("stream", ""))
+        parts = [r for r in results if r.get("part_sums") is not None and len(r["part_sums"])]
+        if parts:
+            code = [self._streams.setdefault(str(r.get("stream", "")), len(self._streams)) for r in parts]
+            self._push_partials(np.concatenate([np.full(len(r["part_n"]), c, np.int32) for r, c in zip(parts, code)]),
+                                *(np.concatenate([np.asarray(r[k]).reshape(len(r["part_n"]), *shape) for r in parts])
+                                  for k, shape in (("part_trace", ()), ("part_kind", ()), ("part_n", ()),
+                                                   ("part_sums", (2, 4)))))
         cols: dict[str, np.ndarray] = {}
         for key, (arg, dtype, fill) in RESULT_COLUMNS.items():
             if any(r.get(key) is not None for r in results):
@@ -110,9 +162,30 @@ class MinfluxViewModel:
                                             else np.full(len(r["distance"]), fill, dtype) for r in results])
         self.ingest(**cols)
 
+    def _push_partials(self, stream, trace, kind, n, sums) -> None:
+        """Partial-sum rows (the sums live beside the ring, in the slots it writes)."""
+        cap = self.partials.capacity
+        m = len(n)
+        if m > cap:
+            stream, trace, kind, n, sums = stream[-cap:], trace[-cap:], kind[-cap:], n[-cap:], sums[-cap:]
+            m = cap
+        slots = (self.partials.total + np.arange(m)) % cap
+        self._partial_sums[slots] = sums
+        self.partials.push(stream=stream, trace=trace, kind=kind, n=n)
+        self.version += 1
+
+    def _partial_rows(self) -> dict[str, np.ndarray]:
+        """The kept partial rows, oldest first, with their sums."""
+        rows = self.partials.columns()
+        k = len(self.partials)
+        slots = (self.partials.total - k + np.arange(k)) % self.partials.capacity
+        rows["sums"] = self._partial_sums[slots]
+        return rows
+
     def ingest(self, distance: np.ndarray, lower: np.ndarray | None = None, upper: np.ndarray | None = None,
                flags: np.ndarray | None = None, trace_id: np.ndarray | None = None,
-               time_s: np.ndarray | None = None) -> None:
+               time_s: np.ndarray | None = None, photons: np.ndarray | None = None, state: np.ndarray | None = None,
+               v0: np.ndarray | None = None, background: np.ndarray | None = None) -> None:
         """Add a block of results (columns of equal length n; optional ones default to unknown)."""
         distance = np.asarray(distance, np.float32).ravel()
         n = len(distance)
@@ -136,6 +209,10 @@ class MinfluxViewModel:
             "trace": col(trace_id, np.int64, -1),
             "time": col(time_s, np.float64, np.nan),
             "ordinal": np.arange(start, start + n, dtype=np.int64),
+            "photons": col(photons, np.float32, np.nan),
+            "state": col(state, np.uint8, 255),
+            "v0": col(v0, np.float32, np.nan),
+            "background": col(background, np.float32, np.nan),
         }
         self.ring.push(**rows)
         if self.selected_trace is not None:
@@ -224,3 +301,60 @@ class MinfluxViewModel:
         width = width[np.isfinite(width)]
         return ViewSummary(len(view), {name: int(np.count_nonzero(flags & bit)) for bit, name in FLAG_NAMES.items()},
                            float(width.mean()) if len(width) else float("nan"))
+
+    # -- self-calibrating predictor: states, live calibration, merged per-trace answers --------
+    def has_states(self) -> bool:
+        """Whether the view holds segmented tuples (the self-calibrating predictor's results)."""
+        return bool((self._view().column("state", last=1000) != 255).any())
+
+    def state_curve(self, max_points: int = 1000, window: int | None = None) -> StateCurve:
+        """Photons per tuple of the newest ``window`` tuples, bin means of ``k`` tuples, split by the
+        bin's majority state."""
+        view = self._view()
+        n = len(view) if window is None else min(window, len(view))
+        ph, st = view.column("photons", last=n), view.column("state", last=n)
+        times = view.column("time", last=n)  # the x of curve(): time for one trace when all are known
+        use_time = self.selected_trace is not None and n > 0 and bool(np.isfinite(times).all())
+        x = times if use_time else view.column("ordinal", last=n).astype(np.float64)
+        k = max(1, -(-n // max(1, max_points)))
+        m = (n // k) * k
+        tail = slice(n - m, n)
+        ph, st, x = ph[tail].reshape(-1, k), st[tail].reshape(-1, k), x[tail].reshape(-1, k).mean(axis=1)
+        mean = _bin_means(ph.reshape(-1), k) if k > 1 else ph.reshape(-1)
+        counts = np.stack([(st == s).sum(axis=1) for s in STATE_NAMES])  # (3, bins)
+        major = np.array(list(STATE_NAMES))[np.argmax(counts, axis=0)] if m else np.zeros(0, np.uint8)
+        known = counts.max(axis=0) > 0 if m else np.zeros(0, bool)
+        return StateCurve(x, {name: np.where(known & (major == s), mean, np.float32(np.nan))
+                              for s, name in STATE_NAMES.items()}, k)
+
+    def instrument(self) -> Instrument:
+        """Live calibration of the newest stream and the selected trace's merged answer."""
+        from .partials import calibration, reduce
+
+        out = Instrument(stream=self.newest_stream or "", trace=self.selected_trace)
+        v0 = self.ring.column("v0", last=1)
+        bg = self.ring.column("background", last=1)
+        if len(v0):
+            out.v0_live, out.background_live = float(v0[0]), float(bg[0])
+        code = self._streams.get(out.stream)
+        if code is None or not len(self.partials):
+            return out
+        rows = self._partial_rows()
+        mine = rows["stream"] == code
+        cal = calibration(rows["trace"][mine], rows["kind"][mine], rows["n"][mine], rows["sums"][mine])
+        out.v0, out.v0_se, out.calibrated = cal["v0"], cal["v0_se"], cal["calibrated"]
+        out.background, out.background_se = cal["background"], cal["background_se"]
+        if self.selected_trace is not None:
+            sel = mine & (rows["trace"] == self.selected_trace)
+            if sel.any():
+                # the trace's rows plus the stream's calibration rows of other traces
+                use = sel | (mine & (rows["kind"] != 2))
+                red = reduce(np.zeros(int(use.sum()), np.int64), rows["trace"][use], rows["kind"][use],
+                             rows["n"][use], rows["sums"][use])
+                hit = np.flatnonzero(red["trace_id"] == self.selected_trace)
+                if len(hit):
+                    j = hit[0]
+                    out.trace_distance, out.trace_lower, out.trace_upper = (
+                        float(red["distance"][j]), float(red["lower"][j]), float(red["upper"][j]))
+                    out.trace_two_on = int(red["two_on_tuples"][j])
+        return out
