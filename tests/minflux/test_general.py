@@ -202,6 +202,18 @@ def test_offgrid_grid_evaluation_runs(tiny_general):
     assert "eligible cells pass all three" in md and md.count("\n|") > 243
 
 
+def test_self_calibrated_grid_evaluation_runs(tiny_general):
+    """The grid with each instrument's self-calibrated v0 / b (tiny bundle; numbers meaningless)."""
+    out, _ = tiny_general
+    res = offgrid.evaluate_grid_self_calibrated(rulers_per_cell=2, tuples_per_ruler=2, calib_tuples_per_trace=1500,
+                                                bundle=str(out), backend="xgboost", log=lambda *a: None)
+    assert len(res["rows"]) == 243 and len(res["calibration"]) == 9
+    s = res["summary"]
+    assert 0 < s["eligible_cells"] < 243 and 0 <= s["rmse_within_1.5x"] <= s["eligible_cells"]
+    for c in res["calibration"]:  # the calibration streams bleach: every instrument gets calibrated
+        assert c["calibrated"] and abs(c["bg_hat"] / c["bg"] - 1) < 0.2
+
+
 def _v0_from_all_traces(cal: traces.StreamCalibration) -> float:
     """v0 recomputed from every trace's sums (the O(traces) definition the running sums replace)."""
     if cal.one_n < 2 * cal.min_one_tuples:
