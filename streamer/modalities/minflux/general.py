@@ -150,13 +150,18 @@ def effective_photons(photons: np.ndarray, v0: np.ndarray, background: np.ndarra
     return np.maximum(np.asarray(v0, np.float32) ** 2 * sig * sig / n, np.float32(0.25))
 
 
-def instrument_features(counts: np.ndarray, positions: np.ndarray, v0, background) -> np.ndarray:
-    """(n, 13) float32 features (:data:`GENERAL_FEATURES`) with per-tuple (or scalar) v0 and background."""
+def instrument_features(counts: np.ndarray, positions: np.ndarray, v0, background,
+                        totals: np.ndarray | None = None) -> np.ndarray:
+    """(n, 13) float32 features (:data:`GENERAL_FEATURES`) with per-tuple (or scalar) v0 and background.
+    ``totals``: :func:`.tuples.count_totals` of integer ``counts`` when the caller has them already."""
     n = len(counts)
     c = counts.astype(np.float32)
     v0 = np.broadcast_to(np.asarray(v0, np.float32), (n,))
     b = np.broadcast_to(np.asarray(background, np.float32), (n,))
-    n_tot, n_axis = count_sums(counts, c)
+    if totals is not None and np.asarray(counts).dtype.kind in "iu":  # the values count_sums would give
+        n_tot, n_axis = np.asarray(totals).astype(np.float32), c @ np.ones(3, np.float32)
+    else:
+        n_tot, n_axis = count_sums(counts, c)
     m0, m1, psi = harmonic_fit(c, positions, np.float32)
     denom = (m0 - b[:, None]) * v0[:, None]
     vis = np.where(denom > 0, m1 / np.where(denom > 0, denom, np.float32(1.0)), np.float32(0.0))
@@ -416,11 +421,12 @@ class GeneralPredictor:
                                 self.background if background is None else background)
         return np.asarray(self.backend.predict(X), np.float32).reshape(-1)
 
-    def predict_with(self, batch: TupleBatch, v0, background) -> Prediction:
+    def predict_with(self, batch: TupleBatch, v0, background, totals: np.ndarray | None = None) -> Prediction:
+        """``totals``: the batch's count totals when the caller has them (see instrument_features)."""
         n = len(batch)
         v0 = np.broadcast_to(np.asarray(v0, np.float32), (n,))
         bg = np.broadcast_to(np.asarray(background, np.float32), (n,))
-        X = instrument_features(batch.counts, batch.positions, v0, bg)
+        X = instrument_features(batch.counts, batch.positions, v0, bg, totals)
         photons = np.exp(X[:, 8]) - np.float32(1.0)
         neff = np.exp(X[:, 9])
         raw = np.asarray(self.backend.predict(X), np.float32).reshape(-1)

@@ -131,7 +131,7 @@ class LivePredictor:
         partials = packet_partials(summed, last, self.block)
         v0 = fixed_v0 if fixed_v0 is not None else min(st.cal.v0, 1.0)  # v0 <= 1 physically
         bg = fixed_bg if fixed_bg is not None else st.cal.background
-        pred = self._two_on_only(batch, state, np.float32(v0), np.float32(bg))
+        pred = self._two_on_only(batch, state, np.float32(v0), np.float32(bg), n_tot)
         flags = pred.flags
         if (fixed_v0 is None or fixed_bg is None) and not st.cal.calibrated:
             flags = flags | np.uint8(FLAG_UNCALIBRATED)
@@ -151,23 +151,24 @@ class LivePredictor:
                 t, v0, b_t, 0.0 if fixed_v0 is not None else st.cal.v0_se, b_se)
         return {"distance": pred.distance, "lower": pred.lower, "upper": pred.upper, "flags": flags,
                 "state": state, "v0": np.full(n, v0, np.float32), "background": np.full(n, bg, np.float32),
-                "trace_distance": td, "trace_lower": tlo, "trace_upper": thi, **partials.arrays()}
+                "trace_distance": td, "trace_lower": tlo, "trace_upper": thi, "photons": n_tot,
+                **partials.arrays()}
 
 
-    def _two_on_only(self, batch: TupleBatch, state: np.ndarray, v0, bg) -> Prediction:
+    def _two_on_only(self, batch: TupleBatch, state: np.ndarray, v0, bg, totals: np.ndarray) -> Prediction:
         """The model on the tuples segmented 2-on; the rest NaN with ``FLAG_NOT_TWO_ON``. (A 1-on
         tuple's "distance" is the model's answer to a question without a second emitter: a value
         near 0 that histograms like a measurement. Rows are independent, so the 2-on rows get
         exactly the values a whole-packet call gives them.)"""
         two = state == STATE_TWO
         if two.all():
-            return self.model.predict_with(batch, v0, bg)
+            return self.model.predict_with(batch, v0, bg, totals)
         n = len(batch)
         dist = np.full(n, np.nan, np.float32)
         lo, hi = dist.copy(), dist.copy()
         flags = np.full(n, FLAG_NOT_TWO_ON | FLAG_NO_INTERVAL, np.uint8)
         if two.any():
-            sub = self.model.predict_with(batch[two], v0, bg)
+            sub = self.model.predict_with(batch[two], v0, bg, totals[two])
             dist[two], lo[two], hi[two], flags[two] = sub.distance, sub.lower, sub.upper, sub.flags
         return Prediction(dist, lo, hi, flags, self.model.model_id)
 
@@ -222,7 +223,7 @@ class LiveModalityPredictor:
         measured = {k: prof[k] for k in ("v0", "background")
                     if prof is not None and prof.provenance.get(k, "nominal") != "nominal"}
         out = self.inner.process(packet.stream, b, measured)
-        res = result_arrays(packet, out["distance"], out["lower"], out["upper"], out["flags"])
+        res = result_arrays(packet, out["distance"], out["lower"], out["upper"], out["flags"], photons=out["photons"])
         declared = {a.name for a in (*RESULTS.items, *RESULTS.detections)} | {"item"}
         res.update({k: v for k, v in out.items() if k in declared and k not in res})
         bad = half_l_outside(self.coverage, b.positions) if packet.header.get("half_l") is None else None

@@ -182,11 +182,12 @@ def decode_packet(raw: bytes | memoryview, max_tuples: int = MAX_TUPLES) -> Tupl
                        p.invalid)
 
 
-def result_arrays(packet: Packet, distance, lower, upper, flags) -> dict[str, np.ndarray]:
-    """The declared result arrays of ``packet`` from a prediction."""
+def result_arrays(packet: Packet, distance, lower, upper, flags, photons=None) -> dict[str, np.ndarray]:
+    """The declared result arrays of ``packet`` from a prediction (``photons``: the tuples' totals when
+    the predictor has them already)."""
     b: TupleBatch = packet.extra["batch"]
     out = {"distance": distance, "lower": lower, "upper": upper, "flags": flags,
-           "photons": b.photons, "centre": b.centre}
+           "photons": b.photons if photons is None else photons, "centre": b.centre}
     for key in ("trace_id", "time"):
         if key in packet.arrays:
             out[key] = packet.arrays[key]
