@@ -94,3 +94,29 @@ def test_pipeline_persists_partials_and_traces_merges_them(tmp_path):
     assert list(table["trace_id"]) == [0, 1]
     assert table["two_on_tuples"].sum() == int((res["det_part_n"][res["det_part_kind"] == STATE_TWO]).sum())
     assert np.isfinite(table["distance"]).all() and (np.abs(table["distance"] - [15.0, 40.0]) < 8).all()
+
+
+def test_a_trace_without_its_own_background_carries_the_spread_between_traces():
+    """Backgrounds that differ between traces: a trace that has no background-only tuples of its own
+    takes the stream's background with an error that holds the spread, not only the mean's error."""
+    from streamer.modalities.minflux.traces import StreamCalibration, background_spread
+
+    rng = np.random.default_rng(0)
+    cal = StreamCalibration()
+    b_true = np.array([0.6, 1.0, 1.5, 2.2, 0.8])
+    for t, b in enumerate(b_true):  # 2,000 background-only tuples each: their own estimates
+        counts = rng.poisson(6 * b, 2000).astype(float)
+        cal.add_terms(counts, np.zeros(2000, np.uint8), np.zeros((2000, 5, 2)), trace=t)
+    b_new, se_new = cal.trace_background_se(99)  # a trace never seen in its background-only state
+    own_b, own_se = cal.trace_background_se(2)
+    assert abs(own_b - 1.5) < 0.05 and own_se < 0.02
+    spread = background_spread(*zip(*[(s / (6 * k), k) for s, k in cal.trace_bg.values()]))
+    assert abs(spread - b_true.std(ddof=1)) < 0.1
+    assert se_new > 0.9 * spread > 10 * cal.background_se
+    assert background_spread([1.0, 1.1], [500, 500]) == 0.0  # fewer than 3 traces: not measurable
+    # the merged calibration carries the same spread
+    kind = np.zeros(5, np.uint8)
+    sums = np.zeros((5, 2, 4))
+    sums[:, 0, 0] = [s for s, _ in cal.trace_bg.values()]
+    merged = partials.calibration(np.arange(5), kind, np.full(5, 2000), sums)
+    assert np.isclose(merged["background_spread"], spread)

@@ -141,12 +141,7 @@ class LivePredictor:
         td = np.full(n, np.nan, np.float32)
         tlo, thi = td.copy(), td.copy()
         for t, m in zip(keys, masks):
-            b_t, b_se = bg, (0.0 if fixed_bg is not None else st.cal.background_se)
-            if fixed_bg is None:
-                b_own, own = st.cal.trace_background(t)
-                if own:
-                    b_t = b_own
-                    b_se = float(np.sqrt(max(b_t, 1e-3) / (6.0 * st.cal.trace_bg[t][1])))
+            b_t, b_se = (bg, 0.0) if fixed_bg is not None else st.cal.trace_background_se(t)
             td[m], tlo[m], thi[m] = st.traces.estimate(
                 t, v0, b_t, 0.0 if fixed_v0 is not None else st.cal.v0_se, b_se)
         return {"distance": pred.distance, "lower": pred.lower, "upper": pred.upper, "flags": flags,

@@ -244,8 +244,7 @@ def evaluate_traces(n_streams: int = 200, tuples_per_trace: int = 4000, seed: in
             if true_instrument:
                 est = st.traces.estimate(tr, v0, bg)
             else:  # the trace's sums with the stream's final calibration (its own b once it has one)
-                b_t, own = st.cal.trace_background(tr)
-                b_se = float(np.sqrt(max(b_t, 1e-3) / (6.0 * st.cal.trace_bg[tr][1]))) if own else st.cal.background_se
+                b_t, b_se = st.cal.trace_background_se(tr)
                 est = st.traces.estimate(tr, min(st.cal.v0, 1.0), b_t, st.cal.v0_se, b_se)
             trace_rows.append({"d": D_GRID[tr], "est": est[0], "lo": est[1], "hi": est[2], "v0": v0, "bg": bg,
                                "n2": int(np.sum((rec.tuples.trace_id == tr) & (true_state == 2)))})

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
-from .traces import estimate_from_blocks
+from .traces import background_spread, estimate_from_blocks
 
 KINDS = {STATE_BACKGROUND: "background", STATE_ONE: "1-on", STATE_TWO: "2-on"}
 MIN_BACKGROUND_TUPLES = 200  # as traces.StreamCalibration
@@ -118,6 +118,8 @@ def calibration(trace, kind, n, sums) -> dict:
     n_one = int(n[one].sum())
     calibrated = n_bg >= MIN_BACKGROUND_TUPLES and n_one >= MIN_ONE_TUPLES
     out = {"background": b, "background_tuples": n_bg, "one_tuples": n_one, "own_background": own,
+           # a trace without its own background takes the stream's, with the between-trace spread
+           "background_spread": background_spread([v[0] for v in own.values()], [v[1] for v in own.values()]),
            "calibrated": calibrated, "v0": float("nan"), "v0_se": float("nan"),
            "background_se": float(np.sqrt(max(b, 1e-3) / (6.0 * n_bg))) if n_bg else float("nan")}
     if not calibrated or len(one) == 0:
@@ -166,7 +168,7 @@ def reduce(stream: np.ndarray, trace: np.ndarray, kind: np.ndarray, n: np.ndarra
                 b_t, k_bg = cal["own_background"][int(t)]
                 b_se = float(np.sqrt(max(b_t, 1e-3) / (6.0 * k_bg)))
             else:
-                b_t, b_se = cal["background"], cal["background_se"]
+                b_t, b_se = cal["background"], float(np.hypot(cal["background_se"], cal["background_spread"]))
             ok = np.isfinite(v) and np.isfinite(b_t)
             est = (estimate_from_blocks(sums[rows], n[rows].astype(float), np.zeros((2, 4)), 0.0, v, b_t,
                                         v_se if np.isfinite(v_se) else 0.0, b_se, min_blocks, sys_nm)

@@ -69,6 +69,16 @@ def harmonic_terms(counts: np.ndarray, positions: np.ndarray, dtype=np.float32):
 # --------------------------------------------------------------------------- calibration state
 
 
+def background_spread(b_own, n_own) -> float:
+    """Between-trace standard deviation of the background from the traces with their own estimate
+    (``b_own`` counts/exposure from ``n_own`` tuples each), their Poisson noise removed; 0 with
+    fewer than 3 such traces (nothing to measure it on)."""
+    b, n = np.asarray(b_own, float), np.asarray(n_own, float)
+    if len(b) < 3:
+        return 0.0
+    return float(np.sqrt(max(b.var(ddof=1) - np.mean(np.maximum(b, 1e-3) / (6.0 * n)), 0.0)))
+
+
 def _den_terms(sums: np.ndarray, b: float) -> float:
     """One trace's (or a group's) part of v0's denominator, sum (m0 - b)^2 - var m0 over its 1-on
     axis-tuples, from its sums (num, sum m0, sum m0^2, sum var m0, axis-tuples)."""
@@ -168,6 +178,17 @@ class StreamCalibration:
         if tb is not None and tb[1] >= self.min_background_tuples:
             return tb[0] / (6.0 * tb[1]), True
         return self.background, False
+
+    def trace_background_se(self, trace: int) -> tuple[float, float]:
+        """(background for ``trace``, its standard error): its own with the Poisson error once it has
+        its own background-only tuples; else the stream's, whose error for *this* trace also holds
+        the spread of background between traces (local autofluorescence; measured on the traces
+        that have their own), not only the error of the stream's mean."""
+        b, own = self.trace_background(trace)
+        if own:
+            return b, float(np.sqrt(max(b, 1e-3) / (6.0 * self.trace_bg[trace][1])))
+        own_b = [(s / (6.0 * k), k) for s, k in self.trace_bg.values() if k >= self.min_background_tuples]
+        return b, float(np.hypot(self.background_se, background_spread(*zip(*own_b)) if own_b else 0.0))
 
     @property
     def v0(self) -> float:
