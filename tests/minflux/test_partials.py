@@ -120,3 +120,20 @@ def test_a_trace_without_its_own_background_carries_the_spread_between_traces():
     sums[:, 0, 0] = [s for s, _ in cal.trace_bg.values()]
     merged = partials.calibration(np.arange(5), kind, np.full(5, 2000), sums)
     assert np.isclose(merged["background_spread"], spread)
+
+
+def test_running_background_spread_equals_its_definition():
+    """The O(1) running spread equals background_spread over the traces' own backgrounds, while
+    traces gain background tuples packet by packet (some crossing the own-background threshold)."""
+    from streamer.modalities.minflux.traces import StreamCalibration, background_spread
+
+    rng = np.random.default_rng(3)
+    cal = StreamCalibration()
+    for step in range(40):
+        t = int(rng.integers(0, 8))
+        k = int(rng.integers(20, 150))
+        cal.add_terms(rng.poisson(6 * (0.5 + 0.3 * t), k).astype(float), np.zeros(k, np.uint8), np.zeros((k, 5, 2)),
+                      trace=t)
+        own = [(s / (6 * n), n) for s, n in cal.trace_bg.values() if n >= cal.min_background_tuples]
+        ref = background_spread(*zip(*own)) if own else 0.0
+        assert np.isclose(cal.background_spread, ref, rtol=1e-9, atol=1e-9)
