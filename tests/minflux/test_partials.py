@@ -137,3 +137,25 @@ def test_running_background_spread_equals_its_definition():
         own = [(s / (6 * n), n) for s, n in cal.trace_bg.values() if n >= cal.min_background_tuples]
         ref = background_spread(*zip(*own)) if own else 0.0
         assert np.isclose(cal.background_spread, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_one_vectorised_d2_call_equals_one_call_per_term():
+    """estimate_from_blocks evaluates all its d^2 (total, leave-one-out, calibration +- se) in one
+    stacked call: bit-identical to evaluating them one by one."""
+    from streamer.modalities.minflux.traces import _d2, _t95, estimate_from_blocks
+
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        k = int(rng.integers(4, 12))
+        blocks = np.abs(rng.normal(100, 30, (k, 2, 4))) * [1, 3, 150, 1]
+        nb = rng.integers(100, 201, k).astype(float)
+        v0, b, v0_se, b_se = 0.93, 1.2, 0.01, 0.1
+        total, n = blocks.sum(axis=0), nb.sum()
+        d2 = _d2(total, n, v0, b)
+        loo = np.array([_d2(total - blocks[j], n - nb[j], v0, b) for j in range(k)])
+        var = (k - 1) / k * float(((loo - loo.mean()) ** 2).sum())
+        cal2 = (0.5 * (_d2(total, n, v0 + v0_se, b) - _d2(total, n, v0 - v0_se, b))) ** 2 \
+            + (0.5 * (_d2(total, n, v0, b + b_se) - _d2(total, n, v0, b - b_se))) ** 2
+        half = float(np.sqrt(_t95(np.asarray(k - 1)) ** 2 * var + 1.6449**2 * cal2))
+        est, lo, hi = estimate_from_blocks(blocks, nb, np.zeros((2, 4)), 0.0, v0, b, v0_se, b_se)
+        assert lo == float(np.sqrt(max(d2 - half, 0.0))) and hi == float(np.sqrt(max(d2 + half, 0.0)))
