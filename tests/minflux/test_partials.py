@@ -94,6 +94,17 @@ def test_pipeline_persists_partials_and_traces_merges_them(tmp_path):
     assert list(table["trace_id"]) == [0, 1]
     assert table["two_on_tuples"].sum() == int((res["det_part_n"][res["det_part_kind"] == STATE_TWO]).sum())
     assert np.isfinite(table["distance"]).all() and (np.abs(table["distance"] - [15.0, 40.0]) < 8).all()
+    # the command a user runs on the directory: the table, and the CSV with the same numbers
+    import subprocess
+    import sys
+
+    csv = tmp_path / "traces.csv"
+    out = subprocess.run([sys.executable, "-m", "streamer.cli", "traces", str(tmp_path), "--csv", str(csv)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| stream | trace | distance (nm) |" in out and "wrote 2 traces" in out
+    rows = csv.read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("stream,trace_id,distance")
+    assert np.isclose(float(rows[1].split(",")[2]), table["distance"][0])
 
 
 def test_a_trace_without_its_own_background_carries_the_spread_between_traces():
