@@ -101,6 +101,11 @@ class PacketKind:
         return next(f for f in self.fields if f.name == name)
 
 
+#: keys every result message carries besides its arrays (see core.wire.encode_result)
+RESULT_ENVELOPE_KEYS = frozenset({"v", "kind", "modality", "stream", "seq", "n", "m", "t_acq", "t_done", "model",
+                                  "layout", "invalid", "item"})
+
+
 @dataclass(frozen=True)
 class ResultSpec:
     """What each result message carries besides the envelope.
@@ -134,6 +139,9 @@ class ResultSpec:
             if getattr(self, name) and getattr(self, name) not in self.flags:
                 raise ValueError(f"{name} {getattr(self, name)} is not one of the declared flags")
         arrays = {a.name for a in (*self.items, *self.detections)}
+        clash = arrays & RESULT_ENVELOPE_KEYS
+        if clash:  # one msgpack map holds both: an array named "v" would overwrite the protocol version
+            raise ValueError(f"result array names {sorted(clash)} are envelope keys of a result message")
         if set(self.intervals) - arrays:
             raise ValueError(f"intervals {sorted(set(self.intervals) - arrays)} are not declared result arrays")
 

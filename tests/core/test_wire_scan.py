@@ -45,3 +45,26 @@ def test_small_messages_take_msgpack_path_with_the_same_result():
     assert wire.scan(raw) == wire.unpack(raw)
     with pytest.raises(wire.PacketError):
         wire.scan(raw[:-1])
+
+
+def test_optional_detection_table_may_be_absent_empty_or_multidimensional():
+    """A modality whose detection arrays are all optional: a predictor may return none of them (no
+    ``m``), an empty table, or rows with a tail shape; a required one must come with ``item``."""
+    from streamer.core.modality import ArraySpec, Packet, ResultSpec
+
+    spec = ResultSpec(items=(ArraySpec("val", "<f4", ("n",)),),
+                      detections=(ArraySpec("s", "<f8", ("m", 2, 4), required=False),))
+    packet = Packet("s", 0, 0.0, "toy", "k", 3, {}, {})
+    v = np.arange(3, dtype=np.float32)
+    none = wire.decode_result(wire.encode_result(packet, spec, {"val": v}, "m"))
+    assert none.m is None and none.detections == {} and np.array_equal(none.items["val"], v)
+    empty = wire.decode_result(wire.encode_result(packet, spec, {"val": v, "item": np.zeros(0, np.int32),
+                                                                 "s": np.zeros((0, 2, 4))}, "m"))
+    assert empty.m == 0 and empty.detections["s"].shape == (0, 2, 4)
+    rows = np.arange(16, dtype=np.float64).reshape(2, 2, 4)
+    full = wire.decode_result(wire.encode_result(packet, spec, {"val": v, "item": np.array([0, 2], np.int32),
+                                                                "s": rows}, "m"))
+    assert full.m == 2 and np.array_equal(full.detections["s"], rows)
+    required = ResultSpec(items=spec.items, detections=(ArraySpec("s", "<f8", ("m", 2, 4)),))
+    with pytest.raises(ValueError, match="without 'item'"):
+        wire.encode_result(packet, required, {"val": v}, "m")
