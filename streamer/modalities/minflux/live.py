@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from .general import REGIME, GeneralPredictor
-from .partials import packet_partials, sum_rows
+from .partials import packet_partials
 from .prediction import FLAG_NO_INTERVAL, FLAG_NOT_TWO_ON, FLAG_UNCALIBRATED, Prediction
 from .simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
-from .traces import STATE_UNKNOWN, Segmenter, StreamCalibration, TraceDistance, harmonic_terms
+from .traces import STATE_UNKNOWN, Segmenter, StreamCalibration, TraceDistance, harmonic_terms, sum_rows
 from .tuples import TupleBatch, count_totals
 
 ENV_V0 = "STREAMER_MINFLUX_V0"
@@ -148,7 +148,6 @@ class LivePredictor:
                 "state": state, "v0": np.full(n, v0, np.float32), "background": np.full(n, bg, np.float32),
                 "trace_distance": td, "trace_lower": tlo, "trace_upper": thi, "photons": n_tot,
                 **partials.arrays()}
-
 
     def _two_on_only(self, batch: TupleBatch, state: np.ndarray, v0, bg, totals: np.ndarray) -> Prediction:
         """The model on the tuples segmented 2-on; the rest NaN with ``FLAG_NOT_TWO_ON``. (A 1-on

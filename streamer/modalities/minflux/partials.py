@@ -26,11 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
-from .traces import background_spread, estimate_from_blocks
+from .traces import (StreamCalibration, background_spread, estimate_from_blocks, pooled_den,
+                     trace_background_and_se)
 
-KINDS = {STATE_BACKGROUND: "background", STATE_ONE: "1-on", STATE_TWO: "2-on"}
-MIN_BACKGROUND_TUPLES = 200  # as traces.StreamCalibration
-MIN_ONE_TUPLES = 500
+# the live calibration's thresholds, so merged and live answers call the same streams calibrated
+MIN_BACKGROUND_TUPLES = StreamCalibration.min_background_tuples
+MIN_ONE_TUPLES = StreamCalibration.min_one_tuples
 
 
 @dataclass
@@ -52,13 +53,6 @@ class Partials:
         """The declared result columns (``item`` + ``part_*``)."""
         return {"item": self.item, "part_trace": self.trace, "part_kind": self.kind, "part_n": self.n,
                 "part_sums": self.sums}
-
-
-def sum_rows(terms: np.ndarray) -> np.ndarray:
-    """(k, 2, 4) float64 per-tuple summands from harmonic terms (k, 5, 2) = P, Q, m0, var_pq, var_m0."""
-    t = np.asarray(terms, np.float64)
-    P, Q, m0, vpq, vm0 = (t[:, j] for j in range(5))
-    return np.stack([P * P + Q * Q - vpq, m0, m0 * m0, vm0], axis=-1)
 
 
 def _chunks(k: int, block: int) -> list[int]:
@@ -96,8 +90,7 @@ def packet_partials(confirmed: list, last_index: dict[int, int], block: int) -> 
 
 def _den(sums: np.ndarray, n: np.ndarray, b: np.ndarray) -> np.ndarray:
     """v0's denominator terms sum((m0 - b)^2 - var m0) over both axes, per row (b per row)."""
-    s1, s2, sv = sums[:, :, 1], sums[:, :, 2], sums[:, :, 3]
-    return (s2 - 2.0 * b[:, None] * s1 + (n * 1.0)[:, None] * (b * b)[:, None] - sv).sum(axis=1)
+    return pooled_den(sums[:, :, 1], sums[:, :, 2], sums[:, :, 3], n[:, None] * 1.0, b[:, None]).sum(axis=1)
 
 
 def calibration(trace, kind, n, sums) -> dict:
@@ -125,11 +118,11 @@ def calibration(trace, kind, n, sums) -> dict:
     if not calibrated or len(one) == 0:
         return out
     # each 1-on row with its trace's own background where it has one (as the live calibration)
-    pos = np.searchsorted(ids[has], trace[one]) if has.any() else np.zeros(len(one), np.int64)
-    b_own = c_t[has] / (6.0 * np.maximum(k_t[has], 1))
-    hit = (pos < len(b_own)) & (ids[has][np.minimum(pos, max(len(b_own) - 1, 0))] == trace[one]) if has.any() \
-        else np.zeros(len(one), bool)
-    b_row = np.where(hit, b_own[np.minimum(pos, max(len(b_own) - 1, 0))] if has.any() else b, b)
+    b_row = np.full(len(one), b)
+    if len(ids):
+        pos = np.minimum(np.searchsorted(ids, trace[one]), len(ids) - 1)
+        mine = (ids[pos] == trace[one]) & has[pos]
+        b_row[mine] = c_t[pos[mine]] / (6.0 * k_t[pos[mine]])
     num = sums[one, :, 0].sum(axis=1)
     den = _den(sums[one], n[one], b_row)
     N, D = num.sum(), den.sum()
@@ -164,11 +157,9 @@ def reduce(stream: np.ndarray, trace: np.ndarray, kind: np.ndarray, n: np.ndarra
             rows = two & (trace == t)
             if background is not None:
                 b_t, b_se = float(background), 0.0
-            elif int(t) in cal["own_background"]:
-                b_t, k_bg = cal["own_background"][int(t)]
-                b_se = float(np.sqrt(max(b_t, 1e-3) / (6.0 * k_bg)))
             else:
-                b_t, b_se = cal["background"], float(np.hypot(cal["background_se"], cal["background_spread"]))
+                b_t, b_se = trace_background_and_se(cal["own_background"].get(int(t)), cal["background"],
+                                                    cal["background_se"], cal["background_spread"])
             ok = np.isfinite(v) and np.isfinite(b_t)
             est = (estimate_from_blocks(sums[rows], n[rows].astype(float), np.zeros((2, 4)), 0.0, v, b_t,
                                         v_se if np.isfinite(v_se) else 0.0, b_se, min_blocks, sys_nm)

@@ -79,10 +79,34 @@ def background_spread(b_own, n_own) -> float:
     return float(np.sqrt(max(b.var(ddof=1) - np.mean(np.maximum(b, 1e-3) / (6.0 * n)), 0.0)))
 
 
+def pooled_den(s1, s2, sv, n, b):
+    """sum over tuples of (m0 - b)^2 - var m0 from the sums s1 = sum m0, s2 = sum m0^2, sv = sum
+    var m0 of n tuples: the noise-corrected denominator of v0 and of a pair's visibility."""
+    return s2 - 2.0 * b * s1 + n * b * b - sv
+
+
 def _den_terms(sums: np.ndarray, b: float) -> float:
-    """One trace's (or a group's) part of v0's denominator, sum (m0 - b)^2 - var m0 over its 1-on
-    axis-tuples, from its sums (num, sum m0, sum m0^2, sum var m0, axis-tuples)."""
-    return float(sums[2] - 2.0 * b * sums[1] + sums[4] * b * b - sums[3])
+    """One trace's (or a group's) part of v0's denominator over its 1-on axis-tuples, from its sums
+    (num, sum m0, sum m0^2, sum var m0, axis-tuples)."""
+    return float(pooled_den(sums[1], sums[2], sums[3], sums[4], b))
+
+
+def sum_rows(terms: np.ndarray) -> np.ndarray:
+    """(k, 2, 4) float64 per-tuple summands from harmonic terms (k, 5, 2) = P, Q, m0, var_pq, var_m0:
+    per axis P^2 + Q^2 - var PQ, m0, m0^2, var m0 (what TraceDistance and the partials sum)."""
+    t = np.asarray(terms, np.float64)
+    P, Q, m0, vpq, vm0 = (t[:, j] for j in range(5))
+    return np.stack([P * P + Q * Q - vpq, m0, m0 * m0, vm0], axis=-1)
+
+
+def trace_background_and_se(own: tuple[float, int] | None, b_stream: float, se_stream: float,
+                            spread: float) -> tuple[float, float]:
+    """(background, its standard error) for one trace: its own (b, tuples) with the Poisson error,
+    else the stream's, whose error for one trace also holds the spread between traces."""
+    if own is not None:
+        b, k = own
+        return b, float(np.sqrt(max(b, 1e-3) / (6.0 * k)))
+    return b_stream, float(np.hypot(se_stream, spread))
 
 
 
@@ -193,9 +217,8 @@ class StreamCalibration:
         the spread of background between traces (local autofluorescence; measured on the traces
         that have their own), not only the error of the stream's mean."""
         b, own = self.trace_background(trace)
-        if own:
-            return b, float(np.sqrt(max(b, 1e-3) / (6.0 * self.trace_bg[trace][1])))
-        return b, float(np.hypot(self.background_se, self.background_spread))
+        return trace_background_and_se((b, self.trace_bg[trace][1]) if own else None, b, self.background_se,
+                                        self.background_spread)
 
     @property
     def background_spread(self) -> float:
@@ -358,11 +381,10 @@ class TraceDistance:
 
     def add(self, trace: int, P, Q, m0, var_pq, var_m0) -> None:
         """One trace's 2-on tuples, in order (arrays (k, 2))."""
-        P, Q, m0, var_pq, var_m0 = (np.asarray(a, np.float64) for a in (P, Q, m0, var_pq, var_m0))
-        self.add_rows(trace, np.stack([P**2 + Q**2 - var_pq, m0, m0**2, var_m0], axis=-1))
+        self.add_rows(trace, sum_rows(np.stack([P, Q, m0, var_pq, var_m0], axis=1)))
 
     def add_rows(self, trace: int, rows: np.ndarray) -> None:
-        """:meth:`add` with the per-tuple summands (k, 2, 4) float64 already formed (partials.sum_rows)."""
+        """:meth:`add` with the per-tuple summands (k, 2, 4) float64 already formed (:func:`sum_rows`)."""
         acc = self.traces.setdefault(trace, _TraceAcc())
         i, n, b = 0, len(rows), self.block
         while i < n:
@@ -440,7 +462,7 @@ def _d2(sums: np.ndarray, n, v0, b):
     v0 = np.asarray(v0, float)[..., None] if np.ndim(v0) else v0
     b = np.asarray(b, float)[..., None] if np.ndim(b) else b
     num, s1, s2, sv = sums[..., 0], sums[..., 1], sums[..., 2], sums[..., 3]
-    den = s2 - 2.0 * b * s1 + n * b * b - sv
+    den = pooled_den(s1, s2, sv, n, b)
     r = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0) / (v0 * v0)
     out = squared_separation(r).sum(axis=-1)
     return float(out) if out.ndim == 0 else out
