@@ -41,6 +41,32 @@ def simulate_grid(rulers_per_cell: int, tuples_per_ruler: int, seed: int, half_l
     return rec, cells
 
 
+def _error_stats(est, lower, upper, truth) -> dict:
+    """Bias (and its standard error), RMSE, 90% interval coverage, share with an interval and mean
+    width of estimates against ``truth`` (array or scalar); NaN estimates (no answer) are left out
+    of the error terms, rows without an interval out of coverage and width."""
+    est, lower, upper = (np.asarray(a) for a in (est, lower, upper))  # their own dtype: widths as before
+    truth = np.broadcast_to(np.asarray(truth, float), est.shape)
+    e = est - truth
+    has = np.isfinite(lower)
+    return {"bias": float(np.nanmean(e)), "bias_se": float(np.nanstd(e) / np.sqrt(np.isfinite(e).sum())),
+            "rmse": float(np.sqrt(np.nanmean(e ** 2))),
+            "coverage": float(np.mean((lower[has] <= truth[has]) & (truth[has] <= upper[has]))) if has.any() else float("nan"),
+            "with_interval": float(has.mean()),
+            "width": float(np.mean(upper[has] - lower[has])) if has.any() else float("nan")}
+
+
+def _random_streams(n_streams: int, tuples_per_trace: int, seed: int, v0_range=(0.85, 1.0),
+                    background_range=(0.5, 6.0)):
+    """(rng, v0, background, recording) per stream: v0 uniform, background log-uniform, one
+    :func:`simulate_stream` each (the streams of the per-trace evaluations)."""
+    rng = np.random.default_rng(seed)
+    for s in range(n_streams):
+        v0 = float(rng.uniform(*v0_range))
+        bg = float(np.exp(rng.uniform(np.log(background_range[0]), np.log(background_range[1]))))
+        yield rng, v0, bg, simulate_stream(v0, bg, tuples_per_trace, seed + 1000 * s + 1)
+
+
 def _mle_true_instrument(rec, cells, log=print) -> np.ndarray:
     from .estimators import MLEEstimator
 
@@ -82,25 +108,18 @@ def evaluate_grid(rulers_per_cell: int = 400, tuples_per_ruler: int = 5, seed: i
     rows = []
     for i, (d, v0, bg, ph) in enumerate(cells):
         s = cell == i
-        e = pred.distance[s] - y[s]
-        lo, hi = pred.lower[s], pred.upper[s]
-        has = np.isfinite(lo)
-        cov = float(np.mean((lo[has] <= y[s][has]) & (y[s][has] <= hi[has]))) if has.any() else float("nan")
         crb_rms = float(np.sqrt(np.mean(crb[s] ** 2)))
-        rmse = float(np.sqrt(np.mean(e**2)))
-        mle_rmse = float(np.sqrt(np.mean((mle[s] - y[s]) ** 2)))
         row = {"d": d, "v0": v0, "bg": bg, "photons": ph, "n": int(s.sum()), "crb": crb_rms,
-               "bias": float(e.mean()), "bias_se": float(e.std() / np.sqrt(s.sum())), "rmse": rmse,
-               "mle_rmse": mle_rmse, "mle_bias": float(np.mean(mle[s] - y[s])), "coverage": cov,
-               "with_interval": float(has.mean()), "width": float(np.mean(hi[has] - lo[has])) if has.any() else float("nan"),
+               **_error_stats(pred.distance[s], pred.lower[s], pred.upper[s], y[s]),
+               "mle_rmse": float(np.sqrt(np.mean((mle[s] - y[s]) ** 2))), "mle_bias": float(np.mean(mle[s] - y[s])),
                "eligible": crb_rms < d}
         if ref is not None:
             er = ref.distance[s] - y[s]
             row["ref_bias"] = float(er.mean())
             row["ref_coverage"] = float(np.mean((ref.lower[s] <= y[s]) & (y[s] <= ref.upper[s])))
         row["bias_ok"] = abs(row["bias"]) <= max(1.0, 0.1 * crb_rms)
-        row["cov_ok"] = 0.85 <= cov <= 0.95
-        row["rmse_ok"] = rmse <= 1.15 * mle_rmse
+        row["cov_ok"] = 0.85 <= row["coverage"] <= 0.95
+        row["rmse_ok"] = row["rmse"] <= 1.15 * row["mle_rmse"]
         rows.append(row)
     el = [r for r in rows if r["eligible"]]
     summary = {
@@ -218,16 +237,12 @@ def evaluate_traces(n_streams: int = 200, tuples_per_trace: int = 4000, seed: in
     from .estimators import MLEEstimator
     from .live import LivePredictor
 
-    rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     seg_ok = seg_n = 0
     cal_rows, trace_rows = [], []
-    sample = []  # (stream, idx) for the MLE comparison
     keep = {"d": [], "dist": [], "v0": [], "bg": [], "counts": [], "positions": []}
-    for s in range(n_streams):
-        v0 = float(rng.uniform(*v0_range))
-        bg = float(np.exp(rng.uniform(np.log(background_range[0]), np.log(background_range[1]))))
-        rec = simulate_stream(v0, bg, tuples_per_trace, seed + 1000 * s + 1)
+    for s, (rng, v0, bg, rec) in enumerate(_random_streams(n_streams, tuples_per_trace, seed, v0_range,
+                                                            background_range)):
         lp = LivePredictor(bundle, backend=backend, v0=v0 if true_instrument else None,
                            background=bg if true_instrument else None)
         if sys_nm is not None:
@@ -280,15 +295,8 @@ def evaluate_traces(n_streams: int = 200, tuples_per_trace: int = 4000, seed: in
     per_d = []
     for d in D_GRID:
         rs = [r for r in trace_rows if r["d"] == d]
-        est = np.array([r["est"] for r in rs])
-        lo = np.array([r["lo"] for r in rs])
-        hi = np.array([r["hi"] for r in rs])
-        has = np.isfinite(lo)
-        per_d.append({"d": d, "traces": len(rs), "bias": float(np.nanmean(est - d)),
-                      "bias_se": float(np.nanstd(est - d) / np.sqrt(np.isfinite(est).sum())),
-                      "rmse": float(np.sqrt(np.nanmean((est - d) ** 2))),
-                      "coverage": float(np.mean((lo[has] <= d) & (d <= hi[has]))) if has.any() else float("nan"),
-                      "with_interval": float(has.mean()), "width": float(np.mean(hi[has] - lo[has])) if has.any() else float("nan"),
+        per_d.append({"d": d, "traces": len(rs), **_error_stats([r["est"] for r in rs], [r["lo"] for r in rs],
+                                                                [r["hi"] for r in rs], d),
                       "n2_median": float(np.median([r["n2"] for r in rs]))})
     dv0 = np.array([r["v0_hat"] - r["v0"] for r in cal_rows])
     rb = np.array([r["bg_hat"] / r["bg"] - 1 for r in cal_rows])
@@ -314,13 +322,9 @@ def evaluate_traces_merged(n_streams: int = 200, workers=(1, 2, 3), tuples_per_t
     from .live import LivePredictor
     from .partials import reduce
 
-    rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     rows = {k: [] for k in workers}
-    for s in range(n_streams):
-        v0 = float(rng.uniform(0.85, 1.0))
-        bg = float(np.exp(rng.uniform(np.log(0.5), np.log(6.0))))
-        rec = simulate_stream(v0, bg, tuples_per_trace, seed + 1000 * s + 1)
+    for s, (_, _, _, rec) in enumerate(_random_streams(n_streams, tuples_per_trace, seed)):
         t = rec.tuples
         for k in workers:
             lps = [LivePredictor(bundle, backend=backend) for _ in range(k)]
@@ -339,13 +343,7 @@ def evaluate_traces_merged(n_streams: int = 200, workers=(1, 2, 3), tuples_per_t
         a = np.array(rows[k], float)
         for d in D_GRID:
             r = a[a[:, 0] == d]
-            has = np.isfinite(r[:, 2])
-            e = r[:, 1] - d
-            out.append({"workers": k, "d": d, "traces": len(r), "bias": float(np.nanmean(e)),
-                        "bias_se": float(np.nanstd(e) / np.sqrt(np.isfinite(e).sum())),
-                        "coverage": float(np.mean((r[has, 2] <= d) & (d <= r[has, 3]))) if has.any() else float("nan"),
-                        "with_interval": float(has.mean()),
-                        "width": float(np.mean(r[has, 3] - r[has, 2])) if has.any() else float("nan")})
+            out.append({"workers": k, "d": d, "traces": len(r), **_error_stats(r[:, 1], r[:, 2], r[:, 3], d)})
     return {"rows": out, "streams": n_streams, "tuples_per_trace": tuples_per_trace, "packet": packet, "seed": seed,
             "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -390,12 +388,8 @@ def evaluate_grid_self_calibrated(rulers_per_cell: int = 400, tuples_per_ruler: 
         crb_rms = float(np.sqrt(np.mean(crb[s] ** 2)))
         row = {"d": d, "v0": v0, "bg": bg, "photons": ph, "eligible": crb_rms < d, "tol": max(1.0, 0.1 * crb_rms)}
         for tag, p in (("self", p_self), ("true", p_true)):
-            e = p.distance[s] - y[s]
-            lo, hi = p.lower[s], p.upper[s]
-            has = np.isfinite(lo)
-            row[f"bias_{tag}"] = float(e.mean())
-            row[f"rmse_{tag}"] = float(np.sqrt(np.mean(e ** 2)))
-            row[f"cov_{tag}"] = float(np.mean((lo[has] <= y[s][has]) & (y[s][has] <= hi[has]))) if has.any() else float("nan")
+            st = _error_stats(p.distance[s], p.lower[s], p.upper[s], y[s])
+            row[f"bias_{tag}"], row[f"rmse_{tag}"], row[f"cov_{tag}"] = st["bias"], st["rmse"], st["coverage"]
         row["rmse_ok"] = row["rmse_self"] <= 1.5 * row["rmse_true"]
         row["bias_ok"] = abs(row["bias_self"]) <= 1.5 * max(abs(row["bias_true"]), row["tol"])
         rows.append(row)
