@@ -12,11 +12,13 @@ class RingColumns:
     and a block larger than the capacity keeps only its tail, so memory never grows.
     """
 
-    def __init__(self, capacity: int, dtypes: dict[str, np.dtype | type]) -> None:
+    def __init__(self, capacity: int, dtypes: dict[str, np.dtype | type | tuple]) -> None:
+        """``dtypes``: column name -> dtype, or (dtype, row shape) for a column whose rows are arrays."""
         if capacity < 1:
             raise ValueError(f"ring capacity must be >= 1, got {capacity}")
         self.capacity = int(capacity)
-        self._cols = {name: np.zeros(self.capacity, dt) for name, dt in dtypes.items()}
+        self._cols = {name: (np.zeros((self.capacity, *dt[1]), dt[0]) if isinstance(dt, tuple)
+                             else np.zeros(self.capacity, dt)) for name, dt in dtypes.items()}
         self._head = 0  # next write position
         self._size = 0
         self.total = 0  # rows ever pushed

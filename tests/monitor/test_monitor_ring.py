@@ -29,3 +29,15 @@ def test_ring_rejects_mismatched_columns():
         ring.push(a=np.arange(3), b=np.arange(2))
     with pytest.raises(ValueError):
         RingColumns(0, {"a": np.int64})
+
+
+def test_columns_with_array_rows_wrap_like_scalar_ones():
+    """A (dtype, row shape) column keeps whole rows through wrap-around and overflow."""
+    ring = RingColumns(5, {"a": np.int64, "m": (np.float64, (2, 4))})
+    rows = np.arange(7 * 8, dtype=np.float64).reshape(7, 2, 4)
+    ring.push(a=np.arange(3), m=rows[:3])
+    ring.push(a=np.arange(3, 7), m=rows[3:])
+    assert list(ring.column("a")) == [2, 3, 4, 5, 6]
+    assert np.array_equal(ring.column("m"), rows[2:]) and np.array_equal(ring.column("m", last=2), rows[5:])
+    ring.push(a=np.arange(10), m=np.arange(80, dtype=np.float64).reshape(10, 2, 4))  # more than the capacity
+    assert np.array_equal(ring.column("m")[:, 0, 0], [40.0, 48.0, 56.0, 64.0, 72.0])

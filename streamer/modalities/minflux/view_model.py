@@ -30,7 +30,7 @@ COLUMNS = {
     "background": np.float32,
 }
 #: rows of the per-trace partial-sum table kept (partials.py): ~5 per packet of 1,000 tuples
-PARTIAL_COLUMNS = {"stream": np.int32, "trace": np.int64, "kind": np.uint8, "n": np.int64, "sums": np.float64}
+PARTIAL_COLUMNS = {"stream": np.int32, "trace": np.int64, "kind": np.uint8, "n": np.int64, "sums": (np.float64, (2, 4))}
 STATE_NAMES = {2: "2-on", 1: "1-on", 0: "background"}
 
 FLAG_NAMES = {
@@ -135,8 +135,7 @@ class MinfluxViewModel:
         self._max_traces = max_traces
         self.tuples = 0  # tuples ever ingested
         self.version = 0  # bumped on every change, so the GUI redraws only when needed
-        self.partials = RingColumns(max(1000, capacity), {k: v for k, v in PARTIAL_COLUMNS.items() if k != "sums"})
-        self._partial_sums = np.zeros((self.partials.capacity, 2, 4))  # ring slot -> (2, 4) sums
+        self.partials = RingColumns(max(1000, capacity), PARTIAL_COLUMNS)
         self._streams: dict[str, int] = {}
         self.newest_stream: str | None = None
 
@@ -151,36 +150,18 @@ class MinfluxViewModel:
         parts = [r for r in results if r.get("part_sums") is not None and len(r["part_sums"])]
         if parts:
             code = [self._streams.setdefault(str(r.get("stream", "")), len(self._streams)) for r in parts]
-            self._push_partials(np.concatenate([np.full(len(r["part_n"]), c, np.int32) for r, c in zip(parts, code)]),
-                                *(np.concatenate([np.asarray(r[k]).reshape(len(r["part_n"]), *shape) for r in parts])
-                                  for k, shape in (("part_trace", ()), ("part_kind", ()), ("part_n", ()),
-                                                   ("part_sums", (2, 4)))))
+            self.partials.push(stream=np.concatenate([np.full(len(r["part_n"]), c, np.int32)
+                                                      for r, c in zip(parts, code)]),
+                               **{k: np.concatenate([np.asarray(r[f"part_{k}"]).reshape(len(r["part_n"]), *shape)
+                                                     for r in parts])
+                                  for k, shape in (("trace", ()), ("kind", ()), ("n", ()), ("sums", (2, 4)))})
+            self.version += 1
         cols: dict[str, np.ndarray] = {}
         for key, (arg, dtype, fill) in RESULT_COLUMNS.items():
             if any(r.get(key) is not None for r in results):
                 cols[arg] = np.concatenate([np.asarray(r[key]).ravel() if r.get(key) is not None
                                             else np.full(len(r["distance"]), fill, dtype) for r in results])
         self.ingest(**cols)
-
-    def _push_partials(self, stream, trace, kind, n, sums) -> None:
-        """Partial-sum rows (the sums live beside the ring, in the slots it writes)."""
-        cap = self.partials.capacity
-        m = len(n)
-        if m > cap:
-            stream, trace, kind, n, sums = stream[-cap:], trace[-cap:], kind[-cap:], n[-cap:], sums[-cap:]
-            m = cap
-        slots = (self.partials.total + np.arange(m)) % cap
-        self._partial_sums[slots] = sums
-        self.partials.push(stream=stream, trace=trace, kind=kind, n=n)
-        self.version += 1
-
-    def _partial_rows(self) -> dict[str, np.ndarray]:
-        """The kept partial rows, oldest first, with their sums."""
-        rows = self.partials.columns()
-        k = len(self.partials)
-        slots = (self.partials.total - k + np.arange(k)) % self.partials.capacity
-        rows["sums"] = self._partial_sums[slots]
-        return rows
 
     def ingest(self, distance: np.ndarray, lower: np.ndarray | None = None, upper: np.ndarray | None = None,
                flags: np.ndarray | None = None, trace_id: np.ndarray | None = None,
@@ -339,7 +320,7 @@ class MinfluxViewModel:
         code = self._streams.get(out.stream)
         if code is None or not len(self.partials):
             return out
-        rows = self._partial_rows()
+        rows = self.partials.columns()
         mine = rows["stream"] == code
         cal = calibration(rows["trace"][mine], rows["kind"][mine], rows["n"][mine], rows["sums"][mine])
         out.v0, out.v0_se, out.calibrated = cal["v0"], cal["v0_se"], cal["calibrated"]
