@@ -57,15 +57,17 @@ _F32_K = np.float32(physics.K_NM)
 _SEP_SCALE = np.float32(physics.LAMBDA_NM / (2.0 * np.pi))
 
 
-def count_sums(counts: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n_tot (n,), per-axis totals (n, 2)) of float32 counts ``c`` = ``counts`` as float32.
+def count_sums(counts: np.ndarray, c: np.ndarray, totals: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(n_tot (n,), per-axis totals (n, 2)) of float32 counts ``c`` = ``counts`` as float32
+    (``totals``: :func:`.tuples.count_totals` of ``counts`` when the caller has them already).
 
     Integer counts sum exactly in any order below 2**24, so matrix products with ones (the totals by
     :func:`.tuples.count_totals`) give the very values of ``c.sum(...)``, several times faster than
     numpy's reduction over axes of length 3 and 6;
     non-integer input keeps numpy's own summation (its rounding is what the models were trained on)."""
     if np.asarray(counts).dtype.kind in "iu":
-        return count_totals(counts).astype(np.float32), c @ np.ones(3, np.float32)
+        n_tot = count_totals(counts) if totals is None else np.asarray(totals)
+        return n_tot.astype(np.float32), c @ np.ones(3, np.float32)
     return c.sum(axis=(1, 2)), c.sum(axis=2)
 
 

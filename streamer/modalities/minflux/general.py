@@ -158,10 +158,7 @@ def instrument_features(counts: np.ndarray, positions: np.ndarray, v0, backgroun
     c = counts.astype(np.float32)
     v0 = np.broadcast_to(np.asarray(v0, np.float32), (n,))
     b = np.broadcast_to(np.asarray(background, np.float32), (n,))
-    if totals is not None and np.asarray(counts).dtype.kind in "iu":  # the values count_sums would give
-        n_tot, n_axis = np.asarray(totals).astype(np.float32), c @ np.ones(3, np.float32)
-    else:
-        n_tot, n_axis = count_sums(counts, c)
+    n_tot, n_axis = count_sums(counts, c, totals)
     m0, m1, psi = harmonic_fit(c, positions, np.float32)
     denom = (m0 - b[:, None]) * v0[:, None]
     vis = np.where(denom > 0, m1 / np.where(denom > 0, denom, np.float32(1.0)), np.float32(0.0))
