@@ -48,4 +48,22 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(summary, fh, indent=1)
+    if args.out and rec.truth and args.repeat == 1:
+        _report(args, rec, specs[0])
     return 0 if summary["tuples"] == summary["publisher"]["tuples"] - summary["rejected_tuples"] else 1
+
+
+def _report(args: argparse.Namespace, rec, spec: str) -> None:
+    """A replay file that carries ground truth (a simulation, or real data converted with its truth,
+    e.g. ``streamer convert --modality smlm3d --truth``): the modality's accuracy report on the
+    persisted results, as ``streamer demo`` prints it."""
+    from ..core import registry
+    from ..pipeline.results import load_results
+
+    mod = registry.get(rec.modality)
+    if not hasattr(mod.commands, "report"):
+        return
+    rargs = argparse.Namespace(**vars(args))
+    rargs.predictor = spec.split(":", 1)[1] or mod.default_predictor
+    text, _ = mod.commands.report(rec, load_results(args.out, rec.modality), rargs)
+    print(text)

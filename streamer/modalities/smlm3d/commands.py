@@ -16,6 +16,55 @@ RESULTS_MD = Path(__file__).resolve().parents[3] / "bench" / "RESULTS.md"
 
 
 class SMLM3DCommands:
+    verbs = {"convert": "a camera stack (TIFF or .npy, ADU) [+ ground-truth ThunderSTORM CSV] -> replay file, "
+                        "playable with `streamer run/publish --modality smlm3d`"}
+
+    # ------------------------------------------------------------------ convert (real acquisitions)
+    def add_convert_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("stack", help="camera frames (n, height, width) in ADU: .tif/.tiff (multi-page) or .npy")
+        p.add_argument("output", help="replay file to write (.npz)")
+        p.add_argument("--truth", default=None, metavar="GT.csv",
+                       help="ground truth as a ThunderSTORM-style CSV (frame, x [nm], y [nm], z [nm], intensity "
+                            "[photon]; 1-based frames): `streamer run` then reports JI / RMSE against it")
+        p.add_argument("--instrument", default=None, metavar="PROFILE.toml",
+                       help="the camera's instrument profile: pixel size, baseline and gain from it (the options "
+                            "below override); serve it with `streamer worker --instrument PROFILE.toml`")
+        p.add_argument("--pixel-nm", type=float, default=None, help="pixel size in the sample (default 100)")
+        p.add_argument("--baseline", type=float, default=None, help="camera offset, ADU (default 100)")
+        p.add_argument("--adu-per-photon", type=float, default=None, help="camera gain, ADU per photon (default 1)")
+        p.add_argument("--first-frame", type=int, default=0, help="acquisition number of the stack's first frame")
+
+    def convert(self, args: argparse.Namespace) -> int:
+        from .loaders import load_stack, truth_from_csv
+
+        frames = load_stack(args.stack)
+        header = {"height": int(frames.shape[1]), "width": int(frames.shape[2]), "pixel_nm": 100.0,
+                  "baseline": 100.0, "adu_per_photon": 1.0}
+        meta = {"source": str(args.stack)}
+        if args.instrument:
+            from .instrument import header_of
+
+            inst = load_profile(args.instrument)
+            header.update(header_of(inst))
+            meta["instrument"] = {"name": inst.name, "hash": inst.hash, "values": dict(inst.values)}
+        for key in ("pixel_nm", "baseline", "adu_per_photon"):
+            v = getattr(args, key)
+            if v is not None:
+                header[key] = float(v)
+        if header["pixel_nm"] <= 0 or header["adu_per_photon"] <= 0:
+            raise ValueError("--pixel-nm and --adu-per-photon must be > 0")
+        truth = truth_from_csv(args.truth, len(frames)) if args.truth else {}
+        if args.truth:
+            meta["truth"] = str(args.truth)
+        ids = np.arange(args.first_frame, args.first_frame + len(frames), dtype=np.int64)
+        rec = Recording("smlm3d", "frames", {"frames": frames, "frame_id": ids}, header, truth, meta)
+        path = rec.save(args.output)
+        print(f"wrote {len(frames):,} frames of {frames.shape[1]}x{frames.shape[2]} "
+              f"({header['pixel_nm']:g} nm pixels, baseline {header['baseline']:g} ADU, "
+              f"{header['adu_per_photon']:g} ADU/photon)"
+              + (f" with {len(truth['x']):,} true emitters" if truth else "") + f" to {path}")
+        return 0
+
     # ------------------------------------------------------------------ simulate
     def add_simulate_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--frames", type=int, default=2000, help="64x64 frames")
@@ -90,8 +139,10 @@ class SMLM3DCommands:
     def describe(self, rec: Recording) -> str:
         if rec.meta.get("beads"):
             return f"bead z-stack of {len(rec):,} frames"
+        what = (f"({rec.meta.get('sampling')}, {rec.meta.get('snr')})" if "snr" in rec.meta
+                else f"(from {Path(rec.meta.get('source', '?')).name})")
         return (f"{len(rec):,} frames {rec.arrays['frames'].shape[1]}x{rec.arrays['frames'].shape[2]}, "
-                f"{len(rec.truth.get('x', ())):,} emitters ({rec.meta.get('sampling')}, {rec.meta.get('snr')})")
+                f"{len(rec.truth.get('x', ())):,} emitters {what}")
 
     def demo_predictor(self, args: argparse.Namespace) -> str:
         return "trees"

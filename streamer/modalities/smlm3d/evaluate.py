@@ -48,19 +48,24 @@ def score_cell(out: dict, truth: dict, pixel_nm: float = 100.0, psf=None) -> dic
         cov[c] = float(np.mean((T[it, k] >= lo) & (T[it, k] <= hi))) if len(ie) else float("nan")
     th = np.column_stack([truth["x"][it] / pixel_nm, truth["y"][it] / pixel_nm, truth["z"][it],
                           truth["photons"][it], truth["background"][truth["item"][it]]])
-    c = crlb(th, psf or DEFAULT_PSF, pixel_nm=pixel_nm, n_px=ROI, read_var=READ_VAR) if len(it) else np.zeros((0, 5))
+    # truth read from a user's CSV may lack photons / background: no CRLB for those emitters
+    known = np.isfinite(th).all(axis=1)
+    c = np.full((len(it), 5), np.nan)
+    if known.any():
+        c[known] = crlb(th[known], psf or DEFAULT_PSF, pixel_nm=pixel_nm, n_px=ROI, read_var=READ_VAR)
     # emitters with no other true emitter of their frame within ISOLATED_NM: where the isolated-emitter
     # CRLB is the attainable floor (closer pairs on a filament are not, whatever the estimator)
     iso = _isolated(truth)[it] if len(it) else np.zeros(0, bool)
     d = est[ie] - T[it]
-    if iso.any():
+    if (iso & known).any():
+        iso = iso & known
         a["ratio_lat_iso"] = float(np.sqrt(np.mean(d[iso, 0] ** 2 + d[iso, 1] ** 2))
                                    / np.sqrt(np.mean(c[iso, 0] ** 2 + c[iso, 1] ** 2)))
     else:
         a["ratio_lat_iso"] = float("nan")
     a["frac_iso"] = float(iso.mean()) if len(iso) else float("nan")
-    a.update(crlb_lat=float(np.sqrt(np.mean(c[:, 0] ** 2 + c[:, 1] ** 2))) if len(it) else float("nan"),
-             crlb_ax=float(np.sqrt(np.mean(c[:, 2] ** 2))) if len(it) else float("nan"),
+    a.update(crlb_lat=float(np.sqrt(np.mean(c[known, 0] ** 2 + c[known, 1] ** 2))) if known.any() else float("nan"),
+             crlb_ax=float(np.sqrt(np.mean(c[known, 2] ** 2))) if known.any() else float("nan"),
              cov_x=cov["x"], cov_y=cov["y"], cov_z=cov["z"])
     return a
 

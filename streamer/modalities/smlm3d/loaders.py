@@ -1,5 +1,6 @@
-"""ThunderSTORM CSV: export localizations for ImageJ/ThunderSTORM, SMAP, the SMLM Challenge tools,
-and read such tables back (e.g. ground truth or another package's localizations for comparison).
+"""Real data in and out: camera stacks (TIFF via ``tifffile``, or ``.npy``) to replay, and ThunderSTORM
+CSV: export localizations for ImageJ/ThunderSTORM, SMAP, the SMLM Challenge tools, and read such tables
+back (e.g. ground truth or another package's localizations for comparison).
 
 ThunderSTORM columns: ``"id","frame","x [nm]","y [nm]","z [nm]","sigma1 [nm]",...,"intensity [photon]",
 "offset [photon]","bkgstd [photon]","uncertainty [nm]"``; frames are 1-based. Only the columns we
@@ -14,6 +15,58 @@ from pathlib import Path
 import numpy as np
 
 from .localize import REJECTED
+
+def load_stack(path: str | Path) -> np.ndarray:
+    """A camera stack (frames, height, width) as uint16 ADU, from a (multi-page) TIFF or a ``.npy``.
+
+    A single 2D image is one frame. Integer data must lie in 0..65535 and float data must hold whole
+    numbers there (what a camera writes); anything else is refused with a message rather than
+    silently rounded or wrapped, since the fit's noise model is in ADU counts."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        a = np.asarray(tifffile.imread(str(path)))
+    elif suffix == ".npy":
+        a = np.load(path, allow_pickle=False)
+    else:
+        raise ValueError(f"{path}: expected a .tif/.tiff or .npy camera stack")
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3 or min(a.shape) < 1:
+        raise ValueError(f"{path}: expected frames (n, height, width), got shape {a.shape}")
+    if a.shape[1] < 13 or a.shape[2] < 13:
+        raise ValueError(f"{path}: frames of {a.shape[1]}x{a.shape[2]} pixels are smaller than one fit window (13x13)")
+    if a.dtype == np.uint16:
+        return a
+    if a.dtype.kind not in "uif":
+        raise ValueError(f"{path}: pixel type {a.dtype} is not camera counts")
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise ValueError(f"{path}: NaN or infinite pixels")
+        if not np.array_equal(a, np.round(a)):
+            raise ValueError(f"{path}: float pixels that are not whole ADU counts (give the raw camera stack)")
+    lo, hi = a.min(), a.max()
+    if lo < 0 or hi > 65535:
+        raise ValueError(f"{path}: pixel values {lo}..{hi} lie outside the 16-bit camera range 0..65535")
+    return a.astype(np.uint16)
+
+
+def truth_from_csv(path: str | Path, n_frames: int) -> dict[str, np.ndarray]:
+    """Ground truth for a converted stack from a ThunderSTORM-style CSV (e.g. the SMLM Challenge's
+    ``activations.csv`` exported with these headers): ``item``, ``x``, ``y``, ``z`` (0 if absent),
+    ``photons`` and per-frame ``background`` (NaN if absent: no CRLB is reported then)."""
+    t = read_thunderstorm_csv(path)
+    item = t["item"]
+    if len(item) and (item.min() < 0 or item.max() >= n_frames):
+        raise ValueError(f"{path}: frames {item.min() + 1}..{item.max() + 1} lie outside the stack's 1..{n_frames}")
+    m = len(item)
+    return {"item": item.astype(np.int64), "x": t["x"], "y": t["y"], "z": t.get("z", np.zeros(m)),
+            "photons": t.get("photons", np.full(m, np.nan)), "background": np.full(n_frames, np.nan)}
+
 
 #: our column -> ThunderSTORM header
 COLUMNS = {"frame": "frame", "x": "x [nm]", "y": "y [nm]", "z": "z [nm]", "photons": "intensity [photon]",

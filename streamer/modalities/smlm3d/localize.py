@@ -43,6 +43,9 @@ class Localizations:
     r0: np.ndarray
     c0: np.ndarray
     frame_bg: np.ndarray   # (n,) per-frame background estimate
+    #: pair fits: log-likelihood gap to the pair's best rival configuration (:func:`.mle.pair_alternatives`;
+    #: negative: a rival the data prefer but that cannot be reported); inf for single fits
+    pair_margin: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.item)
@@ -143,13 +146,14 @@ def localize(frames: np.ndarray, pixel_nm: float = 100.0, baseline: float = 100.
     th = f.theta
     xyz = np.column_stack([(c0 + th[:, 0]) * pixel_nm, (r0 + th[:, 1]) * pixel_nm, th[:, 2]])
     flags = _flags(f, cand, r0, c0, xyz, (H, W), pixel_nm)
+    margin = np.full(len(th), np.inf)
     if passes >= 2:
-        f, cand, rois, r0, c0, flags = _split_pairs(f, cand, rois, r0, c0, flags, psf, pixel_nm, n_iter)
+        f, cand, rois, r0, c0, flags, margin = _split_pairs(f, cand, rois, r0, c0, flags, psf, pixel_nm, n_iter)
         th = f.theta
         xyz = np.column_stack([(c0 + th[:, 0]) * pixel_nm, (r0 + th[:, 1]) * pixel_nm, th[:, 2]])
     sd = np.column_stack([f.sd[:, 0] * pixel_nm, f.sd[:, 1] * pixel_nm, f.sd[:, 2]])
     return Localizations(cand.item, xyz, th[:, 3].copy(), th[:, 4].copy(), sd, cand.snr, flags, f,
-                         rois, r0, c0, cand.bg)
+                         rois, r0, c0, cand.bg, margin)
 
 
 def _shift_own(r0_old, c0_old, r0_new, c0_new, th_old, psf, pixel_nm, m_total) -> np.ndarray:
@@ -178,15 +182,33 @@ def _split_pairs(f: mle.Fit, cand: Candidates, rois, r0, c0, flags, psf, pixel_n
     # missed emitters of close pairs on filaments); duplicates stay out (their partner is fitted)
     z_only = ((flags & Z_OUT) != 0) & ((flags & DUPLICATE) == 0)
     idx = np.nonzero((((flags & REJECTED) == 0) | z_only) & (chi2 > PAIR_CHI2))[0]
+    no_margin = np.full(M, np.inf)
     if len(idx) == 0:
-        return f, cand, rois, r0, c0, flags
+        return f, cand, rois, r0, c0, flags, no_margin
     th2, sd2, ll2, mu2 = mle.fit_pairs(rois[idx], f.theta[idx], psf, pixel_nm, PAIR_ITER)
-    inside = np.all((th2[:, [0, 1, 4, 5]] > 0) & (th2[:, [0, 1, 4, 5]] < R), axis=1)
-    ok = ((2 * (ll2 - f.loglik[idx]) > PAIR_LR) & (th2[:, 3] > 100) & (th2[:, 7] > 100) & inside
-          & (np.abs(th2[:, 2]) < Z_LIMIT) & (np.abs(th2[:, 6]) < Z_LIMIT))
+
+    def admissible(t):  # both emitters inside the ROI, bright enough, z within range
+        return (np.all((t[:, [0, 1, 4, 5]] > 0) & (t[:, [0, 1, 4, 5]] < R), axis=1) & (t[:, 3] > 100)
+                & (t[:, 7] > 100) & (np.abs(t[:, 2]) < Z_LIMIT) & (np.abs(t[:, 6]) < Z_LIMIT))
+
+    ok = (2 * (ll2 - f.loglik[idx]) > PAIR_LR) & admissible(th2)
     idx, th2, sd2, ll2, mu2 = idx[ok], th2[ok], sd2[ok], ll2[ok], mu2[ok]
     if len(idx) == 0:
-        return f, cand, rois, r0, c0, flags
+        return f, cand, rois, r0, c0, flags, no_margin
+    # look for each pair's rival configuration: a better one replaces the fit, and the gap between
+    # the two (pair_margin) says whether the data can tell them apart (apply() drops those it cannot)
+    margin = np.full(len(idx), np.inf)
+    sp = np.arange(len(idx))
+    if len(sp):
+        ta, la, ma, Ja = mle.pair_alternatives(rois[idx[sp]], th2[sp], ll2[sp], psf, pixel_nm, PAIR_ITER)
+        found = np.isfinite(la)
+        better = found & admissible(ta) & (la > ll2[sp])
+        # margin: the gap to the rival; negative where the data prefer a rival we cannot report (an
+        # emitter out of the z range or the ROI, too dim): this pair fit then has no standing
+        margin[sp[found]] = np.where(better, la - ll2[sp], ll2[sp] - la)[found]
+        b_ = sp[better]
+        th2[b_], ll2[b_], mu2[b_] = ta[better], la[better], ma[better]
+        sd2[b_] = mle.pair_sd(ma[better], Ja[better])
     b = th2[:, 8:9]
     theta = f.theta.copy()
     theta[idx] = np.hstack([th2[:, 0:4], b])
@@ -206,5 +228,6 @@ def _split_pairs(f: mle.Fit, cand: Candidates, rois, r0, c0, flags, psf, pixel_n
     nc = c0[idx] + np.floor(new_theta[:, 0]).astype(np.int32)
     cand = Candidates(np.append(cand.item, cand.item[idx]), np.append(cand.row, nr), np.append(cand.col, nc),
                       np.append(cand.snr, cand.snr[idx]), cand.bg)
+    no_margin[idx] = margin
     return (fit, cand, np.concatenate([rois, rois[idx]]), np.append(r0, r0[idx]), np.append(c0, c0[idx]),
-            np.append(flags, flags[idx]))
+            np.append(flags, flags[idx]), np.append(no_margin, margin))

@@ -38,6 +38,8 @@ BG_EDGES = (25.0, 100.0)         # background bins (photons/pixel)
 COVERAGE = 0.9
 PAIR_PRECISION_K = 3.0           # see imprecise_pairs
 PAIR_PRECISION_BIN = 1           # frame-crowding bins it applies to: <= 6 candidates per frame (rejected ones included)
+AMBIGUOUS_LL = 10.0              # see ambiguous: a pair fit whose rival optimum is within this log-likelihood
+MIN_PHOTONS = 50.0               # see ambiguous: fits of fewer photons than this (the fit's own rejection level)
 MIN_GROUP = 200                  # calibration scores a Mondrian group needs for its own quantile
 N_GROUPS = (len(BG_EDGES) + 1) * (len(COUNT_EDGES) + 1) * (len(NN_EDGES) + 1)
 
@@ -92,6 +94,19 @@ def imprecise_pairs(L: Localizations, count_bin: np.ndarray, pixel_nm: float, ps
     return out
 
 
+def ambiguous(L: Localizations, count_bin: np.ndarray) -> np.ndarray:
+    """Localizations the data cannot place: pair fits with a rival configuration
+    (:func:`.mle.pair_alternatives`) within AMBIGUOUS_LL log-likelihood units, or a better one that
+    cannot be reported (z mirrored or the pair axis turned: both fit the blob, and one of them is
+    60-125 nm off, measured at 20k photons), in every frame; and, in sparse frames (like
+    :func:`imprecise_pairs`, where the JI does not need them), fits of fewer than MIN_PHOTONS photons
+    (the leftovers of a close pair after the second pass, with CRLBs of 85-570 nm that made them
+    "good" to the classifier)."""
+    sparse = count_bin <= PAIR_PRECISION_BIN
+    margin = L.pair_margin if L.pair_margin is not None else np.full(len(L), np.inf)
+    return (margin < AMBIGUOUS_LL) | (sparse & (L.photons < MIN_PHOTONS))
+
+
 @dataclass
 class Bundle:
     """A loaded model bundle: regression + classification backends and the conformal table."""
@@ -144,5 +159,6 @@ def apply(L: Localizations, pixel_nm: float, b: "Bundle", psf=None) -> dict[str,
         thr = thr[cnt]
     flags |= np.where(score < thr, np.uint8(REJECTED), np.uint8(0))
     flags[imprecise_pairs(L, cnt, pixel_nm, psf)] |= REJECTED
+    flags[ambiguous(L, cnt)] |= REJECTED
     flags[(L.flags & DUPLICATE) != 0] |= REJECTED
     return {"xyz": xyz, "photons": photons, "half": half, "score": score, "flags": flags.astype(np.uint8), "X": X}
