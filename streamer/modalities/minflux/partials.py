@@ -150,23 +150,32 @@ def reduce(stream: np.ndarray, trace: np.ndarray, kind: np.ndarray, n: np.ndarra
     for s in np.unique(stream):
         ins = stream == s
         cal = calibration(trace[ins], kind[ins], n[ins], sums[ins])
-        v = min(cal["v0"], 1.0) if v0 is None else float(v0)  # v0 <= 1 physically (as the live path)
-        v_se = cal["v0_se"] if v0 is None else 0.0
         two = ins & (kind == STATE_TWO)
         for t in np.unique(trace[two]):
             rows = two & (trace == t)
-            if background is not None:
-                b_t, b_se = float(background), 0.0
-            else:
-                b_t, b_se = trace_background_and_se(cal["own_background"].get(int(t)), cal["background"],
-                                                    cal["background_se"], cal["background_spread"])
-            ok = np.isfinite(v) and np.isfinite(b_t)
-            est = (estimate_from_blocks(sums[rows], n[rows].astype(float), np.zeros((2, 4)), 0.0, v, b_t,
-                                        v_se if np.isfinite(v_se) else 0.0, b_se, min_blocks, sys_nm)
-                   if ok else (np.nan, np.nan, np.nan))
+            est, v, b_t = trace_answer(cal, int(t), sums[rows], n[rows], v0, background, min_blocks, sys_nm)
             for k, val in zip(("stream", "trace_id", "distance", "lower", "upper", "two_on_tuples", "blocks", "v0",
                                "background", "calibrated"),
                               (s, int(t), *est, int(n[rows].sum()), int(rows.sum()), v, b_t,
                                bool(cal["calibrated"] or v0 is not None))):
                 cols[k].append(val)
     return {k: np.asarray(v) for k, v in cols.items()}
+
+
+def trace_answer(cal: dict, trace: int, sums: np.ndarray, n: np.ndarray, v0: float | None = None,
+                 background: float | None = None, min_blocks: int = 4, sys_nm: float = 0.0):
+    """One trace's (distance, lower, upper) from its merged 2-on rows ``sums`` (k, 2, 4) of ``n`` (k,)
+    tuples, with its stream's :func:`calibration` ``cal`` (or the given ``v0`` / ``background``, then
+    exact); also returns the v0 and background used."""
+    v = min(cal["v0"], 1.0) if v0 is None else float(v0)  # v0 <= 1 physically (as the live path)
+    v_se = cal["v0_se"] if v0 is None else 0.0
+    if background is not None:
+        b_t, b_se = float(background), 0.0
+    else:
+        b_t, b_se = trace_background_and_se(cal["own_background"].get(int(trace)), cal["background"],
+                                            cal["background_se"], cal["background_spread"])
+    if not (np.isfinite(v) and np.isfinite(b_t)):
+        return (np.nan, np.nan, np.nan), v, b_t
+    est = estimate_from_blocks(np.asarray(sums, np.float64).reshape(-1, 2, 4), np.asarray(n, float), np.zeros((2, 4)),
+                               0.0, v, b_t, v_se if np.isfinite(v_se) else 0.0, b_se, min_blocks, sys_nm)
+    return est, v, b_t

@@ -310,7 +310,8 @@ class MinfluxViewModel:
 
     def instrument(self) -> Instrument:
         """Live calibration of the newest stream and the selected trace's merged answer."""
-        from .partials import calibration, reduce
+        from .partials import calibration, trace_answer
+        from .simulate import STATE_TWO
 
         out = Instrument(stream=self.newest_stream or "", trace=self.selected_trace)
         v0 = self.ring.column("v0", last=1)
@@ -326,16 +327,10 @@ class MinfluxViewModel:
         out.v0, out.v0_se, out.calibrated = cal["v0"], cal["v0_se"], cal["calibrated"]
         out.background, out.background_se = cal["background"], cal["background_se"]
         if self.selected_trace is not None:
-            sel = mine & (rows["trace"] == self.selected_trace)
+            # the trace's 2-on rows with the stream's calibration just computed (as `streamer traces`)
+            sel = mine & (rows["trace"] == self.selected_trace) & (rows["kind"] == STATE_TWO)
             if sel.any():
-                # the trace's rows plus the stream's calibration rows of other traces
-                use = sel | (mine & (rows["kind"] != 2))
-                red = reduce(np.zeros(int(use.sum()), np.int64), rows["trace"][use], rows["kind"][use],
-                             rows["n"][use], rows["sums"][use])
-                hit = np.flatnonzero(red["trace_id"] == self.selected_trace)
-                if len(hit):
-                    j = hit[0]
-                    out.trace_distance, out.trace_lower, out.trace_upper = (
-                        float(red["distance"][j]), float(red["lower"][j]), float(red["upper"][j]))
-                    out.trace_two_on = int(red["two_on_tuples"][j])
+                (d, lo, hi), *_ = trace_answer(cal, self.selected_trace, rows["sums"][sel], rows["n"][sel])
+                out.trace_distance, out.trace_lower, out.trace_upper = float(d), float(lo), float(hi)
+                out.trace_two_on = int(rows["n"][sel].sum())
         return out
