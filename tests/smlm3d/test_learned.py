@@ -174,3 +174,25 @@ def test_ambiguous_pairs_are_dropped_everywhere_dim_fits_in_sparse_frames():
                         photons=np.array([5000.0, 5000.0, 5000.0, 5000.0, 5000.0, 20.0, 20.0]))
     out = ambiguous(L, np.array([0, 1, 1, 2, 2, 0, 2]))
     np.testing.assert_array_equal(out, [False, True, False, True, True, True, False])
+
+
+def test_recalibration_keeps_ensembles_and_thresholds_and_redoes_quantiles(tmp_path):
+    """`streamer train --recalibrate`: the bundle's ensembles, correction weights and thresholds stay
+    byte for byte, the conformal quantiles are refitted on what the served model keeps."""
+    import json
+
+    from streamer.modalities.smlm3d.train import train_bundle
+
+    m1 = train_bundle("structure", "b", n_chunks=8, rounds=8, out_root=tmp_path, verbose=False, cal_factor=0.5)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "b").glob("*.ubj")}
+    q_old = np.asarray(m1["conformal"]["q"])
+    # pretend the bundle was calibrated with other quantiles: recalibration must restore them from data
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    man["conformal"]["q"] = (2.0 * q_old).tolist()
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(man))
+    m2 = train_bundle("structure", "b", n_chunks=8, rounds=8, out_root=tmp_path, verbose=False, cal_factor=0.5,
+                      recalibrate=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").glob("*.ubj")} == files
+    assert m2["score_threshold"] == m1["score_threshold"] and m2["shrink"] == m1["shrink"]
+    np.testing.assert_allclose(m2["conformal"]["q"], q_old, rtol=1e-3)
+    assert "recalibrated" in m2["conformal"]["calibrated_on"]

@@ -187,6 +187,9 @@ class SMLM3DCommands:
         p.add_argument("--out", type=Path, default=None,
                        help="bundle directory (default compiled_models/smlm3d/trees-<profile name> with --instrument)")
         p.add_argument("--tiny", action="store_true", help="a few chunks and trees (tests: plumbing, not accuracy)")
+        p.add_argument("--recalibrate", action="store_true",
+                       help="keep the shipped bundles' ensembles and score thresholds, redo only their conformal "
+                            "quantiles (after a change to what the served model keeps)")
 
     def train(self, args: argparse.Namespace) -> int:
         from .train import train_bundle
@@ -211,7 +214,8 @@ class SMLM3DCommands:
         todo = ["structure", "csr"] if args.sampling == "both" else [args.sampling]
         for s in todo:
             train_bundle(s, "trees-structure" if s == "structure" else "trees-csr", n_chunks=args.chunks,
-                         rounds=args.rounds, seed=args.seed + (0 if s == "structure" else 1))
+                         rounds=args.rounds, seed=args.seed + (0 if s == "structure" else 1),
+                         recalibrate=getattr(args, "recalibrate", False))
         return 0
 
     # ------------------------------------------------------------------ evaluate

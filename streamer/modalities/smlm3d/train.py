@@ -17,7 +17,7 @@ import numpy as np
 from .features import FEATURE_NAMES, features
 from .localize import DUPLICATE, REJECTED, localize
 from .metrics import LATERAL_TOL, efficiency, match
-from .model import BG_EDGES, COUNT_EDGES, MODEL_DIR, conformal_quantiles, groups
+from .model import BG_EDGES, COUNT_EDGES, MODEL_DIR, ambiguous, conformal_quantiles, groups, imprecise_pairs
 from .psf import DEFAULT_PSF
 from .simulate import SNR_LEVELS, SimConfig, simulate_frames
 
@@ -41,7 +41,7 @@ def make_dataset(sampling: str, n_chunks: int, frames_per_chunk: int = 50, seed:
     psf = psf or DEFAULT_PSF
     camera = camera or Camera()
     rng = np.random.default_rng(seed)
-    out: dict[str, list] = {k: [] for k in ("X", "t", "label", "chunk", "sd", "fit", "truth", "item",
+    out: dict[str, list] = {k: [] for k in ("X", "t", "label", "chunk", "sd", "fit", "truth", "item", "drop",
                                             "n_true", "frame_true", "frame_cand", "frame_chunk",
                                             "frame_mle_tp", "frame_mle_fp")}
     levels = list(SNR_LEVELS.values())
@@ -67,7 +67,11 @@ def make_dataset(sampling: str, n_chunks: int, frames_per_chunk: int = 50, seed:
         t[ie, 3] = np.log(truth["photons"][it] / np.maximum(L.photons[ie], 1.0)) / sd_logn
         tt = np.full((len(L), 3), np.nan)
         tt[ie] = T[it]
-        out["X"].append(X), out["t"].append(t), out["label"].append(label)
+        # what the served model rejects whatever the score (model.apply): duplicates, imprecise and
+        # ambiguous pairs; the conformal quantiles are fitted on the rest, as served
+        cnt = np.digitize(X[:, FEATURE_NAMES.index("frame_count")], COUNT_EDGES)
+        drop = ((L.flags & DUPLICATE) != 0) | imprecise_pairs(L, cnt, pixel_nm, psf) | ambiguous(L, cnt)
+        out["X"].append(X), out["t"].append(t), out["label"].append(label), out["drop"].append(drop)
         out["chunk"].append(np.full(len(L), c)), out["sd"].append(L.sd), out["fit"].append(L.xyz)
         out["truth"].append(tt), out["item"].append(L.item + c * frames_per_chunk)
         out["n_true"].append(np.array([len(T)]))
@@ -142,11 +146,14 @@ def choose_shrink(fit: np.ndarray, corr: np.ndarray, truth: np.ndarray, g: np.nd
 def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, rounds: int = 60,
                  out_root: Path = MODEL_DIR, verbose: bool = True, data: dict | None = None,
                  cal_factor: float = 2.0, psf=None, camera=None, pixel_nm: float = 100.0,
-                 instrument: dict | None = None, progress=None, nthread: int = 2) -> dict:
+                 instrument: dict | None = None, progress=None, nthread: int = 2,
+                 recalibrate: bool = False) -> dict:
     """Simulate (or take ``data`` from ``make_dataset``), train the three ensembles, calibrate, save.
 
     ``psf`` / ``camera`` / ``pixel_nm``: the instrument simulated (issue 14); ``instrument``: the
-    manifest's profile entry (hash, covered ranges); ``progress()``: called per simulated chunk."""
+    manifest's profile entry (hash, covered ranges); ``progress()``: called per simulated chunk.
+    ``recalibrate``: keep the bundle's ensembles, correction weights and score thresholds, redo only
+    the conformal quantiles (on the same simulations: what changed is what the served model keeps)."""
     import xgboost as xgb
 
     psf = psf or DEFAULT_PSF
@@ -161,6 +168,8 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
     if verbose:
         print(f"[{name}] {len(D['X'])} candidates ({lab.sum()} matched) from {n_chunks} chunks "
               f"in {time.perf_counter() - t0:.0f} s")
+    if recalibrate:
+        return _recalibrate(D, sampling, name, n_chunks, seed, out_root, cal_factor, sim, verbose, t0)
     params = dict(tree_method="hist", max_depth=6, eta=0.15, subsample=0.8, colsample_bytree=0.8,
                   min_child_weight=20, nthread=nthread, seed=seed)
     y = np.clip(D["t"][tr & lab], -20, 20)
@@ -232,24 +241,16 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
     # Calibration set: the held-out "conf" chunks plus CAL_FACTOR x n_chunks freshly simulated chunks
     # (own seed, so other structures): 36 groups need thousands of scores each for their quantiles
     # to land within ~1 % coverage (a few hundred left them +-3 % off, measured)
-    def kept_scores(X, fit, sd, truth, labelled, rows):
-        pr = reg.inplace_predict(X).reshape(len(X), 4)
-        sc = clf.inplace_predict(X)
-        lsc = scale.inplace_predict(X).reshape(len(X), 3)
-        g = groups(X)
-        est_c = fit + shrink[g] * pr[:, :3] * sd
-        b_, c_ = (np.digitize(np.exp(X[:, FEATURE_NAMES.index("log_bg")]), BG_EDGES),
-                  np.digitize(X[:, FEATURE_NAMES.index("frame_count")], COUNT_EDGES))
-        kept = (sc >= thr[b_, c_]) & ((X[:, FEATURE_NAMES.index("flags")].astype(int) & DUPLICATE) == 0)
-        use = labelled & kept & rows
-        return np.abs(truth[use] - est_c[use]) / (sd[use] * np.exp(lsc[use])), g[use]
+    def kept_scores(X, fit, sd, truth, labelled, rows, drop):
+        return _kept_scores((reg, clf, scale), shrink, thr, X, fit, sd, truth, labelled & rows & ~drop)
 
     n_cal = int(round(cal_factor * n_chunks))
     C = make_dataset(sampling, n_cal, seed=seed + 1_000_003, baseline=False, **sim) if n_cal else None
     s1, g1 = kept_scores(Xc, D["fit"][is_cal], D["sd"][is_cal], D["truth"][is_cal], lab_c,
-                         conf_chunks[D["chunk"][is_cal]])
+                         conf_chunks[D["chunk"][is_cal]], D["drop"][is_cal])
     if C is not None:
-        s2, g2 = kept_scores(C["X"], C["fit"], C["sd"], C["truth"], C["label"] == 1, np.ones(len(C["X"]), bool))
+        s2, g2 = kept_scores(C["X"], C["fit"], C["sd"], C["truth"], C["label"] == 1, np.ones(len(C["X"]), bool),
+                             C["drop"])
         s1, g1 = np.concatenate([s1, s2]), np.concatenate([g1, g2])
     q = conformal_quantiles(s1, g1)
     n_conf = len(s1)
@@ -268,7 +269,8 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
         "fit_iterations": N_ITER, "passes": PASSES, "psf": psf.to_dict(), "pixel_nm": pixel_nm,
         "conformal": {"level": 0.9, "score": "|truth - estimate| / (CRLB(fit) * exp(scale))",
                       "groups": "background [25, 100] x candidates/frame [3, 7] x nearest candidate px [3, 6, 12]",
-                      "calibrated_on": f"kept localizations: held-out chunks (c % 8 == 7) + {n_cal} fresh chunks",
+                      "calibrated_on": f"kept localizations (score above threshold; no duplicate, imprecise or "
+                                       f"ambiguous pair): held-out chunks (c % 8 == 7) + {n_cal} fresh chunks",
                       "scores": n_conf,
                       "q": q.round(4).tolist()},
         "training": {"chunks": n_chunks, "frames_per_chunk": 50, "candidates": int(len(D["X"])),
@@ -283,4 +285,54 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
     if verbose:
         size = sum(p.stat().st_size for p in out.glob("*.ubj"))
         print(f"[{name}] thresholds {thr.round(2).tolist()}, bundle {size / 1e6:.2f} MB, {time.perf_counter() - t0:.0f} s")
+    return manifest
+
+
+def _kept_scores(boosters, shrink, thr, X, fit, sd, truth, use):
+    """Conformal scores |truth - estimate| / (CRLB * exp(scale)) and groups of the localizations the
+    served model keeps (``use``: labelled, in the calibration rows, not dropped; and here: score above
+    its bin's threshold): calibrating on every matched candidate would let the rejected, badly fitted
+    ones inflate the quantiles and over-cover what is reported."""
+    reg, clf, scale = boosters
+    pr = reg.inplace_predict(X).reshape(len(X), 4)
+    sc = clf.inplace_predict(X)
+    lsc = scale.inplace_predict(X).reshape(len(X), 3)
+    g = groups(X)
+    est = fit + shrink[g] * pr[:, :3] * sd
+    b_, c_ = (np.digitize(np.exp(X[:, FEATURE_NAMES.index("log_bg")]), BG_EDGES),
+              np.digitize(X[:, FEATURE_NAMES.index("frame_count")], COUNT_EDGES))
+    use = use & (sc >= thr[b_, c_])
+    return np.abs(truth[use] - est[use]) / (sd[use] * np.exp(lsc[use])), g[use]
+
+
+def _recalibrate(D, sampling, name, n_chunks, seed, out_root, cal_factor, sim, verbose, t0) -> dict:
+    """:func:`train_bundle` with ``recalibrate``: new conformal quantiles for an existing bundle."""
+    import xgboost as xgb
+
+    out = Path(out_root) / name
+    manifest = json.loads((out / "manifest.json").read_text())
+    boosters = tuple(xgb.Booster(model_file=str(out / manifest[k])) for k in ("reg", "cls", "scale"))
+    shrink, thr = np.asarray(manifest["shrink"]), np.asarray(manifest["score_threshold"])
+    is_cal = (np.arange(n_chunks) % 4 == 3)[D["chunk"]]
+    conf = (np.arange(n_chunks) % 8 == 7)[D["chunk"]] & is_cal
+    lab = D["label"] == 1
+    s1, g1 = _kept_scores(boosters, shrink, thr, D["X"], D["fit"], D["sd"], D["truth"], lab & conf & ~D["drop"])
+    n_cal = int(round(cal_factor * n_chunks))
+    if n_cal:
+        C = make_dataset(sampling, n_cal, seed=seed + 1_000_003, baseline=False, **sim)
+        s2, g2 = _kept_scores(boosters, shrink, thr, C["X"], C["fit"], C["sd"], C["truth"],
+                              (C["label"] == 1) & ~C["drop"])
+        s1, g1 = np.concatenate([s1, s2]), np.concatenate([g1, g2])
+    q = conformal_quantiles(s1, g1)
+    old_q = np.asarray(manifest["conformal"]["q"])
+    manifest["conformal"].update(
+        q=q.round(4).tolist(), scores=len(s1),
+        calibrated_on=f"kept localizations (score above threshold; no duplicate, imprecise or ambiguous pair): "
+                      f"held-out chunks (c % 8 == 7) + {n_cal} fresh chunks; recalibrated "
+                      f"{time.strftime('%Y-%m-%d')}, ensembles and thresholds of {manifest['training'].get('seconds')} s "
+                      "training kept")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if verbose:
+        print(f"[{name}] recalibrated on {len(s1)} scores in {time.perf_counter() - t0:.0f} s; quantiles moved "
+              f"by median {np.median(q / old_q - 1):+.3f} (range {np.min(q / old_q - 1):+.3f}..{np.max(q / old_q - 1):+.3f})")
     return manifest
