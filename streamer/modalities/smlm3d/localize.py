@@ -197,18 +197,15 @@ def _split_pairs(f: mle.Fit, cand: Candidates, rois, r0, c0, flags, psf, pixel_n
         return f, cand, rois, r0, c0, flags, no_margin
     # look for each pair's rival configuration: a better one replaces the fit, and the gap between
     # the two (pair_margin) says whether the data can tell them apart (apply() drops those it cannot)
-    margin = np.full(len(idx), np.inf)
-    sp = np.arange(len(idx))
-    if len(sp):
-        ta, la, ma, Ja = mle.pair_alternatives(rois[idx[sp]], th2[sp], ll2[sp], psf, pixel_nm, PAIR_ITER)
-        found = np.isfinite(la)
-        better = found & admissible(ta) & (la > ll2[sp])
-        # margin: the gap to the rival; negative where the data prefer a rival we cannot report (an
-        # emitter out of the z range or the ROI, too dim): this pair fit then has no standing
-        margin[sp[found]] = np.where(better, la - ll2[sp], ll2[sp] - la)[found]
-        b_ = sp[better]
-        th2[b_], ll2[b_], mu2[b_] = ta[better], la[better], ma[better]
-        sd2[b_] = mle.pair_sd(ma[better], Ja[better])
+    ta, la, ma, Ja = mle.pair_alternatives(rois[idx], th2, ll2, psf, pixel_nm, PAIR_ITER)
+    found = np.isfinite(la)
+    better = found & admissible(ta) & (la > ll2)
+    # margin: the gap to the rival; negative where the data prefer a rival we cannot report (an
+    # emitter out of the z range or the ROI, too dim): this pair fit then has no standing
+    margin = np.where(found, np.where(better, la - ll2, ll2 - la), np.inf)
+    th2[better], mu2[better] = ta[better], ma[better]
+    sd2[better] = mle.pair_sd(ma[better], Ja[better])
+    ll2 = np.where(better, la, ll2)
     b = th2[:, 8:9]
     theta = f.theta.copy()
     theta[idx] = np.hstack([th2[:, 0:4], b])
