@@ -223,8 +223,6 @@ def pair_sd(mu: np.ndarray, J: np.ndarray) -> np.ndarray:
 #: z mirrored 236, mirrored + exchanged 193, turned + mirrored 207 of the rivals within 10 log-likelihood
 #: units; exchanged, turned, turned + exchanged 71, 59, 60, mostly the same rivals again)
 ALT_STARTS = ((True, False, False), (True, True, False), (True, False, True))
-
-
 ALT_PROBE_ITER = 4   # LM iterations every restart gets before the hopeless ones are dropped
 ALT_REACH = 40.0     # log-likelihood below the fit at which a restart is dropped after those
 
@@ -255,7 +253,7 @@ def pair_alternatives(rois: np.ndarray, theta: np.ndarray, ll: np.ndarray, psf: 
                                   np.abs(t[:, 2] - a[:, 2]) / 333.0, np.abs(t[:, 6] - b[:, 2]) / 333.0])
 
     # every restart of every row in one stacked LM (the LM is vectorised over rows: one call with
-    # 6 M rows costs far less than 6 calls of M rows)
+    # K M rows costs far less than K calls of M rows)
     starts = []
     for mirror, swap, turn in ALT_STARTS:
         t = theta.copy()

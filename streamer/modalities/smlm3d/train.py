@@ -190,9 +190,8 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
                        "multi_strategy": "one_output_per_tree"},
                       xgb.DMatrix(D["X"][tr & lab], label=ys), num_boost_round=max(rounds // 2, 10))
     # held-out chunks, two halves: "tune" picks the correction weights and the score thresholds,
-    # "conf" (never used for anything else) gives the conformal quantiles
+    # "conf" (c % 8 == 7, never used for anything else) gives the conformal quantiles (_conformal)
     tune_chunks = np.arange(n_chunks) % 8 == 3
-    conf_chunks = np.arange(n_chunks) % 8 == 7
     Xc = D["X"][is_cal]
     pred = reg.inplace_predict(Xc).reshape(len(Xc), 4)
     score = clf.inplace_predict(Xc)
@@ -235,25 +234,7 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
             tp_p = int((keep_p & lab_c[sel]).sum())
             ji_p = 100.0 * tp_p / max(n_true_k + int((keep_p & ~lab_c[sel]).sum()), 1)
             thr[j, k] = max(t_eff, t_prec) if (k > 0 or ji_p >= ji_mle) else t_eff
-    # conformal scores of the localizations that will be *kept* (score above its bin's threshold, not a
-    # duplicate): calibrating on every matched candidate would let the rejected, badly fitted ones
-    # inflate the quantiles and over-cover what is reported
-    # Calibration set: the held-out "conf" chunks plus CAL_FACTOR x n_chunks freshly simulated chunks
-    # (own seed, so other structures): 36 groups need thousands of scores each for their quantiles
-    # to land within ~1 % coverage (a few hundred left them +-3 % off, measured)
-    def kept_scores(X, fit, sd, truth, labelled, rows, drop):
-        return _kept_scores((reg, clf, scale), shrink, thr, X, fit, sd, truth, labelled & rows & ~drop)
-
-    n_cal = int(round(cal_factor * n_chunks))
-    C = make_dataset(sampling, n_cal, seed=seed + 1_000_003, baseline=False, **sim) if n_cal else None
-    s1, g1 = kept_scores(Xc, D["fit"][is_cal], D["sd"][is_cal], D["truth"][is_cal], lab_c,
-                         conf_chunks[D["chunk"][is_cal]], D["drop"][is_cal])
-    if C is not None:
-        s2, g2 = kept_scores(C["X"], C["fit"], C["sd"], C["truth"], C["label"] == 1, np.ones(len(C["X"]), bool),
-                             C["drop"])
-        s1, g1 = np.concatenate([s1, s2]), np.concatenate([g1, g2])
-    q = conformal_quantiles(s1, g1)
-    n_conf = len(s1)
+    q, n_conf, n_cal = _conformal((reg, clf, scale), shrink, thr, D, sampling, n_chunks, seed, cal_factor, sim)
     out = out_root / name
     out.mkdir(parents=True, exist_ok=True)
     reg.save_model(str(out / "reg.ubj"))
@@ -288,6 +269,24 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
     return manifest
 
 
+def _conformal(boosters, shrink, thr, D, sampling, n_chunks, seed, cal_factor, sim):
+    """(quantiles, scores, fresh chunks): the conformal step of :func:`train_bundle`.
+
+    Calibration set: the held-out "conf" chunks of ``D`` plus ``cal_factor`` x n_chunks freshly
+    simulated chunks (own seed, so other structures): 36 groups need thousands of scores each for
+    their quantiles to land within ~1 % coverage (a few hundred left them +-3 % off, measured)."""
+    conf = (np.arange(n_chunks) % 8 == 7)[D["chunk"]]   # a half of the calibration chunks (c % 4 == 3)
+    s, g = _kept_scores(boosters, shrink, thr, D["X"], D["fit"], D["sd"], D["truth"],
+                        (D["label"] == 1) & conf & ~D["drop"])
+    n_cal = int(round(cal_factor * n_chunks))
+    if n_cal:
+        C = make_dataset(sampling, n_cal, seed=seed + 1_000_003, baseline=False, **sim)
+        s2, g2 = _kept_scores(boosters, shrink, thr, C["X"], C["fit"], C["sd"], C["truth"],
+                              (C["label"] == 1) & ~C["drop"])
+        s, g = np.concatenate([s, s2]), np.concatenate([g, g2])
+    return conformal_quantiles(s, g), len(s), n_cal
+
+
 def _kept_scores(boosters, shrink, thr, X, fit, sd, truth, use):
     """Conformal scores |truth - estimate| / (CRLB * exp(scale)) and groups of the localizations the
     served model keeps (``use``: labelled, in the calibration rows, not dropped; and here: score above
@@ -313,26 +312,16 @@ def _recalibrate(D, sampling, name, n_chunks, seed, out_root, cal_factor, sim, v
     manifest = json.loads((out / "manifest.json").read_text())
     boosters = tuple(xgb.Booster(model_file=str(out / manifest[k])) for k in ("reg", "cls", "scale"))
     shrink, thr = np.asarray(manifest["shrink"]), np.asarray(manifest["score_threshold"])
-    is_cal = (np.arange(n_chunks) % 4 == 3)[D["chunk"]]
-    conf = (np.arange(n_chunks) % 8 == 7)[D["chunk"]] & is_cal
-    lab = D["label"] == 1
-    s1, g1 = _kept_scores(boosters, shrink, thr, D["X"], D["fit"], D["sd"], D["truth"], lab & conf & ~D["drop"])
-    n_cal = int(round(cal_factor * n_chunks))
-    if n_cal:
-        C = make_dataset(sampling, n_cal, seed=seed + 1_000_003, baseline=False, **sim)
-        s2, g2 = _kept_scores(boosters, shrink, thr, C["X"], C["fit"], C["sd"], C["truth"],
-                              (C["label"] == 1) & ~C["drop"])
-        s1, g1 = np.concatenate([s1, s2]), np.concatenate([g1, g2])
-    q = conformal_quantiles(s1, g1)
+    q, n_scores, n_cal = _conformal(boosters, shrink, thr, D, sampling, n_chunks, seed, cal_factor, sim)
     old_q = np.asarray(manifest["conformal"]["q"])
     manifest["conformal"].update(
-        q=q.round(4).tolist(), scores=len(s1),
+        q=q.round(4).tolist(), scores=n_scores,
         calibrated_on=f"kept localizations (score above threshold; no duplicate, imprecise or ambiguous pair): "
                       f"held-out chunks (c % 8 == 7) + {n_cal} fresh chunks; recalibrated "
                       f"{time.strftime('%Y-%m-%d')}, ensembles and thresholds of {manifest['training'].get('seconds')} s "
                       "training kept")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     if verbose:
-        print(f"[{name}] recalibrated on {len(s1)} scores in {time.perf_counter() - t0:.0f} s; quantiles moved "
+        print(f"[{name}] recalibrated on {n_scores} scores in {time.perf_counter() - t0:.0f} s; quantiles moved "
               f"by median {np.median(q / old_q - 1):+.3f} (range {np.min(q / old_q - 1):+.3f}..{np.max(q / old_q - 1):+.3f})")
     return manifest
