@@ -196,3 +196,71 @@ def test_recalibration_keeps_ensembles_and_thresholds_and_redoes_quantiles(tmp_p
     assert m2["score_threshold"] == m1["score_threshold"] and m2["shrink"] == m1["shrink"]
     np.testing.assert_allclose(m2["conformal"]["q"], q_old, rtol=1e-3)
     assert "recalibrated" in m2["conformal"]["calibrated_on"]
+
+
+def _tuning_bin(rng, n_true=1000, n_bad=60, n_false=100, mle_tp=940, mle_fp=30, bg=0, cnt=0):
+    """A synthetic tuning set with one populated (background, crowding) bin: good localizations score
+    high, merged pairs (matched but tens of nm off) and false candidates score low."""
+    good = rng.uniform(0.55, 1.0, n_true - n_bad)
+    bad = rng.uniform(0.0, 0.7, n_bad)
+    false = rng.uniform(0.0, 0.4, n_false)
+    score = np.concatenate([good, bad, false]).astype(np.float32)
+    label = np.r_[np.ones(n_true, bool), np.zeros(n_false, bool)]
+    is_good = np.r_[np.ones(len(good), bool), np.zeros(n_bad + n_false, bool)]
+    err = np.r_[np.abs(rng.normal(0, 5, len(good))), np.full(n_bad, 12.0), np.zeros(n_false)]
+    m = len(score)
+    frames = 1000
+    return {"score": score, "label": label, "good": is_good, "err_lat": np.abs(err), "err_ax": np.abs(err),
+            "bg": np.full(m, bg), "cnt": np.full(m, cnt),
+            "f_true": np.full(frames, n_true // frames), "f_tp": np.full(frames, mle_tp / frames),
+            "f_fp": np.full(frames, mle_fp / frames), "f_bg": np.full(frames, bg), "f_cnt": np.full(frames, cnt)}
+
+
+def test_sparse_threshold_is_the_most_precise_cut_within_the_mle_jaccard():
+    """Sparse frames: the threshold is the highest grid cut (up to the score keeping 97 % of the good
+    localizations) whose Jaccard index is still the one-pass MLE's or more; not the efficiency cut."""
+    from streamer.modalities.smlm3d.train import GOOD_KEEP, _choose_threshold, _thresholds
+
+    T = _tuning_bin(np.random.default_rng(0))
+    thr = _thresholds(T)[0, 0]
+    n_true = int(T["f_true"].sum())
+    ji_mle = 100.0 * T["f_tp"].sum() / (n_true + T["f_fp"].sum())
+
+    def ji(t):
+        keep = T["score"] >= t
+        return 100.0 * (keep & T["label"]).sum() / (n_true + (keep & ~T["label"]).sum())
+
+    t_prec = np.quantile(T["score"][T["good"]], 1.0 - GOOD_KEEP)
+    grid = np.linspace(0.02, 0.99, 98)
+    assert ji(thr) >= ji_mle
+    above = grid[(grid > thr + 1e-9) & (grid <= t_prec)]
+    assert all(ji(t) < ji_mle for t in above)
+    t_eff = _choose_threshold(T["score"], T["label"].astype(int), T["err_lat"], T["err_ax"], n_true, ji_mle)
+    assert thr > t_eff + 0.1   # the efficiency cut alone keeps merged pairs the precise one drops
+    # a floor no cut reaches: the efficiency cut (itself never below the floor where one is possible)
+    hard = _tuning_bin(np.random.default_rng(0), mle_tp=999, mle_fp=0)
+    assert _thresholds(hard)[0, 0] == pytest.approx(
+        _choose_threshold(hard["score"], hard["label"].astype(int), hard["err_lat"], hard["err_ax"], n_true, 99.9))
+
+
+def test_retune_keeps_ensembles_and_restores_the_training_thresholds(tmp_path):
+    """`streamer train --retune`: ensembles and correction weights stay byte for byte; the score
+    thresholds are chosen again with training's rule on training's tuning set (so they come back to
+    the freshly trained bundle's values), and the conformal quantiles are refitted."""
+    import json
+
+    from streamer.modalities.smlm3d.train import train_bundle
+
+    m1 = train_bundle("structure", "b", n_chunks=8, rounds=8, out_root=tmp_path, verbose=False, cal_factor=0.5)
+    assert "sparse chunks" in m1["score_threshold_tuning"]
+    files = {p.name: p.read_bytes() for p in (tmp_path / "b").glob("*.ubj")}
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    man["score_threshold"] = np.full((3, 3), 0.5).tolist()
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(man))
+    m2 = train_bundle("structure", "b", n_chunks=8, rounds=8, out_root=tmp_path, verbose=False, cal_factor=0.5,
+                      retune=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").glob("*.ubj")} == files
+    assert m2["shrink"] == m1["shrink"]
+    np.testing.assert_allclose(m2["score_threshold"], m1["score_threshold"])
+    np.testing.assert_allclose(m2["conformal"]["q"], m1["conformal"]["q"], rtol=1e-3)
+    assert "retuned" in m2["score_threshold_tuning"]

@@ -190,6 +190,9 @@ class SMLM3DCommands:
         p.add_argument("--recalibrate", action="store_true",
                        help="keep the shipped bundles' ensembles and score thresholds, redo only their conformal "
                             "quantiles (after a change to what the served model keeps)")
+        p.add_argument("--retune", action="store_true",
+                       help="keep the shipped bundles' ensembles and correction weights, choose their score thresholds "
+                            "anew (held-out and sparse tuning simulations), then redo their conformal quantiles")
 
     def train(self, args: argparse.Namespace) -> int:
         from .train import train_bundle
@@ -215,7 +218,7 @@ class SMLM3DCommands:
         for s in todo:
             train_bundle(s, "trees-structure" if s == "structure" else "trees-csr", n_chunks=args.chunks,
                          rounds=args.rounds, seed=args.seed + (0 if s == "structure" else 1),
-                         recalibrate=getattr(args, "recalibrate", False))
+                         recalibrate=getattr(args, "recalibrate", False), retune=getattr(args, "retune", False))
         return 0
 
     # ------------------------------------------------------------------ evaluate
@@ -243,10 +246,11 @@ class SMLM3DCommands:
         if not args.no_write:
             from ...core.results_md import write_sections
 
+            tuning = preds["trees"].bundle.manifest.get("score_threshold_tuning", "held-out chunks")
             body = (f"## smlm3d: SNR x density ({args.test_sampling} test frames)\n\n"
                     f"`streamer evaluate --modality smlm3d --emitters {args.emitters} --test-sampling "
                     f"{args.test_sampling} --densities {args.densities}`; trees = structure-trained bundle, frames/s = one core, "
-                    f"whole predictor (detection + fit + trees)\n\n{text}\n\n"
+                    f"whole predictor (detection + fit + trees); score thresholds tuned on {tuning}\n\n{text}\n\n"
                     + "\n".join(f"- {c}" for c in checks))
             write_sections(RESULTS_MD, {f"## smlm3d: SNR x density ({args.test_sampling} test frames)": body})
         return 0

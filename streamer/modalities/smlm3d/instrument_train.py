@@ -22,19 +22,19 @@ def train_for_profile(profile, out_dir: Path, config: dict | None = None, seed: 
                       nthread: int = 2) -> tuple[dict, float]:
     """Train, calibrate (conformal) and write the bundle for ``profile``; (manifest, seconds)."""
     from .instrument import camera_of, coverage_around, psf_of
-    from .train import train_bundle
+    from .train import SPARSE_FACTOR, train_bundle
 
     cfg = {**PROFILE_CONFIG, **(config or {})}
     entry = {**coverage_around(profile).to_manifest(), "values": dict(profile.values),
              "provenance": dict(profile.provenance)}
     out_dir = Path(out_dir)
     n_chunks = int(cfg["n_chunks"])
-    n_sim = n_chunks + int(round(cfg["cal_factor"] * n_chunks))
+    n_sim = n_chunks + int(round(cfg["cal_factor"] * n_chunks)) + int(round(SPARSE_FACTOR * n_chunks))
     bar = tick = None
     if progress:
         from tqdm import tqdm
 
-        # one step per simulated + localized chunk (training and calibration sets): most of the time
+        # one step per simulated + localized chunk (training, sparse tuning and calibration sets): most of the time
         bar = tqdm(total=n_sim, desc=f"train smlm3d for {profile.name}", unit="chunk")
         tick = bar.update
     t0 = time.time()

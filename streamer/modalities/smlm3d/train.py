@@ -27,15 +27,18 @@ PASSES = 2
 # GOOD_SD x the CRLB's lateral sd + GOOD_LAT_NM, axial below GOOD_SD_Z x sd_z + GOOD_AX_NM
 GOOD_SD, GOOD_LAT_NM, GOOD_SD_Z, GOOD_AX_NM = 3.0, 5.0, 4.0, 10.0
 GOOD_KEEP = 0.97   # score thresholds keep at least this share of the good localizations' scores above
+# sparse tuning simulation (SPARSE_FACTOR x the training chunks, densities SPARSE_DENSITY): the sparse-frame
+# thresholds were otherwise chosen on ~250 emitters per SNR, too few to see the merged pairs they must drop
+SPARSE_FACTOR, SPARSE_DENSITY = 0.75, (0.3, 1.5)
 
 
 def make_dataset(sampling: str, n_chunks: int, frames_per_chunk: int = 50, seed: int = 0,
                  pixel_nm: float = 100.0, baseline: bool = True, psf=None, camera=None,
-                 progress=None) -> dict[str, np.ndarray]:
+                 progress=None, density_range: tuple[float, float] = (0.3, 16.0)) -> dict[str, np.ndarray]:
     """Features, targets (residual / CRLB), match labels and chunk ids of simulated candidates
     (``baseline``: also the one-pass MLE's per-frame TP / FP on the same frames). ``psf`` / ``camera``:
     the instrument simulated (default: the nominal one; issue 14 trains for a user's profile);
-    ``progress()`` is called once per chunk."""
+    ``progress()`` is called once per chunk; each chunk's density is log-uniform in ``density_range``."""
     from .simulate import Camera
 
     psf = psf or DEFAULT_PSF
@@ -47,7 +50,7 @@ def make_dataset(sampling: str, n_chunks: int, frames_per_chunk: int = 50, seed:
     levels = list(SNR_LEVELS.values())
     for c in range(n_chunks):
         N, b = levels[c % len(levels)]
-        dens = float(np.exp(rng.uniform(np.log(0.3), np.log(16.0))))
+        dens = float(np.exp(rng.uniform(np.log(density_range[0]), np.log(density_range[1]))))
         cfg = SimConfig(n_frames=frames_per_chunk, photons=N, background=b, density=dens,
                         sampling=sampling, structure_every=1, seed=int(rng.integers(1 << 31)),
                         pixel_nm=pixel_nm, psf=psf, camera=camera)
@@ -147,13 +150,14 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
                  out_root: Path = MODEL_DIR, verbose: bool = True, data: dict | None = None,
                  cal_factor: float = 2.0, psf=None, camera=None, pixel_nm: float = 100.0,
                  instrument: dict | None = None, progress=None, nthread: int = 2,
-                 recalibrate: bool = False) -> dict:
+                 recalibrate: bool = False, retune: bool = False) -> dict:
     """Simulate (or take ``data`` from ``make_dataset``), train the three ensembles, calibrate, save.
 
     ``psf`` / ``camera`` / ``pixel_nm``: the instrument simulated (issue 14); ``instrument``: the
     manifest's profile entry (hash, covered ranges); ``progress()``: called per simulated chunk.
     ``recalibrate``: keep the bundle's ensembles, correction weights and score thresholds, redo only
-    the conformal quantiles (on the same simulations: what changed is what the served model keeps)."""
+    the conformal quantiles (on the same simulations: what changed is what the served model keeps);
+    ``retune``: the same, with the score thresholds chosen anew (:func:`_thresholds`) first."""
     import xgboost as xgb
 
     psf = psf or DEFAULT_PSF
@@ -168,8 +172,8 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
     if verbose:
         print(f"[{name}] {len(D['X'])} candidates ({lab.sum()} matched) from {n_chunks} chunks "
               f"in {time.perf_counter() - t0:.0f} s")
-    if recalibrate:
-        return _recalibrate(D, sampling, name, n_chunks, seed, out_root, cal_factor, sim, verbose, t0)
+    if recalibrate or retune:
+        return _recalibrate(D, sampling, name, n_chunks, seed, out_root, cal_factor, sim, verbose, t0, retune)
     params = dict(tree_method="hist", max_depth=6, eta=0.15, subsample=0.8, colsample_bytree=0.8,
                   min_child_weight=20, nthread=nthread, seed=seed)
     y = np.clip(D["t"][tr & lab], -20, 20)
@@ -178,10 +182,7 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
                     xgb.DMatrix(D["X"][tr & lab], label=y), num_boost_round=rounds)
     # score = P(a *good* localization): matched, and not one of a merged pair (errors of many CRLBs),
     # so the efficiency-tuned cut can drop the fits that dominate the RMSE
-    tt = np.nan_to_num(np.abs(D["t"][:, :3]), nan=np.inf)
-    err_nm = tt * D["sd"]
-    good = lab & (np.hypot(err_nm[:, 0], err_nm[:, 1]) < GOOD_SD * np.hypot(D["sd"][:, 0], D["sd"][:, 1]) + GOOD_LAT_NM) \
-        & (err_nm[:, 2] < GOOD_SD_Z * D["sd"][:, 2] + GOOD_AX_NM)
+    good = _good(D)
     clf = xgb.train({**params, "max_depth": 5, "objective": "binary:logistic", "eval_metric": "logloss"},
                     xgb.DMatrix(D["X"][tr], label=good[tr].astype(np.float32)), num_boost_round=rounds)
     # typical |error| / CRLB of the fit (log), the conformal normaliser
@@ -194,46 +195,13 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
     tune_chunks = np.arange(n_chunks) % 8 == 3
     Xc = D["X"][is_cal]
     pred = reg.inplace_predict(Xc).reshape(len(Xc), 4)
-    score = clf.inplace_predict(Xc)
-    ls = scale.inplace_predict(Xc).reshape(len(Xc), 3)
     gc = groups(Xc)
-    lab_c = lab[is_cal]
     in_tune = tune_chunks[D["chunk"][is_cal]]
-    good_c = good[is_cal]
     shrink = choose_shrink(D["fit"][is_cal], pred[:, :3] * D["sd"][is_cal], D["truth"][is_cal], gc,
-                           lab_c & in_tune)
-    est = D["fit"][is_cal] + shrink[gc] * pred[:, :3] * D["sd"][is_cal]
-    err = D["truth"][is_cal] - est
-    err_lat = np.nan_to_num(np.hypot(err[:, 0], err[:, 1]))
-    err_ax = np.nan_to_num(err[:, 2])
-    # one threshold per background level x frame-crowding bin (both observable: the fitted background
-    # and the candidates of the frame): isolated emitters tolerate a stricter cut than crowds, and the
-    # classifier's scores of good localizations run lower at 1k photons than at 20k
-    levels = list(SNR_LEVELS.values())
-    chunk_bg = np.digitize([levels[c % len(levels)][1] for c in range(n_chunks)], BG_EDGES)
-    fbg = chunk_bg[D["frame_chunk"]]
-    fbin = np.digitize(D["frame_cand"], COUNT_EDGES)
-    ftune = tune_chunks[D["frame_chunk"]]
-    cbin = np.digitize(Xc[:, FEATURE_NAMES.index("frame_count")], COUNT_EDGES)
-    bbin = np.digitize(np.exp(Xc[:, FEATURE_NAMES.index("log_bg")]), BG_EDGES)
-    thr = np.zeros((len(BG_EDGES) + 1, len(COUNT_EDGES) + 1))
-    for j in range(len(BG_EDGES) + 1):
-        for k in range(len(COUNT_EDGES) + 1):
-            fr = ftune & (fbin == k) & (fbg == j)
-            sel = in_tune & (cbin == k) & (bbin == j)
-            n_true_k = int(D["frame_true"][fr].sum())
-            ji_mle = 100.0 * D["frame_mle_tp"][fr].sum() / max(n_true_k + D["frame_mle_fp"][fr].sum(), 1)
-            t_eff = _choose_threshold(score[sel], lab_c[sel].astype(int), err_lat[sel], err_ax[sel], n_true_k,
-                                      ji_mle if k == 0 else -np.inf)
-            # precision first: cut at least up to the score that keeps GOOD_KEEP of the good localizations
-            # (the 3D efficiency barely sees a few merged close pairs at 20k photons, yet their 30-nm
-            # errors are ~10 CRLBs), unless that drops the sparse frames' JI below the MLE baseline's
-            g_sc = score[sel & good_c]
-            t_prec = float(np.quantile(g_sc, 1.0 - GOOD_KEEP)) if len(g_sc) >= 50 else t_eff
-            keep_p = score[sel] >= t_prec
-            tp_p = int((keep_p & lab_c[sel]).sum())
-            ji_p = 100.0 * tp_p / max(n_true_k + int((keep_p & ~lab_c[sel]).sum()), 1)
-            thr[j, k] = max(t_eff, t_prec) if (k > 0 or ji_p >= ji_mle) else t_eff
+                           lab[is_cal] & in_tune)
+    S = make_dataset(sampling, int(round(SPARSE_FACTOR * n_chunks)), seed=seed + 2_000_003,
+                     density_range=SPARSE_DENSITY, **sim) if SPARSE_FACTOR else None
+    thr = _thresholds(_tuning_set((reg, clf), shrink, D, tune_chunks, S))
     q, n_conf, n_cal = _conformal((reg, clf, scale), shrink, thr, D, sampling, n_chunks, seed, cal_factor, sim)
     out = out_root / name
     out.mkdir(parents=True, exist_ok=True)
@@ -246,6 +214,8 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
         "reg_targets": ["dx/sd_x", "dy/sd_y", "dz/sd_z", "dlogN/sd_logN"],
         "score_threshold": thr.round(3).tolist(),
         "score_threshold_bins": f"background {list(BG_EDGES)} x candidates/frame {list(COUNT_EDGES)}",
+        "score_threshold_tuning": f"held-out chunks (c % 8 == 3) + {0 if S is None else int(S['chunk'].max()) + 1} "
+                                  f"sparse chunks (density {SPARSE_DENSITY[0]}-{SPARSE_DENSITY[1]}/frame)",
         "shrink": shrink.round(2).tolist(),
         "fit_iterations": N_ITER, "passes": PASSES, "psf": psf.to_dict(), "pixel_nm": pixel_nm,
         "conformal": {"level": 0.9, "score": "|truth - estimate| / (CRLB(fit) * exp(scale))",
@@ -267,6 +237,79 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
         size = sum(p.stat().st_size for p in out.glob("*.ubj"))
         print(f"[{name}] thresholds {thr.round(2).tolist()}, bundle {size / 1e6:.2f} MB, {time.perf_counter() - t0:.0f} s")
     return manifest
+
+
+def _good(D: dict) -> np.ndarray:
+    """The classifier's positive class: matched, and not one of a merged pair (errors of many CRLBs)."""
+    tt = np.nan_to_num(np.abs(D["t"][:, :3]), nan=np.inf)
+    err_nm = tt * D["sd"]
+    return (D["label"] == 1) \
+        & (np.hypot(err_nm[:, 0], err_nm[:, 1]) < GOOD_SD * np.hypot(D["sd"][:, 0], D["sd"][:, 1]) + GOOD_LAT_NM) \
+        & (err_nm[:, 2] < GOOD_SD_Z * D["sd"][:, 2] + GOOD_AX_NM)
+
+
+def _tuning_set(boosters, shrink, D: dict, tune_chunks: np.ndarray, S: dict | None = None) -> dict:
+    """What the score thresholds are chosen on: the candidates and frames of ``D``'s tune chunks, plus
+    every candidate and frame of ``S`` (the sparse tuning simulation). Per candidate: score, matched,
+    good, lateral / axial error of the corrected estimate, background and crowding bin; per frame:
+    true emitters, the one-pass MLE's TP / FP, background and crowding bin."""
+    reg, clf = boosters[:2]
+    levels = list(SNR_LEVELS.values())
+    parts = []
+    for data, chunks in ((D, tune_chunks), (S, None)):
+        if data is None:
+            continue
+        n_chunks = int(data["frame_chunk"].max()) + 1
+        rows = np.ones(len(data["X"]), bool) if chunks is None else chunks[data["chunk"]]
+        frames = np.ones(len(data["frame_chunk"]), bool) if chunks is None else chunks[data["frame_chunk"]]
+        X = data["X"][rows]
+        pred = reg.inplace_predict(X).reshape(len(X), 4)
+        est = data["fit"][rows] + shrink[groups(X)] * pred[:, :3] * data["sd"][rows]
+        err = data["truth"][rows] - est
+        chunk_bg = np.digitize([levels[c % len(levels)][1] for c in range(n_chunks)], BG_EDGES)
+        parts.append({
+            "score": clf.inplace_predict(X), "label": data["label"][rows] == 1, "good": _good(data)[rows],
+            "err_lat": np.nan_to_num(np.hypot(err[:, 0], err[:, 1])), "err_ax": np.nan_to_num(err[:, 2]),
+            "bg": np.digitize(np.exp(X[:, FEATURE_NAMES.index("log_bg")]), BG_EDGES),
+            "cnt": np.digitize(X[:, FEATURE_NAMES.index("frame_count")], COUNT_EDGES),
+            "f_true": data["frame_true"][frames], "f_tp": data["frame_mle_tp"][frames],
+            "f_fp": data["frame_mle_fp"][frames], "f_bg": chunk_bg[data["frame_chunk"][frames]],
+            "f_cnt": np.digitize(data["frame_cand"][frames], COUNT_EDGES)})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _thresholds(T: dict) -> np.ndarray:
+    """One score threshold per background level x frame-crowding bin (both observable: the fitted
+    background and the candidates of the frame), chosen on the tuning set ``T`` (:func:`_tuning_set`).
+
+    Crowded frames: the cut maximising the 3D efficiency, raised to the score that keeps GOOD_KEEP of
+    the good localizations (the efficiency barely sees a few merged close pairs at 20k photons, yet
+    their 30-nm errors are ~10 CRLBs). Sparse frames (<= 2 candidates): precision first within the
+    physics baseline's detections: the highest cut up to that GOOD_KEEP score whose Jaccard index
+    on the same frames stays at least the one-pass MLE's (never the efficiency cut alone: there
+    isolated emitters dominate, and the few merged pairs it keeps dominate the RMSE)."""
+    thr = np.zeros((len(BG_EDGES) + 1, len(COUNT_EDGES) + 1))
+    grid = np.linspace(0.02, 0.99, 98)
+    for j in range(len(BG_EDGES) + 1):
+        for k in range(len(COUNT_EDGES) + 1):
+            fr = (T["f_cnt"] == k) & (T["f_bg"] == j)
+            sel = (T["cnt"] == k) & (T["bg"] == j)
+            n_true = int(T["f_true"][fr].sum())
+            ji_mle = 100.0 * T["f_tp"][fr].sum() / max(n_true + T["f_fp"][fr].sum(), 1)
+            score, label = T["score"][sel], T["label"][sel]
+            t_eff = _choose_threshold(score, label.astype(int), T["err_lat"][sel], T["err_ax"][sel], n_true,
+                                      ji_mle if k == 0 else -np.inf)
+            g_sc = score[T["good"][sel]]
+            t_prec = float(np.quantile(g_sc, 1.0 - GOOD_KEEP)) if len(g_sc) >= 50 else t_eff
+            if k > 0:
+                thr[j, k] = max(t_eff, t_prec)
+                continue
+            ji = np.array([100.0 * (label & (score >= t)).sum() / max(n_true + (~label & (score >= t)).sum(), 1)
+                           for t in grid])
+            ok = grid[(grid <= t_prec) & (ji >= ji_mle)]
+            thr[j, k] = max(t_eff, float(ok.max())) if len(ok) else t_eff
+    return thr
+
 
 
 def _conformal(boosters, shrink, thr, D, sampling, n_chunks, seed, cal_factor, sim):
@@ -304,14 +347,24 @@ def _kept_scores(boosters, shrink, thr, X, fit, sd, truth, use):
     return np.abs(truth[use] - est[use]) / (sd[use] * np.exp(lsc[use])), g[use]
 
 
-def _recalibrate(D, sampling, name, n_chunks, seed, out_root, cal_factor, sim, verbose, t0) -> dict:
-    """:func:`train_bundle` with ``recalibrate``: new conformal quantiles for an existing bundle."""
+def _recalibrate(D, sampling, name, n_chunks, seed, out_root, cal_factor, sim, verbose, t0, retune=False) -> dict:
+    """:func:`train_bundle` with ``recalibrate``: new conformal quantiles for an existing bundle
+    (``retune``: new score thresholds first, on the tuning set training would use)."""
     import xgboost as xgb
 
     out = Path(out_root) / name
     manifest = json.loads((out / "manifest.json").read_text())
     boosters = tuple(xgb.Booster(model_file=str(out / manifest[k])) for k in ("reg", "cls", "scale"))
     shrink, thr = np.asarray(manifest["shrink"]), np.asarray(manifest["score_threshold"])
+    old_thr = thr
+    if retune:
+        S = make_dataset(sampling, int(round(SPARSE_FACTOR * n_chunks)), seed=seed + 2_000_003,
+                         density_range=SPARSE_DENSITY, **sim) if SPARSE_FACTOR else None
+        thr = _thresholds(_tuning_set(boosters, shrink, D, np.arange(n_chunks) % 8 == 3, S))
+        manifest["score_threshold"] = thr.round(3).tolist()
+        manifest["score_threshold_tuning"] = (f"held-out chunks (c % 8 == 3) + {int(round(SPARSE_FACTOR * n_chunks))} "
+                                              f"sparse chunks (density {SPARSE_DENSITY[0]}-{SPARSE_DENSITY[1]}/frame); "
+                                              f"retuned {time.strftime('%Y-%m-%d')}")
     q, n_scores, n_cal = _conformal(boosters, shrink, thr, D, sampling, n_chunks, seed, cal_factor, sim)
     old_q = np.asarray(manifest["conformal"]["q"])
     manifest["conformal"].update(
@@ -322,6 +375,8 @@ def _recalibrate(D, sampling, name, n_chunks, seed, out_root, cal_factor, sim, v
                       "training kept")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     if verbose:
+        if retune:
+            print(f"[{name}] score thresholds {np.round(old_thr, 2).tolist()} -> {np.round(thr, 2).tolist()}")
         print(f"[{name}] recalibrated on {n_scores} scores in {time.perf_counter() - t0:.0f} s; quantiles moved "
               f"by median {np.median(q / old_q - 1):+.3f} (range {np.min(q / old_q - 1):+.3f}..{np.max(q / old_q - 1):+.3f})")
     return manifest
