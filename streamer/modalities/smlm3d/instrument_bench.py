@@ -99,6 +99,7 @@ def run(workdir: Path, quick: bool = False, log=print, predictor: str = PREDICTO
     from .instrument import camera_of, curve_values, header_of, psf_of
     from .instrument_train import PROFILE_CONFIG, train_for_profile
     from .simulate import SNR_LEVELS
+    from .train import SPARSE_FACTOR
 
     mod = registry.get("smlm3d")
     workdir = Path(workdir)
@@ -192,7 +193,8 @@ def run(workdir: Path, quick: bool = False, log=print, predictor: str = PREDICTO
                        f"c {cal.psf.c:.1f} (350), d {cal.psf.d:.1f} (450), A {cal.psf.A:.3f} (0.1), B {cal.psf.B:.3f} "
                        f"(0.04); residual rms {cal.residual_rms_nm:.2f} nm; {cal.beads} beads x {len(z)} frames, "
                        f"{cal_s:.1f} s",
-        "training": f"{train_s:.0f} s ({t['chunks']} chunks x 50 frames + {int(round(cfg['cal_factor'] * t['chunks']))} "
+        "training": f"{train_s:.0f} s ({t['chunks']} chunks x 50 frames + {int(round(SPARSE_FACTOR * t['chunks']))} sparse "
+                    f"tuning + {int(round(cfg['cal_factor'] * t['chunks']))} "
                     f"calibration chunks, {t['candidates']:,} training candidates; "
                     + ("quick: a smaller set)" if quick else "the shipped recipe's size)"),
         "B's model on B": verdict(bb, aa),

@@ -3,7 +3,8 @@
 The shipped recipe (:func:`.train.train_bundle`, structure-sampled, all three SNR levels, densities
 log-uniform 0.3-16 per frame) on simulations of the profile's instrument (its calibration curve,
 pixel size and camera), with the shipped bundles' set size (:data:`PROFILE_CONFIG`: 320 training chunks of
-50 frames + 640 fresh calibration chunks; ~5 minutes on 2 cores, measured in bench/profiles.py). The manifest records the profile (name, hash, values, provenance)
+50 frames + 240 sparse tuning chunks + 640 fresh calibration chunks; ~3-5 minutes on 2 cores, measured in
+bench/profiles.py). The manifest records the profile (name, hash, values, provenance)
 and the ranges it covers (:func:`.instrument.coverage_around`).
 """
 
