@@ -93,3 +93,36 @@ def test_margin_booster_is_the_logistic_margin():
     b = xgb.train(dict(objective="binary:logistic", max_depth=3, nthread=1), xgb.DMatrix(X, y), 20)
     m = margin_booster(b)
     np.testing.assert_allclose(m.inplace_predict(X), b.inplace_predict(X, predict_type="margin"), atol=1e-5)
+
+
+def _merge(X):  # any deterministic pair score: close pairs of unequal probability look like one electron
+    return (1.0 / (1.0 + np.exp(X[:, 27] - 3.0 - 4.0 * (X[:, 24] - X[:, 25])))).astype(np.float32)
+
+
+def test_fast_pair_features_and_pair_stage_match_numpy(dense, numpy_only):
+    """The pair stage (pairs of kept detections, their features, the drops) gives the same pairs and
+    detections through the numba kernel and the numpy reference."""
+    from streamer.modalities.electron.detect import classify, pair_features
+
+    p = DetectParams(keep_p=0.02, merge_p=0.5, merge_below=0.5)   # a low cut: many kept neighbours
+    c = classify(dense.frames, p, 1.0, dense.offset, _keep)
+    k = np.flatnonzero(c.keep)
+    args = (dense.frames, c.item[k], c.row[k], c.col[k], c.peak[k], c.prob[k], c.X[k], p.window_r, 0.5, 1.0,
+            dense.offset)
+    a1, b1, X1 = pair_features(*args)
+    a0, b0, X0 = numpy_only(pair_features, *args)
+    assert len(a1) > 20
+    o1, o0 = np.lexsort((b1, a1)), np.lexsort((b0, a0))
+    np.testing.assert_array_equal(a1[o1], a0[o0])
+    np.testing.assert_array_equal(b1[o1], b0[o0])
+    np.testing.assert_allclose(X1[o1], X0[o0], rtol=1e-6)
+    assert np.all(c.prob[k][a1] >= c.prob[k][b1])     # a = the more probable of the two
+    assert np.all(c.prob[k][b1] < 0.5)                 # only pairs whose weaker member is in doubt
+    d1 = detect(dense.frames, p, 1.0, dense.offset, keep_model=_keep, merge_model=_merge)
+    d0 = numpy_only(detect, dense.frames, p, 1.0, dense.offset, keep_model=_keep, merge_model=_merge)
+    off = detect(dense.frames, p, 1.0, dense.offset, keep_model=_keep)
+    for key in ("item", "row", "col", "box3"):
+        np.testing.assert_array_equal(getattr(d1, key), getattr(d0, key))
+    dropped = len(off) - len(d1)
+    same = _merge(X1) >= 0.5
+    assert 0 < dropped == len(np.unique(b1[same]))   # exactly the less probable member of each merged pair

@@ -143,3 +143,32 @@ def test_degenerate_frames(name):
         out = pred.predict(_packet(frames))
         _check_outputs(out, len(frames))
         assert out["count"].sum() <= len(frames)  # a flat frame is at most one (saturated) blob
+
+
+@pytest.mark.skipif(not HAVE_MODEL, reason="no trained electron bundle")
+def test_pair_stage_removes_second_counts(lib):
+    """The shipped pair classifier: fewer second counts of one electron than the detection without a
+    pair stage (its own cut: the lowest with <= max_false false detections on calibration frames, as
+    the bundle's sweep recorded it), at no cost in efficiency (fresh events, never the training
+    library's)."""
+    from dataclasses import replace
+
+    from streamer.modalities.electron.detect import detect
+    from streamer.modalities.electron.metrics import double_counts
+    from streamer.modalities.electron.model import TreeModel
+
+    model = TreeModel()
+    assert "merge" in model.backends and model.params.merge_p <= 1.0
+    max_false = model.manifest["training"]["max_false"]
+    ref = next(r for r in model.manifest["keep_sweep"] if r[1] > 1.0 and r[3] <= max_false)
+    fr = simulate_frames(lib, 2000, 100, 100, rate=10, seed=11)
+    res = {}
+    for name, det in (("on", model.detect(fr.frames, fr.adu_per_e, fr.offset)),
+                      ("off", detect(fr.frames, replace(model.params, merge_p=2.0, keep_p=ref[0]), fr.adu_per_e, fr.offset,
+                                     keep_model=model.keep))):
+        m = match(det.item, det.col, det.row, fr.truth_item, fr.truth_x, fr.truth_y)
+        res[name] = ((m >= 0).mean(), double_counts(det.item, det.col, det.row, fr.truth_item, fr.truth_x,
+                                                    fr.truth_y, m) / len(m))
+    assert res["on"][1] < 0.6 * res["off"][1], res
+    assert res["on"][0] > res["off"][0] - 0.002, res
+    assert res["on"][0] > 0.98 and res["on"][1] < 0.006, res

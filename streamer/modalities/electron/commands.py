@@ -131,6 +131,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="train for this instrument profile (simulated with its physics and camera); the bundle "
                         "records the profile's hash and the ranges it covers")
     g.add_argument("--tiny", action="store_true", help="a few hundred frames and trees (tests: plumbing, not accuracy)")
+    g.add_argument("--recalibrate", action="store_true",
+                   help="keep the bundle's boosters (a missing pair classifier is trained), redo the detection cuts "
+                        "and the conformal step")
 
 
 def train(args: argparse.Namespace) -> int:
@@ -153,7 +156,7 @@ def train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(nthread=args.nthread)
     if args.train_frames is not None:
         cfg = TrainConfig(train_frames=args.train_frames, nthread=args.nthread)
-    manifest = fit(cfg, args.out or BUNDLE_DIR)
+    manifest = fit(cfg, args.out or BUNDLE_DIR, recalibrate=getattr(args, "recalibrate", False))
     print(f"wrote {args.out or BUNDLE_DIR}: {manifest['training']['n_train']} training events")
     return 0
 

@@ -38,6 +38,11 @@ class DetectParams:
     keep_p: float = 0.5  # candidate-classifier probability to keep a candidate
     orphan_box: float = 300.0  # >0: a bright candidate (3x3 >= this) with no kept one within window_r is kept
     window_r: int = WINDOW_R
+    merge_p: float = 2.0  # pair classifier: P(same electron) >= this drops the less probable detection (> 1: off)
+    #: pairs go to the pair classifier only when the less probable detection's keep probability is below
+    #: this: the secondary maxima it removes score 0.4-0.8 (none of 267 merged pairs in a dense 576x576
+    #: packet scored >= 0.9, which 68 % of the pairs do: the stage costs a third as much)
+    merge_below: float = 0.9
 
 
 #: the seed's own detection (baselines): brightest 3x3 among maxima within 4 px, no classifier
@@ -175,6 +180,49 @@ def _orphans(item, row, col, box, prob, keep, p: DetectParams) -> np.ndarray:
     return orphan
 
 
+PAIR_FEATURES = ([f"a_{n}" for n in CANDIDATE_FEATURES[:12]] + [f"b_{n}" for n in CANDIDATE_FEATURES[:12]]
+                 + ["p_a", "p_b", "dist", "cheb", "valley", "valley_rel"])
+
+
+def pair_features(frames, item, row, col, peak, prob, Xk, r: int, below: float, adu_per_e: float, offset: float):
+    """Every pair of kept detections within Chebyshev ``r`` of one frame whose less probable member's
+    probability is below ``below``, as (a, b, X): ``a`` the more probable one (candidate classifier),
+    X = both candidates' features (:data:`CANDIDATE_FEATURES` without the 5x5 pixels), both
+    probabilities, their distance and the valley between them (:data:`PAIR_FEATURES`). The pair
+    classifier says from X whether they are one electron's."""
+    if _fast.HAVE_NUMBA:
+        return _fast._pair_features(frames, item, row, col, peak, prob, Xk, r, np.float32(below), float(offset),
+                                    1.0 / adu_per_e)
+    a, b = _pairs(item, row, col, prob, r)
+    doubt = prob[b] < np.float32(below)
+    a, b = a[doubt], b[doubt]
+    if len(a) == 0:
+        z = np.zeros(0, np.int64)
+        return z, z, np.zeros((0, len(PAIR_FEATURES)), np.float32)
+    v = _valley(frames, item, row, col, a, b, r, adu_per_e, offset)
+    valley = np.where(np.isfinite(v), v, -1.0)
+    rel = np.where(np.isfinite(v), valley / np.maximum(peak[b], 1.0), -1.0)
+    X = np.column_stack([Xk[a, :12], Xk[b, :12], prob[a], prob[b], np.hypot(row[a] - row[b], col[a] - col[b]),
+                         np.maximum(np.abs(row[a] - row[b]), np.abs(col[a] - col[b])), valley, rel])
+    return a, b, X.astype(np.float32)
+
+
+def _merge_pairs(frames, item, row, col, peak, prob, X, keep, p: DetectParams, adu_per_e, offset, merge_model):
+    """Keep-mask after the pair stage: of two kept detections the pair classifier calls one
+    electron's (P >= ``merge_p``), the less probable one goes (a second count of a bright track)."""
+    ki = np.flatnonzero(keep)
+    if len(ki) < 2:
+        return keep
+    a, b, Xp = pair_features(frames, item[ki], row[ki], col[ki], peak[ki], prob[ki], X[ki], p.window_r,
+                             p.merge_below, adu_per_e, offset)
+    if len(a) == 0:
+        return keep
+    same = np.asarray(merge_model(Xp), np.float32) >= np.float32(p.merge_p)
+    keep = keep.copy()
+    keep[ki[b[same]]] = False
+    return keep
+
+
 def candidates(frames: np.ndarray, p: DetectParams, adu_per_e: float = 1.0, offset: float = 0.0):
     """Local maxima (3x3) above ``seed_e`` with 3x3 charge >= ``box_e``: (item, row, col, box, peak)."""
     level = p.seed_e * adu_per_e + offset
@@ -190,54 +238,88 @@ def candidates(frames: np.ndarray, p: DetectParams, adu_per_e: float = 1.0, offs
     return item[ok], row[ok], col[ok], box[ok], peak[ok]
 
 
+@dataclass
+class Classified:
+    """Candidates of a packet with the candidate classifier's verdict (before the pair stage):
+    raster-ordered (item, row, col), 3x3 charge, peak, probability, features, keep-mask; ``win``:
+    every candidate's window (numpy path only, which needs them for the features)."""
+
+    item: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    box: np.ndarray
+    peak: np.ndarray
+    prob: np.ndarray
+    X: np.ndarray
+    keep: np.ndarray
+    win: np.ndarray | None = None
+
+
+def classify(frames: np.ndarray, p: DetectParams, adu_per_e: float, offset: float, keep_model) -> Classified:
+    """Candidates, their features and the classifier's keep-mask (probability >= ``keep_p``, plus the
+    orphan rule); numba kernels of :mod:`.fast` when installed, the numpy reference otherwise."""
+    if _fast.HAVE_NUMBA:
+        if frames.ndim != 3:
+            raise ValueError(f"frames must be (n, H, W), got shape {frames.shape}")
+        n, h, _ = frames.shape
+        inv = 1.0 / adu_per_e
+        level = _fast.raw_level(p.seed_e, adu_per_e, offset, frames.dtype)
+        item, row, col, box, peak = _fast._candidates(frames, level, float(offset), inv, np.float32(p.box_e),
+                                                      _fast.candidate_capacity(frames.shape))
+        X = _fast._candidate_features(frames, item, row, col, box, peak, p.window_r, p.threshold_e, float(offset), inv)
+        prob = np.asarray(keep_model(X), np.float32) if len(item) else np.zeros(0, np.float32)
+        keep = prob >= np.float32(p.keep_p)
+        if p.orphan_box > 0 and len(item):
+            keep |= _fast._orphans(item, row, col, box, prob, keep, np.float32(p.orphan_box), p.window_r, n, h)
+        return Classified(item, row, col, box, peak, prob, X, keep)
+    item, row, col, box, peak = candidates(frames, p, adu_per_e, offset)
+    win = _gather(frames, item, row, col, p.window_r, adu_per_e, offset)
+    X = candidate_features(frames, item, row, col, box, peak, win, p, adu_per_e, offset)
+    prob = np.asarray(keep_model(X), np.float32) if len(item) else np.zeros(0, np.float32)
+    keep = prob >= p.keep_p
+    if p.orphan_box > 0 and len(item):
+        keep |= _orphans(item, row, col, box, prob, keep, p)
+    return Classified(item, row, col, box, peak, prob, X, keep, win)
+
+
 def detect(frames: np.ndarray, p: DetectParams = DetectParams(), adu_per_e: float = 1.0,
-           offset: float = 0.0, keep_model=None) -> Detections:
+           offset: float = 0.0, keep_model=None, merge_model=None) -> Detections:
     """Detect events in frames (n, H, W) of ADU (``adu_per_e``, ``offset``) or electrons (defaults).
 
     Works on the sparse set of pixels above the seed level: no full-frame filter or copy.
-    ``keep_model(X) -> probability`` (the trained candidate classifier) replaces the merge rule.
+    ``keep_model(X) -> probability`` (the trained candidate classifier) replaces the merge rule;
+    ``merge_model(X) -> probability`` (the pair classifier, with ``p.merge_p`` <= 1) then drops
+    second counts among the kept detections.
     """
+    if frames.ndim != 3:
+        raise ValueError(f"frames must be (n, H, W), got shape {frames.shape}")
+    if keep_model is not None:
+        c = classify(frames, p, adu_per_e, offset, keep_model)
+        keep = c.keep
+        if merge_model is not None and p.merge_p <= 1.0:
+            keep = _merge_pairs(frames, c.item, c.row, c.col, c.peak, c.prob, c.X, keep, p, adu_per_e, offset,
+                                merge_model)
+        if c.win is not None:
+            return Detections(c.item[keep].astype(np.int32), c.row[keep].astype(np.int32),
+                              c.col[keep].astype(np.int32), c.win[keep], c.box[keep].astype(np.float32))
+        item, row, col, box = c.item[keep], c.row[keep], c.col[keep], c.box[keep]
+        win = _fast._gather(frames, item, row, col, p.window_r, float(offset), 1.0 / adu_per_e)
+        return Detections(item, row, col, win, box)
+    # the seed's rule (baselines): brightest 3x3 among maxima within merge_px
     if _fast.HAVE_NUMBA:
-        return _detect_fast(frames, p, adu_per_e, offset, keep_model)
-    item, row, col, box, peak = candidates(frames, p, adu_per_e, offset)
-    if keep_model is not None and len(item):
-        win = _gather(frames, item, row, col, p.window_r, adu_per_e, offset)
-        X = candidate_features(frames, item, row, col, box, peak, win, p, adu_per_e, offset)
-        prob = keep_model(X)
-        keep = prob >= p.keep_p
-        if p.orphan_box > 0:
-            keep |= _orphans(item, row, col, box, prob, keep, p)
-        return Detections(item[keep].astype(np.int32), row[keep].astype(np.int32), col[keep].astype(np.int32),
-                          win[keep], box[keep].astype(np.float32))
+        level = _fast.raw_level(p.seed_e, adu_per_e, offset, frames.dtype)
+        item, row, col, box, peak = _fast._candidates(frames, level, float(offset), 1.0 / adu_per_e,
+                                                      np.float32(p.box_e), _fast.candidate_capacity(frames.shape))
+    else:
+        item, row, col, box, peak = candidates(frames, p, adu_per_e, offset)
     if len(item) > 1 and p.merge_px > 0:
         keep = _merge(item, row, col, box, peak, frames, p, adu_per_e, offset)
         item, row, col, box = item[keep], row[keep], col[keep], box[keep]
+    if _fast.HAVE_NUMBA:
+        win = _fast._gather(frames, item, row, col, p.window_r, float(offset), 1.0 / adu_per_e)
+        return Detections(item, row, col, win, box)
     win = _gather(frames, item, row, col, p.window_r, adu_per_e, offset)
     return Detections(item.astype(np.int32), row.astype(np.int32), col.astype(np.int32), win, box.astype(np.float32))
-
-
-def _detect_fast(frames: np.ndarray, p: DetectParams, adu_per_e: float, offset: float, keep_model) -> Detections:
-    """:func:`detect` through the numba kernels of :mod:`.fast` (same definitions, one pass per
-    event, windows gathered for the kept candidates only)."""
-    if frames.ndim != 3:
-        raise ValueError(f"frames must be (n, H, W), got shape {frames.shape}")
-    n, h, _ = frames.shape
-    inv = 1.0 / adu_per_e
-    level = _fast.raw_level(p.seed_e, adu_per_e, offset, frames.dtype)
-    item, row, col, box, peak = _fast._candidates(frames, level, float(offset), inv, np.float32(p.box_e),
-                                                  _fast.candidate_capacity(frames.shape))
-    if keep_model is not None and len(item):
-        X = _fast._candidate_features(frames, item, row, col, box, peak, p.window_r, p.threshold_e, float(offset), inv)
-        prob = np.asarray(keep_model(X), np.float32)
-        keep = prob >= np.float32(p.keep_p)
-        if p.orphan_box > 0:
-            keep |= _fast._orphans(item, row, col, box, prob, keep, np.float32(p.orphan_box), p.window_r, n, h)
-        item, row, col, box = item[keep], row[keep], col[keep], box[keep]
-    elif len(item) > 1 and p.merge_px > 0:
-        keep = _merge(item, row, col, box, peak, frames, p, adu_per_e, offset)
-        item, row, col, box = item[keep], row[keep], col[keep], box[keep]
-    win = _fast._gather(frames, item, row, col, p.window_r, float(offset), inv)
-    return Detections(item, row, col, win, box)
 
 
 def centroid(win: np.ndarray, half: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:

@@ -215,6 +215,52 @@ def _orphans(item, row, col, box, prob, keep, orphan_box, r, n, h):
 
 
 @_jit
+def _pair_features(frames, item, row, col, peak, prob, Xk, r, below, offset, inv):
+    """:func:`.detect.pair_features`: pairs (a, b) of kept detections within Chebyshev ``r`` of one
+    frame (raster-ordered) whose less probable member is below ``below``, ``a`` the more probable,
+    and their (k, len(PAIR_FEATURES)) features."""
+    n, h, w = frames.shape
+    m = len(item)
+    rs = _row_start(item, row, n, h)
+    cnt = 0
+    for i in range(m):
+        f, y, x = item[i], row[i], col[i]
+        for yy in range(y, min(y + r + 1, h)):
+            key = f * h + yy
+            for j in range(rs[key], rs[key + 1]):
+                if j > i and abs(col[j] - x) <= r and min(prob[i], prob[j]) < below:
+                    cnt += 1
+    a = np.empty(cnt, np.int64)
+    b = np.empty(cnt, np.int64)
+    X = np.empty((cnt, 30), np.float32)
+    off = np.float32(offset)
+    sc = np.float32(inv)
+    k = 0
+    for i in range(m):
+        f, y, x = item[i], row[i], col[i]
+        for yy in range(y, min(y + r + 1, h)):
+            key = f * h + yy
+            for j in range(rs[key], rs[key + 1]):
+                if j <= i or abs(col[j] - x) > r or min(prob[i], prob[j]) >= below:
+                    continue
+                ai, bi = (i, j) if prob[i] >= prob[j] else (j, i)
+                a[k] = ai
+                b[k] = bi
+                for c in range(12):
+                    X[k, c] = Xk[ai, c]
+                    X[k, 12 + c] = Xk[bi, c]
+                X[k, 24] = prob[ai]
+                X[k, 25] = prob[bi]
+                X[k, 26] = math.hypot(row[ai] - row[bi], col[ai] - col[bi])
+                X[k, 27] = max(abs(row[ai] - row[bi]), abs(col[ai] - col[bi]))
+                v = _valley(frames, f, row[ai], col[ai], row[bi], col[bi], r, off, sc)
+                X[k, 28] = v if v < np.inf else np.float32(-1.0)
+                X[k, 29] = X[k, 28] / max(peak[bi], np.float32(1.0)) if v < np.inf else np.float32(-1.0)
+                k += 1
+    return a, b, X
+
+
+@_jit
 def _gather(frames, item, row, col, r, offset, inv):
     """Electron windows (m, 2r+1, 2r+1) float32; pixels outside the frame are 0."""
     n, h, w = frames.shape

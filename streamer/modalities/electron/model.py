@@ -8,9 +8,11 @@ separately in cells of observed charge (quintiles) x pixel count (quartiles) x p
 easy/hard (long-track) events. Splits are by library event (train / scale / calibration / test never
 share an event).
 
-Detection uses a fourth booster, ``keep``: the candidate classifier of :func:`.detect.detect`.
+Detection uses a fourth booster, ``keep``: the candidate classifier of :func:`.detect.detect`, and
+optionally a fifth, ``merge``: the pair classifier (two kept detections one electron's?).
 
-Bundle: ``compiled_models/electron/trees/manifest.json`` + ``keep.ubj``, ``dx.ubj``, ``dy.ubj``, ``scale.ubj``.
+Bundle: ``compiled_models/electron/trees/manifest.json`` + ``keep.ubj``, ``dx.ubj``, ``dy.ubj``, ``scale.ubj``
+(+ ``merge.ubj``).
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .detect import CANDIDATE_FEATURES, DetectParams, Detections, detect
+from .detect import CANDIDATE_FEATURES, PAIR_FEATURES, DetectParams, Detections, classify, detect, pair_features
 from .features import edge_distances, feature_names, features, from_canonical, to_canonical
 from .metrics import match
 
 BUNDLE_DIR = Path(__file__).resolve().parents[3] / "compiled_models" / "electron" / "trees"
 ROLES = ("keep", "dx", "dy", "scale")
+OPTIONAL_ROLES = ("merge",)  # bundles without a pair classifier still load (no pair stage)
 TRAIN_CHUNK = 16000  # training frames simulated at once (100x100: ~1.3 GB of float64 buffers)
 COVERAGE = 0.9
 
@@ -58,6 +61,11 @@ class TrainConfig:
     #: Mondrian cells: (feature, bins); "scale" is the error-scale booster's output
     cells: tuple = (("q_th", 5), ("npix_th", 4), ("scale", 4))
     max_false: float = 0.008  # keep_p: the lowest cut with at most this many false detections per electron
+    #: pair classifier (second counts of one electron among the kept detections): frames it learns from
+    merge_frames: int = 12000
+    merge_dense_frames: int = 24  # 576x576 at ~2,900 e- (two electrons side by side are the other class)
+    merge_depth: int = 4
+    merge_rounds: int = 100
     nthread: int = 2
     seed: int = 1
     #: independent libraries (seed, events) added to each fitting role's pool of library events. The
@@ -164,6 +172,70 @@ def candidate_set(fr, params: DetectParams):
     return X, y
 
 
+def pair_set(fr, params: DetectParams, keep):
+    """Pair-classifier features and labels: pairs of detections kept by the candidate classifier
+    (:func:`.detect.pair_features`); 1 = exactly one of the two matched to a true entry (a second
+    count of an electron, or a count of nothing next to one), 0 = both matched (two electrons)."""
+    c = classify(fr.frames, params, fr.adu_per_e, fr.offset, keep)
+    ki = np.flatnonzero(c.keep)
+    a, b, X = pair_features(fr.frames, c.item[ki], c.row[ki], c.col[ki], c.peak[ki], c.prob[ki], c.X[ki],
+                            params.window_r, params.merge_below, fr.adu_per_e, fr.offset)
+    m = match(c.item[ki], c.col[ki], c.row[ki], fr.truth_item, fr.truth_x, fr.truth_y)
+    matched = np.zeros(len(ki), bool)
+    matched[m[m >= 0]] = True
+    use = matched[a] | matched[b]
+    return X[use], (matched[a] ^ matched[b])[use].astype(np.float32)
+
+
+def _fit_merge(xgb, cfg: "TrainConfig", lib, splits, params: DetectParams, keep, log, t0):
+    """The pair classifier, on sparse and dense frames of the training split."""
+    parts = [pair_set(_frames(lib, cfg, splits["train"], cfg.merge_frames, cfg.seed + 30), params, keep)]
+    if cfg.merge_dense_frames:
+        from .simulate import simulate_frames
+
+        dense = simulate_frames(lib, cfg.merge_dense_frames, 576, 576, rate=2927.0, seed=cfg.seed + 31,
+                                lib_indices=splits["train"], noise_e=cfg.noise_e, adu_per_e=cfg.adu_per_e,
+                                offset=cfg.offset)
+        parts.append(pair_set(dense, params, keep))
+    X, y = (np.concatenate(c) for c in zip(*parts))
+    pm = dict(objective="binary:logistic", max_depth=cfg.merge_depth, eta=0.1, subsample=0.8, nthread=cfg.nthread,
+              tree_method="hist", seed=cfg.seed)
+    bm = xgb.train(pm, xgb.DMatrix(X, y), cfg.merge_rounds)
+    log(f"pair classifier: {len(y)} pairs, {int(y.sum())} second counts ({time.time() - t0:.0f} s)")
+    return margin_booster(bm)
+
+
+def _sigmoid_of(booster):
+    """Probability from a margin booster (XGBoost, training time)."""
+    return lambda X: (1.0 / (1.0 + np.exp(-booster.inplace_predict(X).astype(np.float64)))).astype(np.float32)
+
+
+def _sweep_cuts(fr, params: DetectParams, keep, merge, max_false: float):
+    """Detection cuts on calibration frames: ``keep_p`` = the lowest candidate-classifier cut with at
+    most ``max_false`` false detections per electron (its efficiency = the reference); with a pair
+    classifier, ``merge_p`` and a new ``keep_p`` = the pair with the fewest false detections among
+    those at least as efficient as the reference (the pair stage is spent on fewer second counts,
+    not on efficiency). Returns (params, sweep rows (keep_p, merge_p, efficiency, false))."""
+    def run(keep_p, merge_p):
+        pc = DetectParams(**{**asdict(params), "keep_p": float(keep_p), "merge_p": float(merge_p)})
+        d = detect(fr.frames, pc, fr.adu_per_e, fr.offset, keep_model=keep, merge_model=merge)
+        mm = match(d.item, d.col, d.row, fr.truth_item, fr.truth_x, fr.truth_y)
+        return (float(keep_p), float(merge_p), float((mm >= 0).mean()), float((len(d) - (mm >= 0).sum()) / len(mm)))
+
+    sweep = [run(cut, 2.0) for cut in np.round(np.arange(0.30, 0.801, 0.01), 2)]
+    ok = [c for c in sweep if c[3] <= max_false] or [sweep[-1]]
+    ref = ok[0]
+    best = ref
+    if merge is not None:
+        for mp in np.round(np.arange(0.3, 0.91, 0.1), 1):
+            for cut in np.round(np.arange(0.30, 0.801, 0.02), 2):
+                row = run(cut, mp)
+                sweep.append(row)
+                if row[2] >= ref[2] and (row[3], -row[2]) < (best[3], -best[2]):
+                    best = row
+    return DetectParams(**{**asdict(params), "keep_p": best[0], "merge_p": best[1]}), sweep
+
+
 def margin_booster(booster):
     """The same ``binary:logistic`` booster re-declared ``binary:logitraw`` (raw margin out, base
     score moved to the margin scale): a plain additive model, which the compiled ``array`` layout
@@ -239,8 +311,9 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
     # 1. candidate classifier: an electron's own peak vs a secondary maximum of its track / noise
     old = {}
     if recalibrate:
-        old = {r: xgb.Booster(model_file=str(Path(out_dir) / f"{r}.ubj")) for r in ROLES}
         prev = json.loads((Path(out_dir) / "manifest.json").read_text())
+        old = {r: xgb.Booster(model_file=str(Path(out_dir) / f"{r}.ubj"))
+               for r in ROLES + OPTIONAL_ROLES if r in prev.get("boosters", {r: r for r in ROLES})}
     if "keep" in old:
         bk = old["keep"]
     else:
@@ -251,8 +324,11 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
         log(f"candidate classifier: {len(yk)} candidates ({time.time() - t0:.0f} s)")
     bk = margin_booster(bk)
 
-    def keep(X):
-        return (1.0 / (1.0 + np.exp(-bk.inplace_predict(X).astype(np.float64)))).astype(np.float32)
+    keep = _sigmoid_of(bk)
+    # 1b. pair classifier: two kept detections one electron's (a second count of a bright track)?
+    bm = old["merge"] if "merge" in old else (_fit_merge(xgb, cfg, lib, splits, params, keep, log, t0)
+                                               if cfg.merge_rounds else None)
+    merge = None if bm is None else _sigmoid_of(bm)
 
     def sim_det(idx, n, seed):
         fr = _frames(lib, cfg, idx, n, seed)
@@ -283,24 +359,21 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
         n_train = len(X)
         qcol = feature_names(params.window_r).index("q_th")
         charge_range = [float(np.quantile(X[:, qcol], 0.001)), float(np.quantile(X[:, qcol], 0.999))]
-    # 4. detection cut on the calibration split: highest efficiency with <= max_false false detections
+    # 4. detection cuts on the calibration split: highest efficiency with <= max_false false detections,
+    #    then the pair stage's cut (and a new keep_p) for the fewest false detections at that efficiency
     fr = _frames(lib, cfg, splits["cal"], cfg.cal_frames, cfg.seed + 2)
-    sweep = []
-    for cut in np.round(np.arange(0.30, 0.801, 0.01), 2):
-        pc = DetectParams(**{**asdict(params), "keep_p": float(cut)})
-        d = detect(fr.frames, pc, fr.adu_per_e, fr.offset, keep_model=keep)
-        mm = match(d.item, d.col, d.row, fr.truth_item, fr.truth_x, fr.truth_y)
-        sweep.append((float(cut), float((mm >= 0).mean()), float((len(d) - (mm >= 0).sum()) / len(mm))))
-    ok_cuts = [c for c in sweep if c[2] <= cfg.max_false] or [sweep[-1]]
-    params = DetectParams(**{**asdict(params), "keep_p": ok_cuts[0][0]})
-    log(f"keep_p = {params.keep_p} (efficiency {ok_cuts[0][1]:.4f}, false {ok_cuts[0][2]:.4f} on calibration frames)")
+    params, sweep = _sweep_cuts(fr, params, keep, merge, cfg.max_false)
+    chosen = next(c for c in sweep if (c[0], c[1]) == (params.keep_p, params.merge_p))
+    log(f"keep_p = {params.keep_p}, merge_p = {params.merge_p} (efficiency {chosen[2]:.4f}, false {chosen[3]:.4f} "
+        "on calibration frames)")
     # 5. conformal calibration, Mondrian by (pixel count x charge near the peak x predicted scale),
     #    on the calibration frames plus a second calibration simulation (more events per cell)
-    det = detect(fr.frames, params, fr.adu_per_e, fr.offset, keep_model=keep)
+    det = detect(fr.frames, params, fr.adu_per_e, fr.offset, keep_model=keep, merge_model=merge)
     Xc, ccx, ccy, *_ = labelled(fr, det, params)
     if cfg.cal_extra_frames:
         fr2 = _frames(lib, cfg, splits["cal"], cfg.cal_extra_frames, cfg.seed + 22)
-        X2, cx2, cy2, *_ = labelled(fr2, detect(fr2.frames, params, fr2.adu_per_e, fr2.offset, keep_model=keep), params)
+        X2, cx2, cy2, *_ = labelled(fr2, detect(fr2.frames, params, fr2.adu_per_e, fr2.offset, keep_model=keep,
+                                                merge_model=merge), params)
         Xc, ccx, ccy = np.concatenate([Xc, X2]), np.concatenate([ccx, cx2]), np.concatenate([ccy, cy2])
     rc = np.hypot(bx.inplace_predict(Xc) - ccx, by.inplace_predict(Xc) - ccy)
     sc = np.maximum(bs.inplace_predict(Xc), 1e-3)
@@ -311,9 +384,10 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
     log(f"calibration: {len(Xc)} events, q per cell {np.round(qs, 3).tolist()} ({time.time() - t0:.0f} s)")
     manifest = {
         "modality": "electron", "model": "trees", "feature_names": feature_names(params.window_r),
-        "candidate_feature_names": CANDIDATE_FEATURES,
+        "candidate_feature_names": CANDIDATE_FEATURES, "pair_feature_names": PAIR_FEATURES,
         "detect": asdict(params), "calibration": {"coverage": COVERAGE, "cells": axes, "q": qs},
-        "keep_sweep": sweep, "keep_output": "margin",
+        "keep_sweep": sweep, "keep_sweep_columns": ["keep_p", "merge_p", "efficiency", "false_per_electron"],
+        "keep_output": "margin",
         "training": {**asdict(cfg), "n_train": int(n_train), "n_scale": int(n_scale), "n_cal": int(len(Xc)),
                      "seconds": round(time.time() - t0, 1)},
         "charge_range": charge_range,
@@ -321,7 +395,10 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
     }
     if instrument:  # trained for an instrument profile (issue 14): its hash and what the bundle covers
         manifest["instrument"] = instrument
-    return save_bundle(out_dir, manifest, {"keep": bk, "dx": bx, "dy": by, "scale": bs})
+    boosters = {"keep": bk, "dx": bx, "dy": by, "scale": bs}
+    if bm is not None:
+        boosters["merge"] = bm
+    return save_bundle(out_dir, manifest, boosters)
 
 
 def _sha(path: Path) -> str:
@@ -361,7 +438,8 @@ class TreeModel:
 
         self.manifest = load_bundle(directory)
         d = Path(self.manifest["_dir"])
-        self.backends = {r: load_backend(d / self.manifest["boosters"][r], kind=kind, nthread=nthread) for r in ROLES}
+        self.backends = {r: load_backend(d / self.manifest["boosters"][r], kind=kind, nthread=nthread)
+                         for r in ROLES + OPTIONAL_ROLES if r in self.manifest["boosters"]}
         cal = self.manifest["calibration"]
         self.axes = [(f, np.asarray(e, float)) for f, e in cal["cells"]]
         self.q = np.asarray(cal["q"], np.float32)
@@ -379,8 +457,14 @@ class TreeModel:
             z = (1.0 / (1.0 + np.exp(-z.astype(np.float64)))).astype(np.float32)
         return z
 
+    def merge(self, X: np.ndarray) -> np.ndarray:
+        """Pair-classifier probability that two kept detections are one electron's (margin booster)."""
+        z = self.backends["merge"].predict(X).astype(np.float64)
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
     def detect(self, frames: np.ndarray, adu_per_e: float = 1.0, offset: float = 0.0) -> Detections:
-        return detect(frames, self.params, adu_per_e, offset, keep_model=self.keep)
+        return detect(frames, self.params, adu_per_e, offset, keep_model=self.keep,
+                      merge_model=self.merge if "merge" in self.backends else None)
 
     def predict(self, det: Detections, shape):
         """(dx, dy, radius, charge) of detections in frames of ``shape`` (n, H, W)."""
