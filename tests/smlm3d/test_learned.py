@@ -66,7 +66,8 @@ def test_bundles_small_and_complete():
     total = 0
     for name in ("trees-structure", "trees-csr"):
         man = json.loads((MODEL_DIR / name / "manifest.json").read_text())
-        assert len(man["conformal"]["q"]) == N_GROUPS and man["sampling"] in ("structure", "csr")
+        assert len(man["conformal"]["q"]) == N_GROUPS * (len(man["conformal"]["scale_edges"]) + 1)
+        assert man["sampling"] in ("structure", "csr")
         total += sum((MODEL_DIR / name / man[k]).stat().st_size for k in ("reg", "cls", "scale"))
     assert total < 2_000_000
 
@@ -264,3 +265,24 @@ def test_retune_keeps_ensembles_and_restores_the_training_thresholds(tmp_path):
     np.testing.assert_allclose(m2["score_threshold"], m1["score_threshold"])
     np.testing.assert_allclose(m2["conformal"]["q"], m1["conformal"]["q"], rtol=1e-3)
     assert "retuned" in m2["score_threshold_tuning"]
+
+
+def test_conformal_groups_split_each_group_by_predicted_scale():
+    """The interval's Mondrian groups: the feature groups x the bin of the predicted lateral log scale;
+    the background level stays the most significant digit (sparse groups pool over it)."""
+    from streamer.modalities.smlm3d.features import FEATURE_NAMES
+    from streamer.modalities.smlm3d.model import BG_EDGES, conformal_groups, groups
+
+    rng = np.random.default_rng(0)
+    X = np.zeros((400, len(FEATURE_NAMES)), np.float32)
+    X[:, FEATURE_NAMES.index("log_bg")] = np.log(rng.choice([10.0, 50.0, 200.0], 400))
+    X[:, FEATURE_NAMES.index("frame_count")] = rng.integers(0, 12, 400)
+    X[:, FEATURE_NAMES.index("nn1_dist")] = rng.uniform(0, 20, 400)
+    ls = rng.normal(size=(400, 3))
+    edges = [-0.5, 0.0, 0.5]
+    g, gq = groups(X), conformal_groups(X, ls, edges)
+    np.testing.assert_array_equal(gq // 4, g)
+    np.testing.assert_array_equal(gq % 4, np.digitize(ls[:, :2].mean(1), edges))
+    per_bg = N_GROUPS * 4 // (len(BG_EDGES) + 1)
+    np.testing.assert_array_equal(gq // per_bg, np.digitize(np.exp(X[:, FEATURE_NAMES.index("log_bg")]), BG_EDGES))
+    np.testing.assert_array_equal(conformal_groups(X, ls, None), g)   # bundles calibrated before the axis

@@ -17,7 +17,8 @@ import numpy as np
 from .features import FEATURE_NAMES, features
 from .localize import DUPLICATE, REJECTED, localize
 from .metrics import LATERAL_TOL, efficiency, match
-from .model import BG_EDGES, COUNT_EDGES, MODEL_DIR, ambiguous, conformal_quantiles, groups, imprecise_pairs
+from .model import (BG_EDGES, COUNT_EDGES, MODEL_DIR, N_GROUPS, SCALE_BINS, ambiguous, conformal_groups,
+                    conformal_quantiles, groups, imprecise_pairs)
 from .psf import DEFAULT_PSF
 from .simulate import SNR_LEVELS, SimConfig, simulate_frames
 
@@ -30,6 +31,8 @@ GOOD_KEEP = 0.97   # score thresholds keep at least this share of the good local
 # sparse tuning simulation (SPARSE_FACTOR x the training chunks, densities SPARSE_DENSITY): the sparse-frame
 # thresholds were otherwise chosen on ~250 emitters per SNR, too few to see the merged pairs they must drop
 SPARSE_FACTOR, SPARSE_DENSITY = 0.75, (0.3, 1.5)
+CONFORMAL_GROUPS = ("background [25, 100] x candidates/frame [3, 7] x nearest candidate px [3, 6, 12] x "
+                    "predicted lateral log error scale (quartiles of the calibration set: scale_edges)")
 
 
 def make_dataset(sampling: str, n_chunks: int, frames_per_chunk: int = 50, seed: int = 0,
@@ -202,7 +205,8 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
     S = make_dataset(sampling, int(round(SPARSE_FACTOR * n_chunks)), seed=seed + 2_000_003,
                      density_range=SPARSE_DENSITY, **sim) if SPARSE_FACTOR else None
     thr = _thresholds(_tuning_set((reg, clf), shrink, D, tune_chunks, S))
-    q, n_conf, n_cal = _conformal((reg, clf, scale), shrink, thr, D, sampling, n_chunks, seed, cal_factor, sim)
+    q, scale_edges, n_conf, n_cal = _conformal((reg, clf, scale), shrink, thr, D, sampling, n_chunks, seed,
+                                               cal_factor, sim)
     out = out_root / name
     out.mkdir(parents=True, exist_ok=True)
     reg.save_model(str(out / "reg.ubj"))
@@ -219,7 +223,7 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
         "shrink": shrink.round(2).tolist(),
         "fit_iterations": N_ITER, "passes": PASSES, "psf": psf.to_dict(), "pixel_nm": pixel_nm,
         "conformal": {"level": 0.9, "score": "|truth - estimate| / (CRLB(fit) * exp(scale))",
-                      "groups": "background [25, 100] x candidates/frame [3, 7] x nearest candidate px [3, 6, 12]",
+                      "groups": CONFORMAL_GROUPS, "scale_edges": scale_edges,
                       "calibrated_on": f"kept localizations (score above threshold; no duplicate, imprecise or "
                                        f"ambiguous pair): held-out chunks (c % 8 == 7) + {n_cal} fresh chunks",
                       "scores": n_conf,
@@ -313,28 +317,30 @@ def _thresholds(T: dict) -> np.ndarray:
 
 
 def _conformal(boosters, shrink, thr, D, sampling, n_chunks, seed, cal_factor, sim):
-    """(quantiles, scores, fresh chunks): the conformal step of :func:`train_bundle`.
+    """(quantiles, scale edges, scores, fresh chunks): the conformal step of :func:`train_bundle`.
 
     Calibration set: the held-out "conf" chunks of ``D`` plus ``cal_factor`` x n_chunks freshly
-    simulated chunks (own seed, so other structures): 36 groups need thousands of scores each for
-    their quantiles to land within ~1 % coverage (a few hundred left them +-3 % off, measured)."""
+    simulated chunks (own seed, so other structures): 36 groups x SCALE_BINS need thousands of scores
+    each for their quantiles to land within ~1 % coverage (a few hundred left them +-3 % off, measured)."""
     conf = (np.arange(n_chunks) % 8 == 7)[D["chunk"]]   # a half of the calibration chunks (c % 4 == 3)
-    s, g = _kept_scores(boosters, shrink, thr, D["X"], D["fit"], D["sd"], D["truth"],
-                        (D["label"] == 1) & conf & ~D["drop"])
+    parts = [_kept_scores(boosters, shrink, thr, D["X"], D["fit"], D["sd"], D["truth"],
+                          (D["label"] == 1) & conf & ~D["drop"])]
     n_cal = int(round(cal_factor * n_chunks))
     if n_cal:
         C = make_dataset(sampling, n_cal, seed=seed + 1_000_003, baseline=False, **sim)
-        s2, g2 = _kept_scores(boosters, shrink, thr, C["X"], C["fit"], C["sd"], C["truth"],
-                              (C["label"] == 1) & ~C["drop"])
-        s, g = np.concatenate([s, s2]), np.concatenate([g, g2])
-    return conformal_quantiles(s, g), len(s), n_cal
+        parts.append(_kept_scores(boosters, shrink, thr, C["X"], C["fit"], C["sd"], C["truth"],
+                                  (C["label"] == 1) & ~C["drop"]))
+    s, X, ls = (np.concatenate(c) for c in zip(*parts))
+    edges = np.quantile(ls[:, :2].mean(axis=1), np.linspace(0, 1, SCALE_BINS + 1)[1:-1]).round(4).tolist()
+    g = conformal_groups(X, ls, edges)
+    return conformal_quantiles(s, g, n_groups=N_GROUPS * SCALE_BINS), edges, len(s), n_cal
 
 
 def _kept_scores(boosters, shrink, thr, X, fit, sd, truth, use):
-    """Conformal scores |truth - estimate| / (CRLB * exp(scale)) and groups of the localizations the
-    served model keeps (``use``: labelled, in the calibration rows, not dropped; and here: score above
-    its bin's threshold): calibrating on every matched candidate would let the rejected, badly fitted
-    ones inflate the quantiles and over-cover what is reported."""
+    """Conformal scores |truth - estimate| / (CRLB * exp(scale)), features and log scales of the
+    localizations the served model keeps (``use``: labelled, in the calibration rows, not dropped;
+    and here: score above its bin's threshold): calibrating on every matched candidate would let the
+    rejected, badly fitted ones inflate the quantiles and over-cover what is reported."""
     reg, clf, scale = boosters
     pr = reg.inplace_predict(X).reshape(len(X), 4)
     sc = clf.inplace_predict(X)
@@ -344,7 +350,7 @@ def _kept_scores(boosters, shrink, thr, X, fit, sd, truth, use):
     b_, c_ = (np.digitize(np.exp(X[:, FEATURE_NAMES.index("log_bg")]), BG_EDGES),
               np.digitize(X[:, FEATURE_NAMES.index("frame_count")], COUNT_EDGES))
     use = use & (sc >= thr[b_, c_])
-    return np.abs(truth[use] - est[use]) / (sd[use] * np.exp(lsc[use])), g[use]
+    return np.abs(truth[use] - est[use]) / (sd[use] * np.exp(lsc[use])), X[use], lsc[use]
 
 
 def _recalibrate(D, sampling, name, n_chunks, seed, out_root, cal_factor, sim, verbose, t0, retune=False) -> dict:
@@ -365,10 +371,12 @@ def _recalibrate(D, sampling, name, n_chunks, seed, out_root, cal_factor, sim, v
         manifest["score_threshold_tuning"] = (f"held-out chunks (c % 8 == 3) + {int(round(SPARSE_FACTOR * n_chunks))} "
                                               f"sparse chunks (density {SPARSE_DENSITY[0]}-{SPARSE_DENSITY[1]}/frame); "
                                               f"retuned {time.strftime('%Y-%m-%d')}")
-    q, n_scores, n_cal = _conformal(boosters, shrink, thr, D, sampling, n_chunks, seed, cal_factor, sim)
+    q, scale_edges, n_scores, n_cal = _conformal(boosters, shrink, thr, D, sampling, n_chunks, seed, cal_factor, sim)
     old_q = np.asarray(manifest["conformal"]["q"])
+    if old_q.shape != q.shape:   # the groups gained the scale axis: compare each with its group's old quantile
+        old_q = np.repeat(old_q, q.shape[0] // old_q.shape[0], axis=0)
     manifest["conformal"].update(
-        q=q.round(4).tolist(), scores=n_scores,
+        q=q.round(4).tolist(), scores=n_scores, groups=CONFORMAL_GROUPS, scale_edges=scale_edges,
         calibrated_on=f"kept localizations (score above threshold; no duplicate, imprecise or ambiguous pair): "
                       f"held-out chunks (c % 8 == 7) + {n_cal} fresh chunks; recalibrated "
                       f"{time.strftime('%Y-%m-%d')}, ensembles and thresholds of {manifest['training'].get('seconds')} s "
