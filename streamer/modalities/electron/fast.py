@@ -215,48 +215,62 @@ def _orphans(item, row, col, box, prob, keep, orphan_box, r, n, h):
 
 
 @_jit
-def _pair_features(frames, item, row, col, peak, prob, Xk, r, below, offset, inv):
-    """:func:`.detect.pair_features`: pairs (a, b) of kept detections within Chebyshev ``r`` of one
-    frame (raster-ordered) whose less probable member is below ``below``, ``a`` the more probable,
-    and their (k, len(PAIR_FEATURES)) features."""
-    n, h, w = frames.shape
-    m = len(item)
+def _doubtful_pairs(item, row, col, prob, r, below, n, h):
+    """(i, j), i < j: kept detections within Chebyshev ``r`` of one frame (raster-ordered) whose less
+    probable member is below ``below``; one pass, arrays grown by doubling."""
     rs = _row_start(item, row, n, h)
-    cnt = 0
-    for i in range(m):
-        f, y, x = item[i], row[i], col[i]
-        for yy in range(y, min(y + r + 1, h)):
-            key = f * h + yy
-            for j in range(rs[key], rs[key + 1]):
-                if j > i and abs(col[j] - x) <= r and min(prob[i], prob[j]) < below:
-                    cnt += 1
-    a = np.empty(cnt, np.int64)
-    b = np.empty(cnt, np.int64)
-    X = np.empty((cnt, 30), np.float32)
-    off = np.float32(offset)
-    sc = np.float32(inv)
+    cap = max(16, len(item))
+    pi = np.empty(cap, np.int64)
+    pj = np.empty(cap, np.int64)
     k = 0
-    for i in range(m):
+    for i in range(len(item)):
         f, y, x = item[i], row[i], col[i]
         for yy in range(y, min(y + r + 1, h)):
             key = f * h + yy
             for j in range(rs[key], rs[key + 1]):
                 if j <= i or abs(col[j] - x) > r or min(prob[i], prob[j]) >= below:
                     continue
-                ai, bi = (i, j) if prob[i] >= prob[j] else (j, i)
-                a[k] = ai
-                b[k] = bi
-                for c in range(12):
-                    X[k, c] = Xk[ai, c]
-                    X[k, 12 + c] = Xk[bi, c]
-                X[k, 24] = prob[ai]
-                X[k, 25] = prob[bi]
-                X[k, 26] = math.hypot(row[ai] - row[bi], col[ai] - col[bi])
-                X[k, 27] = max(abs(row[ai] - row[bi]), abs(col[ai] - col[bi]))
-                v = _valley(frames, f, row[ai], col[ai], row[bi], col[bi], r, off, sc)
-                X[k, 28] = v if v < np.inf else np.float32(-1.0)
-                X[k, 29] = X[k, 28] / max(peak[bi], np.float32(1.0)) if v < np.inf else np.float32(-1.0)
+                if k == cap:
+                    cap *= 2
+                    ni = np.empty(cap, np.int64)
+                    nj = np.empty(cap, np.int64)
+                    ni[:k] = pi[:k]
+                    nj[:k] = pj[:k]
+                    pi, pj = ni, nj
+                pi[k] = i
+                pj[k] = j
                 k += 1
+    return pi[:k], pj[:k]
+
+
+@_jit
+def _pair_features(frames, item, row, col, peak, prob, Xk, r, below, offset, inv):
+    """:func:`.detect.pair_features`: pairs (a, b) of kept detections within Chebyshev ``r`` of one
+    frame (raster-ordered) whose less probable member is below ``below``, ``a`` the more probable,
+    and their (k, len(PAIR_FEATURES)) features."""
+    n, h, w = frames.shape
+    pi, pj = _doubtful_pairs(item, row, col, prob, r, below, n, h)
+    cnt = len(pi)
+    a = np.empty(cnt, np.int64)
+    b = np.empty(cnt, np.int64)
+    X = np.empty((cnt, 30), np.float32)
+    off = np.float32(offset)
+    sc = np.float32(inv)
+    for k in range(cnt):
+        i, j = pi[k], pj[k]
+        ai, bi = (i, j) if prob[i] >= prob[j] else (j, i)
+        a[k] = ai
+        b[k] = bi
+        for c in range(12):
+            X[k, c] = Xk[ai, c]
+            X[k, 12 + c] = Xk[bi, c]
+        X[k, 24] = prob[ai]
+        X[k, 25] = prob[bi]
+        X[k, 26] = math.hypot(row[ai] - row[bi], col[ai] - col[bi])
+        X[k, 27] = max(abs(row[ai] - row[bi]), abs(col[ai] - col[bi]))
+        v = _valley(frames, item[ai], row[ai], col[ai], row[bi], col[bi], r, off, sc)
+        X[k, 28] = v if v < np.inf else np.float32(-1.0)
+        X[k, 29] = X[k, 28] / max(peak[bi], np.float32(1.0)) if v < np.inf else np.float32(-1.0)
     return a, b, X
 
 
