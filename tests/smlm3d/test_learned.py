@@ -286,3 +286,22 @@ def test_conformal_groups_split_each_group_by_predicted_scale():
     per_bg = N_GROUPS * 4 // (len(BG_EDGES) + 1)
     np.testing.assert_array_equal(gq // per_bg, np.digitize(np.exp(X[:, FEATURE_NAMES.index("log_bg")]), BG_EDGES))
     np.testing.assert_array_equal(conformal_groups(X, ls, None), g)   # bundles calibrated before the axis
+
+
+def test_ratio_interval_resamples_structures():
+    """The RMSE/CRLB interval of a cell resamples whole structures: identical blocks give a point, one
+    block with a few large errors (a close pair on one filament) widens it, and it holds the estimate."""
+    from streamer.modalities.smlm3d.evaluate import ratio_interval
+
+    rng = np.random.default_rng(1)
+    c2 = np.full(2000, 4.0)
+    block = np.repeat(np.arange(20), 100)
+    lo, hi = ratio_interval(np.full(2000, 4.0), c2, block)
+    assert lo == pytest.approx(1.0) and hi == pytest.approx(1.0)
+    d2 = rng.chisquare(2, 2000) * 2.0          # lateral d^2 of an efficient estimator: E = 4 = c2
+    d2[:3] = 900.0                              # three 30-nm errors, all in block 0
+    est = np.sqrt(d2.sum() / c2.sum())
+    lo, hi = ratio_interval(d2, c2, block)
+    assert lo < est < hi and hi - lo > 0.2
+    lo2, hi2 = ratio_interval(d2, c2, np.arange(2000))   # resampling emitters: narrower
+    assert hi2 - lo2 < hi - lo
