@@ -99,3 +99,24 @@ def test_double_counts_are_second_detections_of_matched_electrons():
     assert double_counts(det_item, det_x, det_y, tru_item, tru_x, tru_y, m) == 1
     assert double_counts(det_item[:1], det_x[:1], det_y[:1], tru_item, tru_x, tru_y,
                          match(det_item[:1], det_x[:1], det_y[:1], tru_item, tru_x, tru_y)) == 0
+
+
+def test_knob_ratio_interval_holds_the_estimate_and_sees_correlated_blocks():
+    """The knob ratio's bootstrap interval over blocks of frames: it holds the full-sample ratio, and
+    where events of one block share their error (a frame's conditions), resampling blocks gives a
+    wider interval than resampling events as if they were independent."""
+    from streamer.modalities.electron.metrics import knob_curve, knob_ratio_interval
+
+    rng = np.random.default_rng(0)
+    n = 20000
+    block = np.arange(n) // 100
+    scale = rng.gamma(2.0, 0.5, n)                       # per-event error scale; the scores see it
+    shared = rng.lognormal(0.0, 0.3, block.max() + 1)[block]   # per-block factor the scores do not see
+    err_a = shared * scale * rng.rayleigh(0.5, n)
+    err_b = 1.6 * scale * rng.rayleigh(0.5, n)
+    s_a, s_b = scale + rng.normal(0, 0.1, n), scale + rng.normal(0, 0.8, n)
+    est = knob_curve(err_a, s_a, n, [0.8])[0][1] / knob_curve(err_b, s_b, n, [0.8])[0][1]
+    lo, hi = knob_ratio_interval(err_a, s_a, err_b, s_b, block)
+    assert lo < est < hi and hi - lo < 0.2
+    lo2, hi2 = knob_ratio_interval(err_a, s_a, err_b, s_b, np.arange(n))
+    assert hi2 - lo2 < 0.8 * (hi - lo)

@@ -82,3 +82,24 @@ def knob_curve(err: np.ndarray, score: np.ndarray, n_total: int, efficiencies=np
             continue
         rows.append((float(eff), float(cum[k - 1] / k), float(score[order][k - 1])))
     return rows
+
+
+def knob_ratio_interval(err_a, score_a, err_b, score_b, block, efficiency: float = 0.8, n_boot: int = 200,
+                        level: float = 0.9, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of the knob ratio at ``efficiency``: mean error of the events ``a`` keeps
+    (lowest ``score_a`` first) over that of ``b``, both on the same events, resampling whole blocks of
+    frames (``block`` per event): :func:`knob_curve` with each event weighted by its block's count."""
+    _, blk = np.unique(np.asarray(block), return_inverse=True)
+    w = np.random.default_rng(seed).multinomial(blk.max() + 1, np.full(blk.max() + 1, 1.0 / (blk.max() + 1)),
+                                                size=n_boot)[:, blk].astype(np.float64)
+
+    def kept_mean(err, score):
+        o = np.argsort(score, kind="stable")
+        ww, ee = w[:, o], np.asarray(err, np.float64)[o]
+        cw = np.cumsum(ww, axis=1)
+        keep = cw <= efficiency * cw[:, -1:]
+        return (ww * keep * ee).sum(axis=1) / np.maximum((ww * keep).sum(axis=1), 1e-12)
+
+    r = kept_mean(err_a, score_a) / kept_mean(err_b, score_b)
+    lo, hi = np.quantile(r, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
