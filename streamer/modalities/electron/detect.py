@@ -255,30 +255,47 @@ class Classified:
     win: np.ndarray | None = None
 
 
+def _find_candidates(frames: np.ndarray, p: DetectParams, adu_per_e: float, offset: float):
+    """:func:`candidates` (raster-ordered) through the numba kernel when installed."""
+    if frames.ndim != 3:
+        raise ValueError(f"frames must be (n, H, W), got shape {frames.shape}")
+    if _fast.HAVE_NUMBA:
+        level = _fast.raw_level(p.seed_e, adu_per_e, offset, frames.dtype)
+        return _fast._candidates(frames, level, float(offset), 1.0 / adu_per_e, np.float32(p.box_e),
+                                 _fast.candidate_capacity(frames.shape))
+    return candidates(frames, p, adu_per_e, offset)
+
+
+def _detections(frames, item, row, col, box, p: DetectParams, adu_per_e: float, offset: float,
+                win: np.ndarray | None = None) -> Detections:
+    """Detections of the kept peaks, their windows gathered (numba kernel when installed) unless given."""
+    if win is None and _fast.HAVE_NUMBA:
+        win = _fast._gather(frames, item, row, col, p.window_r, float(offset), 1.0 / adu_per_e)
+        return Detections(item, row, col, win, box)
+    if win is None:
+        win = _gather(frames, item, row, col, p.window_r, adu_per_e, offset)
+    return Detections(item.astype(np.int32), row.astype(np.int32), col.astype(np.int32), win, box.astype(np.float32))
+
+
 def classify(frames: np.ndarray, p: DetectParams, adu_per_e: float, offset: float, keep_model) -> Classified:
     """Candidates, their features and the classifier's keep-mask (probability >= ``keep_p``, plus the
     orphan rule); numba kernels of :mod:`.fast` when installed, the numpy reference otherwise."""
+    item, row, col, box, peak = _find_candidates(frames, p, adu_per_e, offset)
+    win = None
     if _fast.HAVE_NUMBA:
-        if frames.ndim != 3:
-            raise ValueError(f"frames must be (n, H, W), got shape {frames.shape}")
-        n, h, _ = frames.shape
-        inv = 1.0 / adu_per_e
-        level = _fast.raw_level(p.seed_e, adu_per_e, offset, frames.dtype)
-        item, row, col, box, peak = _fast._candidates(frames, level, float(offset), inv, np.float32(p.box_e),
-                                                      _fast.candidate_capacity(frames.shape))
-        X = _fast._candidate_features(frames, item, row, col, box, peak, p.window_r, p.threshold_e, float(offset), inv)
-        prob = np.asarray(keep_model(X), np.float32) if len(item) else np.zeros(0, np.float32)
-        keep = prob >= np.float32(p.keep_p)
-        if p.orphan_box > 0 and len(item):
-            keep |= _fast._orphans(item, row, col, box, prob, keep, np.float32(p.orphan_box), p.window_r, n, h)
-        return Classified(item, row, col, box, peak, prob, X, keep)
-    item, row, col, box, peak = candidates(frames, p, adu_per_e, offset)
-    win = _gather(frames, item, row, col, p.window_r, adu_per_e, offset)
-    X = candidate_features(frames, item, row, col, box, peak, win, p, adu_per_e, offset)
+        X = _fast._candidate_features(frames, item, row, col, box, peak, p.window_r, p.threshold_e, float(offset),
+                                      1.0 / adu_per_e)
+    else:
+        win = _gather(frames, item, row, col, p.window_r, adu_per_e, offset)
+        X = candidate_features(frames, item, row, col, box, peak, win, p, adu_per_e, offset)
     prob = np.asarray(keep_model(X), np.float32) if len(item) else np.zeros(0, np.float32)
-    keep = prob >= p.keep_p
+    keep = prob >= np.float32(p.keep_p)
     if p.orphan_box > 0 and len(item):
-        keep |= _orphans(item, row, col, box, prob, keep, p)
+        if _fast.HAVE_NUMBA:
+            n, h, _ = frames.shape
+            keep |= _fast._orphans(item, row, col, box, prob, keep, np.float32(p.orphan_box), p.window_r, n, h)
+        else:
+            keep |= _orphans(item, row, col, box, prob, keep, p)
     return Classified(item, row, col, box, peak, prob, X, keep, win)
 
 
@@ -291,35 +308,20 @@ def detect(frames: np.ndarray, p: DetectParams = DetectParams(), adu_per_e: floa
     ``merge_model(X) -> probability`` (the pair classifier, with ``p.merge_p`` <= 1) then drops
     second counts among the kept detections.
     """
-    if frames.ndim != 3:
-        raise ValueError(f"frames must be (n, H, W), got shape {frames.shape}")
     if keep_model is not None:
         c = classify(frames, p, adu_per_e, offset, keep_model)
         keep = c.keep
         if merge_model is not None and p.merge_p <= 1.0:
             keep = _merge_pairs(frames, c.item, c.row, c.col, c.peak, c.prob, c.X, keep, p, adu_per_e, offset,
                                 merge_model)
-        if c.win is not None:
-            return Detections(c.item[keep].astype(np.int32), c.row[keep].astype(np.int32),
-                              c.col[keep].astype(np.int32), c.win[keep], c.box[keep].astype(np.float32))
-        item, row, col, box = c.item[keep], c.row[keep], c.col[keep], c.box[keep]
-        win = _fast._gather(frames, item, row, col, p.window_r, float(offset), 1.0 / adu_per_e)
-        return Detections(item, row, col, win, box)
+        return _detections(frames, c.item[keep], c.row[keep], c.col[keep], c.box[keep], p, adu_per_e, offset,
+                           None if c.win is None else c.win[keep])
     # the seed's rule (baselines): brightest 3x3 among maxima within merge_px
-    if _fast.HAVE_NUMBA:
-        level = _fast.raw_level(p.seed_e, adu_per_e, offset, frames.dtype)
-        item, row, col, box, peak = _fast._candidates(frames, level, float(offset), 1.0 / adu_per_e,
-                                                      np.float32(p.box_e), _fast.candidate_capacity(frames.shape))
-    else:
-        item, row, col, box, peak = candidates(frames, p, adu_per_e, offset)
+    item, row, col, box, peak = _find_candidates(frames, p, adu_per_e, offset)
     if len(item) > 1 and p.merge_px > 0:
         keep = _merge(item, row, col, box, peak, frames, p, adu_per_e, offset)
         item, row, col, box = item[keep], row[keep], col[keep], box[keep]
-    if _fast.HAVE_NUMBA:
-        win = _fast._gather(frames, item, row, col, p.window_r, float(offset), 1.0 / adu_per_e)
-        return Detections(item, row, col, win, box)
-    win = _gather(frames, item, row, col, p.window_r, adu_per_e, offset)
-    return Detections(item.astype(np.int32), row.astype(np.int32), col.astype(np.int32), win, box.astype(np.float32))
+    return _detections(frames, item, row, col, box, p, adu_per_e, offset)
 
 
 def centroid(win: np.ndarray, half: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
