@@ -63,6 +63,9 @@ def run_sparse(model: TreeModel, lib, idx, n_frames: int, seed: int, rate: float
         knobs[tag] = {"size": X[:, names.index("npix_th")],
                       "compact": -X[:, names.index("box3")] / np.maximum(X[:, names.index("q_th")], 1.0)}
     n_iso = len(ti)  # efficiency on the knob curve: kept / isolated electrons found by both detections
+    # each method's knob score per isolated event ("method|knob"; the trees' is their radius)
+    knob_scores = {"trees": radius[di], **{f"{b}{tag}|{k}": v for b in BASELINES for tag in ("", "@trees-det")
+                                           for k, v in knobs[tag].items()}}
     return {
         "frames": n_frames, "true": len(fr.truth_x), "detections": len(det), "matched": int(ok.sum()),
         "efficiency": float(ok.mean()), "efficiency_isolated": float(ok[iso].mean()),
@@ -76,13 +79,9 @@ def run_sparse(model: TreeModel, lib, idx, n_frames: int, seed: int, rate: float
         "cov_charge": _deciles(fr.truth_charge[ti], covered), "cov_track": _deciles(track, covered),
         "cov_obs_charge": _deciles(charge[di], covered),
         "radius_um_median": float(np.median(radius[di]) * pixel_um),
-        "knob": {"trees": knob_curve(err["trees"], radius[di], n_iso),
-                 **{f"{b}{tag}|{k}": knob_curve(err[b + tag], v, n_iso)
-                    for b in BASELINES for tag in ("", "@trees-det") for k, v in knobs[tag].items()}},
+        "knob": {name: knob_curve(err[name.split("|")[0]], v, n_iso) for name, v in knob_scores.items()},
         # per isolated event, for the knob ratio's bootstrap interval (blocks of KNOB_BLOCK frames)
-        "knob_scores": {"trees": radius[di], **{f"{b}{tag}|{k}": v for b in BASELINES
-                                                 for tag in ("", "@trees-det") for k, v in knobs[tag].items()}},
-        "iso_frame": fr.truth_item[ti],
+        "knob_scores": knob_scores, "iso_frame": fr.truth_item[ti],
     }
 
 

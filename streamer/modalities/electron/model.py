@@ -152,10 +152,13 @@ def labelled(frames, det: Detections, params: DetectParams):
     return X, cx.astype(np.float32), cy.astype(np.float32), ti, di
 
 
-def _frames(lib, cfg: TrainConfig, idx, n_frames: int, seed: int):
+def _frames(lib, cfg: TrainConfig, idx, n_frames: int, seed: int, size: int | None = None,
+            rate: float | None = None):
+    """Frames of the configured camera (``size``/``rate``: other than the training frames')."""
     from .simulate import simulate_frames
 
-    return simulate_frames(lib, n_frames, cfg.size, cfg.size, rate=cfg.rate, seed=seed, lib_indices=idx,
+    size = size or cfg.size
+    return simulate_frames(lib, n_frames, size, size, rate=rate or cfg.rate, seed=seed, lib_indices=idx,
                            noise_e=cfg.noise_e, adu_per_e=cfg.adu_per_e, offset=cfg.offset)
 
 
@@ -191,11 +194,7 @@ def _fit_merge(xgb, cfg: "TrainConfig", lib, splits, params: DetectParams, keep,
     """The pair classifier, on sparse and dense frames of the training split."""
     parts = [pair_set(_frames(lib, cfg, splits["train"], cfg.merge_frames, cfg.seed + 30), params, keep)]
     if cfg.merge_dense_frames:
-        from .simulate import simulate_frames
-
-        dense = simulate_frames(lib, cfg.merge_dense_frames, 576, 576, rate=2927.0, seed=cfg.seed + 31,
-                                lib_indices=splits["train"], noise_e=cfg.noise_e, adu_per_e=cfg.adu_per_e,
-                                offset=cfg.offset)
+        dense = _frames(lib, cfg, splits["train"], cfg.merge_dense_frames, cfg.seed + 31, size=576, rate=2927.0)
         parts.append(pair_set(dense, params, keep))
     X, y = (np.concatenate(c) for c in zip(*parts))
     pm = dict(objective="binary:logistic", max_depth=cfg.merge_depth, eta=0.1, subsample=0.8, nthread=cfg.nthread,
@@ -205,9 +204,14 @@ def _fit_merge(xgb, cfg: "TrainConfig", lib, splits, params: DetectParams, keep,
     return margin_booster(bm)
 
 
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """Probability (float32) from a classifier's margin."""
+    return (1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))).astype(np.float32)
+
+
 def _sigmoid_of(booster):
     """Probability from a margin booster (XGBoost, training time)."""
-    return lambda X: (1.0 / (1.0 + np.exp(-booster.inplace_predict(X).astype(np.float64)))).astype(np.float32)
+    return lambda X: _sigmoid(booster.inplace_predict(X))
 
 
 def _sweep_cuts(fr, params: DetectParams, keep, merge, max_false: float):
@@ -453,14 +457,11 @@ class TreeModel:
     def keep(self, X: np.ndarray) -> np.ndarray:
         """Candidate-classifier probability (detection step); the booster outputs its margin."""
         z = self.backends["keep"].predict(X)
-        if self.keep_margin:
-            z = (1.0 / (1.0 + np.exp(-z.astype(np.float64)))).astype(np.float32)
-        return z
+        return _sigmoid(z) if self.keep_margin else z
 
     def merge(self, X: np.ndarray) -> np.ndarray:
         """Pair-classifier probability that two kept detections are one electron's (margin booster)."""
-        z = self.backends["merge"].predict(X).astype(np.float64)
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        return _sigmoid(self.backends["merge"].predict(X))
 
     def detect(self, frames: np.ndarray, adu_per_e: float = 1.0, offset: float = 0.0) -> Detections:
         return detect(frames, self.params, adu_per_e, offset, keep_model=self.keep,
