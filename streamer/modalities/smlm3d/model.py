@@ -48,11 +48,30 @@ N_GROUPS = (len(BG_EDGES) + 1) * (len(COUNT_EDGES) + 1) * (len(NN_EDGES) + 1)
 SCALE_BINS = 4
 
 
+def background_bin(X: np.ndarray) -> np.ndarray:
+    """Background level (BG_EDGES) of each row of the feature matrix."""
+    return np.digitize(np.exp(X[:, FEATURE_NAMES.index("log_bg")]), BG_EDGES)
+
+
+def crowding_bin(X: np.ndarray) -> np.ndarray:
+    """Frame-crowding bin (COUNT_EDGES: candidates in the row's frame) of each row."""
+    return np.digitize(X[:, FEATURE_NAMES.index("frame_count")], COUNT_EDGES)
+
+
+def row_thresholds(thr: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Each row's score threshold from a bundle's table: per background level x crowding bin, per
+    crowding bin (earlier bundles) or one value."""
+    thr = np.asarray(thr)
+    if thr.ndim == 2:
+        return thr[background_bin(X), crowding_bin(X)]
+    return thr[crowding_bin(X)] if thr.size > 1 else thr
+
+
 def groups(X: np.ndarray) -> np.ndarray:
     """Mondrian group index per row of the feature matrix (background x frame crowding x neighbour)."""
     nn = np.digitize(X[:, FEATURE_NAMES.index("nn1_dist")], NN_EDGES)
-    cnt = np.digitize(X[:, FEATURE_NAMES.index("frame_count")], COUNT_EDGES)
-    bg = np.digitize(np.exp(X[:, FEATURE_NAMES.index("log_bg")]), BG_EDGES)
+    cnt = crowding_bin(X)
+    bg = background_bin(X)
     return ((bg * (len(COUNT_EDGES) + 1) + cnt) * (len(NN_EDGES) + 1) + nn).astype(np.int64)
 
 
@@ -168,12 +187,8 @@ def apply(L: Localizations, pixel_nm: float, b: "Bundle", psf=None) -> dict[str,
     q = np.asarray(manifest["conformal"]["q"])[gq] if m else np.zeros((0, 3))
     half = q * sd * np.exp(ls)
     flags = L.flags & ~np.uint8(REJECTED)
-    thr = np.asarray(manifest["score_threshold"], np.float32)
-    cnt = np.digitize(X[:, FEATURE_NAMES.index("frame_count")], COUNT_EDGES)
-    if thr.ndim == 2:    # per background level x frame-crowding bin
-        thr = thr[np.digitize(np.exp(X[:, FEATURE_NAMES.index("log_bg")]), BG_EDGES), cnt]
-    elif thr.size > 1:   # per frame-crowding bin (earlier bundles)
-        thr = thr[cnt]
+    thr = row_thresholds(np.asarray(manifest["score_threshold"], np.float32), X)
+    cnt = crowding_bin(X)
     flags |= np.where(score < thr, np.uint8(REJECTED), np.uint8(0))
     flags[imprecise_pairs(L, cnt, pixel_nm, psf)] |= REJECTED
     flags[ambiguous(L, cnt)] |= REJECTED

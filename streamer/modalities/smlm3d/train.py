@@ -17,8 +17,8 @@ import numpy as np
 from .features import FEATURE_NAMES, features
 from .localize import DUPLICATE, REJECTED, localize
 from .metrics import LATERAL_TOL, efficiency, match
-from .model import (BG_EDGES, COUNT_EDGES, MODEL_DIR, N_GROUPS, SCALE_BINS, ambiguous, conformal_groups,
-                    conformal_quantiles, groups, imprecise_pairs)
+from .model import (BG_EDGES, COUNT_EDGES, MODEL_DIR, N_GROUPS, SCALE_BINS, ambiguous, background_bin,
+                    conformal_groups, conformal_quantiles, crowding_bin, groups, imprecise_pairs, row_thresholds)
 from .psf import DEFAULT_PSF
 from .simulate import SNR_LEVELS, SimConfig, simulate_frames
 
@@ -75,7 +75,7 @@ def make_dataset(sampling: str, n_chunks: int, frames_per_chunk: int = 50, seed:
         tt[ie] = T[it]
         # what the served model rejects whatever the score (model.apply): duplicates, imprecise and
         # ambiguous pairs; the conformal quantiles are fitted on the rest, as served
-        cnt = np.digitize(X[:, FEATURE_NAMES.index("frame_count")], COUNT_EDGES)
+        cnt = crowding_bin(X)
         drop = ((L.flags & DUPLICATE) != 0) | imprecise_pairs(L, cnt, pixel_nm, psf) | ambiguous(L, cnt)
         out["X"].append(X), out["t"].append(t), out["label"].append(label), out["drop"].append(drop)
         out["chunk"].append(np.full(len(L), c)), out["sd"].append(L.sd), out["fit"].append(L.xyz)
@@ -202,9 +202,7 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
     in_tune = tune_chunks[D["chunk"][is_cal]]
     shrink = choose_shrink(D["fit"][is_cal], pred[:, :3] * D["sd"][is_cal], D["truth"][is_cal], gc,
                            lab[is_cal] & in_tune)
-    S = make_dataset(sampling, int(round(SPARSE_FACTOR * n_chunks)), seed=seed + 2_000_003,
-                     density_range=SPARSE_DENSITY, **sim) if SPARSE_FACTOR else None
-    thr = _thresholds(_tuning_set((reg, clf), shrink, D, tune_chunks, S))
+    thr, tuning = _score_thresholds((reg, clf), shrink, D, sampling, n_chunks, seed, sim)
     q, scale_edges, n_conf, n_cal = _conformal((reg, clf, scale), shrink, thr, D, sampling, n_chunks, seed,
                                                cal_factor, sim)
     out = out_root / name
@@ -218,8 +216,7 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
         "reg_targets": ["dx/sd_x", "dy/sd_y", "dz/sd_z", "dlogN/sd_logN"],
         "score_threshold": thr.round(3).tolist(),
         "score_threshold_bins": f"background {list(BG_EDGES)} x candidates/frame {list(COUNT_EDGES)}",
-        "score_threshold_tuning": f"held-out chunks (c % 8 == 3) + {0 if S is None else int(S['chunk'].max()) + 1} "
-                                  f"sparse chunks (density {SPARSE_DENSITY[0]}-{SPARSE_DENSITY[1]}/frame)",
+        "score_threshold_tuning": tuning,
         "shrink": shrink.round(2).tolist(),
         "fit_iterations": N_ITER, "passes": PASSES, "psf": psf.to_dict(), "pixel_nm": pixel_nm,
         "conformal": {"level": 0.9, "score": "|truth - estimate| / (CRLB(fit) * exp(scale))",
@@ -274,12 +271,22 @@ def _tuning_set(boosters, shrink, D: dict, tune_chunks: np.ndarray, S: dict | No
         parts.append({
             "score": clf.inplace_predict(X), "label": data["label"][rows] == 1, "good": _good(data)[rows],
             "err_lat": np.nan_to_num(np.hypot(err[:, 0], err[:, 1])), "err_ax": np.nan_to_num(err[:, 2]),
-            "bg": np.digitize(np.exp(X[:, FEATURE_NAMES.index("log_bg")]), BG_EDGES),
-            "cnt": np.digitize(X[:, FEATURE_NAMES.index("frame_count")], COUNT_EDGES),
+            "bg": background_bin(X), "cnt": crowding_bin(X),
             "f_true": data["frame_true"][frames], "f_tp": data["frame_mle_tp"][frames],
             "f_fp": data["frame_mle_fp"][frames], "f_bg": chunk_bg[data["frame_chunk"][frames]],
             "f_cnt": np.digitize(data["frame_cand"][frames], COUNT_EDGES)})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _score_thresholds(boosters, shrink, D: dict, sampling: str, n_chunks: int, seed: int, sim: dict):
+    """(thresholds, what they were tuned on): :func:`_thresholds` on ``D``'s tune chunks plus a freshly
+    simulated sparse tuning set (SPARSE_FACTOR x n_chunks chunks at SPARSE_DENSITY)."""
+    n_sparse = int(round(SPARSE_FACTOR * n_chunks))
+    S = make_dataset(sampling, n_sparse, seed=seed + 2_000_003, density_range=SPARSE_DENSITY, **sim) if n_sparse \
+        else None
+    thr = _thresholds(_tuning_set(boosters, shrink, D, np.arange(n_chunks) % 8 == 3, S))
+    return thr, (f"held-out chunks (c % 8 == 3) + {n_sparse} sparse chunks "
+                 f"(density {SPARSE_DENSITY[0]}-{SPARSE_DENSITY[1]}/frame)")
 
 
 def _thresholds(T: dict) -> np.ndarray:
@@ -347,9 +354,7 @@ def _kept_scores(boosters, shrink, thr, X, fit, sd, truth, use):
     lsc = scale.inplace_predict(X).reshape(len(X), 3)
     g = groups(X)
     est = fit + shrink[g] * pr[:, :3] * sd
-    b_, c_ = (np.digitize(np.exp(X[:, FEATURE_NAMES.index("log_bg")]), BG_EDGES),
-              np.digitize(X[:, FEATURE_NAMES.index("frame_count")], COUNT_EDGES))
-    use = use & (sc >= thr[b_, c_])
+    use = use & (sc >= row_thresholds(thr, X))
     return np.abs(truth[use] - est[use]) / (sd[use] * np.exp(lsc[use])), X[use], lsc[use]
 
 
@@ -364,13 +369,9 @@ def _recalibrate(D, sampling, name, n_chunks, seed, out_root, cal_factor, sim, v
     shrink, thr = np.asarray(manifest["shrink"]), np.asarray(manifest["score_threshold"])
     old_thr = thr
     if retune:
-        S = make_dataset(sampling, int(round(SPARSE_FACTOR * n_chunks)), seed=seed + 2_000_003,
-                         density_range=SPARSE_DENSITY, **sim) if SPARSE_FACTOR else None
-        thr = _thresholds(_tuning_set(boosters, shrink, D, np.arange(n_chunks) % 8 == 3, S))
+        thr, tuning = _score_thresholds(boosters, shrink, D, sampling, n_chunks, seed, sim)
         manifest["score_threshold"] = thr.round(3).tolist()
-        manifest["score_threshold_tuning"] = (f"held-out chunks (c % 8 == 3) + {int(round(SPARSE_FACTOR * n_chunks))} "
-                                              f"sparse chunks (density {SPARSE_DENSITY[0]}-{SPARSE_DENSITY[1]}/frame); "
-                                              f"retuned {time.strftime('%Y-%m-%d')}")
+        manifest["score_threshold_tuning"] = f"{tuning}; retuned {time.strftime('%Y-%m-%d')}"
     q, scale_edges, n_scores, n_cal = _conformal(boosters, shrink, thr, D, sampling, n_chunks, seed, cal_factor, sim)
     old_q = np.asarray(manifest["conformal"]["q"])
     if old_q.shape != q.shape:   # the groups gained the scale axis: compare each with its group's old quantile
