@@ -54,3 +54,11 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None, headers: 
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(out)
+
+
+def block_bootstrap_weights(block: np.ndarray, n_boot: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Resampling whole blocks (frames of one structure, runs of frames): (block index 0..B-1 of each
+    item, (n_boot, B) multiplicities of the blocks in each bootstrap sample)."""
+    _, inv = np.unique(np.asarray(block), return_inverse=True)
+    nb = int(inv.max()) + 1
+    return inv, np.random.default_rng(seed).multinomial(nb, np.full(nb, 1.0 / nb), size=n_boot)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ...core.metrics import block_bootstrap_weights
+
 MATCH_PX = 6.0  # a detection's peak may sit on a back-scattered track several pixels from the entry
 ISOLATION_PX = 10.0  # an event is isolated if no other entry lies within this distance
 
@@ -89,9 +91,8 @@ def knob_ratio_interval(err_a, score_a, err_b, score_b, block, efficiency: float
     """Bootstrap interval of the knob ratio at ``efficiency``: mean error of the events ``a`` keeps
     (lowest ``score_a`` first) over that of ``b``, both on the same events, resampling whole blocks of
     frames (``block`` per event): :func:`knob_curve` with each event weighted by its block's count."""
-    _, blk = np.unique(np.asarray(block), return_inverse=True)
-    w = np.random.default_rng(seed).multinomial(blk.max() + 1, np.full(blk.max() + 1, 1.0 / (blk.max() + 1)),
-                                                size=n_boot)[:, blk].astype(np.float64)
+    blk, wb = block_bootstrap_weights(block, n_boot, seed)
+    w = wb[:, blk].astype(np.float64)
 
     def kept_mean(err, score):
         o = np.argsort(score, kind="stable")

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from ...core.metrics import block_bootstrap_weights
 from .detect import READ_VAR, ROI
 from .localize import REJECTED
 from .metrics import assess
@@ -45,9 +46,8 @@ def ratio_interval(d2: np.ndarray, c2: np.ndarray, block: np.ndarray, n_boot: in
     emitters alone would understate how much a cell's ratio depends on which structures it drew."""
     if len(d2) == 0:
         return float("nan"), float("nan")
-    _, b = np.unique(block, return_inverse=True)
+    b, w = block_bootstrap_weights(block, n_boot, seed)
     sd, sc = np.bincount(b, weights=d2), np.bincount(b, weights=c2)
-    w = np.random.default_rng(seed).multinomial(len(sd), np.full(len(sd), 1.0 / len(sd)), size=n_boot)
     r = np.sqrt((w @ sd) / np.maximum(w @ sc, 1e-300))
     lo, hi = np.quantile(r, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
