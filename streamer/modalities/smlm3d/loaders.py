@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .detect import ROI
 from .localize import REJECTED
 
 def load_stack(path: str | Path) -> np.ndarray:
@@ -38,8 +39,9 @@ def load_stack(path: str | Path) -> np.ndarray:
         a = a[None]
     if a.ndim != 3 or min(a.shape) < 1:
         raise ValueError(f"{path}: expected frames (n, height, width), got shape {a.shape}")
-    if a.shape[1] < 13 or a.shape[2] < 13:
-        raise ValueError(f"{path}: frames of {a.shape[1]}x{a.shape[2]} pixels are smaller than one fit window (13x13)")
+    if a.shape[1] < ROI or a.shape[2] < ROI:
+        raise ValueError(f"{path}: frames of {a.shape[1]}x{a.shape[2]} pixels are smaller than one fit window "
+                         f"({ROI}x{ROI})")
     if a.dtype == np.uint16:
         return a
     if a.dtype.kind not in "uif":
