@@ -2,6 +2,8 @@
 path (no radius), calibration from dark + low-dose frames, and calibrate -> train -> serve on tiny
 settings."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -168,6 +170,8 @@ def test_calibrate_train_serve_round_trip(tmp_path):
     models = tmp_path / "models"
     assert main(["train", "--modality", "electron", "--instrument", str(cal), "--tiny", "--nthread", "1",
                  "--out", str(models / "electron" / "trees-scopeB")]) == 0
+    manifest = json.loads((models / "electron" / "trees-scopeB" / "manifest.json").read_text())
+    assert {"sdx", "sdy"} <= set(manifest["boosters"]) and manifest["specialist"]["scale_max"] > 0
     served = Served({"electron": "trees"}, [fitted], models_dir=models)
     assert "trees-scopeB" in served.model_ids()
     frames = load_recording(tmp_path / "flat.npz").arrays["frames"][:50]

@@ -134,6 +134,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--recalibrate", action="store_true",
                    help="keep the bundle's boosters (a missing pair classifier is trained), redo the detection cuts "
                         "and the conformal step")
+    g.add_argument("--refit-specialist", action="store_true",
+                   help="with --recalibrate: (re)fit the easy-event point boosters too (the others are kept)")
 
 
 def train(args: argparse.Namespace) -> int:
@@ -156,7 +158,9 @@ def train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(nthread=args.nthread)
     if args.train_frames is not None:
         cfg = TrainConfig(train_frames=args.train_frames, nthread=args.nthread)
-    manifest = fit(cfg, args.out or BUNDLE_DIR, recalibrate=getattr(args, "recalibrate", False))
+    refit = getattr(args, "refit_specialist", False)
+    manifest = fit(cfg, args.out or BUNDLE_DIR, recalibrate=getattr(args, "recalibrate", False) or refit,
+                   refit_specialist=refit)
     print(f"wrote {args.out or BUNDLE_DIR}: {manifest['training']['n_train']} training events")
     return 0
 

@@ -204,6 +204,7 @@ def run(workdir: Path, quick: bool = False, log=print) -> dict:
     r_aa = metrics(fr_a, via_a, a["pixel_um"])
 
     t = manifest["training"]
+    spec = manifest.get("specialist")
     detail = ("Electron, through the worker path (`serve_raw`), held-out events (library split 'test'), "
               f"{n_eval} frames 100x100 at 10 e-; errors on isolated electrons found by the trees and the seed's "
               "detection, baselines = the seed's max pixel / 3x3 / 5x5 centroids (with and without the 40 e- "
@@ -228,9 +229,11 @@ def run(workdir: Path, quick: bool = False, log=print) -> dict:
                        f"{cal.adu_per_e_se:.3f} ADU/e- (2.5) from {len(dark.frames)} dark + {len(flat.frames)} "
                        f"low-dose frames ({cal.events:,} events, {cal_s:.0f} s); pixel from the header, energy 200 keV "
                        f"given{energy_check}",
-        "training": f"{train_s:.0f} s ({t['n_train']:,} training events from {t['train_frames']:,} frames, "
-                    f"{t['library_n']:,}-event library of B; the shipped bundle: 48,000 frames + a 40,000-event "
-                    f"extra library)",
+        "training": f"{train_s:.0f} s ({t['n_train']:,} training events from {t['train_frames']:,} frames"
+                    + (f", easy-event boosters on {spec['n_train']:,} events of "
+                       f"{t['train_frames'] + t['specialist_frames']:,} frames" if spec else "")
+                    + f", {t['library_n']:,}-event library of B; the shipped bundle: 48,000 frames (easy-event "
+                    f"boosters: 240,000) + a 40,000-event extra library)",
         "B's model on B": verdict(r_bb),
         "A's model on A": verdict(r_aa),
         "detail": detail,

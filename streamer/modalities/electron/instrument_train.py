@@ -17,11 +17,12 @@ from pathlib import Path
 #: the profile recipe (the shipped one: 24k/48k/6k/6k/6k frames and a second 40k-event library)
 PROFILE_CONFIG = {"library_n": 20000, "keep_frames": 12000, "train_frames": 24000, "scale_frames": 6000,
                   "cal_frames": 6000, "cal_extra_frames": 6000, "extra_train": (), "merge_frames": 6000,
-                  "merge_dense_frames": 12}
+                  "merge_dense_frames": 12, "specialist_frames": 24000}
 #: plumbing only (tests): seconds, not accuracy
 TINY_CONFIG = {"library_n": 1500, "keep_frames": 300, "train_frames": 600, "scale_frames": 300, "cal_frames": 300,
                "cal_extra_frames": 0, "extra_train": (), "rounds": 10, "keep_rounds": 10, "scale_rounds": 10,
                "merge_frames": 300, "merge_dense_frames": 1, "merge_rounds": 10,
+               "specialist_frames": 0, "specialist_depth": 3,
                "cells": (("q_th", 2), ("npix_th", 1), ("scale", 2))}
 
 
@@ -50,9 +51,9 @@ def train_for_profile(profile, out_dir: Path, overrides: dict | None = None, pro
     if progress:
         from tqdm import tqdm
 
-        # the recipe's stages, each announced by one log line: classifier, training set, point
-        # boosters, detection cut, conformal calibration
-        bar = tqdm(total=5, desc=f"train electron for {profile.name}", unit="stage")
+        # the recipe's stages, each announced by one log line: classifier, (pair classifier),
+        # training set, point boosters, (easy-event boosters), detection cut, conformal calibration
+        bar = tqdm(total=5 + (cfg.merge_rounds > 0) + (cfg.specialist_quantile > 0), desc=f"train electron for {profile.name}", unit="stage")
 
         def log(msg: str, _bar=bar) -> None:  # noqa: F811 - the bar replaces the plain log
             _bar.update(1)

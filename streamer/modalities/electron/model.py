@@ -8,11 +8,18 @@ separately in cells of observed charge (quintiles) x pixel count (quartiles) x p
 easy/hard (long-track) events. Splits are by library event (train / scale / calibration / test never
 share an event).
 
+Entry point, routed by the error scale: events with ``s(X) <= scale_max`` (the easy ~90 %: short,
+non-back-scattered tracks, the ones the knob keeps) get a second pair of point boosters, ``sdx`` /
+``sdy``, fit on those events only and on five times the frames (240,000); the rest keep ``dx`` / ``dy``. Each
+event still goes through one pair of point boosters. Measured on held-out events (mean error of the
+events kept at 80 % efficiency): -0.6 % from the routing alone, -1.2 % with the larger training set,
+against -0.3 % for the larger set without routing.
+
 Detection uses a fourth booster, ``keep``: the candidate classifier of :func:`.detect.detect`, and
 optionally a fifth, ``merge``: the pair classifier (two kept detections one electron's?).
 
 Bundle: ``compiled_models/electron/trees/manifest.json`` + ``keep.ubj``, ``dx.ubj``, ``dy.ubj``, ``scale.ubj``
-(+ ``merge.ubj``).
+(+ ``merge.ubj``, + ``sdx.ubj``, ``sdy.ubj`` and the manifest's ``specialist`` entry).
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ from .metrics import match
 
 BUNDLE_DIR = Path(__file__).resolve().parents[3] / "compiled_models" / "electron" / "trees"
 ROLES = ("keep", "dx", "dy", "scale")
-OPTIONAL_ROLES = ("merge",)  # bundles without a pair classifier still load (no pair stage)
+#: bundles without a pair classifier (no pair stage) or a specialist (one pair of point boosters) still load
+OPTIONAL_ROLES = ("merge", "sdx", "sdy")
 TRAIN_CHUNK = 16000  # training frames simulated at once (100x100: ~1.3 GB of float64 buffers)
 COVERAGE = 0.9
 
@@ -66,6 +74,11 @@ class TrainConfig:
     merge_dense_frames: int = 24  # 576x576 at ~2,900 e- (two electrons side by side are the other class)
     merge_depth: int = 4
     merge_rounds: int = 100
+    #: easy-event point boosters: events whose error scale is at most this quantile of the training
+    #: events' (0: none), trained on ``train_frames + specialist_frames`` frames at ``specialist_depth``
+    specialist_quantile: float = 0.9
+    specialist_frames: int = 192000
+    specialist_depth: int = 8
     nthread: int = 2
     seed: int = 1
     #: independent libraries (seed, events) added to each fitting role's pool of library events. The
@@ -299,14 +312,59 @@ def _fit_scale(xgb, cfg: TrainConfig, sim_det, splits, params, bx, by):
     return xgb.train(ps, xgb.DMatrix(Xs, rs), cfg.scale_rounds), len(Xs)
 
 
+def routed_point(X: np.ndarray, s: np.ndarray, general, special=None, scale_max: float | None = None):
+    """Canonical (dx, dy) of events ``X`` with error scales ``s``: ``special`` = (dx, dy) predict
+    functions for the events with ``s <= scale_max``, ``general`` for the rest (and for all of them
+    without a specialist). Each event goes through one pair."""
+    if special is None or scale_max is None:
+        return (np.asarray(general[0](X), np.float32), np.asarray(general[1](X), np.float32))
+    easy = s <= np.float32(scale_max)
+    cx, cy = np.empty(len(X), np.float32), np.empty(len(X), np.float32)
+    for rows, (fx, fy) in ((easy, special), (~easy, general)):
+        if rows.any():
+            Xr = X[rows]
+            cx[rows], cy[rows] = fx(Xr), fy(Xr)
+    return cx, cy
+
+
+def _fit_specialist(xgb, cfg: TrainConfig, sim_det, splits, params, bs, log, t0):
+    """Point boosters for the easy events: the training frames plus ``specialist_frames`` more (the
+    first ``train_frames`` are the general boosters' own, same seeds), routed by the error-scale
+    booster; ``scale_max`` = the ``specialist_quantile`` of the first chunk's scales. Returns
+    (sdx, sdy, scale_max, events)."""
+    total = cfg.train_frames + cfg.specialist_frames
+    parts, scale_max = [], None
+    for k, a in enumerate(range(0, total, TRAIN_CHUNK)):
+        fr, det = sim_det(splits["train"], min(TRAIN_CHUNK, total - a), cfg.seed + 1000 * k)
+        X, cx, cy = labelled(fr, det, params)[:3]
+        del fr, det
+        s = np.maximum(bs.inplace_predict(X), 1e-3)
+        if scale_max is None:
+            scale_max = float(np.quantile(s, cfg.specialist_quantile))
+        easy = s <= np.float32(scale_max)
+        parts.append((X[easy], cx[easy], cy[easy]))
+    X, cx, cy = (np.concatenate(c) for c in zip(*parts))
+    del parts
+    log(f"specialist: {len(X)} easy events (scale <= {scale_max:.3f} px) from {total} frames "
+        f"({time.time() - t0:.0f} s)")
+    p = dict(objective=cfg.point_objective, max_depth=cfg.specialist_depth, eta=cfg.eta * 150 / cfg.rounds,
+             subsample=0.8, colsample_bytree=0.8, min_child_weight=5, nthread=cfg.nthread, tree_method="hist",
+             seed=cfg.seed)
+    sdx = xgb.train(p, xgb.QuantileDMatrix(X, cx), cfg.rounds)
+    sdy = xgb.train(p, xgb.QuantileDMatrix(X, cy), cfg.rounds)
+    return sdx, sdy, scale_max, len(X)
+
+
 def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=print,
           recalibrate: bool = False, refit_scale: bool = False, refit_point: bool = False,
-          instrument: dict | None = None) -> dict:
+          refit_specialist: bool = False, instrument: dict | None = None) -> dict:
     """Simulate, fit, calibrate and write the bundle; returns the manifest (``instrument``: the
     manifest's instrument entry, see :func:`.instrument.coverage`). With ``recalibrate``
     the boosters already in ``out_dir`` are kept and only the cut and conformal step are redone
     (``refit_scale``: the error-scale booster is refit too; ``refit_point``: the entry-point and
-    scale boosters are refit, only the candidate classifier is kept)."""
+    scale boosters are refit, only the candidate classifier is kept; ``refit_specialist``: the
+    easy-event point boosters are (re)fit; they are refit whenever the scale booster is, which routes
+    to them)."""
     import xgboost as xgb
 
     t0 = time.time()
@@ -363,6 +421,14 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
         n_train = len(X)
         qcol = feature_names(params.window_r).index("q_th")
         charge_range = [float(np.quantile(X[:, qcol], 0.001)), float(np.quantile(X[:, qcol], 0.999))]
+        del X, cx, cy
+    # 3. easy-event point boosters, routed by the scale booster
+    spec = None
+    if old and not (refit_point or refit_scale or refit_specialist):
+        if "sdx" in old:
+            spec = (old["sdx"], old["sdy"], prev["specialist"]["scale_max"], prev["specialist"]["n_train"])
+    elif cfg.specialist_quantile > 0:
+        spec = _fit_specialist(xgb, cfg, sim_det, splits, params, bs, log, t0)
     # 4. detection cuts on the calibration split: highest efficiency with <= max_false false detections,
     #    then the pair stage's cut (and a new keep_p) for the fewest false detections at that efficiency
     fr = _frames(lib, cfg, splits["cal"], cfg.cal_frames, cfg.seed + 2)
@@ -379,8 +445,11 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
         X2, cx2, cy2, *_ = labelled(fr2, detect(fr2.frames, params, fr2.adu_per_e, fr2.offset, keep_model=keep,
                                                 merge_model=merge), params)
         Xc, ccx, ccy = np.concatenate([Xc, X2]), np.concatenate([ccx, cx2]), np.concatenate([ccy, cy2])
-    rc = np.hypot(bx.inplace_predict(Xc) - ccx, by.inplace_predict(Xc) - ccy)
     sc = np.maximum(bs.inplace_predict(Xc), 1e-3)
+    pcx, pcy = routed_point(Xc, sc, (bx.inplace_predict, by.inplace_predict),
+                            None if spec is None else (spec[0].inplace_predict, spec[1].inplace_predict),
+                            None if spec is None else spec[2])
+    rc = np.hypot(pcx - ccx, pcy - ccy)
     names = feature_names(params.window_r)
     axes = [(f, _edges(sc if f == "scale" else Xc[:, names.index(f)], k).tolist()) for f, k in cfg.cells]
     cell = cell_index(Xc, sc, names, axes)
@@ -402,6 +471,10 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
     boosters = {"keep": bk, "dx": bx, "dy": by, "scale": bs}
     if bm is not None:
         boosters["merge"] = bm
+    if spec is not None:
+        boosters.update(sdx=spec[0], sdy=spec[1])
+        manifest["specialist"] = {"scale_max": float(spec[2]), "quantile": cfg.specialist_quantile,
+                                  "n_train": int(spec[3])}
     return save_bundle(out_dir, manifest, boosters)
 
 
@@ -452,6 +525,8 @@ class TreeModel:
         self.ncol = self.names.index("npix_th")
         self.params = DetectParams(**self.manifest["detect"])
         self.keep_margin = self.manifest.get("keep_output", "probability") == "margin"
+        spec = self.manifest.get("specialist")
+        self.scale_max = None if spec is None else float(spec["scale_max"])
         self.model_id = f"electron-trees-{self.manifest['sha256']['dx.ubj'][:12]}"
 
     def keep(self, X: np.ndarray) -> np.ndarray:
@@ -487,9 +562,10 @@ class TreeModel:
         if len(X) == 0:
             z = np.zeros(0, np.float32)
             return {"dx": z, "dy": z, "radius": z, "score": z, "charge": z, "size": np.zeros(0, np.int32)}
-        cx = self.backends["dx"].predict(X)
-        cy = self.backends["dy"].predict(X)
-        s = np.maximum(self.backends["scale"].predict(X), 1e-3)
+        b = self.backends
+        s = np.maximum(b["scale"].predict(X), 1e-3)
+        cx, cy = routed_point(X, s, (b["dx"].predict, b["dy"].predict),
+                              (b["sdx"].predict, b["sdy"].predict) if "sdx" in b else None, self.scale_max)
         charge = X[:, self.qcol]
         radius = (s * self.q[cell_index(X, s, self.names, self.axes)]).astype(np.float32)
         dx, dy = from_canonical(cx, cy, fx, fy, tr)
