@@ -172,6 +172,13 @@ def test_calibrate_train_serve_round_trip(tmp_path):
                  "--out", str(models / "electron" / "trees-scopeB")]) == 0
     manifest = json.loads((models / "electron" / "trees-scopeB" / "manifest.json").read_text())
     assert {"sdx", "sdy"} <= set(manifest["boosters"]) and manifest["specialist"]["scale_max"] > 0
+    # recalibrating keeps every booster, the easy-event pair and its routing included
+    from streamer.modalities.electron.instrument_train import TINY_CONFIG, config_for
+    from streamer.modalities.electron.model import train
+
+    again = train(config_for(fitted, {**TINY_CONFIG, "nthread": 1}), models / "electron" / "trees-scopeB",
+                  log=lambda m: None, recalibrate=True, instrument=manifest["instrument"])
+    assert again["sha256"] == manifest["sha256"] and again["specialist"] == manifest["specialist"]
     served = Served({"electron": "trees"}, [fitted], models_dir=models)
     assert "trees-scopeB" in served.model_ids()
     frames = load_recording(tmp_path / "flat.npz").arrays["frames"][:50]

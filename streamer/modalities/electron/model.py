@@ -10,10 +10,11 @@ share an event).
 
 Entry point, routed by the error scale: events with ``s(X) <= scale_max`` (the easy ~90 %: short,
 non-back-scattered tracks, the ones the knob keeps) get a second pair of point boosters, ``sdx`` /
-``sdy``, fit on those events only and on five times the frames (240,000); the rest keep ``dx`` / ``dy``. Each
-event still goes through one pair of point boosters. Measured on held-out events (mean error of the
-events kept at 80 % efficiency): -0.6 % from the routing alone, -1.2 % with the larger training set,
-against -0.3 % for the larger set without routing.
+``sdy`` (depth 8), fit on those events only and on five times the frames (240,000); the rest keep
+``dx`` / ``dy``. Each event still goes through one pair of point boosters. Measured on held-out events
+(mean error of the events kept at 80 % efficiency): -0.6 % from the routing alone, -1.4 % with the
+larger training set and depth 8, against -0.3 % for the larger set without routing
+(``docs/electron/README.md``, "Routing the easy events").
 
 Detection uses a fourth booster, ``keep``: the candidate classifier of :func:`.detect.detect`, and
 optionally a fifth, ``merge``: the pair classifier (two kept detections one electron's?).
