@@ -53,7 +53,8 @@ def train_for_profile(profile, out_dir: Path, overrides: dict | None = None, pro
 
         # the recipe's stages, each announced by one log line: classifier, (pair classifier),
         # training set, point boosters, (easy-event boosters), detection cut, conformal calibration
-        bar = tqdm(total=5 + (cfg.merge_rounds > 0) + (cfg.specialist_quantile > 0), desc=f"train electron for {profile.name}", unit="stage")
+        stages = 5 + (cfg.merge_rounds > 0) + (cfg.specialist_quantile > 0)
+        bar = tqdm(total=stages, desc=f"train electron for {profile.name}", unit="stage")
 
         def log(msg: str, _bar=bar) -> None:  # noqa: F811 - the bar replaces the plain log
             _bar.update(1)
