@@ -195,7 +195,7 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
                       xgb.DMatrix(D["X"][tr & lab], label=ys), num_boost_round=max(rounds // 2, 10))
     # held-out chunks, two halves: "tune" picks the correction weights and the score thresholds,
     # "conf" (c % 8 == 7, never used for anything else) gives the conformal quantiles (_conformal)
-    tune_chunks = np.arange(n_chunks) % 8 == 3
+    tune_chunks = _tune_chunks(n_chunks)
     Xc = D["X"][is_cal]
     pred = reg.inplace_predict(Xc).reshape(len(Xc), 4)
     gc = groups(Xc)
@@ -238,6 +238,11 @@ def train_bundle(sampling: str, name: str, n_chunks: int = 120, seed: int = 0, r
         size = sum(p.stat().st_size for p in out.glob("*.ubj"))
         print(f"[{name}] thresholds {thr.round(2).tolist()}, bundle {size / 1e6:.2f} MB, {time.perf_counter() - t0:.0f} s")
     return manifest
+
+
+def _tune_chunks(n_chunks: int) -> np.ndarray:
+    """The held-out "tune" chunks (c % 8 == 3): correction weights and score thresholds are chosen on them."""
+    return np.arange(n_chunks) % 8 == 3
 
 
 def _good(D: dict) -> np.ndarray:
@@ -284,7 +289,7 @@ def _score_thresholds(boosters, shrink, D: dict, sampling: str, n_chunks: int, s
     n_sparse = int(round(SPARSE_FACTOR * n_chunks))
     S = make_dataset(sampling, n_sparse, seed=seed + 2_000_003, density_range=SPARSE_DENSITY, **sim) if n_sparse \
         else None
-    thr = _thresholds(_tuning_set(boosters, shrink, D, np.arange(n_chunks) % 8 == 3, S))
+    thr = _thresholds(_tuning_set(boosters, shrink, D, _tune_chunks(n_chunks), S))
     return thr, (f"held-out chunks (c % 8 == 3) + {n_sparse} sparse chunks "
                  f"(density {SPARSE_DENSITY[0]}-{SPARSE_DENSITY[1]}/frame)")
 
@@ -320,7 +325,6 @@ def _thresholds(T: dict) -> np.ndarray:
             ok = grid[(grid <= t_prec) & (ji >= ji_mle)]
             thr[j, k] = max(t_eff, float(ok.max())) if len(ok) else t_eff
     return thr
-
 
 
 def _conformal(boosters, shrink, thr, D, sampling, n_chunks, seed, cal_factor, sim):
