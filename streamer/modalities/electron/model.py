@@ -328,17 +328,33 @@ def routed_point(X: np.ndarray, s: np.ndarray, general, special=None, scale_max:
     return cx, cy
 
 
-def _fit_specialist(xgb, cfg: TrainConfig, sim_det, splits, params, bs, log, t0):
-    """Point boosters for the easy events: the training frames plus ``specialist_frames`` more (the
-    first ``train_frames`` are the general boosters' own, same seeds), routed by the error-scale
-    booster; ``scale_max`` = the ``specialist_quantile`` of the first chunk's scales. Returns
-    (sdx, sdy, scale_max, events)."""
-    total = cfg.train_frames + cfg.specialist_frames
+def _point_params(cfg: TrainConfig, depth: int) -> dict:
+    """XGBoost parameters of the entry-point boosters (general or easy-event) of tree ``depth``."""
+    return dict(objective=cfg.point_objective, max_depth=depth, eta=cfg.eta * 150 / cfg.rounds, subsample=0.8,
+                colsample_bytree=0.8, min_child_weight=5, nthread=cfg.nthread, tree_method="hist", seed=cfg.seed)
+
+
+def _chunk_sizes(n_frames: int) -> list[int]:
+    """Frames per simulated training chunk (TRAIN_CHUNK each, the last one the rest)."""
+    return [min(TRAIN_CHUNK, n_frames - a) for a in range(0, n_frames, TRAIN_CHUNK)]
+
+
+def _train_chunk(cfg: TrainConfig, sim_det, splits, params, k: int, n_frames: int):
+    """(X, cx, cy) of training chunk ``k`` (``n_frames`` frames of the training split, seed per chunk):
+    one float64 image buffer per chunk, not per training set."""
+    fr, det = sim_det(splits["train"], n_frames, cfg.seed + 1000 * k)
+    return labelled(fr, det, params)[:3]
+
+
+def _fit_specialist(xgb, cfg: TrainConfig, sim_det, splits, params, bs, log, t0, have=()):
+    """Point boosters for the easy events: the training frames plus ``specialist_frames`` more,
+    routed by the error-scale booster; ``scale_max`` = the ``specialist_quantile`` of the first
+    chunk's scales. ``have``: chunks already simulated for the general boosters (same seeds; reused
+    where the chunk has the same frame count). Returns (sdx, sdy, scale_max, events)."""
     parts, scale_max = [], None
-    for k, a in enumerate(range(0, total, TRAIN_CHUNK)):
-        fr, det = sim_det(splits["train"], min(TRAIN_CHUNK, total - a), cfg.seed + 1000 * k)
-        X, cx, cy = labelled(fr, det, params)[:3]
-        del fr, det
+    for k, n in enumerate(_chunk_sizes(cfg.train_frames + cfg.specialist_frames)):
+        reuse = k < len(have) and _chunk_sizes(cfg.train_frames)[k] == n
+        X, cx, cy = have[k] if reuse else _train_chunk(cfg, sim_det, splits, params, k, n)
         s = np.maximum(bs.inplace_predict(X), 1e-3)
         if scale_max is None:
             scale_max = float(np.quantile(s, cfg.specialist_quantile))
@@ -346,11 +362,9 @@ def _fit_specialist(xgb, cfg: TrainConfig, sim_det, splits, params, bs, log, t0)
         parts.append((X[easy], cx[easy], cy[easy]))
     X, cx, cy = (np.concatenate(c) for c in zip(*parts))
     del parts
-    log(f"specialist: {len(X)} easy events (scale <= {scale_max:.3f} px) from {total} frames "
-        f"({time.time() - t0:.0f} s)")
-    p = dict(objective=cfg.point_objective, max_depth=cfg.specialist_depth, eta=cfg.eta * 150 / cfg.rounds,
-             subsample=0.8, colsample_bytree=0.8, min_child_weight=5, nthread=cfg.nthread, tree_method="hist",
-             seed=cfg.seed)
+    log(f"specialist: {len(X)} easy events (scale <= {scale_max:.3f} px) from "
+        f"{cfg.train_frames + cfg.specialist_frames} frames ({time.time() - t0:.0f} s)")
+    p = _point_params(cfg, cfg.specialist_depth)
     sdx = xgb.train(p, xgb.QuantileDMatrix(X, cx), cfg.rounds)
     sdy = xgb.train(p, xgb.QuantileDMatrix(X, cy), cfg.rounds)
     return sdx, sdy, scale_max, len(X)
@@ -398,23 +412,18 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
         return fr, detect(fr.frames, params, fr.adu_per_e, fr.offset, keep_model=keep)
 
     # 2. entry-point offset boosters on the detections the classifier keeps
+    chunks = ()  # the training chunks simulated here, kept for the easy-event boosters (same chunks and more)
     if old and not refit_point:
         bx, by, bs = old["dx"], old["dy"], old["scale"]
         n_train, n_scale, charge_range = prev["training"]["n_train"], prev["training"]["n_scale"], prev["charge_range"]
         if refit_scale:
             bs, n_scale = _fit_scale(xgb, cfg, sim_det, splits, params, bx, by)
     else:
-        # simulated in chunks of frames: one float64 image buffer per chunk, not per training set
-        parts = []
-        for k, a in enumerate(range(0, cfg.train_frames, TRAIN_CHUNK)):
-            fr, det = sim_det(splits["train"], min(TRAIN_CHUNK, cfg.train_frames - a), cfg.seed + 1000 * k)
-            parts.append(labelled(fr, det, params)[:3])
-            del fr, det
-        X, cx, cy = (np.concatenate(c) for c in zip(*parts))
-        del parts
+        chunks = [_train_chunk(cfg, sim_det, splits, params, k, n)
+                  for k, n in enumerate(_chunk_sizes(cfg.train_frames))]
+        X, cx, cy = (np.concatenate(c) for c in zip(*chunks))
         log(f"train: {len(X)} events from {cfg.train_frames} frames ({time.time() - t0:.0f} s)")
-        p = dict(objective=cfg.point_objective, max_depth=cfg.depth, eta=cfg.eta * 150 / cfg.rounds, subsample=0.8,
-                 colsample_bytree=0.8, min_child_weight=5, nthread=cfg.nthread, tree_method="hist", seed=cfg.seed)
+        p = _point_params(cfg, cfg.depth)
         bx = xgb.train(p, xgb.DMatrix(X, cx), cfg.rounds)
         by = xgb.train(p, xgb.DMatrix(X, cy), cfg.rounds)
         log(f"point boosters done ({time.time() - t0:.0f} s)")
@@ -429,7 +438,8 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
         if "sdx" in old:
             spec = (old["sdx"], old["sdy"], prev["specialist"]["scale_max"], prev["specialist"]["n_train"])
     elif cfg.specialist_quantile > 0:
-        spec = _fit_specialist(xgb, cfg, sim_det, splits, params, bs, log, t0)
+        spec = _fit_specialist(xgb, cfg, sim_det, splits, params, bs, log, t0, chunks)
+    del chunks
     # 4. detection cuts on the calibration split: highest efficiency with <= max_false false detections,
     #    then the pair stage's cut (and a new keep_p) for the fewest false detections at that efficiency
     fr = _frames(lib, cfg, splits["cal"], cfg.cal_frames, cfg.seed + 2)
