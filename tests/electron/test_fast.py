@@ -102,7 +102,7 @@ def _merge(X):  # any deterministic pair score: close pairs of unequal probabili
 def test_fast_pair_features_and_pair_stage_match_numpy(dense, numpy_only):
     """The pair stage (pairs of kept detections, their features, the drops) gives the same pairs and
     detections through the numba kernel and the numpy reference."""
-    from streamer.modalities.electron.detect import classify, pair_features
+    from streamer.modalities.electron.detect import PAIR_FEATURES, classify, pair_features
 
     p = DetectParams(keep_p=0.02, merge_p=0.5, merge_below=0.5)   # a low cut: many kept neighbours
     c = classify(dense.frames, p, 1.0, dense.offset, _keep)
@@ -116,6 +116,7 @@ def test_fast_pair_features_and_pair_stage_match_numpy(dense, numpy_only):
     np.testing.assert_array_equal(a1[o1], a0[o0])
     np.testing.assert_array_equal(b1[o1], b0[o0])
     np.testing.assert_allclose(X1[o1], X0[o0], rtol=1e-6)
+    assert X1.shape[1] == len(PAIR_FEATURES)  # the kernel's column layout is the declared one
     assert np.all(c.prob[k][a1] >= c.prob[k][b1])     # a = the more probable of the two
     assert np.all(c.prob[k][b1] < 0.5)                 # only pairs whose weaker member is in doubt
     d1 = detect(dense.frames, p, 1.0, dense.offset, keep_model=_keep, merge_model=_merge)

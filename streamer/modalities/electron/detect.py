@@ -180,7 +180,8 @@ def _orphans(item, row, col, box, prob, keep, p: DetectParams) -> np.ndarray:
     return orphan
 
 
-PAIR_FEATURES = ([f"a_{n}" for n in CANDIDATE_FEATURES[:12]] + [f"b_{n}" for n in CANDIDATE_FEATURES[:12]]
+_PC = _fast.PAIR_CANDIDATE_COLS
+PAIR_FEATURES = ([f"a_{n}" for n in CANDIDATE_FEATURES[:_PC]] + [f"b_{n}" for n in CANDIDATE_FEATURES[:_PC]]
                  + ["p_a", "p_b", "dist", "cheb", "valley", "valley_rel"])
 
 
@@ -202,7 +203,7 @@ def pair_features(frames, item, row, col, peak, prob, Xk, r: int, below: float, 
     v = _valley(frames, item, row, col, a, b, r, adu_per_e, offset)
     valley = np.where(np.isfinite(v), v, -1.0)
     rel = np.where(np.isfinite(v), valley / np.maximum(peak[b], 1.0), -1.0)
-    X = np.column_stack([Xk[a, :12], Xk[b, :12], prob[a], prob[b], np.hypot(row[a] - row[b], col[a] - col[b]),
+    X = np.column_stack([Xk[a, :_PC], Xk[b, :_PC], prob[a], prob[b], np.hypot(row[a] - row[b], col[a] - col[b]),
                          np.maximum(np.abs(row[a] - row[b]), np.abs(col[a] - col[b])), valley, rel])
     return a, b, X.astype(np.float32)
 

@@ -20,6 +20,11 @@ import numpy as np
 from streamer.core.jit import HAVE_NUMBA  # noqa: F401 (callers test it: without numba the numpy reference runs)
 from streamer.core.jit import jit as _jit
 
+#: pair features (:data:`.detect.PAIR_FEATURES`): the first PAIR_CANDIDATE_COLS candidate features of
+#: each detection, then both probabilities, distance, Chebyshev distance, valley and relative valley
+PAIR_CANDIDATE_COLS = 12
+N_PAIR_FEATURES = 2 * PAIR_CANDIDATE_COLS + 6
+
 
 @_jit
 def _candidates(frames, level, offset, inv, box_e, cap):
@@ -253,7 +258,7 @@ def _pair_features(frames, item, row, col, peak, prob, Xk, r, below, offset, inv
     cnt = len(pi)
     a = np.empty(cnt, np.int64)
     b = np.empty(cnt, np.int64)
-    X = np.empty((cnt, 30), np.float32)
+    X = np.empty((cnt, N_PAIR_FEATURES), np.float32)
     off = np.float32(offset)
     sc = np.float32(inv)
     for k in range(cnt):
@@ -261,16 +266,17 @@ def _pair_features(frames, item, row, col, peak, prob, Xk, r, below, offset, inv
         ai, bi = (i, j) if prob[i] >= prob[j] else (j, i)
         a[k] = ai
         b[k] = bi
-        for c in range(12):
+        m = PAIR_CANDIDATE_COLS
+        for c in range(m):
             X[k, c] = Xk[ai, c]
-            X[k, 12 + c] = Xk[bi, c]
-        X[k, 24] = prob[ai]
-        X[k, 25] = prob[bi]
-        X[k, 26] = math.hypot(row[ai] - row[bi], col[ai] - col[bi])
-        X[k, 27] = max(abs(row[ai] - row[bi]), abs(col[ai] - col[bi]))
+            X[k, m + c] = Xk[bi, c]
+        X[k, 2 * m] = prob[ai]
+        X[k, 2 * m + 1] = prob[bi]
+        X[k, 2 * m + 2] = math.hypot(row[ai] - row[bi], col[ai] - col[bi])
+        X[k, 2 * m + 3] = max(abs(row[ai] - row[bi]), abs(col[ai] - col[bi]))
         v = _valley(frames, item[ai], row[ai], col[ai], row[bi], col[bi], r, off, sc)
-        X[k, 28] = v if v < np.inf else np.float32(-1.0)
-        X[k, 29] = X[k, 28] / max(peak[bi], np.float32(1.0)) if v < np.inf else np.float32(-1.0)
+        X[k, 2 * m + 4] = v if v < np.inf else np.float32(-1.0)
+        X[k, 2 * m + 5] = X[k, 2 * m + 4] / max(peak[bi], np.float32(1.0)) if v < np.inf else np.float32(-1.0)
     return a, b, X
 
 
