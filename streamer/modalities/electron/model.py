@@ -2,10 +2,12 @@
 the peak pixel, a 90%-quantile booster for the error scale, and a split-conformal factor.
 
 Error radius (per event): ``radius = q * s(X)`` where ``s`` is the quantile booster's output and
-``q`` the finite-sample-corrected 90% quantile of ``|error| / s`` on calibration events, computed
+``q`` the finite-sample-corrected quantile of ``|error| / s`` on calibration events, computed
 separately in cells of observed charge (quintiles) x pixel count (quartiles) x predicted scale
 (quartiles) (Mondrian, :data:`TrainConfig.cells`), so that coverage holds across charge and across
-easy/hard (long-track) events. Splits are by library event (train / scale / calibration / test never
+easy/hard (long-track) events. Each cell's level (0.85-0.95, mean 0.9) is tuned so that coverage
+also holds within deciles of the *true* charge and track length, which the simulation knows
+(:mod:`streamer.core.group_conformal`; one level everywhere left the lowest true-charge decile at 86 %). Splits are by library event (train / scale / calibration / test never
 share an event).
 
 Entry point, routed by the error scale: events with ``s(X) <= scale_max`` (the easy ~90 %: short,
@@ -35,6 +37,7 @@ import numpy as np
 
 from .detect import CANDIDATE_FEATURES, PAIR_FEATURES, DetectParams, Detections, classify, detect, pair_features
 from .features import edge_distances, feature_names, features, from_canonical, to_canonical
+from ...core.group_conformal import cell_quantiles, decile_labels, group_levels
 from .metrics import match
 
 BUNDLE_DIR = Path(__file__).resolve().parents[3] / "compiled_models" / "electron" / "trees"
@@ -69,6 +72,9 @@ class TrainConfig:
     cal_extra_frames: int = 6000  # a second calibration simulation (conformal step only): more events per cell
     #: Mondrian cells: (feature, bins); "scale" is the error-scale booster's output
     cells: tuple = (("q_th", 5), ("npix_th", 4), ("scale", 4))
+    #: each cell's conformal level moves within these bounds so that coverage holds in every decile of
+    #: true charge, true track length and observed charge on the calibration events (() : 0.9 everywhere)
+    group_bounds: tuple = (0.85, 0.95)
     max_false: float = 0.008  # keep_p: the lowest cut with at most this many false detections per electron
     #: pair classifier (second counts of one electron among the kept detections): frames it learns from
     merge_frames: int = 12000
@@ -275,15 +281,6 @@ def margin_booster(booster):
     return out
 
 
-def conformal_quantile(scores: np.ndarray, level: float = COVERAGE) -> float:
-    """Split-conformal quantile with the finite-sample correction ceil((n+1) level) / n."""
-    n = len(scores)
-    if n == 0:
-        return float("inf")
-    k = min(int(np.ceil((n + 1) * level)), n)
-    return float(np.sort(scores)[k - 1])
-
-
 def cell_index(X: np.ndarray, s: np.ndarray, names: list[str], axes) -> np.ndarray:
     """Mondrian cell of each event: ``axes`` = [(feature, edges)], feature "scale" = ``s``."""
     cell = np.zeros(len(X), np.int64)
@@ -449,13 +446,16 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
         "on calibration frames)")
     # 5. conformal calibration, Mondrian by (pixel count x charge near the peak x predicted scale),
     #    on the calibration frames plus a second calibration simulation (more events per cell)
-    det = detect(fr.frames, params, fr.adu_per_e, fr.offset, keep_model=keep, merge_model=merge)
-    Xc, ccx, ccy, *_ = labelled(fr, det, params)
+    def cal_events(f):
+        X_, cx_, cy_, ti, _ = labelled(f, detect(f.frames, params, f.adu_per_e, f.offset, keep_model=keep,
+                                                  merge_model=merge), params)
+        return X_, cx_, cy_, f.truth_charge[ti], f.truth_track_um[ti]
+
+    parts = [cal_events(fr)]
     if cfg.cal_extra_frames:
-        fr2 = _frames(lib, cfg, splits["cal"], cfg.cal_extra_frames, cfg.seed + 22)
-        X2, cx2, cy2, *_ = labelled(fr2, detect(fr2.frames, params, fr2.adu_per_e, fr2.offset, keep_model=keep,
-                                                merge_model=merge), params)
-        Xc, ccx, ccy = np.concatenate([Xc, X2]), np.concatenate([ccx, cx2]), np.concatenate([ccy, cy2])
+        parts.append(cal_events(_frames(lib, cfg, splits["cal"], cfg.cal_extra_frames, cfg.seed + 22)))
+    Xc, ccx, ccy, true_q, true_track = (np.concatenate(c) for c in zip(*parts))
+    del parts
     sc = np.maximum(bs.inplace_predict(Xc), 1e-3)
     pcx, pcy = routed_point(Xc, sc, (bx.inplace_predict, by.inplace_predict),
                             None if spec is None else (spec[0].inplace_predict, spec[1].inplace_predict),
@@ -464,12 +464,26 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
     names = feature_names(params.window_r)
     axes = [(f, _edges(sc if f == "scale" else Xc[:, names.index(f)], k).tolist()) for f, k in cfg.cells]
     cell = cell_index(Xc, sc, names, axes)
-    qs = [conformal_quantile(rc[cell == b] / sc[cell == b]) for b in range(int(np.prod([k for _, k in cfg.cells])))]
+    n_cells = int(np.prod([k for _, k in cfg.cells]))
+    levels, group_cov = np.full(n_cells, COVERAGE), None
+    if cfg.group_bounds:
+        # per-cell levels for 90 % within deciles of true charge and true track length (known in
+        # simulation only) and of observed charge (:mod:`streamer.core.group_conformal`)
+        levels, group_cov = group_levels(rc / sc, cell, n_cells, [decile_labels(true_q), decile_labels(true_track),
+                                                                  decile_labels(Xc[:, names.index("q_th")])],
+                                         COVERAGE, tuple(cfg.group_bounds))
+        log("calibration groups (true charge / true track / observed charge deciles): coverage "
+            + " / ".join(f"{c.min():.3f}-{c.max():.3f}" for c in group_cov))
+    qs = cell_quantiles(rc / sc, cell, n_cells, levels).tolist()
     log(f"calibration: {len(Xc)} events, q per cell {np.round(qs, 3).tolist()} ({time.time() - t0:.0f} s)")
     manifest = {
         "modality": "electron", "model": "trees", "feature_names": feature_names(params.window_r),
         "candidate_feature_names": CANDIDATE_FEATURES, "pair_feature_names": PAIR_FEATURES,
-        "detect": asdict(params), "calibration": {"coverage": COVERAGE, "cells": axes, "q": qs},
+        "detect": asdict(params), "calibration": {"coverage": COVERAGE, "cells": axes, "q": qs, "levels": np.round(levels, 4).tolist(),
+                        "group_bounds": list(cfg.group_bounds or ()),
+                        "groups": ["true charge deciles", "true track-length deciles", "observed charge deciles"]
+                        if group_cov is not None else [],
+                        "group_coverage": [np.round(c, 4).tolist() for c in group_cov or []]},
         "keep_sweep": sweep, "keep_sweep_columns": ["keep_p", "merge_p", "efficiency", "false_per_electron"],
         "keep_output": "margin",
         "training": {**asdict(cfg), "n_train": int(n_train), "n_scale": int(n_scale), "n_cal": int(len(Xc)),
