@@ -169,3 +169,30 @@ def test_compiled_hull_is_bit_identical_to_the_numpy_reference(calibrated):
             np.testing.assert_array_equal(a, b)
     lo, hi, empty = conformal.apply_intervals(d, ph, ic)
     assert empty[-6:-3].all() and np.isfinite(lo[~np.isnan(d) & ~np.isnan(ph)]).all()
+
+
+def test_sparse_label_bins_merge_into_their_sparser_neighbour():
+    from streamer.core.conformal import bin_index, label_bins, merge_sparse_bins
+
+    rng = np.random.default_rng(5)
+    # dense in the middle, thin at both ends of the range (as in an extreme information cell)
+    y = np.concatenate([rng.uniform(10, 60, 25000), rng.uniform(2, 10, 150), rng.uniform(60, 68, 300)])
+    edges = label_bins(y, 2.0)
+    merged = merge_sparse_bins(y, edges, 100)
+    counts = np.bincount(bin_index(y, merged), minlength=len(merged) - 1)
+    assert counts.min() >= 100
+    assert merged[0] == edges[0] and merged[-1] == edges[-1]
+    inner = (edges > 12) & (edges < 58)  # the dense bins keep every edge
+    assert set(edges[inner]) <= set(merged)
+    assert len(merged) < len(edges)
+    # a thin stretch inside the range (as at ~50 nm in the highest information cell) merges too
+    gap = np.concatenate([y[(y < 30) | (y > 34)], rng.uniform(30, 34, 150)])
+    e2 = merge_sparse_bins(gap, edges, 100)
+    assert np.bincount(bin_index(gap, e2), minlength=len(e2) - 1).min() >= 100
+    # starved throughout: at most a quarter of the bins merge, the rest stay starved (refused)
+    thin = rng.uniform(2, 68, 1000)
+    e3 = merge_sparse_bins(thin, edges, 100)
+    assert len(e3) - 1 >= 3 * (len(edges) - 1) // 4
+    assert np.bincount(bin_index(thin, e3), minlength=len(e3) - 1).min() < 100
+    # already dense enough: untouched
+    assert np.array_equal(merge_sparse_bins(y, edges, 1), edges)
