@@ -52,14 +52,38 @@ def cell_quantiles(scores: np.ndarray, cell: np.ndarray, n_cells: int, levels) -
 
 def group_levels(scores: np.ndarray, cell: np.ndarray, n_cells: int, groups: list[np.ndarray],
                  level: float = 0.9, bounds: tuple[float, float] = (0.85, 0.95), iters: int = 300,
-                 step: float = 0.5, tol: float = 0.012) -> tuple[np.ndarray, list[np.ndarray]]:
+                 step: float = 0.5, tol: float = 0.012,
+                 band: tuple[float, float] | None = None) -> tuple[np.ndarray, list[np.ndarray], list[bool]]:
     """Per-cell levels whose cell quantiles cover ``level`` in every group of every labelling in
     ``groups`` (each an int array, one label per event) as nearly as the cells allow.
 
     Each round moves a cell's level by ``step`` x the mean coverage shortfall of the groups its
     events belong to (weighted by their share of the cell; shortfalls beyond ``tol`` count 3x),
-    clipped to ``bounds``. Returns (levels, final coverage per group of each labelling)."""
+    clipped to ``bounds``. With ``band``, a labelling the cells cannot bring into ``band`` even on
+    its own is left out of the joint tuning: chasing it would only push the others out (measured on
+    an electron camera where coverage follows the sub-pixel track length, which no cell sees).
+    Returns (levels, final coverage per group of each labelling, which labellings were tuned)."""
     rank, counts = _ranks(scores, cell, n_cells)
+    used = [True] * len(groups)
+    if band is not None and len(groups) > 1:
+        for i, g in enumerate(groups):
+            (c,) = _coverage(rank, counts, cell, _tune(rank, counts, cell, n_cells, [g], level, bounds, iters,
+                                                       step, tol), [g])
+            used[i] = bool(band[0] <= c.min() and c.max() <= band[1])
+    tuned = [g for g, u in zip(groups, used) if u]
+    levels = (_tune(rank, counts, cell, n_cells, tuned, level, bounds, iters, step, tol) if tuned
+              else np.full(n_cells, float(level)))
+    return levels, _coverage(rank, counts, cell, levels, groups), used
+
+
+def _coverage(rank, counts, cell, levels, groups) -> list[np.ndarray]:
+    """Share of each group's events within their cell's quantile at ``levels``, per labelling."""
+    covered = rank <= _cut(counts, levels)[cell]
+    return [np.bincount(g, weights=covered) / np.maximum(np.bincount(g), 1) for g in groups]
+
+
+def _tune(rank, counts, cell, n_cells, groups, level, bounds, iters, step, tol) -> np.ndarray:
+    """The tuning rounds of :func:`group_levels` over all of ``groups``: the levels."""
     sizes = [int(g.max()) + 1 for g in groups]
     share = []  # (cells, groups) share of each cell's events in each group
     for g, k in zip(groups, sizes):
@@ -67,12 +91,10 @@ def group_levels(scores: np.ndarray, cell: np.ndarray, n_cells: int, groups: lis
         np.add.at(w, (cell, g), 1.0)
         share.append(w / np.maximum(counts, 1)[:, None])
     levels = np.full(n_cells, float(level))
-    for _ in range(iters + 1):
+    for _ in range(iters):
         covered = rank <= _cut(counts, levels)[cell]
         cov = [np.bincount(g, weights=covered, minlength=k) / np.maximum(np.bincount(g, minlength=k), 1)
                for g, k in zip(groups, sizes)]
-        if _ == iters:
-            break
         push = sum(w @ (np.where(np.abs(level - c) > tol, 3.0, 1.0) * (level - c)) for w, c in zip(share, cov))
         levels = np.clip(levels + step * push / len(groups), *bounds)
-    return levels, cov
+    return levels

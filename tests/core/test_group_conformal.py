@@ -36,7 +36,8 @@ def test_levels_restore_coverage_in_a_hidden_group():
         return scores, cell, hidden.astype(np.int64)
 
     s, c, h = draw(60000, 1)
-    levels, cov = group_levels(s, c, 20, [h], 0.9, (0.85, 0.97))
+    levels, cov, used = group_levels(s, c, 20, [h], 0.9, (0.85, 0.97))
+    assert used == [True]
     assert levels.min() >= 0.85 and levels.max() <= 0.97
     st, ct, ht = draw(60000, 2)
     flat = st <= cell_quantiles(s, c, 20, 0.9)[ct]
@@ -50,3 +51,21 @@ def test_levels_restore_coverage_in_a_hidden_group():
 def test_decile_labels_split_evenly():
     v = np.random.default_rng(3).normal(size=10000)
     assert np.bincount(decile_labels(v), minlength=10).tolist() == [1000] * 10
+
+
+def test_a_grouping_out_of_reach_is_not_chased():
+    """A hidden variable spread evenly over the cells cannot be fixed by per-cell levels: with a band,
+    that grouping is left out and the reachable one is tuned as if alone."""
+    rng = np.random.default_rng(4)
+    n = 80000
+    cell = rng.integers(0, 20, n)
+    reach = rng.random(n) < np.where(cell < 5, 0.4, 0.02)
+    hidden = rng.random(n) < 0.3  # independent of the cells
+    scores = rng.exponential(size=n) * np.where(reach, 1.6, 1.0) * np.where(hidden, 1.8, 1.0)
+    groups = [reach.astype(np.int64), hidden.astype(np.int64)]
+    lv_band, cov_band, used = group_levels(scores, cell, 20, groups, 0.9, (0.85, 0.95), band=(0.88, 0.92))
+    assert used == [True, False]
+    lv_alone, _, _ = group_levels(scores, cell, 20, groups[:1], 0.9, (0.85, 0.95))
+    assert np.allclose(lv_band, lv_alone)
+    assert abs(cov_band[0][1] - 0.9) < 0.015
+    assert cov_band[1].min() < 0.88  # reported, not hidden

@@ -46,6 +46,9 @@ ROLES = ("keep", "dx", "dy", "scale")
 OPTIONAL_ROLES = ("merge", "sdx", "sdy")
 TRAIN_CHUNK = 16000  # training frames simulated at once (100x100: ~1.3 GB of float64 buffers)
 COVERAGE = 0.9
+#: a grouping of the calibration events whose per-decile coverage the cells cannot bring into this band
+#: on its own is not tuned for (the issue's 88-92 %)
+GROUP_BAND = (0.88, 0.92)
 
 
 @dataclass
@@ -465,15 +468,17 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
     axes = [(f, _edges(sc if f == "scale" else Xc[:, names.index(f)], k).tolist()) for f, k in cfg.cells]
     cell = cell_index(Xc, sc, names, axes)
     n_cells = int(np.prod([k for _, k in cfg.cells]))
-    levels, group_cov = np.full(n_cells, COVERAGE), None
+    levels, group_cov, group_used = np.full(n_cells, COVERAGE), None, []
     if cfg.group_bounds:
         # per-cell levels for 90 % within deciles of true charge and true track length (known in
         # simulation only) and of observed charge (:mod:`streamer.core.group_conformal`)
-        levels, group_cov = group_levels(rc / sc, cell, n_cells, [decile_labels(true_q), decile_labels(true_track),
-                                                                  decile_labels(Xc[:, names.index("q_th")])],
-                                         COVERAGE, tuple(cfg.group_bounds))
+        levels, group_cov, group_used = group_levels(
+            rc / sc, cell, n_cells, [decile_labels(true_q), decile_labels(true_track),
+                                     decile_labels(Xc[:, names.index("q_th")])],
+            COVERAGE, tuple(cfg.group_bounds), band=GROUP_BAND)
         log("calibration groups (true charge / true track / observed charge deciles): coverage "
-            + " / ".join(f"{c.min():.3f}-{c.max():.3f}" for c in group_cov))
+            + " / ".join(f"{c.min():.3f}-{c.max():.3f}{'' if u else ' (out of reach, not tuned)'}"
+                         for c, u in zip(group_cov, group_used)))
     qs = cell_quantiles(rc / sc, cell, n_cells, levels).tolist()
     log(f"calibration: {len(Xc)} events, q per cell {np.round(qs, 3).tolist()} ({time.time() - t0:.0f} s)")
     manifest = {
@@ -483,7 +488,8 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
                         "group_bounds": list(cfg.group_bounds or ()),
                         "groups": ["true charge deciles", "true track-length deciles", "observed charge deciles"]
                         if group_cov is not None else [],
-                        "group_coverage": [np.round(c, 4).tolist() for c in group_cov or []]},
+                        "group_coverage": [np.round(c, 4).tolist() for c in group_cov or []],
+                        "groups_tuned": group_used},
         "keep_sweep": sweep, "keep_sweep_columns": ["keep_p", "merge_p", "efficiency", "false_per_electron"],
         "keep_output": "margin",
         "training": {**asdict(cfg), "n_train": int(n_train), "n_scale": int(n_scale), "n_cal": int(len(Xc)),
