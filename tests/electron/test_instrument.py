@@ -179,6 +179,12 @@ def test_calibrate_train_serve_round_trip(tmp_path):
     again = train(config_for(fitted, {**TINY_CONFIG, "nthread": 1}), models / "electron" / "trees-scopeB",
                   log=lambda m: None, recalibrate=True, instrument=manifest["instrument"])
     assert again["sha256"] == manifest["sha256"] and again["specialist"] == manifest["specialist"]
+    # refitting the error-scale booster refits the easy-event pair it routes to, nothing else
+    refit = train(config_for(fitted, {**TINY_CONFIG, "nthread": 1, "scale_frames": 400}),
+                  models / "electron" / "trees-scopeB", log=lambda m: None, recalibrate=True, refit_scale=True,
+                  instrument=manifest["instrument"])
+    changed = {k for k in manifest["sha256"] if refit["sha256"][k] != manifest["sha256"][k]}
+    assert changed == {"scale.ubj", "sdx.ubj", "sdy.ubj"}
     served = Served({"electron": "trees"}, [fitted], models_dir=models)
     assert "trees-scopeB" in served.model_ids()
     frames = load_recording(tmp_path / "flat.npz").arrays["frames"][:50]

@@ -136,6 +136,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "and the conformal step")
     g.add_argument("--refit-specialist", action="store_true",
                    help="with --recalibrate: (re)fit the easy-event point boosters too (the others are kept)")
+    g.add_argument("--refit-scale", action="store_true",
+                   help="with --recalibrate: refit the error-scale booster, and the easy-event point boosters "
+                        "it routes to (the others are kept)")
 
 
 def train(args: argparse.Namespace) -> int:
@@ -158,9 +161,9 @@ def train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(nthread=args.nthread)
     if args.train_frames is not None:
         cfg = TrainConfig(train_frames=args.train_frames, nthread=args.nthread)
-    refit = getattr(args, "refit_specialist", False)
-    manifest = fit(cfg, args.out or BUNDLE_DIR, recalibrate=getattr(args, "recalibrate", False) or refit,
-                   refit_specialist=refit)
+    refit, refit_scale = getattr(args, "refit_specialist", False), getattr(args, "refit_scale", False)
+    manifest = fit(cfg, args.out or BUNDLE_DIR, recalibrate=getattr(args, "recalibrate", False) or refit or refit_scale,
+                   refit_specialist=refit, refit_scale=refit_scale)
     print(f"wrote {args.out or BUNDLE_DIR}: {manifest['training']['n_train']} training events")
     return 0
 

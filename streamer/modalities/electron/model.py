@@ -57,7 +57,7 @@ class TrainConfig:
     library_seed: int = 0
     keep_frames: int = 24000
     train_frames: int = 48000
-    scale_frames: int = 6000
+    scale_frames: int = 24000  # 4x the frames of 6,000: -0.6 % on the knob (kept mean error at 80 %), same booster size
     cal_frames: int = 6000
     rate: float = 10.0
     size: int = 100
