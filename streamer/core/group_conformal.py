@@ -10,7 +10,9 @@ each cell's level within ``bounds`` (by default 0.85-0.95) until the coverage of
 close to the target as the cells allow. A cell's quantile is still the finite-sample conformal
 quantile of its own scores at its own level; the levels are a few dozen numbers fitted on tens of
 thousands of calibration events, and the held-out evaluation (never the calibration events) is what
-reports the coverage.
+reports the coverage. A grouping the cells cannot bring into the target band even when tuned alone
+(a variable no cell correlates with) can be left out (``band``), so that chasing it does not push the
+others out.
 """
 
 from __future__ import annotations
