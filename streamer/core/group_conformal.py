@@ -20,10 +20,16 @@ from __future__ import annotations
 import numpy as np
 
 
-def decile_labels(v: np.ndarray, k: int = 10) -> np.ndarray:
-    """Quantile-bin index (0..k-1) of each value of ``v``: the groups of a per-decile coverage table."""
+def decile_bins(v: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(quantile-bin index 0..k-1 of each value of ``v``, the k + 1 bin edges): the groups of a
+    per-decile coverage table."""
     edges = np.quantile(v, np.linspace(0, 1, k + 1))
-    return np.clip(np.searchsorted(edges, v, side="right") - 1, 0, k - 1)
+    return np.clip(np.searchsorted(edges, v, side="right") - 1, 0, k - 1), edges
+
+
+def decile_labels(v: np.ndarray, k: int = 10) -> np.ndarray:
+    """Quantile-bin index (0..k-1) of each value of ``v`` (:func:`decile_bins` without the edges)."""
+    return decile_bins(v, k)[0]
 
 
 def _ranks(scores: np.ndarray, cell: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:

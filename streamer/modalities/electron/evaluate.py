@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from ...core.group_conformal import decile_bins
 from .detect import BASELINES, SEED_RULE, baseline_xy, detect
 from .metrics import double_counts, isolated, knob_curve, knob_ratio_interval, local_occupancy, match
 from .model import TreeModel, library_splits
@@ -17,8 +18,7 @@ KNOB_BLOCK = 100  # frames per resampled block of the knob ratio's bootstrap int
 
 
 def _deciles(v: np.ndarray, covered: np.ndarray) -> list[tuple[float, float, float]]:
-    edges = np.quantile(v, np.linspace(0, 1, 11))
-    b = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, 9)
+    b, edges = decile_bins(v)
     return [(float(edges[i]), float(edges[i + 1]), float(covered[b == i].mean())) for i in range(10)]
 
 

@@ -261,12 +261,12 @@ def _pair_features(frames, item, row, col, peak, prob, Xk, r, below, offset, inv
     X = np.empty((cnt, N_PAIR_FEATURES), np.float32)
     off = np.float32(offset)
     sc = np.float32(inv)
+    m = PAIR_CANDIDATE_COLS
     for k in range(cnt):
         i, j = pi[k], pj[k]
         ai, bi = (i, j) if prob[i] >= prob[j] else (j, i)
         a[k] = ai
         b[k] = bi
-        m = PAIR_CANDIDATE_COLS
         for c in range(m):
             X[k, c] = Xk[ai, c]
             X[k, m + c] = Xk[bi, c]

@@ -68,6 +68,7 @@ def unmarked(predictor, header: dict):
 def metrics(fr, det: dict, pixel_um: float) -> dict:
     """The issue-16 figures of detections ``det`` (item, x, y, radius) on simulated frames ``fr``:
     trees error vs the seed's baselines (their own detection) on the isolated electrons both find."""
+    from ...core.group_conformal import decile_labels
     from .detect import BASELINES, SEED_RULE, baseline_xy, detect
     from .metrics import isolated, match
 
@@ -94,8 +95,7 @@ def metrics(fr, det: dict, pixel_um: float) -> dict:
     def deciles(v):
         if not has.any():
             return (float("nan"), float("nan"))
-        e = np.quantile(v[has], np.linspace(0, 1, 11))
-        b = np.clip(np.searchsorted(e, v[has], side="right") - 1, 0, 9)
+        b = decile_labels(v[has])
         c = [covered[has][b == i].mean() for i in range(10)]
         return (float(min(c)), float(max(c)))
 

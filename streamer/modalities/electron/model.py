@@ -7,8 +7,8 @@ separately in cells of observed charge (quintiles) x pixel count (quartiles) x p
 (quartiles) (Mondrian, :data:`TrainConfig.cells`), so that coverage holds across charge and across
 easy/hard (long-track) events. Each cell's level (0.85-0.95, mean 0.9) is tuned so that coverage
 also holds within deciles of the *true* charge and track length, which the simulation knows
-(:mod:`streamer.core.group_conformal`; one level everywhere left the lowest true-charge decile at 86 %). Splits are by library event (train / scale / calibration / test never
-share an event).
+(:mod:`streamer.core.group_conformal`; one level everywhere left the lowest true-charge decile at
+86 %). Splits are by library event (train / scale / calibration / test never share an event).
 
 Entry point, routed by the error scale: events with ``s(X) <= scale_max`` (the easy ~90 %: short,
 non-back-scattered tracks, the ones the knob keeps) get a second pair of point boosters, ``sdx`` /
@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ...core.group_conformal import cell_quantiles, decile_labels, group_levels
 from .detect import CANDIDATE_FEATURES, PAIR_FEATURES, DetectParams, Detections, classify, detect, pair_features
 from .features import edge_distances, feature_names, features, from_canonical, to_canonical
-from ...core.group_conformal import cell_quantiles, decile_labels, group_levels
 from .metrics import match
 
 BUNDLE_DIR = Path(__file__).resolve().parents[3] / "compiled_models" / "electron" / "trees"
@@ -481,15 +481,16 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
                          for c, u in zip(group_cov, group_used)))
     qs = cell_quantiles(rc / sc, cell, n_cells, levels).tolist()
     log(f"calibration: {len(Xc)} events, q per cell {np.round(qs, 3).tolist()} ({time.time() - t0:.0f} s)")
+    calibration = {"coverage": COVERAGE, "cells": axes, "q": qs, "levels": np.round(levels, 4).tolist(),
+                   "group_bounds": list(cfg.group_bounds or ()),
+                   "groups": ["true charge deciles", "true track-length deciles", "observed charge deciles"]
+                   if group_cov is not None else [],
+                   "group_coverage": [np.round(c, 4).tolist() for c in group_cov or []],
+                   "groups_tuned": group_used}
     manifest = {
         "modality": "electron", "model": "trees", "feature_names": feature_names(params.window_r),
         "candidate_feature_names": CANDIDATE_FEATURES, "pair_feature_names": PAIR_FEATURES,
-        "detect": asdict(params), "calibration": {"coverage": COVERAGE, "cells": axes, "q": qs, "levels": np.round(levels, 4).tolist(),
-                        "group_bounds": list(cfg.group_bounds or ()),
-                        "groups": ["true charge deciles", "true track-length deciles", "observed charge deciles"]
-                        if group_cov is not None else [],
-                        "group_coverage": [np.round(c, 4).tolist() for c in group_cov or []],
-                        "groups_tuned": group_used},
+        "detect": asdict(params), "calibration": calibration,
         "keep_sweep": sweep, "keep_sweep_columns": ["keep_p", "merge_p", "efficiency", "false_per_electron"],
         "keep_output": "margin",
         "training": {**asdict(cfg), "n_train": int(n_train), "n_scale": int(n_scale), "n_cal": int(len(Xc)),
