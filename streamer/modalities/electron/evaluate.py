@@ -272,7 +272,7 @@ def table(res: dict, dense: dict | None = None, speeds: dict | None = None) -> t
     return "\n".join(lines), ok
 
 
-def evaluate(n_frames: int = 3000, dense_frames: int = 4, seed: int = 7, speed: bool = True, log=print):
+def evaluate(n_frames: int = 40000, dense_frames: int = 4, seed: int = 7, speed: bool = True, log=print):
     model = TreeModel(kind="compiled")
     lib, idx = test_pool(model.manifest)
     res = run_sparse(model, lib, idx, n_frames, seed)

@@ -238,7 +238,7 @@ def run(workdir: Path, quick: bool = False, log=print) -> dict:
                     + (f", easy-event boosters on {spec['n_train']:,} events of "
                        f"{t['train_frames'] + t['specialist_frames']:,} frames" if spec else "")
                     + f", {t['library_n']:,}-event library of B; the shipped bundle: 48,000 frames (easy-event "
-                    f"boosters: 240,000) + a 40,000-event extra library)",
+                    f"boosters: 240,000) + 40,000-event extra libraries for training and calibration)",
         "B's model on B": verdict(r_bb),
         "A's model on A": verdict(r_aa),
         "detail": detail,
