@@ -32,6 +32,7 @@ def test_instrument_normalised_features_recover_distance(v0, bg, half_l):
     X = general.instrument_features(mu, pos, v0, bg)  # expected counts: noise-free
     names = general.GENERAL_FEATURES
     assert np.allclose(X[:, names.index("dcf")], d, atol=0.05)
+    assert np.allclose(X[:, names.index("dcf_pool")], d, atol=0.05)  # both axes' level pooled: same answer
     assert np.allclose(X[:, names.index("half_l")], half_l, atol=1e-3)
     assert np.allclose(X[:, names.index("v0")], v0)
 
@@ -72,6 +73,37 @@ def test_general_bundle_and_flags(tiny_general):
     # background-only tuples: too few photons
     dark = _rulers([20.0], 0.9, 2.0, 13.0, 15.0, m=20)
     assert (p.predict_with(dark.tuples, 0.9, 2.0).flags & FLAG_LOW_PHOTONS).any()
+
+
+def test_bundle_of_the_first_13_features_still_serves(tiny_general, tmp_path):
+    """A bundle trained before the shared-level features (its manifest names the first 13) gets those
+    13 columns; a bundle naming features this code does not compute is refused."""
+    import json
+    import shutil
+
+    import xgboost as xgb
+
+    from streamer.core.compile import file_sha256
+
+    out, manifest = tiny_general
+    rec = _rulers([20.0, 30.0], 0.9, 2.0, 300.0, 15.0, m=30, seed=4)
+    X = general.instrument_features(rec.tuples.counts, rec.tuples.positions, 0.9, 2.0)
+    y = rec.truth["d_nm"].astype(np.float32)
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    m = json.loads((old / "manifest.json").read_text())
+    for role, cols in (("point", X[:, :13]), ("noise", np.column_stack([X[:, :13], y]))):
+        b = xgb.train({"max_depth": 2, "nthread": 1}, xgb.DMatrix(cols, np.log(np.abs(y - 25.0) + 1.0)), 3)
+        b.save_model(str(old / m["boosters"][role]))
+    m["feature_names"] = list(general.GENERAL_FEATURES[:13])
+    m["sha256"] = {f: file_sha256(old / f) for f in m["boosters"].values()}
+    (old / "manifest.json").write_text(json.dumps(m))
+    p = general.GeneralPredictor(old, backend="xgboost")
+    assert np.isfinite(p.predict_with(rec.tuples, 0.9, 2.0).distance).all()
+    m["feature_names"] = list(general.GENERAL_FEATURES[:12]) + ["something_else"]
+    (old / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="features"):
+        general.GeneralPredictor(old, backend="xgboost")
 
 
 def test_shipped_general_bundle_is_small_and_complete():

@@ -40,6 +40,9 @@ REGIME = "general"
 GENERAL_FEATURES: tuple[str, ...] = (
     "vis_x", "vis_y", "dcf_x", "dcf_y", "dcf", "mid_x", "mid_y", "frac_x",
     "log_n", "log_neff", "bg_frac", "v0", "half_l",
+    # visibilities over one mean level shared by both axes (both see the same pair: the MLE fits one
+    # amplitude), and the separation from them; bundles trained before these came use the first 13
+    "vis_pool_x", "vis_pool_y", "dcf_pool",
 )
 
 _F32_K = np.float32(physics.K_NM)
@@ -163,7 +166,7 @@ def effective_photons(photons: np.ndarray, v0: np.ndarray, background: np.ndarra
 
 def instrument_features(counts: np.ndarray, positions: np.ndarray, v0, background,
                         totals: np.ndarray | None = None) -> np.ndarray:
-    """(n, 13) float32 features (:data:`GENERAL_FEATURES`) with per-tuple (or scalar) v0 and background.
+    """(n, 16) float32 features (:data:`GENERAL_FEATURES`) with per-tuple (or scalar) v0 and background.
     ``totals``: :func:`.tuples.count_totals` of integer ``counts`` when the caller has them already."""
     n = len(counts)
     c = counts.astype(np.float32)
@@ -186,6 +189,13 @@ def instrument_features(counts: np.ndarray, positions: np.ndarray, v0, backgroun
     out[:, 10] = np.float32(6.0) * b / np.maximum(n_tot, np.float32(1.0))
     out[:, 11] = v0
     out[:, 12] = half_l_of(positions)
+    # the per-axis level m0 carries Poisson noise of its own 3 counts; both axes share the pair's level
+    denom_pool = (np.float32(0.5) * (m0[:, 0] + m0[:, 1]) - b) * v0
+    ok = denom_pool > 0
+    vis_pool = np.where(ok[:, None], m1 / np.where(ok, denom_pool, np.float32(1.0))[:, None], np.float32(0.0))
+    d_pool = _SEP_SCALE * np.arccos(np.clip(vis_pool, 0.0, 1.0))
+    out[:, 13], out[:, 14] = vis_pool[:, 0], vis_pool[:, 1]
+    out[:, 15] = np.hypot(d_pool[:, 0], d_pool[:, 1])
     return out
 
 
@@ -442,13 +452,20 @@ class GeneralPredictor:
         self._info_low = np.float32(f["low_info_below"])
         self.v0, self.background = float(v0), float(background)
         self.model_id = model_bundle.model_id(self.manifest)
+        names = tuple(self.manifest["feature_names"])
+        if names != GENERAL_FEATURES[:len(names)]:
+            raise ValueError(f"bundle {self.model_id}: features {names} are not these ({GENERAL_FEATURES})")
+        self._n_features = len(names)
+
+    def _features(self, batch: TupleBatch, v0, background, totals=None) -> np.ndarray:
+        X = instrument_features(batch.counts, batch.positions, v0, background, totals)
+        return X if self._n_features == X.shape[1] else np.ascontiguousarray(X[:, :self._n_features])
 
     def predict(self, batch: TupleBatch) -> Prediction:
         return self.predict_with(batch, self.v0, self.background)
 
     def raw_distance(self, batch: TupleBatch, v0=None, background=None) -> np.ndarray:
-        X = instrument_features(batch.counts, batch.positions, self.v0 if v0 is None else v0,
-                                self.background if background is None else background)
+        X = self._features(batch, self.v0 if v0 is None else v0, self.background if background is None else background)
         return np.asarray(self.backend.predict(X), np.float32).reshape(-1)
 
     def predict_with(self, batch: TupleBatch, v0, background, totals: np.ndarray | None = None) -> Prediction:
@@ -456,7 +473,7 @@ class GeneralPredictor:
         n = len(batch)
         v0 = np.broadcast_to(np.asarray(v0, np.float32), (n,))
         bg = np.broadcast_to(np.asarray(background, np.float32), (n,))
-        X = instrument_features(batch.counts, batch.positions, v0, bg, totals)
+        X = self._features(batch, v0, bg, totals)
         photons = np.exp(X[:, 8]) - np.float32(1.0)
         neff = np.exp(X[:, 9])
         raw = np.asarray(self.backend.predict(X), np.float32).reshape(-1)

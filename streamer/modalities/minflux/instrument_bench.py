@@ -191,10 +191,10 @@ def run(workdir: Path, quick: bool = False, log=print) -> dict:
     # 4. train for the fitted profile
     log("minflux: train for B")
     bundle = workdir / "models" / "minflux" / "general-scopeB"
-    n_rulers = 60_000 if quick else 700_000
     t0 = time.time()
-    m = train_for_profile(b_fit, bundle, n_rulers=n_rulers, progress=False, log=lambda *_: None,
+    m = train_for_profile(b_fit, bundle, n_rulers=60_000 if quick else None, progress=False, log=lambda *_: None,
                           **({"neff_bins": 4} if quick else {}))
+    n_rulers = m["data"]["n_rulers"]
     train_s = time.time() - t0
 
     # 5. B's model on B (through the worker, routed by the fitted profile's hash); A's model on A

@@ -93,19 +93,22 @@ def check_trainable(profile) -> None:
                          f"{MODEL_WAVELENGTH_NM:g} nm, so no bundle can be trained for it yet")
 
 
-def train_for_profile(profile, out_dir: Path | None, n_rulers: int = 700_000, seed: int = 20261414, nthread: int = 2,
-                      progress: bool = True, log=print, **cfg) -> dict:
+def train_for_profile(profile, out_dir: Path | None, n_rulers: int | None = None, seed: int = 20261414,
+                      nthread: int = 2, progress: bool = True, log=print, **cfg) -> dict:
     """The instrument-aware model trained for ``profile``: same architecture and recipe as the
     shipped ``general`` bundle (ruler split, point + noise boosters, Mondrian conformal per
-    information bin), on v0 / background / L/2 drawn around the profile; the manifest's
-    ``instrument`` entry records the profile (name, hash, values, provenance) and covered ranges."""
+    information bin; ``n_rulers`` None: as many rulers), on v0 / background / L/2 drawn around the
+    profile; the manifest's ``instrument`` entry records the profile (name, hash, values,
+    provenance) and covered ranges."""
     from ...core.profile import Coverage
     from .general import GeneralConfig, Space, train_general
 
     check_trainable(profile)
     cover, train = space_ranges(profile)
     space = replace(Space(), v0_range=train["v0"], background_range=train["background"], half_l_range_nm=train["half_l"])
-    config = GeneralConfig(n_rulers=n_rulers, seed=seed, nthread=nthread, space=space)
+    config = GeneralConfig(seed=seed, nthread=nthread, space=space)
+    if n_rulers is not None:
+        config.n_rulers = n_rulers
     for k, v in cfg.items():
         setattr(config, k, v)
     cov = Coverage("minflux", cover, profile.name, profile.hash)
