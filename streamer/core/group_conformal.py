@@ -60,8 +60,8 @@ def cell_quantiles(scores: np.ndarray, cell: np.ndarray, n_cells: int, levels) -
 
 def group_levels(scores: np.ndarray, cell: np.ndarray, n_cells: int, groups: list[np.ndarray],
                  level: float = 0.9, bounds: tuple[float, float] = (0.85, 0.95), iters: int = 300,
-                 step: float = 0.5, tol: float = 0.012, band: tuple[float, float] | None = None,
-                 folds: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray], list[bool]]:
+                 step: float = 0.5, tol: float = 0.012,
+                 band: tuple[float, float] | None = None) -> tuple[np.ndarray, list[np.ndarray], list[bool]]:
     """Per-cell levels whose cell quantiles cover ``level`` in every group of every labelling in
     ``groups`` (each an int array, one label per event) as nearly as the cells allow.
 
@@ -70,57 +70,29 @@ def group_levels(scores: np.ndarray, cell: np.ndarray, n_cells: int, groups: lis
     clipped to ``bounds``. With ``band``, a labelling the cells cannot bring into ``band`` even on
     its own is left out of the joint tuning: chasing it would only push the others out (measured on
     an electron camera where coverage follows the sub-pixel track length, which no cell sees).
-
-    ``folds`` (0 / 1 per event): coverage is cross-fitted, each event judged against its cell's
-    quantile computed on the other fold's events. Judged in-sample, the tuning learns which events
-    sit next to each cell's cut: on electron events a track-length decile read 0.888 on the
-    calibration events and 0.877-0.882 on fresh frames. Split the folds by whatever events share
-    (a library track drawn several times) so that no fold sees another's copies.
     Returns (levels, final coverage per group of each labelling, which labellings were tuned)."""
-    covered = _coverer(scores, cell, n_cells, folds)
+    rank, counts = _ranks(scores, cell, n_cells)
     used = [True] * len(groups)
     if band is not None and len(groups) > 1:
         for i, g in enumerate(groups):
-            (c,) = _coverage(covered(_tune(covered, cell, n_cells, [g], level, bounds, iters, step, tol)), [g])
+            (c,) = _coverage(rank, counts, cell, _tune(rank, counts, cell, n_cells, [g], level, bounds, iters,
+                                                       step, tol), [g])
             used[i] = bool(band[0] <= c.min() and c.max() <= band[1])
     tuned = [g for g, u in zip(groups, used) if u]
-    levels = (_tune(covered, cell, n_cells, tuned, level, bounds, iters, step, tol) if tuned
+    levels = (_tune(rank, counts, cell, n_cells, tuned, level, bounds, iters, step, tol) if tuned
               else np.full(n_cells, float(level)))
-    return levels, _coverage(covered(levels), groups), used
+    return levels, _coverage(rank, counts, cell, levels, groups), used
 
 
-def _coverer(scores, cell, n_cells, folds):
-    """levels -> which events their cell's quantile covers (in-sample, or cross-fitted over ``folds``)."""
-    if folds is None:
-        rank, counts = _ranks(scores, cell, n_cells)
-        return lambda levels: rank <= _cut(counts, levels)[cell]
-    folds = np.asarray(folds).astype(bool)
-    parts = []
-    for f in (False, True):
-        s, c = scores[folds == f], cell[folds == f]
-        order = np.lexsort((s, c))
-        counts = np.bincount(c, minlength=n_cells)
-        parts.append((np.append(s[order], np.inf), counts, np.concatenate([[0], np.cumsum(counts)[:-1]])))
-
-    def covered(levels):
-        q = []
-        for sorted_s, counts, start in parts:
-            k = _cut(counts, levels)
-            q.append(np.where(counts > 0, sorted_s[np.maximum(start + k - 1, 0)], np.inf))
-        return scores <= np.where(folds, q[0][cell], q[1][cell])
-
-    return covered
-
-
-def _coverage(covered: np.ndarray, groups) -> list[np.ndarray]:
-    """Share of each group's events covered, per labelling."""
+def _coverage(rank, counts, cell, levels, groups) -> list[np.ndarray]:
+    """Share of each group's events within their cell's quantile at ``levels``, per labelling."""
+    covered = rank <= _cut(counts, levels)[cell]
     return [np.bincount(g, weights=covered) / np.maximum(np.bincount(g), 1) for g in groups]
 
 
-def _tune(covered, cell, n_cells, groups, level, bounds, iters, step, tol) -> np.ndarray:
+def _tune(rank, counts, cell, n_cells, groups, level, bounds, iters, step, tol) -> np.ndarray:
     """The tuning rounds of :func:`group_levels` over all of ``groups``: the levels."""
     sizes = [int(g.max()) + 1 for g in groups]
-    counts = np.bincount(cell, minlength=n_cells)
     share = []  # (cells, groups) share of each cell's events in each group
     for g, k in zip(groups, sizes):
         w = np.zeros((n_cells, k))
@@ -128,8 +100,8 @@ def _tune(covered, cell, n_cells, groups, level, bounds, iters, step, tol) -> np
         share.append(w / np.maximum(counts, 1)[:, None])
     levels = np.full(n_cells, float(level))
     for _ in range(iters):
-        cv = covered(levels)
-        cov = [np.bincount(g, weights=cv, minlength=k) / np.maximum(np.bincount(g, minlength=k), 1)
+        covered = rank <= _cut(counts, levels)[cell]
+        cov = [np.bincount(g, weights=covered, minlength=k) / np.maximum(np.bincount(g, minlength=k), 1)
                for g, k in zip(groups, sizes)]
         push = sum(w @ (np.where(np.abs(level - c) > tol, 3.0, 1.0) * (level - c)) for w, c in zip(share, cov))
         levels = np.clip(levels + step * push / len(groups), *bounds)

@@ -467,12 +467,12 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
         X_, cx_, cy_, ti, _ = labelled(f, detect(f.frames, params, f.adu_per_e, f.offset, keep_model=keep,
                                                   merge_model=merge), params)
         return (X_, cx_, cy_, f.truth_charge[ti], f.truth_track_um[ti],
-                isolated(f.truth_item, f.truth_x, f.truth_y)[ti], f.truth_lib[ti])
+                isolated(f.truth_item, f.truth_x, f.truth_y)[ti])
 
     parts = [cal_events(fr)]
     if cfg.cal_extra_frames:
         parts.append(cal_events(_frames(lib, cfg, splits["cal"], cfg.cal_extra_frames, cfg.seed + 22)))
-    Xc, ccx, ccy, true_q, true_track, iso, lib_ix = (np.concatenate(c) for c in zip(*parts))
+    Xc, ccx, ccy, true_q, true_track, iso = (np.concatenate(c) for c in zip(*parts))
     del parts
     sc = np.maximum(bs.inplace_predict(Xc), 1e-3)
     pcx, pcy = routed_point(Xc, sc, (bx.inplace_predict, by.inplace_predict),
@@ -489,7 +489,7 @@ def train(cfg: TrainConfig = TrainConfig(), out_dir: Path = BUNDLE_DIR, log=prin
         # simulation only) and of observed charge (:mod:`streamer.core.group_conformal`)
         levels, group_cov, group_used = group_levels(
             rc / sc, cell, n_cells, [_iso_deciles(v, iso) for v in (true_q, true_track, Xc[:, names.index("q_th")])],
-            COVERAGE, tuple(cfg.group_bounds), band=GROUP_BAND, folds=lib_ix % 2)  # folds by library track
+            COVERAGE, tuple(cfg.group_bounds), band=GROUP_BAND)
         log("calibration groups (true charge / true track / observed charge deciles): coverage "
             + " / ".join(f"{c.min():.3f}-{c.max():.3f}{'' if u else ' (out of reach, not tuned)'}"
                          for c, u in zip(group_cov, group_used)))
