@@ -172,3 +172,18 @@ def test_pair_stage_removes_second_counts(lib):
     assert res["on"][1] < 0.6 * res["off"][1], res
     assert res["on"][0] > res["off"][0] - 0.002, res
     assert res["on"][0] > 0.98 and res["on"][1] < 0.006, res
+
+
+def test_held_out_pool_refuses_a_library_the_bundle_saw():
+    """The evaluation's extra test libraries must be fresh: a seed used for training or calibration
+    (or the base library's own) is refused before anything is simulated; the shipped bundle's pool
+    is disjoint from its training seeds."""
+    from streamer.modalities.electron.evaluate import TEST_EXTRA, held_out_pool, training_seeds
+    from streamer.modalities.electron.model import load_bundle
+
+    manifest = {"training": {"library_seed": 0, "extra_train": [[101, 40000]], "extra_cal": [[103, 40000]]}}
+    assert training_seeds(manifest) == {0, 101, 103}
+    for seed in (101, 103, 0):
+        with pytest.raises(ValueError, match="used in training or calibration"):
+            held_out_pool(manifest, extra=((seed, 10),))
+    assert not {sd for sd, _ in TEST_EXTRA} & training_seeds(load_bundle())

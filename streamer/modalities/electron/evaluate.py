@@ -29,14 +29,13 @@ def training_seeds(manifest: dict) -> set[int]:
                                                for sd, _ in t.get(k, ())}
 
 
-def test_pool(manifest: dict, extra=TEST_EXTRA):
+def held_out_pool(manifest: dict, extra=TEST_EXTRA):
     """(library, test indices): the base library's test split plus every event of the ``extra``
     libraries; refuses an extra library whose seed the bundle trained or calibrated on (a leak)."""
-    base = load_library()
-    used = training_seeds(manifest) - {0}
-    leak = [int(sd) for sd, _ in extra if int(sd) in used or int(sd) == 0]
+    leak = [int(sd) for sd, _ in extra if int(sd) in training_seeds(manifest) | {0}]
     if leak:
         raise ValueError(f"test library seeds {leak} were used in training or calibration")
+    base = load_library()
     libs = [base] + [load_library(int(n), int(sd)) for sd, n in extra]
     idx = [library_splits(len(base))["test"]]
     start = len(base)
@@ -274,7 +273,7 @@ def table(res: dict, dense: dict | None = None, speeds: dict | None = None) -> t
 
 def evaluate(n_frames: int = 40000, dense_frames: int = 4, seed: int = 7, speed: bool = True, log=print):
     model = TreeModel(kind="compiled")
-    lib, idx = test_pool(model.manifest)
+    lib, idx = held_out_pool(model.manifest)
     res = run_sparse(model, lib, idx, n_frames, seed)
     res["test_events"], res["test_extra"] = len(idx), [int(sd) for sd, _ in TEST_EXTRA]
     dense = run_dense(model, lib, idx, dense_frames, seed + 1) if dense_frames else None

@@ -95,7 +95,7 @@ class TrainConfig:
     seed: int = 1
     #: independent libraries (seed, events) added to each fitting role's pool of library events. The
     #: evaluation's test events are the ``test`` split of the ``library_seed`` library and independent
-    #: test libraries whose seeds must not appear here (:func:`.evaluate.test_pool` refuses them), so
+    #: test libraries whose seeds must not appear here (:func:`.evaluate.held_out_pool` refuses them), so
     #: extra libraries never leak into it; they only add distinct events (the 55 % train split alone
     #: is 11,000 events, each seen ~14 times under new noise).
     extra_train: tuple = ((101, 40000),)
