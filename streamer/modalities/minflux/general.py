@@ -465,7 +465,8 @@ class GeneralPredictor:
         return self.predict_with(batch, self.v0, self.background)
 
     def raw_distance(self, batch: TupleBatch, v0=None, background=None) -> np.ndarray:
-        X = self._features(batch, self.v0 if v0 is None else v0, self.background if background is None else background)
+        X = self._features(batch, self.v0 if v0 is None else v0,
+                           self.background if background is None else background)
         return np.asarray(self.backend.predict(X), np.float32).reshape(-1)
 
     def predict_with(self, batch: TupleBatch, v0, background, totals: np.ndarray | None = None) -> Prediction:
