@@ -18,13 +18,11 @@ from pathlib import Path
 #: training and calibration; a profile's bundle gets fewer frames and none of those libraries)
 PROFILE_CONFIG = {"library_n": 20000, "keep_frames": 12000, "train_frames": 24000, "scale_frames": 6000,
                   "cal_frames": 6000, "cal_extra_frames": 6000, "extra_train": (), "extra_cal": (),
-                  "merge_frames": 6000,
-                  "merge_dense_frames": 12, "specialist_frames": 24000}
+                  "merge_frames": 6000, "merge_dense_frames": 12, "specialist_frames": 24000}
 #: plumbing only (tests): seconds, not accuracy
 TINY_CONFIG = {"library_n": 1500, "keep_frames": 300, "train_frames": 600, "scale_frames": 300, "cal_frames": 300,
                "cal_extra_frames": 0, "extra_train": (), "extra_cal": (), "rounds": 10, "keep_rounds": 10,
-               "scale_rounds": 10,
-               "merge_frames": 300, "merge_dense_frames": 1, "merge_rounds": 10,
+               "scale_rounds": 10, "merge_frames": 300, "merge_dense_frames": 1, "merge_rounds": 10,
                "specialist_frames": 0, "specialist_depth": 3,
                "cells": (("q_th", 2), ("npix_th", 1), ("scale", 2))}
 

@@ -164,6 +164,13 @@ def effective_photons(photons: np.ndarray, v0: np.ndarray, background: np.ndarra
     return np.maximum(np.asarray(v0, np.float32) ** 2 * sig * sig / n, np.float32(0.25))
 
 
+def _visibility_separation(m1: np.ndarray, denom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per axis (n, 2): visibility m1 / denom (0 where the background-corrected level ``denom``, (n, 2)
+    or (n, 1), is not positive) and the projected separation it gives."""
+    vis = np.where(denom > 0, m1 / np.where(denom > 0, denom, np.float32(1.0)), np.float32(0.0))
+    return vis, _SEP_SCALE * np.arccos(np.clip(vis, 0.0, 1.0))
+
+
 def instrument_features(counts: np.ndarray, positions: np.ndarray, v0, background,
                         totals: np.ndarray | None = None) -> np.ndarray:
     """(n, 16) float32 features (:data:`GENERAL_FEATURES`) with per-tuple (or scalar) v0 and background.
@@ -174,9 +181,7 @@ def instrument_features(counts: np.ndarray, positions: np.ndarray, v0, backgroun
     b = np.broadcast_to(np.asarray(background, np.float32), (n,))
     n_tot, n_axis = count_sums(counts, c, totals)
     m0, m1, psi = harmonic_fit(c, positions, np.float32)
-    denom = (m0 - b[:, None]) * v0[:, None]
-    vis = np.where(denom > 0, m1 / np.where(denom > 0, denom, np.float32(1.0)), np.float32(0.0))
-    d_axes = _SEP_SCALE * np.arccos(np.clip(vis, 0.0, 1.0))
+    vis, d_axes = _visibility_separation(m1, (m0 - b[:, None]) * v0[:, None])
     mid = -psi / _F32_K
     out = np.empty((n, len(GENERAL_FEATURES)), np.float32)
     out[:, 0], out[:, 1] = vis[:, 0], vis[:, 1]
@@ -190,10 +195,7 @@ def instrument_features(counts: np.ndarray, positions: np.ndarray, v0, backgroun
     out[:, 11] = v0
     out[:, 12] = half_l_of(positions)
     # the per-axis level m0 carries Poisson noise of its own 3 counts; both axes share the pair's level
-    denom_pool = (np.float32(0.5) * (m0[:, 0] + m0[:, 1]) - b) * v0
-    ok = denom_pool > 0
-    vis_pool = np.where(ok[:, None], m1 / np.where(ok, denom_pool, np.float32(1.0))[:, None], np.float32(0.0))
-    d_pool = _SEP_SCALE * np.arccos(np.clip(vis_pool, 0.0, 1.0))
+    vis_pool, d_pool = _visibility_separation(m1, ((np.float32(0.5) * (m0[:, 0] + m0[:, 1]) - b) * v0)[:, None])
     out[:, 13], out[:, 14] = vis_pool[:, 0], vis_pool[:, 1]
     out[:, 15] = np.hypot(d_pool[:, 0], d_pool[:, 1])
     return out
