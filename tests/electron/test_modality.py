@@ -187,3 +187,17 @@ def test_held_out_pool_refuses_a_library_the_bundle_saw():
         with pytest.raises(ValueError, match="used in training or calibration"):
             held_out_pool(manifest, extra=((seed, 10),))
     assert not {sd for sd, _ in TEST_EXTRA} & training_seeds(load_bundle())
+
+
+def test_held_out_pool_simulates_the_bundles_instrument(tmp_path, monkeypatch):
+    """An instrument profile's bundle is evaluated on events of its own sensor: the pool's libraries
+    carry the manifest's event physics, and its base test split is that library's."""
+    from streamer.modalities.electron.evaluate import held_out_pool
+    from streamer.modalities.electron.model import library_splits
+
+    monkeypatch.setenv("STREAMER_CACHE", str(tmp_path))
+    manifest = {"training": {"library_n": 200, "library_seed": 5, "physics": {"pixel_um": 6.5, "energy_kev": 200.0}}}
+    lib, idx = held_out_pool(manifest, extra=((8, 50),))
+    assert lib.physics["pixel_um"] == 6.5 and lib.physics["energy_kev"] == 200.0
+    assert len(lib) == 250
+    assert np.array_equal(idx[:-50], library_splits(200, 5)["test"]) and np.array_equal(idx[-50:], np.arange(200, 250))

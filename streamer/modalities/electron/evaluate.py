@@ -30,14 +30,21 @@ def training_seeds(manifest: dict) -> set[int]:
 
 
 def held_out_pool(manifest: dict, extra=TEST_EXTRA):
-    """(library, test indices): the base library's test split plus every event of the ``extra``
-    libraries; refuses an extra library whose seed the bundle trained or calibrated on (a leak)."""
+    """(library, test indices): the test split of the bundle's base library plus every event of the
+    ``extra`` libraries, all simulated with the bundle's event physics (an instrument profile's
+    bundle gets its own sensor's events); refuses an extra library whose seed the bundle trained or
+    calibrated on (a leak)."""
+    from .physics import EventPhysics
+
     leak = [int(sd) for sd, _ in extra if int(sd) in training_seeds(manifest) | {0}]
     if leak:
         raise ValueError(f"test library seeds {leak} were used in training or calibration")
-    base = load_library()
-    libs = [base] + [load_library(int(n), int(sd)) for sd, n in extra]
-    idx = [library_splits(len(base))["test"]]
+    t = manifest.get("training", {})
+    phys = EventPhysics(**(t.get("physics") or {}))
+    n0, seed0 = int(t.get("library_n", 20000)), int(t.get("library_seed", 0))
+    base = load_library(n0, seed0, phys)
+    libs = [base] + [load_library(int(n), int(sd), phys) for sd, n in extra]
+    idx = [library_splits(len(base), seed0)["test"]]
     start = len(base)
     for lb in libs[1:]:
         idx.append(np.arange(start, start + len(lb)))

@@ -18,6 +18,7 @@ Steps (all on simulations, ground truth known):
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -134,8 +135,9 @@ def run(workdir: Path, quick: bool = False, log=print) -> dict:
     from ...pipeline.worker import Served
     from .calibrate import calibrate
     from .instrument import camera_of, header_of, physics_of
-    from .instrument_train import PROFILE_CONFIG, train_for_profile
-    from .model import library_splits
+    from .evaluate import TEST_EXTRA, held_out_pool
+    from .instrument_train import PROFILE_CONFIG, config_for, train_for_profile
+    from .model import load_bundle
     from .physics import load_library
     from .simulate import simulate_frames
 
@@ -146,8 +148,15 @@ def run(workdir: Path, quick: bool = False, log=print) -> dict:
     n_eval = 300 if quick else 10000
     a = prof.nominal(mod)
     b_true = a.with_values(B_VALUES, "bench: instrument B (truth)", "scopeB")
-    lib_b = load_library(20000, 0, physics_of(b_true))  # test split: never in B's training splits
-    test_b = library_splits(len(lib_b))["test"]
+    cfg = dict(PROFILE_CONFIG)
+    if quick:
+        cfg.update(library_n=6000, keep_frames=2000, train_frames=3000, scale_frames=1500, cal_frames=1500,
+                   cal_extra_frames=1500, extra_cal=())
+    # test events: the test split of B's base library plus an independent library of B (as
+    # `streamer evaluate --modality electron` does for A): 3,000 distinct tracks alone left ~300 per
+    # track-length decile, and the decile coverages moved by ~0.015 between draws of them
+    pool_b = {"training": asdict(config_for(b_true, cfg))}
+    lib_b, test_b = held_out_pool(pool_b, extra=() if quick else TEST_EXTRA)
     fr_b = simulate_frames(lib_b, n_eval, 100, 100, rate=10.0, seed=71, lib_indices=test_b, **camera_of(b_true))
     hdr_b = header_of(b_true)
 
@@ -189,11 +198,8 @@ def run(workdir: Path, quick: bool = False, log=print) -> dict:
     # 4. train for the fitted profile
     log("electron: train for B")
     bundle = workdir / "models" / "electron" / "trees-scopeB"
-    cfg = dict(PROFILE_CONFIG)
-    if quick:
-        cfg.update(library_n=6000, keep_frames=2000, train_frames=3000, scale_frames=1500, cal_frames=1500,
-                   cal_extra_frames=1500)
     manifest, train_s = train_for_profile(b_fit, bundle, cfg, log=lambda *_: None)
+    held_out_pool(manifest, extra=() if quick else TEST_EXTRA)  # refuses a test library B's bundle saw
 
     # 5. B's model on B's data through the worker (routed by the hash); A's model on A's data
     log("electron: B's model on B's data; A's model on A's data")
@@ -202,15 +208,16 @@ def run(workdir: Path, quick: bool = False, log=print) -> dict:
     load_s = time.time() - t0
     via_b = predict_frames(through_worker(served_b, hdr_b, "scopeB"), fr_b.frames)
     r_bb = metrics(fr_b, via_b, b_true["pixel_um"])
-    lib_a = load_library()
-    fr_a = simulate_frames(lib_a, n_eval, 100, 100, rate=10.0, seed=71, lib_indices=library_splits(len(lib_a))["test"])
+    lib_a, test_a = held_out_pool(load_bundle(), extra=() if quick else TEST_EXTRA)
+    fr_a = simulate_frames(lib_a, n_eval, 100, 100, rate=10.0, seed=71, lib_indices=test_a)
     hdr_a = header_of(a)
     via_a = predict_frames(through_worker(plain, hdr_a, None), fr_a.frames)
     r_aa = metrics(fr_a, via_a, a["pixel_um"])
 
     t = manifest["training"]
     spec = manifest.get("specialist")
-    detail = ("Electron, through the worker path (`serve_raw`), held-out events (library split 'test'), "
+    detail = ("Electron, through the worker path (`serve_raw`), held-out events (the test split of the instrument's base "
+              "library plus an independent 20,000-event library of it, seed 104), "
               f"{n_eval} frames 100x100 at 10 e-; errors on isolated electrons found by the trees and the seed's "
               "detection, baselines = the seed's max pixel / 3x3 / 5x5 centroids (with and without the 40 e- "
               "threshold) on its own detection.\n\n"
@@ -237,8 +244,10 @@ def run(workdir: Path, quick: bool = False, log=print) -> dict:
         "training": f"{train_s:.0f} s ({t['n_train']:,} training events from {t['train_frames']:,} frames"
                     + (f", easy-event boosters on {spec['n_train']:,} events of "
                        f"{t['train_frames'] + t['specialist_frames']:,} frames" if spec else "")
-                    + f", {t['library_n']:,}-event library of B; the shipped bundle: 48,000 frames (easy-event "
-                    f"boosters: 240,000) + 40,000-event extra libraries for training and calibration)",
+                    + f", conformal calibration on {t['n_cal']:,} events, {t['library_n']:,}-event library of B"
+                    + "".join(f" + {int(n):,}-event calibration library (seed {int(sd)})" for sd, n in t["extra_cal"])
+                    + "; the shipped bundle: 48,000 frames (easy-event boosters: 240,000) + 40,000-event extra "
+                    "libraries for training and calibration)",
         "B's model on B": verdict(r_bb),
         "A's model on A": verdict(r_aa),
         "detail": detail,

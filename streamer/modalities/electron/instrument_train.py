@@ -3,7 +3,8 @@
 The shipped recipe (:func:`.model.train`) on simulations of the profile's instrument (its event
 physics: pixel pitch, beam energy, layer; its camera: read noise, gain, offset), with a smaller
 training set than the shipped bundle's so that it fits in ~10 minutes on 2 cores (:data:`PROFILE_CONFIG`:
-one 20,000-event library of that instrument, no extra library, half the frames). The bundle's
+one 20,000-event library of that instrument and half the training frames; the shipped calibration, with
+its extra 40,000-event library of that instrument). The bundle's
 manifest records the profile (name, hash, values, provenance) and the ranges it covers
 (:func:`.instrument.coverage_around`).
 """
@@ -15,9 +16,11 @@ from dataclasses import fields
 from pathlib import Path
 
 #: the profile recipe (the shipped one: 24k/48k/24k/6k/42k frames and two more 40k-event libraries,
-#: training and calibration; a profile's bundle gets fewer frames and none of those libraries)
+#: training and calibration; a profile's bundle gets fewer training frames and no extra training
+#: library, but the shipped calibration: with 3,000 calibration tracks drawn ~40 times each (118k events)
+#: the per-cell conformal levels chased their noise, and B's track-decile coverage read 82.6-95.6 %)
 PROFILE_CONFIG = {"library_n": 20000, "keep_frames": 12000, "train_frames": 24000, "scale_frames": 6000,
-                  "cal_frames": 6000, "cal_extra_frames": 6000, "extra_train": (), "extra_cal": (),
+                  "cal_frames": 6000, "cal_extra_frames": 42000, "extra_train": (), "extra_cal": ((103, 40000),),
                   "merge_frames": 6000, "merge_dense_frames": 12, "specialist_frames": 24000}
 #: plumbing only (tests): seconds, not accuracy
 TINY_CONFIG = {"library_n": 1500, "keep_frames": 300, "train_frames": 600, "scale_frames": 300, "cal_frames": 300,
