@@ -177,6 +177,49 @@ def test_ambiguous_pairs_are_dropped_everywhere_dim_fits_in_sparse_frames():
     np.testing.assert_array_equal(out, [False, True, False, True, True, True, False])
 
 
+def test_sparse_packet_cut_applies_only_to_sparse_packets_and_their_sparse_frames():
+    """The sparse-acquisition cut: only in packets of >= min_frames frames averaging fewer than
+    below_per_frame kept localizations, only in frames of <= frame_max kept ones, only below the score;
+    already rejected localizations neither count nor get flagged again; no rule, no cut."""
+    from streamer.modalities.smlm3d.model import sparse_packet_cut
+
+    rule = {"score": 0.9, "below_per_frame": 1.4, "frame_max": 2, "min_frames": 4}
+    # 4 frames: frame 0 three localizations (one rejected before), frame 1 three kept, frame 2 one, frame 3 none
+    item = np.array([0, 0, 0, 1, 1, 1, 2])
+    score = np.array([0.5, 0.95, 0.1, 0.5, 0.6, 0.99, 0.8], np.float32)
+    kept = np.array([True, True, False, True, True, True, True])
+    out = sparse_packet_cut(item, score, kept, 4, rule)  # 6 kept / 4 frames = 1.5: not sparse
+    assert not out.any()
+    kept2 = kept.copy()
+    kept2[5] = False  # 5 kept / 4 frames = 1.25: sparse; frame 1 now holds 2 kept
+    out = sparse_packet_cut(item, score, kept2, 4, rule)
+    np.testing.assert_array_equal(out, [True, False, False, True, True, False, True])
+    assert not sparse_packet_cut(item, score, kept2, 3, rule).any()  # fewer frames than min_frames
+    assert not sparse_packet_cut(item, score, kept2, 4, None).any()
+    assert sparse_packet_cut(item, score, kept2, 8, rule).sum() == 4  # 5 / 8: frames beyond the last count as empty
+
+
+def test_shipped_bundles_record_the_sparse_cut_and_the_predictor_applies_it_per_packet():
+    """Every shipped bundle carries its sparse-acquisition rule; the same frames as one sparse packet
+    reject more localizations than as packets too short to tell."""
+    import json
+
+    from streamer.modalities.smlm3d.predictors import TreesPredictor
+
+    for name in ("trees-structure", "trees-csr"):
+        rule = json.loads((MODEL_DIR / name / "manifest.json").read_text())["sparse_packet"]
+        assert 0.5 < rule["score"] < 1.0 and rule["min_frames"] >= 2
+    frames, _ = simulate_frames(SimConfig(n_frames=100, photons=1000.0, background=10.0, density=1.0,
+                                          sampling="structure", seed=321))
+    p = TreesPredictor()
+    whole = p.predict_frames(frames)
+    short = [p.predict_frames(frames[a:a + 10]) for a in range(0, 100, 10)]  # 10 < min_frames: no cut
+    rej_whole = int(((whole["flags"] & REJECTED) != 0).sum())
+    rej_short = sum(int(((o["flags"] & REJECTED) != 0).sum()) for o in short)
+    assert sum(len(o["x"]) for o in short) == len(whole["x"])
+    assert rej_whole > rej_short
+
+
 def test_recalibration_keeps_ensembles_and_thresholds_and_redoes_quantiles(tmp_path):
     """`streamer train --recalibrate`: the bundle's ensembles, correction weights and thresholds stay
     byte for byte, the conformal quantiles are refitted on what the served model keeps."""

@@ -107,7 +107,7 @@ class TreesPredictor:
 
     def predict_frames(self, frames, pixel_nm=100.0, baseline=100.0, adu=1.0) -> dict[str, np.ndarray]:
         L = localize(frames, pixel_nm, baseline, adu, n_iter=self.n_iter, psf=self.psf, passes=self.passes)
-        r = apply(L, pixel_nm, self.bundle, self.psf)
+        r = apply(L, pixel_nm, self.bundle, self.psf, n_frames=len(frames))
         return _columns(len(frames), L.item, r["xyz"], r["photons"], L.background, r["half"], r["score"],
                         r["flags"])
 
