@@ -12,7 +12,9 @@ def format_summary(s: dict[str, Any], unit: str = "tuples") -> str:
     lines = [
         f"{unit + ' out':<18}{s['tuples']:,} in {s['packets']:,} packets"
         + (f" (sent {pub['tuples']:,} in {pub['packets']:,})" if pub else ""),
-        f"throughput        {s['mean_rate_tuples_s']:,.0f} {unit}/s at the sink (first to last result)"
+        (f"throughput        {s['mean_rate_tuples_s']:,.0f} {unit}/s at the sink (first to last result)"
+         if s.get("mean_rate_tuples_s") and s["packets"] >= 3 else
+         f"throughput        n/a at the sink ({s['packets']} packets: a rate needs 3 or more)")
         + (f"; publisher sent at {pub['send_rate_tuples_s']:,.0f} {unit}/s" if pub else ""),
     ]
     if lat.get("n"):

@@ -16,6 +16,9 @@ RESULTS_MD = Path(__file__).resolve().parents[3] / "bench" / "RESULTS.md"
 
 
 class SMLM3DCommands:
+    #: frames per packet of `streamer demo/bench` replays: as the evaluation packs them (the trees'
+    #: sparse-acquisition cut is decided per packet), and enough packets for a throughput figure
+    demo_packet_size = 100
     verbs = {"convert": "a camera stack (TIFF or .npy, ADU) [+ ground-truth ThunderSTORM CSV] -> replay file, "
                         "playable with `streamer run/publish --modality smlm3d`"}
 
