@@ -201,3 +201,33 @@ def test_held_out_pool_simulates_the_bundles_instrument(tmp_path, monkeypatch):
     assert lib.physics["pixel_um"] == 6.5 and lib.physics["energy_kev"] == 200.0
     assert len(lib) == 250
     assert np.array_equal(idx[:-50], library_splits(200, 5)["test"]) and np.array_equal(idx[-50:], np.arange(200, 250))
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_live_path_reads_features_from_the_frames_bitwise_as_from_windows(lib, dtype):
+    """The predictor's live path (no window array, features read from the raw frames) gives exactly
+    what gathering the windows first gives, at the frame edges too; ADU with gain and offset."""
+    from streamer.core.modality import Packet
+    from streamer.modalities.electron.fast import HAVE_NUMBA
+    from streamer.modalities.electron.features import edge_distances, features, features_at
+
+    fr = simulate_frames(lib, 40, 64, 64, rate=12.0, seed=11, adu_per_e=2.5, offset=400.0)
+    frames = fr.frames.astype(dtype)
+    p = make_predictor("trees")
+    det = p.model.detect(frames, fr.adu_per_e, fr.offset)  # with windows
+    assert (det.row < 6).any() and (det.col > 57).any()  # peaks within a window of the edge
+    ed = edge_distances(det.row, det.col, 64, 64, p.params.window_r)
+    a = features(det.window, p.params.threshold_e, ed)
+    b = features_at(frames, det.item, det.row, det.col, p.params.window_r, fr.adu_per_e, fr.offset,
+                    p.params.threshold_e, ed)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    lean = p.model.detect(frames, fr.adu_per_e, fr.offset, windows=False)
+    assert (lean.window is None) == HAVE_NUMBA
+    ref = p.model.predict_all(det, frames.shape)
+    out = p.predict(Packet("s", 0, 0.0, "electron", "frames", 40, {"n": 40, "height": 64, "width": 64,
+                                                                      "adu_per_e": fr.adu_per_e, "offset": fr.offset},
+                           {"frames": frames}))
+    np.testing.assert_array_equal(out["x"], (det.col + ref["dx"]).astype(np.float32))
+    np.testing.assert_array_equal(out["radius"], ref["radius"])
+    np.testing.assert_array_equal(out["charge"], ref["charge"])

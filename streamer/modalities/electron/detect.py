@@ -56,7 +56,7 @@ class Detections:
     item: np.ndarray
     row: np.ndarray
     col: np.ndarray
-    window: np.ndarray
+    window: np.ndarray | None  # None: not gathered (``detect(windows=False)``; features read the frames)
     box3: np.ndarray
 
     def __len__(self) -> int:
@@ -301,13 +301,14 @@ def classify(frames: np.ndarray, p: DetectParams, adu_per_e: float, offset: floa
 
 
 def detect(frames: np.ndarray, p: DetectParams = DetectParams(), adu_per_e: float = 1.0,
-           offset: float = 0.0, keep_model=None, merge_model=None) -> Detections:
+           offset: float = 0.0, keep_model=None, merge_model=None, windows: bool = True) -> Detections:
     """Detect events in frames (n, H, W) of ADU (``adu_per_e``, ``offset``) or electrons (defaults).
 
     Works on the sparse set of pixels above the seed level: no full-frame filter or copy.
     ``keep_model(X) -> probability`` (the trained candidate classifier) replaces the merge rule;
     ``merge_model(X) -> probability`` (the pair classifier, with ``p.merge_p`` <= 1) then drops
-    second counts among the kept detections.
+    second counts among the kept detections. ``windows=False`` (with a keep model and numba): the
+    kept peaks without their windows (the trees' live path reads its features from the frames).
     """
     if keep_model is not None:
         c = classify(frames, p, adu_per_e, offset, keep_model)
@@ -315,6 +316,8 @@ def detect(frames: np.ndarray, p: DetectParams = DetectParams(), adu_per_e: floa
         if merge_model is not None and p.merge_p <= 1.0:
             keep = _merge_pairs(frames, c.item, c.row, c.col, c.peak, c.prob, c.X, keep, p, adu_per_e, offset,
                                 merge_model)
+        if not windows and c.win is None:
+            return Detections(c.item[keep], c.row[keep], c.col[keep], None, c.box[keep])
         return _detections(frames, c.item[keep], c.row[keep], c.col[keep], c.box[keep], p, adu_per_e, offset,
                            None if c.win is None else c.win[keep])
     # the seed's rule (baselines): brightest 3x3 among maxima within merge_px

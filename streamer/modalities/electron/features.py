@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import fast as _fast
-from .detect import THRESHOLD_E, centroid
+from .detect import THRESHOLD_E, _gather, centroid
 
 RAW_HALF = 3
 
@@ -62,6 +62,20 @@ def feature_names(r: int) -> list[str]:
 def edge_distances(row, col, h: int, w: int, r: int) -> np.ndarray:
     """Pixels from the peak to the frame edge toward +x, -x, +y, -y, capped at r + 1 (m, 4)."""
     return np.minimum(np.column_stack([w - 1 - col, col, h - 1 - row, row]), r + 1).astype(np.float32)
+
+
+def features_at(frames: np.ndarray, item, row, col, r: int, adu_per_e: float = 1.0, offset: float = 0.0,
+                threshold: float = THRESHOLD_E, edges: np.ndarray | None = None):
+    """:func:`features` of the ``(2r+1)^2`` windows around (item, row, col), read from the raw frames
+    (ADU): the live path, which then never builds the (m, 13, 13) window array (numba); bitwise the
+    same as gathering the windows first (the numpy reference does just that)."""
+    if edges is None:
+        edges = np.full((len(item), 4), r + 1, np.float32)
+    if _fast.HAVE_NUMBA:
+        return _fast._features_from_frames(frames, np.asarray(item), np.asarray(row), np.asarray(col), int(r),
+                                           float(offset), 1.0 / adu_per_e, float(threshold),
+                                           np.ascontiguousarray(edges, np.float32), RAW_HALF)
+    return features(_gather(frames, item, row, col, r, adu_per_e, offset), threshold, edges)
 
 
 def features(win: np.ndarray, threshold: float = THRESHOLD_E, edges: np.ndarray | None = None):

@@ -37,7 +37,7 @@ import numpy as np
 
 from ...core.group_conformal import cell_quantiles, decile_labels, group_levels
 from .detect import CANDIDATE_FEATURES, PAIR_FEATURES, DetectParams, Detections, classify, detect, pair_features
-from .features import edge_distances, feature_names, features, from_canonical, to_canonical
+from .features import edge_distances, feature_names, features, features_at, from_canonical, to_canonical
 from .metrics import isolated, match
 
 BUNDLE_DIR = Path(__file__).resolve().parents[3] / "compiled_models" / "electron" / "trees"
@@ -585,19 +585,27 @@ class TreeModel:
         """Pair-classifier probability that two kept detections are one electron's (margin booster)."""
         return _sigmoid(self.backends["merge"].predict(X))
 
-    def detect(self, frames: np.ndarray, adu_per_e: float = 1.0, offset: float = 0.0) -> Detections:
+    def detect(self, frames: np.ndarray, adu_per_e: float = 1.0, offset: float = 0.0,
+               windows: bool = True) -> Detections:
         return detect(frames, self.params, adu_per_e, offset, keep_model=self.keep,
-                      merge_model=self.merge if "merge" in self.backends else None)
+                      merge_model=self.merge if "merge" in self.backends else None, windows=windows)
 
     def predict(self, det: Detections, shape):
         """(dx, dy, radius, charge) of detections in frames of ``shape`` (n, H, W)."""
         r = self.predict_all(det, shape)
         return r["dx"], r["dy"], r["radius"], r["charge"]
 
-    def predict_all(self, det: Detections, shape) -> dict[str, np.ndarray]:
-        """dx, dy, radius, score, charge, size of detections in frames of ``shape`` (n, H, W)."""
-        return self.predict_windows_all(det.window, edge_distances(det.row, det.col, shape[1], shape[2],
-                                                                    self.params.window_r))
+    def predict_all(self, det: Detections, shape, frames: np.ndarray | None = None, adu_per_e: float = 1.0,
+                    offset: float = 0.0) -> dict[str, np.ndarray]:
+        """dx, dy, radius, score, charge, size of detections in frames of ``shape`` (n, H, W); detections
+        without windows (``detect(windows=False)``) read their features from the raw ``frames``."""
+        edges = edge_distances(det.row, det.col, shape[1], shape[2], self.params.window_r)
+        if det.window is None:
+            if frames is None:
+                raise ValueError("detections without windows need the frames they came from")
+            return self._predict_features(*features_at(frames, det.item, det.row, det.col, self.params.window_r,
+                                                       adu_per_e, offset, self.params.threshold_e, edges))
+        return self.predict_windows_all(det.window, edges)
 
     def predict_windows(self, win: np.ndarray, edges: np.ndarray | None = None):
         """(dx, dy, radius, charge) for electron windows (m, 2R+1, 2R+1)."""
@@ -605,7 +613,9 @@ class TreeModel:
         return r["dx"], r["dy"], r["radius"], r["charge"]
 
     def predict_windows_all(self, win: np.ndarray, edges: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        X, fx, fy, tr = features(win, self.params.threshold_e, edges)
+        return self._predict_features(*features(win, self.params.threshold_e, edges))
+
+    def _predict_features(self, X, fx, fy, tr) -> dict[str, np.ndarray]:
         if len(X) == 0:
             z = np.zeros(0, np.float32)
             return {"dx": z, "dy": z, "radius": z, "score": z, "charge": z, "size": np.zeros(0, np.int32)}
