@@ -69,7 +69,7 @@ def main() -> int:
             print(f"{key}={v:g}: {'covered' if rows[f'{key}={v:g}']['covered'] else 'NOT covered'} "
                   + "; ".join(f"{s} lat {r[s]['lat']:.2f} ax {r[s]['ax']:.2f} cov {r[s]['cov_x']:.2f}/"
                               f"{r[s]['cov_y']:.2f}/{r[s]['cov_z']:.2f}" for s in SNR_LEVELS), flush=True)
-    print(f"nominal: " + "; ".join(f"{s} lat {ref[s]['lat']:.2f} ax {ref[s]['ax']:.2f} cov {ref[s]['cov_x']:.2f}/"
+    print("nominal: " + "; ".join(f"{s} lat {ref[s]['lat']:.2f} ax {ref[s]['ax']:.2f} cov {ref[s]['cov_x']:.2f}/"
                                    f"{ref[s]['cov_y']:.2f}/{ref[s]['cov_z']:.2f}" for s in SNR_LEVELS))
     out = {"command": "`.venv/bin/python bench/smlm3d/tolerance.py " + " ".join(sys.argv[1:]) + "`",
            "emitters_per_snr": args.emitters, "density": 1.0, "bundle": "trees-structure (xgboost predictor)",

@@ -31,7 +31,7 @@ def markdown(mod: Modality) -> str:
         out += [f"Packet kind `{kind.name}` ({kind.doc}); item count `{kind.item_key}` <= {kind.max_items:,}:", "",
                 "| key | type | required | meaning |", "|---|---|---|---|"]
         for f in kind.fields:
-            rng = [f"> 0" if f.positive else "", f">= {f.min:g}" if f.min is not None else "",
+            rng = ["> 0" if f.positive else "", f">= {f.min:g}" if f.min is not None else "",
                    f"<= {f.max:g}" if f.max is not None else ""]
             default = "yes" if f.required else f"no (default {f.default!r})"
             out.append(f"| `{f.name}` | {f.type.__name__} {' '.join(r for r in rng if r)} | {default} | {f.doc} |")

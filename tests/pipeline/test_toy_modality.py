@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from streamer.client import Publisher, Subscriber, wait_for
-from streamer.core import registry, wire
-from streamer.pipeline.launcher import LocalPipeline, _cli, run_local_pipeline
+from streamer.core import registry
+from streamer.pipeline.launcher import LocalPipeline, _cli
 from streamer.pipeline.results import load_results
 
 HERE = Path(__file__).resolve().parent

@@ -3,7 +3,12 @@ optics and what a trees bundle covers (imports stay light: the sink loads this w
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ...core.profile import ProfileParam
+
+if TYPE_CHECKING:  # annotations only: the simulator is imported where it runs
+    from .physics import Optics
 
 #: the instrument (``streamer profile new --modality diffusion``); nominal = the simulator's Optics()
 PROFILE = (

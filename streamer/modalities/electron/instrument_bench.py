@@ -225,8 +225,8 @@ def run(workdir: Path, quick: bool = False, log=print) -> dict:
               + "\n".join(f"| {k} | {fmt(r_ab[k])} | {fmt(r_bb[k])} | {fmt(r_aa[k])} |"
                           for k in ("true", "isolated", "mean_um", "best", "best_um", "ratio", "ratio_hard",
                                     "efficiency", "false", "coverage", "cov_charge", "cov_track", "with_radius"))
-              + f"\n\nCalibration of B:\n\n" + "\n".join(f"- {line}" for line in cal.lines())
-              + f"\n\nB's bundle covers: " + ", ".join(f"{k} {lo:g}-{hi:g}" for k, (lo, hi) in
+              + "\n\nCalibration of B:\n\n" + "\n".join(f"- {line}" for line in cal.lines())
+              + "\n\nB's bundle covers: " + ", ".join(f"{k} {lo:g}-{hi:g}" for k, (lo, hi) in
                                                      manifest["instrument"]["covers"].items())
               + f"; compiled and loaded by the worker in {load_s:.0f} s.")
     return {

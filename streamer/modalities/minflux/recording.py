@@ -9,7 +9,6 @@ earlier MINFLUX-only layout (format ``minflux-replay``) still load.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
