@@ -197,6 +197,30 @@ def test_sparse_packet_cut_applies_only_to_sparse_packets_and_their_sparse_frame
     assert not sparse_packet_cut(item, score, kept2, 3, rule).any()  # fewer frames than min_frames
     assert not sparse_packet_cut(item, score, kept2, 4, None).any()
     assert sparse_packet_cut(item, score, kept2, 8, rule).sum() == 4  # 5 / 8: frames beyond the last count as empty
+    # a short packet is judged with its stream's recent frames: sparse history -> cut, crowded -> none;
+    # a long enough one alone, whatever the history (the same answer whichever worker serves it)
+    assert sparse_packet_cut(item, score, kept2, 3, rule, history=(100.0, 50.0)).sum() == 4
+    assert not sparse_packet_cut(item, score, kept2, 3, rule, history=(100.0, 300.0)).any()
+    assert sparse_packet_cut(item, score, kept2, 4, rule, history=(100.0, 300.0)).sum() == 4
+
+
+def test_single_frame_packets_of_a_sparse_stream_get_the_sparse_cut():
+    """A camera sending one frame per packet: each packet alone is too short to tell, the stream's
+    recent frames tell (StreamDensity, per stream); another stream's history does not leak in."""
+    from streamer.core.modality import Packet
+    from streamer.modalities.smlm3d.predictors import TreesPredictor
+
+    frames, _ = simulate_frames(SimConfig(n_frames=100, photons=1000.0, background=10.0, density=1.0,
+                                          sampling="structure", seed=321))
+    p = TreesPredictor()
+    hdr = {"n": 1, "height": 64, "width": 64, "pixel_nm": 100.0, "baseline": 100.0, "adu_per_photon": 1.0}
+    rejected = lambda outs: sum(int(((o["flags"] & REJECTED) != 0).sum()) for o in outs)  # noqa: E731
+    alone = [p.predict_frames(frames[i:i + 1]) for i in range(100)]
+    live = [p.predict(Packet("cam", i, 0.0, "smlm3d", "frames", 1, hdr, {"frames": frames[i:i + 1]}))
+            for i in range(100)]
+    whole = p.predict_frames(frames)
+    assert rejected(alone) < rejected(live) <= rejected([whole])
+    assert p.density.get("cam")[0] > 90 and p.density.get("other") == (0.0, 0.0)
 
 
 def test_shipped_bundles_record_the_sparse_cut_and_the_predictor_applies_it_per_packet():

@@ -129,7 +129,8 @@ def imprecise_pairs(L: Localizations, count_bin: np.ndarray, pixel_nm: float, ps
     return out
 
 
-def sparse_packet_cut(item: np.ndarray, score: np.ndarray, kept: np.ndarray, n_frames: int, rule: dict | None) -> np.ndarray:
+def sparse_packet_cut(item: np.ndarray, score: np.ndarray, kept: np.ndarray, n_frames: int, rule: dict | None,
+                      history: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """Localizations a sparse acquisition rejects on top of the bundle's thresholds (bool mask).
 
     At low density (<= 1 emitter/frame) the issue asks for precision (RMSE near the CRLB) with the
@@ -138,15 +139,41 @@ def sparse_packet_cut(item: np.ndarray, score: np.ndarray, kept: np.ndarray, n_f
     no single frame tells (a 3-6-candidate frame is common at 1 and at 5 emitters/frame), a packet
     does: in a packet of at least ``rule["min_frames"]`` frames whose kept localizations average
     fewer than ``rule["below_per_frame"]`` per frame, every frame of at most ``rule["frame_max"]``
-    kept localizations keeps only scores >= ``rule["score"]``. Deterministic per packet (the same
-    packets give the same answer live and reprocessed); ``rule`` None: off."""
+    kept localizations keeps only scores >= ``rule["score"]``. A packet of ``min_frames`` or more is
+    judged alone (deterministic per packet: the same packets give the same answer live and
+    reprocessed, whichever worker serves them); a shorter one (a camera sending single frames) with
+    ``history``, the (frames, kept localizations) its stream showed before it (:class:`StreamDensity`).
+    ``rule`` None: off."""
     out = np.zeros(len(score), bool)
-    if not rule or n_frames < int(rule["min_frames"]) or not kept.any():
+    if rule and n_frames >= float(rule["min_frames"]):
+        history = (0.0, 0.0)
+    frames_seen, kept_seen = float(history[0]) + n_frames, float(history[1]) + float(kept.sum())
+    if not rule or frames_seen < float(rule["min_frames"]) or not kept.any():
+        return out
+    if kept_seen >= float(rule["below_per_frame"]) * frames_seen:
         return out
     cnt = np.bincount(item[kept], minlength=n_frames)
-    if cnt.sum() >= float(rule["below_per_frame"]) * n_frames:
-        return out
     return kept & (cnt[item] <= int(rule["frame_max"])) & (score < np.float32(rule["score"]))
+
+
+class StreamDensity:
+    """Kept localizations per frame of each stream's recent frames (exponential memory of ``frames``
+    frames), for :func:`sparse_packet_cut` on packets too short to tell on their own. Per worker
+    process: with several workers each judges from the packets it serves."""
+
+    def __init__(self, frames: float = 500.0, max_streams: int = 1024) -> None:
+        self.frames, self.max_streams = float(frames), int(max_streams)
+        self._seen: dict[str, tuple[float, float]] = {}
+
+    def get(self, stream: str) -> tuple[float, float]:
+        return self._seen.get(stream, (0.0, 0.0))
+
+    def add(self, stream: str, n_frames: int, kept: int) -> None:
+        f, k = self.get(stream)
+        decay = float(np.exp(-n_frames / self.frames))
+        if stream not in self._seen and len(self._seen) >= self.max_streams:
+            self._seen.pop(next(iter(self._seen)))  # the oldest stream: bounded memory
+        self._seen[stream] = (f * decay + n_frames, k * decay + kept)
 
 
 def ambiguous(L: Localizations, count_bin: np.ndarray) -> np.ndarray:
@@ -184,9 +211,11 @@ class Bundle:
         return cls_(name, man, reg, clf, scale)
 
 
-def apply(L: Localizations, pixel_nm: float, b: "Bundle", psf=None, n_frames: int | None = None) -> dict[str, np.ndarray]:
+def apply(L: Localizations, pixel_nm: float, b: "Bundle", psf=None, n_frames: int | None = None,
+          density: "StreamDensity | None" = None, stream: str = "") -> dict[str, np.ndarray]:
     """Corrected localizations, score, intervals and flags for every candidate of ``L``; ``n_frames``:
-    the packet's frames (for :func:`sparse_packet_cut`; None: no packet-level rule)."""
+    the packet's frames (for :func:`sparse_packet_cut`; None: no packet-level rule); ``density``: the
+    recent frames of ``stream``, read for the rule and updated with this packet."""
     manifest = b.manifest
     X = features(L, pixel_nm)
     m = len(X)
@@ -215,6 +244,9 @@ def apply(L: Localizations, pixel_nm: float, b: "Bundle", psf=None, n_frames: in
     flags[ambiguous(L, cnt)] |= REJECTED
     flags[(L.flags & DUPLICATE) != 0] |= REJECTED
     if n_frames is not None:
-        flags[sparse_packet_cut(L.item, score, (flags & REJECTED) == 0, n_frames, manifest.get("sparse_packet"))] |= \
-            REJECTED
+        kept = (flags & REJECTED) == 0
+        history = density.get(stream) if density is not None else (0.0, 0.0)
+        flags[sparse_packet_cut(L.item, score, kept, n_frames, manifest.get("sparse_packet"), history)] |= REJECTED
+        if density is not None:
+            density.add(stream, n_frames, int(kept.sum()))
     return {"xyz": xyz, "photons": photons, "half": half, "score": score, "flags": flags.astype(np.uint8), "X": X}

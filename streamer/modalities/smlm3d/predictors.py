@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .localize import REJECTED, Localizations, localize
-from .model import Bundle, apply
+from .model import Bundle, StreamDensity, apply
 from .psf import DEFAULT_PSF, AstigmaticPSF
 
 Z90 = 1.6448536269514722  # two-sided 90 % normal quantile (MLE intervals from the CRLB)
@@ -104,12 +104,18 @@ class TreesPredictor:
         #: the instruments this bundle answers for (issue 14; the worker flags packets outside it)
         self.coverage = coverage(man)
         self.model_id = f"smlm3d-{path.name}-{self.bundle.reg.name}"
+        #: each stream's recent localizations per frame (the sparse-acquisition cut of short packets)
+        self.density = StreamDensity()
 
-    def predict_frames(self, frames, pixel_nm=100.0, baseline=100.0, adu=1.0) -> dict[str, np.ndarray]:
+    def predict_frames(self, frames, pixel_nm=100.0, baseline=100.0, adu=1.0, stream: str | None = None
+                       ) -> dict[str, np.ndarray]:
+        """Localizations of ``frames``; ``stream``: judge the sparse-acquisition cut with that stream's
+        recent frames too (the worker path); None: with this call's frames alone."""
         L = localize(frames, pixel_nm, baseline, adu, n_iter=self.n_iter, psf=self.psf, passes=self.passes)
-        r = apply(L, pixel_nm, self.bundle, self.psf, n_frames=len(frames))
+        r = apply(L, pixel_nm, self.bundle, self.psf, n_frames=len(frames),
+                  density=None if stream is None else self.density, stream=stream or "")
         return _columns(len(frames), L.item, r["xyz"], r["photons"], L.background, r["half"], r["score"],
                         r["flags"])
 
     def predict(self, packet) -> dict[str, np.ndarray]:
-        return self.predict_frames(*_frames(packet))
+        return self.predict_frames(*_frames(packet), stream=packet.stream)
