@@ -29,6 +29,13 @@ def training_seeds(manifest: dict) -> set[int]:
                                                for sd, _ in t.get(k, ())}
 
 
+def refuse_leaks(manifest: dict, extra=TEST_EXTRA) -> None:
+    """ValueError if a test library seed of ``extra`` was one the bundle trained or calibrated on."""
+    leak = [int(sd) for sd, _ in extra if int(sd) in training_seeds(manifest) | {0}]
+    if leak:
+        raise ValueError(f"test library seeds {leak} were used in training or calibration")
+
+
 def held_out_pool(manifest: dict, extra=TEST_EXTRA):
     """(library, test indices): the test split of the bundle's base library plus every event of the
     ``extra`` libraries, all simulated with the bundle's event physics (an instrument profile's
@@ -36,9 +43,7 @@ def held_out_pool(manifest: dict, extra=TEST_EXTRA):
     calibrated on (a leak)."""
     from .physics import EventPhysics
 
-    leak = [int(sd) for sd, _ in extra if int(sd) in training_seeds(manifest) | {0}]
-    if leak:
-        raise ValueError(f"test library seeds {leak} were used in training or calibration")
+    refuse_leaks(manifest, extra)
     t = manifest.get("training", {})
     phys = EventPhysics(**(t.get("physics") or {}))
     n0, seed0 = int(t.get("library_n", 20000)), int(t.get("library_seed", 0))

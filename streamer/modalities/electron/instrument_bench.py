@@ -135,7 +135,7 @@ def run(workdir: Path, quick: bool = False, log=print) -> dict:
     from ...pipeline.worker import Served
     from .calibrate import calibrate
     from .instrument import camera_of, header_of, physics_of
-    from .evaluate import TEST_EXTRA, held_out_pool
+    from .evaluate import TEST_EXTRA, held_out_pool, refuse_leaks
     from .instrument_train import PROFILE_CONFIG, config_for, train_for_profile
     from .model import load_bundle
     from .physics import load_library
@@ -199,7 +199,7 @@ def run(workdir: Path, quick: bool = False, log=print) -> dict:
     log("electron: train for B")
     bundle = workdir / "models" / "electron" / "trees-scopeB"
     manifest, train_s = train_for_profile(b_fit, bundle, cfg, log=lambda *_: None)
-    held_out_pool(manifest, extra=() if quick else TEST_EXTRA)  # refuses a test library B's bundle saw
+    refuse_leaks(manifest, () if quick else TEST_EXTRA)  # the test pool above: none of B's training libraries
 
     # 5. B's model on B's data through the worker (routed by the hash); A's model on A's data
     log("electron: B's model on B's data; A's model on A's data")

@@ -27,9 +27,8 @@ from .psf import DEFAULT_PSF, crlb
 from .simulate import DENSITIES, SNR_LEVELS, SimConfig, simulate_frames
 
 METHODS = ("mle", "trees-csr", "trees")
-#: frames per packet: the predictors see the frames as a worker serving one stream per cell does (the
-#: trees' sparse-acquisition cut is decided per packet and the stream's recent frames,
-#: :func:`.model.sparse_packet_cut`)
+#: frames per packet: the predictors see the frames as a worker does (the trees' sparse-acquisition cut
+#: is decided per packet; one of 100 frames is judged alone, :func:`.model.sparse_packet_cut`)
 PACKET = 100
 
 
@@ -119,10 +118,8 @@ def run(predictors: dict, snrs=tuple(SNR_LEVELS), densities=DENSITIES, min_emitt
             frames, truth = cell_data(snr, dens, min_emitters, sampling=sampling)
             for name, pred in predictors.items():
                 t0 = time.perf_counter()
-                # as a worker serves one stream: the trees judge short packets with the stream's history
-                key = f"{sampling} {snr} d={dens}"
-                out = predict_in_packets(lambda f, _seq, p=pred: (p.predict_frames(f, stream=key) if hasattr(
-                    p, "density") else p.predict_frames(f), 0), frames, PACKET, skip=("count",))
+                out = predict_in_packets(lambda f, _seq, p=pred: (p.predict_frames(f), 0), frames, PACKET,
+                                         skip=("count",))
                 dt = time.perf_counter() - t0
                 a = score_cell(out, truth)
                 a.pop("i_est"), a.pop("i_true")
