@@ -132,6 +132,11 @@ def test_precision_filter_rejects_only_pairs_known_far_worse_than_isolated():
         bad = imprecise_pairs(L, np.zeros(len(L), int), 100.0)
         assert not (bad & ~pair).any()                      # only pair fits are judged
         out[sep] = (pair.sum(), bad.sum())
+        # crowded frames (count bin 2) are judged only where the rows of a sparse acquisition say so
+        crowded = np.full(len(L), 2)
+        assert not imprecise_pairs(L, crowded, 100.0).any()
+        rows = np.arange(len(L)) % 2 == 0
+        np.testing.assert_array_equal(imprecise_pairs(L, crowded, 100.0, rows=rows), bad & rows)
     assert out[100.0][0] >= n and out[100.0][1] >= 0.7 * out[100.0][0], out
     assert out[400.0][0] >= n and out[400.0][1] == 0, out
 
@@ -204,6 +209,64 @@ def test_sparse_packet_cut_applies_only_to_sparse_packets_and_their_sparse_frame
     assert sparse_packet_cut(item, score, kept2, 4, rule, history=(100.0, 300.0)).sum() == 4
 
 
+def test_pair_gain_singles_out_two_emitters_fitted_as_one():
+    """The two-emitter fit's gain over the single fit: two emitters 100 nm apart at one z (a merged
+    pair the single fit places between them, 50 nm off either) gain far more than 16; isolated
+    emitters of the same brightness do not."""
+    from types import SimpleNamespace
+
+    from streamer.modalities.smlm3d.localize import pair_gain
+
+    rng = np.random.default_rng(3)
+    M = 40
+    t1 = np.column_stack([np.full(M, 5.6), np.full(M, 6.5), np.full(M, 150.0), np.full(M, 10000.0), np.full(M, 200.0)])
+    t2 = t1.copy()
+    t2[:, 0] += 1.0
+    t2[:, 4] = 0.0
+    merged = rng.poisson(model(t1, 13, DEFAULT_PSF, 100.0) + model(t2, 13, DEFAULT_PSF, 100.0)).astype(float)
+    iso = t1.copy()
+    iso[:, 3] = 20000.0
+    single = rng.poisson(model(iso, 13, DEFAULT_PSF, 100.0)).astype(float)
+    gains = []
+    for rois in (merged, single):
+        f = mle.fit(rois, DEFAULT_PSF, 100.0)
+        gains.append(pair_gain(SimpleNamespace(rois=rois, fit=f), np.arange(M), DEFAULT_PSF, 100.0))
+    assert np.all(gains[0][0] > 16) and np.mean(gains[1][0] > 16) <= 0.05
+    assert np.mean(gains[0][1] < 2.0) >= 0.9                # ... and closer than 2 px (the shipped cap)
+    assert len(pair_gain(SimpleNamespace(rois=merged, fit=None), np.zeros(0, int))[0]) == 0
+
+
+def test_merged_singles_only_among_the_rule_rows_single_fits_above_the_gain(monkeypatch):
+    """merged_singles: only rows of the sparse rule, only single fits (pair fits are already two), only
+    a gain above the bundle's ``merged_lr``; bundles without the key: none."""
+    from types import SimpleNamespace
+
+    from streamer.modalities.smlm3d import localize as loc
+    from streamer.modalities.smlm3d.model import merged_singles
+
+    gain = np.array([30.0, 30.0, 30.0, 5.0, 17.0, 40.0])
+    sep = np.array([1.0, 1.0, 1.0, 1.0, 1.5, 3.0])  # px
+    asked = []
+
+    def fake_gain(L, rows, psf, pixel_nm):
+        asked.append(rows.copy())
+        return gain[rows], sep[rows]
+
+    monkeypatch.setattr(loc, "pair_gain", fake_gain)
+    L = SimpleNamespace(flags=np.array([0, PAIR, 0, 0, 0, 0], np.uint8))
+    rows = np.array([True, True, False, True, True, True])
+    rule = {"score": 0.9, "below_per_frame": 1.4, "frame_max": 6, "min_frames": 20, "merged_lr": 16.0,
+            "merged_sep_px": 2.0}
+    # the last row: a strong gain from a second "emitter" 3 px away is no merged pair
+    np.testing.assert_array_equal(merged_singles(L, rows, rule, None, 100.0), [True, False, False, False, True, False])
+    np.testing.assert_array_equal(asked[0], [0, 3, 4, 5])   # the pair fit and the row outside the rule: no fit
+    no_cap = {k: v for k, v in rule.items() if k != "merged_sep_px"}
+    np.testing.assert_array_equal(merged_singles(L, rows, no_cap, None, 100.0), [True, False, False, False, True, True])
+    assert not merged_singles(L, rows, {k: v for k, v in rule.items() if k != "merged_lr"}, None, 100.0).any()
+    assert not merged_singles(L, rows, None, None, 100.0).any()
+    assert len(asked) == 2
+
+
 def test_single_frame_packets_of_a_sparse_stream_get_the_sparse_cut():
     """A camera sending one frame per packet: each packet alone is too short to tell, the stream's
     recent frames tell (StreamDensity, per stream); another stream's history does not leak in."""
@@ -232,7 +295,8 @@ def test_shipped_bundles_record_the_sparse_cut_and_the_predictor_applies_it_per_
 
     for name in ("trees-structure", "trees-csr"):
         rule = json.loads((MODEL_DIR / name / "manifest.json").read_text())["sparse_packet"]
-        assert 0.5 < rule["score"] < 1.0 and rule["min_frames"] >= 2
+        assert 0.5 < rule["score"] < 1.0 and rule["min_frames"] >= 2 and rule["merged_lr"] > 14
+        assert rule["pair_precision_k"] >= 2 and 1.0 < rule["merged_sep_px"] < 3.0
     frames, _ = simulate_frames(SimConfig(n_frames=100, photons=1000.0, background=10.0, density=1.0,
                                           sampling="structure", seed=321))
     p = TreesPredictor()

@@ -87,7 +87,8 @@ def _from_bundle(kind: str = "auto"):
 PREDICTORS = (
     PredictorSpec("trees", _trees("trees-structure"),
                   "MLE fit + compiled trees (structure-trained): bias correction, candidate score, conformal 90 % "
-                  "intervals; packets of < 1.4 localizations/frame keep only the surest (sparse acquisitions)",
+                  "intervals; packets of < 1.4 localizations/frame keep only the surest and drop fits of merged or "
+                  "imprecise pairs (sparse acquisitions)",
                   from_bundle=_from_bundle()),
     PredictorSpec("trees-csr", _trees("trees-csr"), "the same trees trained on CSR-sampled emitters",
                   from_bundle=_from_bundle()),

@@ -156,6 +156,18 @@ def localize(frames: np.ndarray, pixel_nm: float = 100.0, baseline: float = 100.
                          rois, r0, c0, cand.bg, margin)
 
 
+def pair_gain(L: Localizations, rows: np.ndarray, psf: AstigmaticPSF = DEFAULT_PSF,
+              pixel_nm: float = 100.0) -> tuple[np.ndarray, np.ndarray]:
+    """For the localizations ``rows`` (indices) of ``L``: the 2 log-likelihood ratio of a two-emitter
+    fit over the single fit, on the ROIs their fits saw (neighbours subtracted), and the two fitted
+    emitters' separation in pixels. Evidence that a single fit is two emitters merged into one:
+    isolated emitters stay below 16 in 99.0-99.8 % of cases."""
+    if len(rows) == 0:
+        return np.zeros(0), np.zeros(0)
+    th2, _, ll2, _ = mle.fit_pairs(L.rois[rows], L.fit.theta[rows], psf, pixel_nm, PAIR_ITER)
+    return 2.0 * (ll2 - L.fit.loglik[rows]), np.hypot(th2[:, 0] - th2[:, 4], th2[:, 1] - th2[:, 5])
+
+
 def _shift_own(r0_old, c0_old, r0_new, c0_new, th_old, psf, pixel_nm, m_total) -> np.ndarray:
     """Each kept fit's own model on its *new* ROI (the ROI may have moved when re-centred)."""
     from .psf import model

@@ -109,42 +109,43 @@ def conformal_quantiles(scores: np.ndarray, g: np.ndarray, level: float = COVERA
     return out
 
 
-def imprecise_pairs(L: Localizations, count_bin: np.ndarray, pixel_nm: float, psf=None) -> np.ndarray:
-    """Pair-fit localizations of sparse frames whose own CRLB exceeds PAIR_PRECISION_K x the
-    isolated-emitter CRLB at the same estimate (two emitters ~1 px apart on a filament: resolved, but
-    each known to tens of nm, 5-35x the isolated bound, measured). A precision filter for the sparse
-    regime only: in crowded frames such pairs are most of the detections and the JI needs them."""
+def imprecise_pairs(L: Localizations, count_bin: np.ndarray, pixel_nm: float, psf=None,
+                    k: float = PAIR_PRECISION_K, rows: np.ndarray | None = None) -> np.ndarray:
+    """Pair-fit localizations of sparse frames whose own CRLB exceeds ``k`` x the isolated-emitter
+    CRLB at the same estimate (two emitters ~1 px apart on a filament: resolved, but each known to
+    tens of nm, 5-35x the isolated bound, measured). A precision filter for the sparse regime only: in
+    crowded frames such pairs are most of the detections and the JI needs them. Sparse frames: at
+    most 6 candidates (``count_bin``), or, with ``rows`` given, those rows instead (the frames of a
+    sparse acquisition, :func:`sparse_packet_rows`)."""
     from .detect import READ_VAR, ROI
     from .localize import PAIR
     from .psf import DEFAULT_PSF, crlb
 
-    sel = np.nonzero(((L.flags & PAIR) != 0) & (count_bin <= PAIR_PRECISION_BIN))[0]
+    sparse = (count_bin <= PAIR_PRECISION_BIN) if rows is None else rows
+    sel = np.nonzero(((L.flags & PAIR) != 0) & sparse)[0]
     out = np.zeros(len(L), bool)
     if len(sel) == 0:
         return out
     th = np.column_stack([L.xyz[sel, 0] / pixel_nm, L.xyz[sel, 1] / pixel_nm, L.xyz[sel, 2],
                           L.photons[sel], L.background[sel]])
     iso = crlb(th, psf or DEFAULT_PSF, pixel_nm=pixel_nm, n_px=ROI, read_var=READ_VAR)
-    out[sel] = np.hypot(L.sd[sel, 0], L.sd[sel, 1]) > PAIR_PRECISION_K * np.hypot(iso[:, 0], iso[:, 1])
+    out[sel] = np.hypot(L.sd[sel, 0], L.sd[sel, 1]) > k * np.hypot(iso[:, 0], iso[:, 1])
     return out
 
 
-def sparse_packet_cut(item: np.ndarray, score: np.ndarray, kept: np.ndarray, n_frames: int, rule: dict | None,
-                      history: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
-    """Localizations a sparse acquisition rejects on top of the bundle's thresholds (bool mask).
+def sparse_packet_rows(item: np.ndarray, kept: np.ndarray, n_frames: int, rule: dict | None,
+                       history: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Kept localizations the sparse-acquisition rule applies to (bool mask): those in frames of at
+    most ``rule["frame_max"]`` kept localizations, in a packet of at least ``rule["min_frames"]``
+    frames whose kept localizations average fewer than ``rule["below_per_frame"]`` per frame.
 
-    At low density (<= 1 emitter/frame) the issue asks for precision (RMSE near the CRLB) with the
-    Jaccard index no lower than the MLE baseline's; on filaments a handful of merged close pairs
-    there, each 20-70 nm off at a CRLB of 2-5 nm, decides the RMSE. Whether an acquisition is sparse
-    no single frame tells (a 3-6-candidate frame is common at 1 and at 5 emitters/frame), a packet
-    does: in a packet of at least ``rule["min_frames"]`` frames whose kept localizations average
-    fewer than ``rule["below_per_frame"]`` per frame, every frame of at most ``rule["frame_max"]``
-    kept localizations keeps only scores >= ``rule["score"]``. A packet of ``min_frames`` or more is
-    judged alone (deterministic per packet: the same packets give the same answer live and
-    reprocessed, whichever worker serves them); a shorter one (a camera sending single frames) with
-    ``history``, the (frames, kept localizations) its stream showed before it (:class:`StreamDensity`).
-    ``rule`` None: off."""
-    out = np.zeros(len(score), bool)
+    Whether an acquisition is sparse no single frame tells (a 3-6-candidate frame is common at 1 and
+    at 5 emitters/frame), a packet does. A packet of ``min_frames`` or more is judged alone
+    (deterministic per packet: the same packets give the same answer live and reprocessed, whichever
+    worker serves them); a shorter one (a camera sending single frames) with ``history``, the
+    (frames, kept localizations) its stream showed before it (:class:`StreamDensity`). ``rule``
+    None: none."""
+    out = np.zeros(len(kept), bool)
     if rule and n_frames >= float(rule["min_frames"]):
         history = (0.0, 0.0)
     frames_seen, kept_seen = float(history[0]) + n_frames, float(history[1]) + float(kept.sum())
@@ -153,7 +154,41 @@ def sparse_packet_cut(item: np.ndarray, score: np.ndarray, kept: np.ndarray, n_f
     if kept_seen >= float(rule["below_per_frame"]) * frames_seen:
         return out
     cnt = np.bincount(item[kept], minlength=n_frames)
-    return kept & (cnt[item] <= int(rule["frame_max"])) & (score < np.float32(rule["score"]))
+    return kept & (cnt[item] <= int(rule["frame_max"]))
+
+
+def sparse_packet_cut(item: np.ndarray, score: np.ndarray, kept: np.ndarray, n_frames: int, rule: dict | None,
+                      history: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Localizations a sparse acquisition rejects on top of the bundle's thresholds for their score
+    (bool mask): the :func:`sparse_packet_rows` scored below ``rule["score"]``.
+
+    At low density (<= 1 emitter/frame) the issue asks for precision (RMSE near the CRLB) with the
+    Jaccard index no lower than the MLE baseline's; on filaments a handful of merged close pairs
+    there, each 20-70 nm off at a CRLB of 2-5 nm, decides the RMSE. ``rule`` None: off."""
+    rows = sparse_packet_rows(item, kept, n_frames, rule, history)
+    return rows & (score < np.float32(rule["score"])) if rule else rows
+
+
+def merged_singles(L: Localizations, rows: np.ndarray, rule: dict | None, psf, pixel_nm: float) -> np.ndarray:
+    """Of the sparse-acquisition rows (bool mask), the single fits that a two-emitter fit explains
+    better by a 2 log-likelihood ratio above ``rule["merged_lr"]``, with its two emitters closer than
+    ``rule["merged_sep_px"]`` (bool mask; key absent: none). Two emitters 50-190 nm apart on a
+    filament fit as one sit 20-90 nm from either at a CRLB of 2-4 nm and score 0.97-0.99 with the
+    classifier; in a sparse acquisition the JI does not need them, and the pair fit's gain is the
+    evidence the classifier lacks (isolated emitters exceed 16 in 0.2-1 % of cases, mostly with a
+    dim second "emitter" pixels away: the separation cap keeps those). Only these rows get the extra
+    fit, so crowded packets pay nothing."""
+    from .localize import PAIR, pair_gain
+    from .psf import DEFAULT_PSF
+
+    out = np.zeros(len(rows), bool)
+    if not rule or "merged_lr" not in rule:
+        return out
+    idx = np.nonzero(rows & ((L.flags & PAIR) == 0))[0]
+    if len(idx):
+        gain, sep = pair_gain(L, idx, psf or DEFAULT_PSF, pixel_nm)
+        out[idx] = (gain > float(rule["merged_lr"])) & (sep < float(rule.get("merged_sep_px", np.inf)))
+    return out
 
 
 class StreamDensity:
@@ -214,7 +249,7 @@ class Bundle:
 def apply(L: Localizations, pixel_nm: float, b: "Bundle", psf=None, n_frames: int | None = None,
           density: "StreamDensity | None" = None, stream: str = "") -> dict[str, np.ndarray]:
     """Corrected localizations, score, intervals and flags for every candidate of ``L``; ``n_frames``:
-    the packet's frames (for :func:`sparse_packet_cut`; None: no packet-level rule); ``density``: the
+    the packet's frames (for :func:`sparse_packet_cut` and :func:`merged_singles`; None: no packet-level rule); ``density``: the
     recent frames of ``stream``, read for the rule and updated with this packet."""
     manifest = b.manifest
     X = features(L, pixel_nm)
@@ -246,7 +281,15 @@ def apply(L: Localizations, pixel_nm: float, b: "Bundle", psf=None, n_frames: in
     if n_frames is not None:
         kept = (flags & REJECTED) == 0
         history = density.get(stream) if density is not None else (0.0, 0.0)
-        flags[sparse_packet_cut(L.item, score, kept, n_frames, manifest.get("sparse_packet"), history)] |= REJECTED
+        rule = manifest.get("sparse_packet")
+        rows = sparse_packet_rows(L.item, kept, n_frames, rule, history)
+        cut = rows & (score < np.float32(rule["score"])) if rule else rows  # = sparse_packet_cut
+        flags[cut] |= REJECTED
+        flags[merged_singles(L, rows & ~cut, rule, psf, pixel_nm)] |= REJECTED
+        if rule and "pair_precision_k" in rule:
+            # the precision filter of sparse frames, over every frame of a sparse acquisition: a frame
+            # of <= 6 kept localizations may hold more candidates (rejected ones count for count_bin)
+            flags[imprecise_pairs(L, cnt, pixel_nm, psf, float(rule["pair_precision_k"]), rows & ~cut)] |= REJECTED
         if density is not None:
             density.add(stream, n_frames, int(kept.sum()))
     return {"xyz": xyz, "photons": photons, "half": half, "score": score, "flags": flags.astype(np.uint8), "X": X}
