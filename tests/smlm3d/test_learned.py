@@ -256,11 +256,11 @@ def test_merged_singles_only_among_the_rule_rows_single_fits_above_the_gain(monk
     L = SimpleNamespace(flags=np.array([0, PAIR, 0, 0, 0, 0], np.uint8))
     rows = np.array([True, True, False, True, True, True])
     rule = {"score": 0.9, "below_per_frame": 1.4, "frame_max": 6, "min_frames": 20, "merged_lr": 16.0,
-            "merged_sep_px": 2.0}
+            "merged_sep_nm": 200.0}
     # the last row: a strong gain from a second "emitter" 3 px away is no merged pair
     np.testing.assert_array_equal(merged_singles(L, rows, rule, None, 100.0), [True, False, False, False, True, False])
     np.testing.assert_array_equal(asked[0], [0, 3, 4, 5])   # the pair fit and the row outside the rule: no fit
-    no_cap = {k: v for k, v in rule.items() if k != "merged_sep_px"}
+    no_cap = {k: v for k, v in rule.items() if k != "merged_sep_nm"}
     np.testing.assert_array_equal(merged_singles(L, rows, no_cap, None, 100.0), [True, False, False, False, True, True])
     assert not merged_singles(L, rows, {k: v for k, v in rule.items() if k != "merged_lr"}, None, 100.0).any()
     assert not merged_singles(L, rows, None, None, 100.0).any()
@@ -296,7 +296,7 @@ def test_shipped_bundles_record_the_sparse_cut_and_the_predictor_applies_it_per_
     for name in ("trees-structure", "trees-csr"):
         rule = json.loads((MODEL_DIR / name / "manifest.json").read_text())["sparse_packet"]
         assert 0.5 < rule["score"] < 1.0 and rule["min_frames"] >= 2 and rule["merged_lr"] > 14
-        assert rule["pair_precision_k"] >= 2 and 1.0 < rule["merged_sep_px"] < 3.0
+        assert rule["pair_precision_k"] >= 2 and 100.0 < rule["merged_sep_nm"] < 300.0
     frames, _ = simulate_frames(SimConfig(n_frames=100, photons=1000.0, background=10.0, density=1.0,
                                           sampling="structure", seed=321))
     p = TreesPredictor()

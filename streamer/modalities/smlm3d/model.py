@@ -172,7 +172,7 @@ def sparse_packet_cut(item: np.ndarray, score: np.ndarray, kept: np.ndarray, n_f
 def merged_singles(L: Localizations, rows: np.ndarray, rule: dict | None, psf, pixel_nm: float) -> np.ndarray:
     """Of the sparse-acquisition rows (bool mask), the single fits that a two-emitter fit explains
     better by a 2 log-likelihood ratio above ``rule["merged_lr"]``, with its two emitters closer than
-    ``rule["merged_sep_px"]`` (bool mask; key absent: none). Two emitters 50-190 nm apart on a
+    ``rule["merged_sep_nm"]`` (in nm, so the same on any pixel size; bool mask; key absent: none). Two emitters 50-190 nm apart on a
     filament fit as one sit 20-90 nm from either at a CRLB of 2-4 nm and score 0.97-0.99 with the
     classifier; in a sparse acquisition the JI does not need them, and the pair fit's gain is the
     evidence the classifier lacks (isolated emitters exceed 16 in 0.2-1 % of cases, mostly with a
@@ -187,7 +187,7 @@ def merged_singles(L: Localizations, rows: np.ndarray, rule: dict | None, psf, p
     idx = np.nonzero(rows & ((L.flags & PAIR) == 0))[0]
     if len(idx):
         gain, sep = pair_gain(L, idx, psf or DEFAULT_PSF, pixel_nm)
-        out[idx] = (gain > float(rule["merged_lr"])) & (sep < float(rule.get("merged_sep_px", np.inf)))
+        out[idx] = (gain > float(rule["merged_lr"])) & (sep * pixel_nm < float(rule.get("merged_sep_nm", np.inf)))
     return out
 
 
