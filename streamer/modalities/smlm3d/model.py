@@ -172,12 +172,12 @@ def sparse_packet_cut(item: np.ndarray, score: np.ndarray, kept: np.ndarray, n_f
 def merged_singles(L: Localizations, rows: np.ndarray, rule: dict | None, psf, pixel_nm: float) -> np.ndarray:
     """Of the sparse-acquisition rows (bool mask), the single fits that a two-emitter fit explains
     better by a 2 log-likelihood ratio above ``rule["merged_lr"]``, with its two emitters closer than
-    ``rule["merged_sep_nm"]`` (in nm, so the same on any pixel size; bool mask; key absent: none). Two emitters 50-190 nm apart on a
-    filament fit as one sit 20-90 nm from either at a CRLB of 2-4 nm and score 0.97-0.99 with the
-    classifier; in a sparse acquisition the JI does not need them, and the pair fit's gain is the
-    evidence the classifier lacks (isolated emitters exceed 16 in 0.2-1 % of cases, mostly with a
-    dim second "emitter" pixels away: the separation cap keeps those). Only these rows get the extra
-    fit, so crowded packets pay nothing."""
+    ``rule["merged_sep_nm"]`` (nm: the same on any pixel size; bool mask; key absent: none). Two
+    emitters 50-190 nm apart on a filament fit as one sit 20-90 nm from either at a CRLB of 2-4 nm
+    and score 0.97-0.99 with the classifier; in a sparse acquisition the JI does not need them, and
+    the pair fit's gain is the evidence the classifier lacks (isolated emitters exceed 16 in 0.2-1 %
+    of cases, mostly with a dim second "emitter" pixels away: the separation cap keeps those). Only
+    these rows get the extra fit, so crowded packets pay nothing."""
     from .localize import PAIR, pair_gain
     from .psf import DEFAULT_PSF
 
@@ -249,8 +249,9 @@ class Bundle:
 def apply(L: Localizations, pixel_nm: float, b: "Bundle", psf=None, n_frames: int | None = None,
           density: "StreamDensity | None" = None, stream: str = "") -> dict[str, np.ndarray]:
     """Corrected localizations, score, intervals and flags for every candidate of ``L``; ``n_frames``:
-    the packet's frames (for :func:`sparse_packet_cut` and :func:`merged_singles`; None: no packet-level rule); ``density``: the
-    recent frames of ``stream``, read for the rule and updated with this packet."""
+    the packet's frames (for :func:`sparse_packet_cut`, :func:`merged_singles` and the sparse rows of
+    :func:`imprecise_pairs`; None: no packet-level rule); ``density``: the recent frames of
+    ``stream``, read for the rule and updated with this packet."""
     manifest = b.manifest
     X = features(L, pixel_nm)
     m = len(X)

@@ -29,7 +29,8 @@ PASSES = 2
 GOOD_SD, GOOD_LAT_NM, GOOD_SD_Z, GOOD_AX_NM = 3.0, 5.0, 4.0, 10.0
 #: the sparse-acquisition cut (:func:`.model.sparse_packet_cut`) every new bundle records; chosen on
 #: development draws of the structure-trained bundle (seeds 20000, 30000; score 0.8-0.97 measured,
-#: merged_lr 12-30, merged_sep_nm 200-300 at 100 nm pixels: :func:`.model.merged_singles`; pair_precision_k 1.5-3: :func:`.model.imprecise_pairs`)
+#: merged_lr 12-30 and merged_sep_nm 200-300 at 100 nm pixels: :func:`.model.merged_singles`;
+#: pair_precision_k 1.5-3: :func:`.model.imprecise_pairs`)
 SPARSE_PACKET = {"score": 0.9, "below_per_frame": 1.4, "frame_max": 6, "min_frames": 20,
                  "merged_lr": 16.0, "merged_sep_nm": 200.0, "pair_precision_k": 3.0}
 GOOD_KEEP = 0.97   # score thresholds keep at least this share of the good localizations' scores above
