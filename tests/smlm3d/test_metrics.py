@@ -40,3 +40,19 @@ def test_assess_numbers():
     assert a["eff_lat"] == pytest.approx(100 - np.sqrt(60 ** 2 + 12.5))
     assert a["eff_3d"] == pytest.approx(0.5 * (efficiency(40, np.sqrt(12.5), 1) + efficiency(40, 10, 0.5)))
     assert efficiency(100, 0, 1) == 100
+
+
+def test_evaluation_draw_seed_gives_another_draw_of_test_frames():
+    """`streamer evaluate --modality smlm3d --draw-seed N`: other frames (other structures) than the
+    tables' draw; the same seed, the same frames and rows."""
+    from streamer.modalities.smlm3d.evaluate import TEST_SEED, cell_data, run
+    from streamer.modalities.smlm3d.predictors import MLEPredictor
+
+    a, ta = cell_data("5k/50", 1.0, 40, seed=TEST_SEED)
+    b, tb = cell_data("5k/50", 1.0, 40, seed=40000)
+    assert a.shape == b.shape and not np.array_equal(a, b) and not np.array_equal(ta["x"], tb["x"])
+    kw = dict(snrs=("5k/50",), densities=(1.0,), min_emitters=40, verbose=False)
+    r1, r2 = run({"mle": MLEPredictor()}, seed=40000, **kw), run({"mle": MLEPredictor()}, seed=40000, **kw)
+    r0 = run({"mle": MLEPredictor()}, **kw)
+    assert r1[0]["ji"] == r2[0]["ji"] and r1[0]["rmse_lat"] == r2[0]["rmse_lat"]
+    assert (r0[0]["emitters"], r0[0]["rmse_lat"]) != (r1[0]["emitters"], r1[0]["rmse_lat"])
