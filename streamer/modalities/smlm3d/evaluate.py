@@ -30,9 +30,10 @@ METHODS = ("mle", "trees-csr", "trees")
 #: frames per packet: the predictors see the frames as a worker does (the trees' sparse-acquisition cut
 #: is decided per packet; one of 100 frames is judged alone, :func:`.model.sparse_packet_cut`)
 PACKET = 100
+TEST_SEED = 10_000  # the test draw of the tables in bench/RESULTS.md (development draws: 20000, 30000)
 
 
-def cell_data(snr: str, density: float, min_emitters: int = 600, seed: int = 10_000, sampling: str = "structure"):
+def cell_data(snr: str, density: float, min_emitters: int = 600, seed: int = TEST_SEED, sampling: str = "structure"):
     N, b = SNR_LEVELS[snr]
     n_frames = int(max(np.ceil(min_emitters / density), 40))
     cfg = SimConfig(n_frames=n_frames, photons=N, background=b, density=density, sampling=sampling,
@@ -107,9 +108,6 @@ def _isolated(truth: dict) -> np.ndarray:
     if len(pts) < 2:
         return np.ones(len(pts), bool)
     return cKDTree(pts).query(pts, k=2)[0][:, 1] > ISOLATED_NM
-
-
-TEST_SEED = 10_000  # the test draw of the tables in bench/RESULTS.md (development draws: 20000, 30000)
 
 
 def run(predictors: dict, snrs=tuple(SNR_LEVELS), densities=DENSITIES, min_emitters: int = 600,

@@ -165,8 +165,12 @@ def sparse_packet_cut(item: np.ndarray, score: np.ndarray, kept: np.ndarray, n_f
     At low density (<= 1 emitter/frame) the issue asks for precision (RMSE near the CRLB) with the
     Jaccard index no lower than the MLE baseline's; on filaments a handful of merged close pairs
     there, each 20-70 nm off at a CRLB of 2-5 nm, decides the RMSE. ``rule`` None: off."""
-    rows = sparse_packet_rows(item, kept, n_frames, rule, history)
-    return rows & (score < np.float32(rule["score"])) if rule else rows
+    return _below_score(sparse_packet_rows(item, kept, n_frames, rule, history), score, rule)
+
+
+def _below_score(rows: np.ndarray, score: np.ndarray, rule: dict | None) -> np.ndarray:
+    """The ``rows`` (bool mask) scored below ``rule["score"]``; ``rule`` None: none."""
+    return rows & (score < np.float32(rule["score"])) if rule else np.zeros(len(rows), bool)
 
 
 def merged_singles(L: Localizations, rows: np.ndarray, rule: dict | None, psf, pixel_nm: float) -> np.ndarray:
@@ -284,7 +288,7 @@ def apply(L: Localizations, pixel_nm: float, b: "Bundle", psf=None, n_frames: in
         history = density.get(stream) if density is not None else (0.0, 0.0)
         rule = manifest.get("sparse_packet")
         rows = sparse_packet_rows(L.item, kept, n_frames, rule, history)
-        cut = rows & (score < np.float32(rule["score"])) if rule else rows  # = sparse_packet_cut
+        cut = _below_score(rows, score, rule)  # = sparse_packet_cut, whose rows the other rules need too
         flags[cut] |= REJECTED
         flags[merged_singles(L, rows & ~cut, rule, psf, pixel_nm)] |= REJECTED
         if rule and "pair_precision_k" in rule:
