@@ -286,6 +286,19 @@ def test_single_frame_packets_of_a_sparse_stream_get_the_sparse_cut():
     assert p.density.get("cam")[0] > 90 and p.density.get("other") == (0.0, 0.0)
 
 
+def test_stream_density_forgets_the_stream_idle_longest():
+    """Bounded memory evicts the least recently updated stream, never a stream still sending."""
+    from streamer.modalities.smlm3d.model import StreamDensity
+
+    d = StreamDensity(frames=500.0, max_streams=2)
+    d.add("a", 10, 5)
+    d.add("b", 10, 5)
+    d.add("a", 10, 5)  # "a" is live again: "b" is now the one idle longest
+    d.add("c", 10, 5)
+    assert d.get("b") == (0.0, 0.0)
+    assert d.get("a")[0] > 19 and d.get("c")[0] == 10
+
+
 def test_shipped_bundles_record_the_sparse_cut_and_the_predictor_applies_it_per_packet():
     """Every shipped bundle carries its sparse-acquisition rule; the same frames as one sparse packet
     reject more localizations than as packets too short to tell."""

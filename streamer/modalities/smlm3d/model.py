@@ -208,10 +208,10 @@ class StreamDensity:
         return self._seen.get(stream, (0.0, 0.0))
 
     def add(self, stream: str, n_frames: int, kept: int) -> None:
-        f, k = self.get(stream)
+        f, k = self._seen.pop(stream, (0.0, 0.0))  # re-inserted last: the dict's order is least recently used first
         decay = float(np.exp(-n_frames / self.frames))
-        if stream not in self._seen and len(self._seen) >= self.max_streams:
-            self._seen.pop(next(iter(self._seen)))  # the oldest stream: bounded memory
+        if len(self._seen) >= self.max_streams:
+            self._seen.pop(next(iter(self._seen)))  # the stream idle longest: bounded memory
         self._seen[stream] = (f * decay + n_frames, k * decay + kept)
 
 
