@@ -174,6 +174,33 @@ def test_pair_stage_removes_second_counts(lib):
     assert res["on"][0] > 0.98 and res["on"][1] < 0.006, res
 
 
+@pytest.mark.skipif(not HAVE_MODEL, reason="no trained electron bundle")
+def test_strict_merge_from_the_environment_counts_fewer_twice(lib, monkeypatch):
+    """STREAMER_ELECTRON_MERGE_P: the user's counting trade. A strict cut on crowded frames leaves
+    fewer second counts and fewer electrons found than the bundle's own; the model id says so; a value
+    that is not a probability is a clear error."""
+    from streamer.modalities.electron.metrics import double_counts
+    from streamer.modalities.electron.predictor import MERGE_ENV
+
+    fr = simulate_frames(lib, 4, 256, 256, rate=580.0, seed=12)  # the 576x576 occupancy
+    pk = _packet(fr.frames, adu_per_e=fr.adu_per_e, offset=fr.offset)
+    res = {}
+    for tag, value in (("bundle", ""), ("strict", "0.01")):
+        monkeypatch.setenv(MERGE_ENV, value)
+        p = make_predictor("trees")
+        out = p.predict(pk)
+        m = match(out["item"], out["x"], out["y"], fr.truth_item, fr.truth_x, fr.truth_y)
+        res[tag] = ((m >= 0).mean(), double_counts(out["item"], out["x"], out["y"], fr.truth_item, fr.truth_x,
+                                                   fr.truth_y, m), p.model_id)
+    assert res["strict"][1] < res["bundle"][1], res
+    assert res["strict"][0] < res["bundle"][0], res
+    assert res["strict"][2].endswith("+merge0.01") and "+merge" not in res["bundle"][2]
+    for bad in ("high", "1.5", "-0.1"):
+        monkeypatch.setenv(MERGE_ENV, bad)
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            make_predictor("trees")
+
+
 def test_held_out_pool_refuses_a_library_the_bundle_saw():
     """The evaluation's extra test libraries must be fresh: a seed used for training or calibration
     (or the base library's own) is refused before anything is simulated; the shipped bundle's pool

@@ -116,7 +116,8 @@ MODALITY = Modality(
     packets=(FRAMES,),
     results=RESULTS,
     predictors=(
-        PredictorSpec("trees", _factory("trees"), "compiled XGBoost entry point + conformal 90% radius (default)",
+        PredictorSpec("trees", _factory("trees"), "compiled XGBoost entry point + conformal 90% radius (default; "
+                      "STREAMER_ELECTRON_MERGE_P sets a stricter pair merge)",
                       from_bundle=_from_bundle("compiled")),
         PredictorSpec("trees-xgboost", _factory("trees-xgboost"), "same model through XGBoost (comparison)",
                       from_bundle=_from_bundle("xgboost")),

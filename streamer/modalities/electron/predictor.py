@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
+
 import numpy as np
 
 from streamer.core.modality import Packet
@@ -74,6 +77,26 @@ def _warm_up(predictor) -> None:
                                  {"frames": fr}))
 
 
+#: worker environment: merge every pair of detections the pair classifier calls one electron's with
+#: at least this probability (0-1), all pairs within the window considered: fewer electrons counted
+#: twice for fewer counted at all in crowded frames (docs/electron/README.md, "Counted twice")
+MERGE_ENV = "STREAMER_ELECTRON_MERGE_P"
+
+
+def strict_merge_p() -> float | None:
+    """The pair-stage cut the worker's environment asks for (None: the bundle's own)."""
+    v = os.environ.get(MERGE_ENV, "").strip()
+    if not v:
+        return None
+    try:
+        p = float(v)
+    except ValueError:
+        raise ValueError(f"{MERGE_ENV}={v!r}: expected a probability between 0 and 1") from None
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{MERGE_ENV}={v!r}: expected a probability between 0 and 1")
+    return p
+
+
 class BaselinePredictor:
     """The seed's max-pixel / centroid estimators on the shared detection."""
 
@@ -119,8 +142,14 @@ class TreesPredictor:
         self.model = TreeModel(directory or BUNDLE_DIR, kind=kind, nthread=1)
         #: the instruments this bundle answers for (issue 14; the worker flags packets outside it)
         self.coverage = coverage(self.model.manifest)
-        self.params = self.model.params
         self.model_id = self.model.model_id + ("" if kind == "compiled" else f"-{kind}")
+        merge_p = strict_merge_p()
+        if merge_p is not None:  # the user's counting trade (docs/electron/README.md, "Counted twice")
+            if "merge" not in self.model.backends:
+                raise ValueError(f"{MERGE_ENV} needs a bundle with a pair classifier; this one has none")
+            self.model.params = replace(self.model.params, merge_p=merge_p, merge_below=2.0)
+            self.model_id += f"+merge{merge_p:g}"
+        self.params = self.model.params
         self.charge_range = self.model.manifest.get("charge_range", [0.0, np.inf])
         _warm_up(self)
 
