@@ -136,6 +136,20 @@ def test_squared_separation_is_continuous_and_inverts():
     assert abs(traces.squared_separation(1 - eps) - traces.squared_separation(1 + eps)) < 1e-2  # ~2 nm^2 x 1e-3
 
 
+def test_debiased_sqrt_removes_most_of_the_bias_of_a_noisy_square():
+    """A per-trace d^2 is unbiased but noisy; sqrt(max(d^2, 0)) reads low. The corrected distance is
+    never negative, equals the plain root without noise, and has at most half its bias."""
+    rng = np.random.default_rng(3)
+    assert traces.debiased_sqrt(100.0, 0.0) == 10.0 and traces.debiased_sqrt(-5.0, 0.0) == 0.0
+    assert abs(traces.expected_sqrt(100.0, 1e-9) - 10.0) < 1e-6
+    for d, sd in ((8.0, 50.0), (10.0, 60.0), (12.5, 100.0)):
+        x = rng.normal(d * d, sd, 40_000)
+        plain = np.sqrt(np.maximum(x, 0.0)).mean() - d
+        fixed = np.array([traces.debiased_sqrt(v, sd) for v in x])
+        assert fixed.min() >= 0.0
+        assert abs(fixed.mean() - d) < 0.5 * abs(plain), (d, sd, plain, fixed.mean() - d)
+
+
 def test_segmentation_calibration_and_trace_distance():
     """One stream (v0 0.9, b 3): >= 95% state accuracy, v0 +-0.01, b +-10%, per-trace intervals."""
     rec = offgrid.simulate_stream(0.9, 3.0, 3000, seed=11, distances=(12.5, 35.0))
