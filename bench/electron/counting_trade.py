@@ -35,25 +35,16 @@ OCCUPANCY = ((0, 0), (1, 1), (2, 2), (3, 4), (5, 99))
 
 
 def _run(predictor, fr, chunk: int) -> tuple[float, int, np.ndarray]:
-    """(efficiency, electrons counted twice, matched per true electron) of ``predictor`` on ``fr``."""
-    from streamer.core import wire
-    from streamer.modalities.electron import MODALITY
+    """(efficiency, electrons counted twice, matched per true electron) of ``predictor`` on ``fr``,
+    ``chunk`` frames per packet."""
+    from streamer.core.evaluation import predict_in_packets
+    from streamer.modalities.electron.instrument_bench import unmarked
     from streamer.modalities.electron.metrics import double_counts, match
 
-    items, xs, ys = [], [], []
-    for a in range(0, len(fr.frames), chunk):
-        f = fr.frames[a:a + chunk]
-        n, h, w = f.shape
-        raw = wire.encode_packet("electron", "frames", "bench", a, {"n": n, "height": h, "width": w,
-                                                                    "adu_per_e": fr.adu_per_e, "offset": fr.offset},
-                                 {"frames": f}, spec=None)
-        out = predictor.predict(wire.decode_packet(wire.unpack(raw), MODALITY))
-        items.append(out["item"].astype(np.int64) + a)
-        xs.append(out["x"])
-        ys.append(out["y"])
-    item, x, y = np.concatenate(items), np.concatenate(xs), np.concatenate(ys)
-    m = match(item, x, y, fr.truth_item, fr.truth_x, fr.truth_y)
-    return float((m >= 0).mean()), double_counts(item, x, y, fr.truth_item, fr.truth_x, fr.truth_y, m), m >= 0
+    det = predict_in_packets(unmarked(predictor, {"adu_per_e": fr.adu_per_e, "offset": fr.offset}), fr.frames, chunk)
+    m = match(det["item"], det["x"], det["y"], fr.truth_item, fr.truth_x, fr.truth_y)
+    return (float((m >= 0).mean()), double_counts(det["item"], det["x"], det["y"], fr.truth_item, fr.truth_x,
+                                                  fr.truth_y, m), m >= 0)
 
 
 def main() -> int:
@@ -74,10 +65,11 @@ def main() -> int:
     dense = simulate_frames(lib, args.dense, 576, 576, rate=2927.0, seed=4401, lib_indices=idx)
     sparse = simulate_frames(lib, args.sparse, 100, 100, rate=10.0, seed=4402, lib_indices=idx)
     occ = local_occupancy(dense.truth_item, dense.truth_x, dense.truth_y, 10.0)
-    rows = []
+    rows, model_id = [], None
     for cut in CUTS:
         os.environ[MERGE_ENV] = cut
         p = make_predictor("trees")
+        model_id = model_id or p.model_id  # the first cut is the bundle's own
         e_d, twice_d, ok = _run(p, dense, 4)
         e_s, twice_s, _ = _run(p, sparse, 500)
         by_occ = [float(ok[(occ >= lo) & (occ <= hi)].mean()) for lo, hi in OCCUPANCY]
@@ -97,7 +89,7 @@ def main() -> int:
     occ_n = " / ".join(str(int(((occ >= lo) & (occ <= hi)).sum())) for lo, hi in OCCUPANCY)
     cmd = "`.venv/bin/python bench/electron/counting_trade.py " + " ".join(map(shlex.quote, sys.argv[1:])) + "`"
     body = (f"{SECTION}\n\n{cmd} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.time() - t0:.0f} s; "
-            f"model `{make_predictor('trees').model_id}`). Held-out test frames from the evaluation's pool of "
+            f"model `{model_id}`). Held-out test frames from the evaluation's pool of "
             f"23,000 distinct tracks: {args.dense} dense 576x576 frames ({n_d:,} electrons; by local occupancy "
             f"= other entries within 10 px: {occ_n}) and {args.sparse:,} sparse 100x100 frames ({n_s:,} "
             "electrons), through the worker's predictor; counted twice = a detection left unmatched whose "
