@@ -29,9 +29,11 @@ def bundle_dir(regime_or_path: str | Path) -> Path:
     return DEFAULT_MODELS_DIR / str(regime_or_path)
 
 
-def save_bundle(out_dir: Path, manifest: dict, boosters: dict) -> dict:
-    """Write boosters ({role: xgboost.Booster}) as ``<role>.ubj`` and the manifest with hashes;
-    returns the manifest as written."""
+def save_bundle(out_dir: Path, manifest: dict, boosters: dict, tables: dict | None = None) -> dict:
+    """Write boosters ({role: xgboost.Booster}) as ``<role>.ubj``, ``tables`` ({name: {key: array}})
+    as compressed ``<name>.npz`` and the manifest with every file's hash; returns the manifest as written."""
+    import numpy as np
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files, hashes = {}, {}
@@ -39,6 +41,10 @@ def save_bundle(out_dir: Path, manifest: dict, boosters: dict) -> dict:
         name = f"{role}.ubj"
         booster.save_model(str(out_dir / name))
         files[role] = name
+        hashes[name] = file_sha256(out_dir / name)
+    for table, arrays in (tables or {}).items():
+        name = f"{table}.npz"
+        np.savez_compressed(out_dir / name, **arrays)
         hashes[name] = file_sha256(out_dir / name)
     manifest = {**manifest, "boosters": files, "sha256": hashes}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")

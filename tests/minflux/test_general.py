@@ -46,7 +46,8 @@ def test_effective_photons():
 def tiny_general(tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "general"
     cfg = general.GeneralConfig(n_rulers=6000, tuples_per_ruler=2, max_rounds=8, noise_rounds=5, max_depth=4,
-                                noise_depth=3, neff_bins=2, bin_width_nm=11.0, nthread=1)
+                                noise_depth=3, neff_bins=2, bin_width_nm=11.0, nthread=1,
+                                deshrink_rulers=20_000)
     manifest = general.train_general(cfg, out, log=lambda *a: None)
     return out, manifest
 
@@ -55,7 +56,9 @@ def test_general_bundle_and_flags(tiny_general):
     out, manifest = tiny_general
     assert set(manifest["boosters"]) == {"point", "noise"}
     assert manifest["feature_names"] == list(general.GENERAL_FEATURES)
+    assert manifest["deshrink"]["file"] in manifest["sha256"]
     p = general.GeneralPredictor(out, backend="xgboost")
+    assert p.deshrink is not None and "+ds" in p.model_id
     rec = _rulers([20.0, 30.0], 0.9, 2.0, 300.0, 15.0, m=50, seed=3)
     ok = p.predict_with(rec.tuples, 0.9, 2.0)
     assert np.isfinite(ok.distance).all()
@@ -96,7 +99,7 @@ def test_bundle_of_the_first_13_features_still_serves(tiny_general, tmp_path):
         b = xgb.train({"max_depth": 2, "nthread": 1}, xgb.DMatrix(cols, np.log(np.abs(y - 25.0) + 1.0)), 3)
         b.save_model(str(old / m["boosters"][role]))
     m["feature_names"] = list(general.GENERAL_FEATURES[:13])
-    m["sha256"] = {f: file_sha256(old / f) for f in m["boosters"].values()}
+    m["sha256"] = {f: file_sha256(old / f) for f in [*m["boosters"].values(), m["deshrink"]["file"]]}
     (old / "manifest.json").write_text(json.dumps(m))
     p = general.GeneralPredictor(old, backend="xgboost")
     assert np.isfinite(p.predict_with(rec.tuples, 0.9, 2.0).distance).all()
@@ -111,8 +114,9 @@ def test_shipped_general_bundle_is_small_and_complete():
 
     m = model_bundle.load_manifest("minflux/general")
     size = sum(f.stat().st_size for f in model_bundle.bundle_dir("minflux/general").iterdir() if f.is_file())
-    assert size < 2_000_000
+    assert size < 2_500_000  # of which the response table (deshrink.npz) ~1.4 MB
     assert m["regime"] == "general" and set(m["boosters"]) == {"point", "noise"}
+    assert m["deshrink"]["file"] in m["sha256"] and m["deshrink"]["keep"] == 0.7
     assert m["flags"]["v0_range"][0] <= 0.8 and m["flags"]["v0_range"][1] >= 1.0
     assert m["flags"]["background_range"][0] <= 0.2 and m["flags"]["background_range"][1] >= 8.0
     assert m["data"]["space"]["d_range_nm"][0] <= 3 and m["data"]["space"]["d_range_nm"][1] >= 60

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import debias, physics
+from . import debias, deshrink, physics
 from .estimators.closed_form import harmonic_fit
 from .features import count_sums
 from .prediction import FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL, FLAG_OUT_OF_RANGE, Prediction
 from .recording import Recording
 from .simulate import STATE_TWO
-from .tuples import TupleBatch
+from .tuples import TupleBatch, half_l_of  # noqa: F401 (half_l_of: also this module's API)
 
 REGIME = "general"
 
@@ -146,14 +146,6 @@ def pseudo_photons(log_r2: np.ndarray) -> np.ndarray:
     """Information proxy from the noise booster's log squared residual: 100 (10 nm / sigma_hat)^2,
     the photon count whose 1/sqrt(N) scaling gives sigma_hat (the unit the conformal scale uses)."""
     return (np.float32(1e4) * np.exp(-np.asarray(log_r2, np.float32))).astype(np.float32)
-
-
-def half_l_of(positions: np.ndarray) -> np.ndarray:
-    """(n,) L/2 of each tuple from its beam positions (mean over both axes)."""
-    p = positions.astype(np.float32, copy=False)
-    w = p[..., 2] - p[..., 0]
-    # = w.mean(axis=1) * 0.5 bit for bit (float32 mean of two is (a + b) / 2; halving is exact), 4x faster
-    return (w[:, 0] + w[:, 1]) * np.float32(0.5) * np.float32(0.5)
 
 
 def effective_photons(photons: np.ndarray, v0: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -306,15 +298,25 @@ class GeneralConfig:
     #: posterior mean. Weights from N_eff instead (blind to v0 -> 1) lost 6 grid cells.
     info_weight_passes: int = 1
     info_weight_power: float = 1.5
+    #: rulers (one tuple each, their own seed) the response table of :mod:`.deshrink` is learned on
+    #: (0: no table, the posterior mean is shipped); ``deshrink_keep``: the share of the bias
+    #: tolerance left uncorrected (see :mod:`.deshrink`)
+    deshrink_rulers: int = 7_500_000
+    deshrink_keep: float = 0.7
     nthread: int = 2
     space: Space = field(default_factory=Space)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def scale_rulers(self, n_rulers: int) -> None:
+        """Train on ``n_rulers`` rulers; the response table's rulers scale with them."""
+        self.deshrink_rulers = int(round(self.deshrink_rulers * n_rulers / self.n_rulers))
+        self.n_rulers = int(n_rulers)
+
 
 def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, instrument: dict | None = None) -> dict:
-    """Simulate, split by ruler, train, de-shrink (per N_eff bin), calibrate; save the bundle.
+    """Simulate, split by ruler, train, calibrate, learn the response table (:mod:`.deshrink`); save the bundle.
 
     ``instrument``: the manifest entry of a bundle trained for one profile (profile name, hash,
     covered ranges, values; see :mod:`.instrument`), recorded so workers find and check it."""
@@ -368,14 +370,14 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
     log(f"[general] noise: {n_noise} trees depth {cfg.noise_depth}; {time.perf_counter() - t0:.0f} s")
     raw_val = raw["va"]
     edges = conformal.label_bins(va.y, cfg.bin_width_nm)
-    deshrink = None
+    bin_map = None
     if cfg.debias_iterations is not None:
-        deshrink = debias.fit_by_photons(raw_val, va.y, info["va"], edges, cfg.neff_bins, cfg.debias_iterations)
-        deshrink["conditioned_on"] = "pseudo photon count 100 (10 nm / sigma_hat)^2 of the noise booster"
+        bin_map = debias.fit_by_photons(raw_val, va.y, info["va"], edges, cfg.neff_bins, cfg.debias_iterations)
+        bin_map["conditioned_on"] = "pseudo photon count 100 (10 nm / sigma_hat)^2 of the noise booster"
     power = conformal.fit_photon_power(raw_val - va.y, info["va"])
     calib = calibrate_intervals(point, ca.X, ca.y, info["ca"], power, cfg.neff_bins, cfg.bin_width_nm,
                                 cfg.confidence_level, raw_val - va.y, info["va"])
-    d_val = debias.apply(raw_val, deshrink, info["va"])
+    d_val = debias.apply(raw_val, bin_map, info["va"])
     lo, hi, _ = _Intervals(calib).apply(raw_val, info["va"])
     lo, hi = np.minimum(lo, d_val), np.maximum(hi, d_val)
     metrics = {"validation": {"rmse_nm": float(np.sqrt(np.mean((d_val - va.y) ** 2))),
@@ -389,7 +391,7 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
         "regime": REGIME, "format_version": 1, "feature_set": "instrument", "feature_names": list(GENERAL_FEATURES),
         "inputs": {"instrument": ["v0", "background"], "from_positions": ["half_l"]},
         "outputs": {"point": ["distance_nm"]},
-        "debias": deshrink,
+        "debias": bin_map,
         "calibration": {"score_uses": "posterior-mean booster output (before de-shrinking)", **calib,
                         # the generic manifest check wants these keys; the cells hold the real ones
                         "q_bins": [], "bin_edges_nm": []},
@@ -412,10 +414,48 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
     }
     if instrument is not None:
         manifest["instrument"] = instrument
+    tables = {}
+    if cfg.deshrink_rulers > 0:
+        table = deshrink.fit_table(
+            lambda r: point.inplace_predict(instrument_features(r.tuples.counts, r.tuples.positions, r.truth["v0"],
+                                                                r.truth["background"])),
+            simulate_general, sp, cfg.deshrink_rulers, cfg.seed + 515, cfg.nthread, log)
+        manifest["deshrink"] = deshrink.manifest_entry(cfg.deshrink_keep, table.pop("_info"))
+        tables[deshrink.FILE.removesuffix(".npz")] = table
     if out_dir is not None:
-        manifest = model_bundle.save_bundle(Path(out_dir), manifest, {"point": point, "noise": noise})
+        manifest = model_bundle.save_bundle(Path(out_dir), manifest, {"point": point, "noise": noise}, tables)
         log(f"[general] wrote {out_dir}")
     manifest["_boosters"] = {"point": point, "noise": noise}
+    return manifest
+
+
+def add_response_table(bundle: str = REGIME, rulers: int | None = None, keep: float | None = None, log=print) -> dict:
+    """Learn the response table (:mod:`.deshrink`) for an existing general bundle, its boosters
+    unchanged, and record it in the bundle's manifest, with the settings of :class:`GeneralConfig`."""
+    import json
+
+    import xgboost as xgb
+
+    from ...core import model_bundle
+    from ...core.compile import file_sha256
+    from .model_predictor import bundle_path
+
+    manifest = model_bundle.load_manifest(bundle_path(bundle))
+    directory = Path(manifest["_dir"])
+    cfg = GeneralConfig()
+    point = xgb.Booster()
+    point.load_model(str(directory / manifest["boosters"]["point"]))
+    n = len(manifest["feature_names"])
+    raw_of = lambda r: point.inplace_predict(np.ascontiguousarray(instrument_features(  # noqa: E731
+        r.tuples.counts, r.tuples.positions, r.truth["v0"], r.truth["background"])[:, :n]))
+    table = deshrink.fit_table(raw_of, simulate_general, Space(**manifest["data"]["space"]),
+                               rulers or cfg.deshrink_rulers, manifest["data"]["seed"] + 515, cfg.nthread, log)
+    np.savez_compressed(directory / deshrink.FILE, **{k: v for k, v in table.items() if not k.startswith("_")})
+    manifest = {k: v for k, v in manifest.items() if not k.startswith("_")}
+    manifest["deshrink"] = deshrink.manifest_entry(cfg.deshrink_keep if keep is None else keep, table["_info"])
+    manifest["sha256"][deshrink.FILE] = file_sha256(directory / deshrink.FILE)
+    (directory / model_bundle.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    log(f"[deshrink] wrote {directory / deshrink.FILE}")
     return manifest
 
 
@@ -445,6 +485,10 @@ class GeneralPredictor:
         self.noise = load_backend(directory / self.manifest["boosters"]["noise"], kind=backend, nthread=nthread,
                                   **backend_opts)
         self.debias = self.manifest["debias"]
+        ds = self.manifest.get("deshrink")  # bundles trained before the response table ship the posterior mean
+        if ds and ds["file"] not in self.manifest["sha256"]:
+            raise ValueError(f"bundle {directory}: {ds['file']} has no sha256 in the manifest")
+        self.deshrink = (deshrink.Deshrink(np.load(directory / ds["file"]), ds["keep"]) if ds else None)
         self.intervals = _Intervals(self.manifest["calibration"])
         f = self.manifest["flags"]
         self._photons = (np.float32(f["low_photons_below"]), np.float32(f["out_of_range_photons_above"]))
@@ -454,6 +498,8 @@ class GeneralPredictor:
         self._info_low = np.float32(f["low_info_below"])
         self.v0, self.background = float(v0), float(background)
         self.model_id = model_bundle.model_id(self.manifest)
+        if ds:  # results must tell which table de-shrank them (the point booster's hash does not)
+            self.model_id += "+ds" + self.manifest["sha256"][ds["file"]][:8]
         names = tuple(self.manifest["feature_names"])
         if names != GENERAL_FEATURES[:len(names)]:
             raise ValueError(f"bundle {self.model_id}: features {names} are not these ({GENERAL_FEATURES})")
@@ -481,10 +527,12 @@ class GeneralPredictor:
         neff = np.exp(X[:, 9])
         raw = np.asarray(self.backend.predict(X), np.float32).reshape(-1)
         info = pseudo_photons(np.asarray(self.noise.predict(np.column_stack([X, raw])), np.float32).reshape(-1))
+        hl = X[:, 12]
         d = debias.apply(raw, self.debias, info)
+        if self.deshrink is not None:
+            d = self.deshrink.apply(raw, X[:, 8], v0, bg, hl)
         lo, hi, empty = self.intervals.apply(raw, info)
         lo, hi = np.minimum(lo, d), np.maximum(hi, d)
-        hl = X[:, 12]
         tol = np.float32(1e-4)
         outside = ((photons > self._photons[1]) | empty
                    | (v0 < self._v0[0] - tol) | (v0 > self._v0[1] + tol)

@@ -62,7 +62,7 @@ def self_calibrate(batch, packet: int = 1000, bundle: str = "general", passes: i
     background of the right order to start from: the first pass starts from :func:`background_guess`
     (a worker starts from b = 1, which at b = 10 finds no background segment at all, measured), the
     second from the first pass's fit."""
-    from .general import half_l_of
+    from .tuples import half_l_of
     from .live import LivePredictor, _Stream
 
     prior_bg = background_guess(batch)
@@ -108,7 +108,7 @@ def train_for_profile(profile, out_dir: Path | None, n_rulers: int | None = None
     space = replace(Space(), v0_range=train["v0"], background_range=train["background"], half_l_range_nm=train["half_l"])
     config = GeneralConfig(seed=seed, nthread=nthread, space=space)
     if n_rulers is not None:
-        config.n_rulers = n_rulers
+        config.scale_rulers(n_rulers)
     for k, v in cfg.items():
         setattr(config, k, v)
     cov = Coverage("minflux", cover, profile.name, profile.hash)
@@ -118,8 +118,9 @@ def train_for_profile(profile, out_dir: Path | None, n_rulers: int | None = None
     if progress:
         from tqdm import tqdm
 
-        # train_general logs once per stage: simulate+split, point booster, noise booster, calibration, save
-        bar = tqdm(total=5 if out_dir is not None else 4, desc=f"train minflux for {profile.name}", unit="stage")
+        # train_general logs once per stage: simulate+split, point booster, noise booster, calibration,
+        # response table (simulate, booster), save
+        bar = tqdm(total=(5 if out_dir is not None else 4) + (2 if config.deshrink_rulers > 0 else 0), desc=f"train minflux for {profile.name}", unit="stage")
 
     def step(msg: str) -> None:
         if bar is not None:

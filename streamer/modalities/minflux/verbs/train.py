@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             if args.seed is not None:
                 cfg.seed = args.seed
             if args.n_groups:
-                cfg.n_rulers = args.n_groups
+                cfg.scale_rulers(args.n_groups)
             general.train_general(cfg, root / "general")
             continue
         d = REGIME_DEFAULTS[regime]
