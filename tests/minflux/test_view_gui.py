@@ -287,11 +287,33 @@ def _run_load(app, tuples_per_s, packet, seconds, slow_frame_s=0.0, rcvhwm=1000)
         proc.stdout.close()
 
 
+#: result messages/s the publisher process must be able to encode for the load test to mean something:
+#: 2x the 10,000 messages/s of its slow-GUI case, as the publisher shares 2 cores with the GUI (a
+#: machine that cannot publish the load cannot show whether the monitor holds the publisher up;
+#: measured 2026-11-30 on a VM ~3.3x slower than usual: 7,700-13,300/s, and both cases failed there)
+LOAD_ENCODE_RATE = 20_000
+
+
+@pytest.fixture(scope="module")
+def encode_rate() -> float:
+    """Result messages/s this machine encodes, with the publisher's own per-message work."""
+    results = [(pkt, pred) for _, pred, pkt in make_results(2, 2000, 30, calibrated=False)]
+    n = 2000
+    t0 = time.perf_counter()
+    for i in range(n):
+        pkt, pred = results[i % len(results)]
+        _encode(replace(pkt, seq=i, t_acq=time.time()), pred, "load")
+    return n / (time.perf_counter() - t0)
+
+
 @pytest.mark.parametrize("packet,slow_frame_s", [(100, 0.0), (30, 0.1)], ids=["normal-gui", "slow-gui"])
-def test_monitor_at_300k_tuples_per_s_never_holds_up_the_publisher(app, packet, slow_frame_s):
+def test_monitor_at_300k_tuples_per_s_never_holds_up_the_publisher(app, packet, slow_frame_s, encode_rate):
     """300k tuples/s: 3000 messages/s to a normal GUI, 10000 messages/s to a GUI that needs 100 ms
     extra per frame. The publisher stays on schedule, GUI frames stay bounded, memory stays in the
     rings; the slow GUI drops display messages but still shows fresh data."""
+    if encode_rate < LOAD_ENCODE_RATE:
+        pytest.skip(f"this machine encodes {encode_rate:,.0f} result messages/s; the 300k tuples/s load "
+                    f"needs >= {LOAD_ENCODE_RATE:,} to be published on schedule at all")
     report, state, view, frames, intervals = _run_load(app, 300_000, packet, 1.5, slow_frame_s=slow_frame_s)
     label = f"packet {packet}, slow {slow_frame_s}"
     print(label, report, "tick ms p50/p95/max", np.percentile(frames, [50, 95, 100]) * 1e3,
