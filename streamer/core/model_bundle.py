@@ -32,8 +32,6 @@ def bundle_dir(regime_or_path: str | Path) -> Path:
 def save_bundle(out_dir: Path, manifest: dict, boosters: dict, tables: dict | None = None) -> dict:
     """Write boosters ({role: xgboost.Booster}) as ``<role>.ubj``, ``tables`` ({name: {key: array}})
     as compressed ``<name>.npz`` and the manifest with every file's hash; returns the manifest as written."""
-    import numpy as np
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files, hashes = {}, {}
@@ -43,12 +41,25 @@ def save_bundle(out_dir: Path, manifest: dict, boosters: dict, tables: dict | No
         files[role] = name
         hashes[name] = file_sha256(out_dir / name)
     for table, arrays in (tables or {}).items():
-        name = f"{table}.npz"
-        np.savez_compressed(out_dir / name, **arrays)
-        hashes[name] = file_sha256(out_dir / name)
+        name, hashes[name] = write_table(out_dir, table, arrays)
     manifest = {**manifest, "boosters": files, "sha256": hashes}
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    write_manifest(out_dir, manifest)
     return manifest
+
+
+def write_table(out_dir: Path, table: str, arrays: dict) -> tuple[str, str]:
+    """Write ``arrays`` as compressed ``<table>.npz`` in ``out_dir``; returns (file name, sha256)."""
+    import numpy as np
+
+    name = f"{table}.npz"
+    np.savez_compressed(Path(out_dir) / name, **arrays)
+    return name, file_sha256(Path(out_dir) / name)
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    """Write ``manifest`` (its keys starting with ``_``, which :func:`load_manifest` adds, left out)."""
+    body = {k: v for k, v in manifest.items() if not k.startswith("_")}
+    (Path(out_dir) / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
 
 
 def load_manifest(directory: str | Path, verify: bool = True) -> dict:

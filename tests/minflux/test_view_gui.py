@@ -60,15 +60,24 @@ def make_results(n_traces: int, per_trace: int, packet: int, seed: int = 3, cali
 
 # ------------------------------------------------------------------ publisher process (load test)
 
+def _load_results(packet: int) -> list:
+    """[(packet, prediction)] the load test cycles through (cheap: the monitor is under test)."""
+    return [(pkt, pred) for _, pred, pkt in make_results(2, 2000, packet, calibrated=False)]
+
+
+def _load_payload(results: list, i: int) -> bytes:
+    """Message ``i`` of the load: a distinct seq and a fresh t_acq, encoded when sent (latency is measured
+    from t_acq); the prediction arrays are reused, since encoding speed is not what is under test."""
+    pkt, pred = results[i % len(results)]
+    return _encode(replace(pkt, seq=i, t_acq=time.time()), pred, "load")
+
+
 def _publisher_main(tuples_per_s: float, packet: int, seconds: float) -> None:
     """Bind an XPUB, print its port, wait for the monitor's subscription, then publish paced results."""
     import zmq
 
-    results = make_results(2, 2000, packet, calibrated=False)  # cheap: the monitor is under test
+    results = _load_results(packet)
     n_msgs = int(tuples_per_s * seconds / packet)
-    # distinct seq and a fresh t_acq for every message, encoded when sent (latency is measured
-    # from t_acq); the prediction arrays are reused: encoding speed is not what is under test
-    results = [(pkt, pred) for _, pred, pkt in results]
     ctx = zmq.Context()
     pub = ctx.socket(zmq.XPUB)
     pub.setsockopt(zmq.SNDHWM, 1000)
@@ -88,8 +97,7 @@ def _publisher_main(tuples_per_s: float, packet: int, seconds: float) -> None:
             if due - now > 2e-3:
                 time.sleep(1e-3)
         late = max(late, now - due)
-        pkt, pred = results[i % len(results)]
-        payload = _encode(replace(pkt, seq=i, t_acq=time.time()), pred, "load")
+        payload = _load_payload(results, i)
         pub.send_multipart([wire.TOPIC_RESULT, payload], copy=False)
         worst_send = max(worst_send, time.perf_counter() - now)
     elapsed = time.perf_counter() - t0
@@ -297,12 +305,11 @@ LOAD_ENCODE_RATE = 20_000
 @pytest.fixture(scope="module")
 def encode_rate() -> float:
     """Result messages/s this machine encodes, with the publisher's own per-message work."""
-    results = [(pkt, pred) for _, pred, pkt in make_results(2, 2000, 30, calibrated=False)]
+    results = _load_results(30)
     n = 2000
     t0 = time.perf_counter()
     for i in range(n):
-        pkt, pred = results[i % len(results)]
-        _encode(replace(pkt, seq=i, t_acq=time.time()), pred, "load")
+        _load_payload(results, i)
     return n / (time.perf_counter() - t0)
 
 

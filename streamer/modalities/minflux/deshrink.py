@@ -44,6 +44,28 @@ D_NODES = tuple(np.arange(2.0, 68.01, 1.0))
 #: the grid of booster outputs the inverse is tabulated on (nm)
 F_NODES = np.arange(-10.0, 90.001, 0.25)
 
+#: instrument codes (see :meth:`Deshrink.codes`): v0 in steps of 0.01 of log(1.0051 - v0), b of 0.01 in
+#: log b, L/2 of 0.5 nm; tolerance tables are shared by codes ``_TOL_COARSER`` times coarser in v0 and b
+_V0_OFFSET, _V0_STEPS, _B_STEPS, _L_STEPS, _TOL_COARSER = 1.0051, 100.0, 100.0, 2.0, 5
+
+
+def _key(v0: float, background: float, half_l: float) -> tuple[int, int, int]:
+    """The code of one instrument (Python floats: the hot path's one-instrument packet)."""
+    return (round(math.log(_V0_OFFSET - min(v0, 1.0)) * _V0_STEPS), round(math.log(max(background, 1e-3)) * _B_STEPS),
+            round(half_l * _L_STEPS))
+
+
+def _instrument(c0: int, c1: int, c2: int, coarser: int = 1) -> tuple[float, float, float]:
+    """(v0, b, L/2) at the centre of a code (``coarser``: of a code ``coarser`` times coarser in v0 and b)."""
+    return (min(_V0_OFFSET - math.exp(c0 * coarser / _V0_STEPS), 1.0), math.exp(c1 * coarser / _B_STEPS),
+            c2 / _L_STEPS)
+
+
+def _lru_put(cache: OrderedDict, key, value, size: int) -> None:
+    cache[key] = value
+    if len(cache) > size:
+        cache.popitem(last=False)
+
 
 def v0_coordinate(v0):
     """u = log(1.0001 - v0), the table's v0 axis (v0 above 1 counts as 1)."""
@@ -211,9 +233,10 @@ class Deshrink:
         0.01 x (1.0051 - v0), i.e. 1 % of 1 - v0 down to 5e-5 near v0 = 1 (where d_hat moves ~1 nm
         per 5e-4 of v0, and a live v0 estimate near 1 would otherwise visit a new code per
         packet), b within 1 %, L/2 within 0.5 nm."""
-        return np.column_stack([np.round(np.log(1.0051 - np.minimum(np.asarray(v0, np.float64), 1.0)) * 100),
-                                np.round(np.log(np.maximum(np.asarray(background, np.float64), 1e-3)) * 100),
-                                np.round(np.asarray(half_l, np.float64) * 2)]).astype(np.int64)
+        return np.column_stack([
+            np.round(np.log(_V0_OFFSET - np.minimum(np.asarray(v0, np.float64), 1.0)) * _V0_STEPS),
+            np.round(np.log(np.maximum(np.asarray(background, np.float64), 1e-3)) * _B_STEPS),
+            np.round(np.asarray(half_l, np.float64) * _L_STEPS)]).astype(np.int64)
 
     def tables(self, key: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
         """(inverse (K, F): d at each booster output node, keep x tolerance (K, J)), both raveled, of one
@@ -222,7 +245,7 @@ class Deshrink:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        v0, b, hl = min(1.0051 - math.exp(key[0] / 100.0), 1.0), math.exp(key[1] / 100.0), key[2] / 2.0
+        v0, b, hl = _instrument(*key)
         curve = np.zeros((len(self.log1p_n), len(self.d)), np.float64)
         # multilinear in (u(v0), log b, L/2) over the 8 surrounding nodes
         axes = [(self.v0_u, float(v0_coordinate(v0))), (self.log_b, math.log(b)), (self.half_l, hl)]
@@ -238,17 +261,13 @@ class Deshrink:
         m = np.maximum.accumulate(curve + self.d[None, :], axis=1) + np.arange(len(self.d)) * 1e-6
         inverse = np.stack([np.interp(F_NODES, row, self.d) for row in m]).astype(np.float32).ravel()
         # the tolerance needs ~10 %: shared by instruments 5x coarser in v0 and b (a CRB table costs ~2 ms)
-        tkey = (round(key[0] / 5), round(key[1] / 5), key[2])
+        tkey = (round(key[0] / _TOL_COARSER), round(key[1] / _TOL_COARSER), key[2])
         tol = self._tol.get(tkey)
         if tol is None:
-            tv0, tb = min(1.0051 - math.exp(tkey[0] / 20.0), 1.0), math.exp(tkey[1] / 20.0)
+            tv0, tb, _ = _instrument(*tkey, coarser=_TOL_COARSER)
             tol = (self.keep * np.maximum(1.0, 0.1 * _crb_table(tv0, tb, hl, self.log1p_n, self.d))).astype(np.float32).ravel()
-            self._tol[tkey] = tol
-            if len(self._tol) > self._size:
-                self._tol.popitem(last=False)
-        self._cache[key] = (inverse, tol)
-        if len(self._cache) > self._size:
-            self._cache.popitem(last=False)
+            _lru_put(self._tol, tkey, tol, self._size)
+        _lru_put(self._cache, key, (inverse, tol), self._size)
         return inverse, tol
 
     def _apply_one(self, raw: np.ndarray, log1p_n: np.ndarray, key) -> np.ndarray:
@@ -265,9 +284,7 @@ class Deshrink:
             return raw.copy()
         if v0.strides == (0,) and background.strides == (0,) and half_l.max() - half_l.min() < 0.25:
             # one instrument (a broadcast scalar): its key from Python floats, no per-tuple work
-            v, b, h = float(v0[0]), float(background[0]), float(half_l[0])
-            key = (round(math.log(1.0051 - min(v, 1.0)) * 100), round(math.log(max(b, 1e-3)) * 100), round(h * 2))
-            return self._apply_one(raw, log1p_n, key)
+            return self._apply_one(raw, log1p_n, _key(float(v0[0]), float(background[0]), float(half_l[0])))
         uniq, inv = np.unique(self.codes(v0, background, half_l), axis=0, return_inverse=True)
         out = np.empty_like(raw)
         for g, key in enumerate(uniq):

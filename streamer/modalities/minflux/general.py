@@ -416,10 +416,8 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
         manifest["instrument"] = instrument
     tables = {}
     if cfg.deshrink_rulers > 0:
-        table = deshrink.fit_table(
-            lambda r: point.inplace_predict(instrument_features(r.tuples.counts, r.tuples.positions, r.truth["v0"],
-                                                                r.truth["background"])),
-            simulate_general, sp, cfg.deshrink_rulers, cfg.seed + 515, cfg.nthread, log)
+        table = deshrink.fit_table(_posterior_mean_of(point, len(GENERAL_FEATURES)), simulate_general, sp,
+                                   cfg.deshrink_rulers, cfg.seed + 515, cfg.nthread, log)
         manifest["deshrink"] = deshrink.manifest_entry(cfg.deshrink_keep, table.pop("_info"))
         tables[deshrink.FILE.removesuffix(".npz")] = table
     if out_dir is not None:
@@ -432,12 +430,9 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
 def add_response_table(bundle: str = REGIME, rulers: int | None = None, keep: float | None = None, log=print) -> dict:
     """Learn the response table (:mod:`.deshrink`) for an existing general bundle, its boosters
     unchanged, and record it in the bundle's manifest, with the settings of :class:`GeneralConfig`."""
-    import json
-
     import xgboost as xgb
 
     from ...core import model_bundle
-    from ...core.compile import file_sha256
     from .model_predictor import bundle_path
 
     manifest = model_bundle.load_manifest(bundle_path(bundle))
@@ -445,18 +440,24 @@ def add_response_table(bundle: str = REGIME, rulers: int | None = None, keep: fl
     cfg = GeneralConfig()
     point = xgb.Booster()
     point.load_model(str(directory / manifest["boosters"]["point"]))
-    n = len(manifest["feature_names"])
-    raw_of = lambda r: point.inplace_predict(np.ascontiguousarray(instrument_features(  # noqa: E731
-        r.tuples.counts, r.tuples.positions, r.truth["v0"], r.truth["background"])[:, :n]))
-    table = deshrink.fit_table(raw_of, simulate_general, Space(**manifest["data"]["space"]),
-                               rulers or cfg.deshrink_rulers, manifest["data"]["seed"] + 515, cfg.nthread, log)
-    np.savez_compressed(directory / deshrink.FILE, **{k: v for k, v in table.items() if not k.startswith("_")})
-    manifest = {k: v for k, v in manifest.items() if not k.startswith("_")}
-    manifest["deshrink"] = deshrink.manifest_entry(cfg.deshrink_keep if keep is None else keep, table["_info"])
-    manifest["sha256"][deshrink.FILE] = file_sha256(directory / deshrink.FILE)
-    (directory / model_bundle.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    log(f"[deshrink] wrote {directory / deshrink.FILE}")
+    table = deshrink.fit_table(_posterior_mean_of(point, len(manifest["feature_names"])), simulate_general,
+                               Space(**manifest["data"]["space"]), rulers or cfg.deshrink_rulers,
+                               manifest["data"]["seed"] + 515, cfg.nthread, log)
+    manifest["deshrink"] = deshrink.manifest_entry(cfg.deshrink_keep if keep is None else keep, table.pop("_info"))
+    name, manifest["sha256"][deshrink.FILE] = model_bundle.write_table(directory, deshrink.FILE.removesuffix(".npz"),
+                                                                      table)
+    model_bundle.write_manifest(directory, manifest)
+    log(f"[deshrink] wrote {directory / name}")
     return manifest
+
+
+def _posterior_mean_of(point, n_features: int):
+    """``raw_of`` for :func:`.deshrink.fit_table`: the point booster's output on a simulated recording,
+    given its true instrument (the first ``n_features`` features, as the bundle was trained)."""
+    def raw_of(rec: Recording) -> np.ndarray:
+        X = instrument_features(rec.tuples.counts, rec.tuples.positions, rec.truth["v0"], rec.truth["background"])
+        return point.inplace_predict(X if n_features == X.shape[1] else np.ascontiguousarray(X[:, :n_features]))
+    return raw_of
 
 
 # --------------------------------------------------------------------------- predictor
@@ -528,9 +529,10 @@ class GeneralPredictor:
         raw = np.asarray(self.backend.predict(X), np.float32).reshape(-1)
         info = pseudo_photons(np.asarray(self.noise.predict(np.column_stack([X, raw])), np.float32).reshape(-1))
         hl = X[:, 12]
-        d = debias.apply(raw, self.debias, info)
         if self.deshrink is not None:
             d = self.deshrink.apply(raw, X[:, 8], v0, bg, hl)
+        else:
+            d = debias.apply(raw, self.debias, info)
         lo, hi, empty = self.intervals.apply(raw, info)
         lo, hi = np.minimum(lo, d), np.maximum(hi, d)
         tol = np.float32(1e-4)

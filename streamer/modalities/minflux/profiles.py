@@ -120,7 +120,8 @@ def train_for_profile(profile, out_dir: Path | None, n_rulers: int | None = None
 
         # train_general logs once per stage: simulate+split, point booster, noise booster, calibration,
         # response table (simulate, booster), save
-        bar = tqdm(total=(5 if out_dir is not None else 4) + (2 if config.deshrink_rulers > 0 else 0), desc=f"train minflux for {profile.name}", unit="stage")
+        stages = (5 if out_dir is not None else 4) + (2 if config.deshrink_rulers > 0 else 0)
+        bar = tqdm(total=stages, desc=f"train minflux for {profile.name}", unit="stage")
 
     def step(msg: str) -> None:
         if bar is not None:
