@@ -37,6 +37,23 @@ def test_full_inversion_undoes_a_known_pull_and_keep_leaves_at_most_its_share():
     assert np.all(np.abs(kept - full)[moved] < np.abs(raw - full)[moved])
 
 
+def test_second_stage_undoes_a_pull_left_by_the_first():
+    # stage 1 identity, stage 2 a known pull: with keep2 = 0 the second stage inverts it exactly;
+    # without keep2 (bundles before the second stage) it is ignored
+    t = _table(lambda d: 0.0 * d)
+    t["resid2"] = _table(lambda d: (35.0 - d) / 2.0)["resid"]
+    d = np.array([6.0, 20.0, 35.0, 52.0], np.float32)
+    raw = (35.0 + (d - 35.0) / 2.0).astype(np.float32)
+    logn = np.full(len(d), np.log1p(300.0), np.float32)
+    both = deshrink.Deshrink(t, keep=0.7, keep2=0.0).apply(raw, logn, *_inst(len(d), 0.93, 2.0))
+    np.testing.assert_allclose(both, d, atol=0.05)
+    first_only = deshrink.Deshrink(t, keep=0.7).apply(raw, logn, *_inst(len(d), 0.93, 2.0))
+    np.testing.assert_allclose(first_only, raw, atol=0.02)
+    t["resid2"] = t["resid2"][:, :, :, :, :10]
+    with pytest.raises(ValueError, match="resid2 has shape"):
+        deshrink.Deshrink(t, keep=0.7, keep2=0.3)
+
+
 def test_identity_response_changes_nothing_and_instruments_group():
     ds = deshrink.Deshrink(_table(lambda d: 0.0 * d), keep=0.7)
     rng = np.random.default_rng(0)

@@ -47,7 +47,7 @@ def tiny_general(tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "general"
     cfg = general.GeneralConfig(n_rulers=6000, tuples_per_ruler=2, max_rounds=8, noise_rounds=5, max_depth=4,
                                 noise_depth=3, neff_bins=2, bin_width_nm=11.0, nthread=1,
-                                deshrink_rulers=20_000)
+                                deshrink_rulers=20_000, deshrink_stage2_rulers=20_000)
     manifest = general.train_general(cfg, out, log=lambda *a: None)
     return out, manifest
 
@@ -57,8 +57,11 @@ def test_general_bundle_and_flags(tiny_general):
     assert set(manifest["boosters"]) == {"point", "noise"}
     assert manifest["feature_names"] == list(general.GENERAL_FEATURES)
     assert manifest["deshrink"]["file"] in manifest["sha256"]
+    assert manifest["deshrink"]["stage2"]["instrument_pool"] == 20_000 // 375
+    cal = manifest["calibration"]
+    assert len(cal["cells"]) == (len(cal["neff_cuts"]) + 1) * (len(cal["v0_cuts"]) + 1)
     p = general.GeneralPredictor(out, backend="xgboost")
-    assert p.deshrink is not None and "+ds" in p.model_id
+    assert p.deshrink is not None and p.deshrink.resid2 is not None and "+ds" in p.model_id
     rec = _rulers([20.0, 30.0], 0.9, 2.0, 300.0, 15.0, m=50, seed=3)
     ok = p.predict_with(rec.tuples, 0.9, 2.0)
     assert np.isfinite(ok.distance).all()
@@ -114,12 +117,68 @@ def test_shipped_general_bundle_is_small_and_complete():
 
     m = model_bundle.load_manifest("minflux/general")
     size = sum(f.stat().st_size for f in model_bundle.bundle_dir("minflux/general").iterdir() if f.is_file())
-    assert size < 2_500_000  # of which the response table (deshrink.npz) ~1.4 MB
+    assert size < 4_500_000  # of which the response tables (deshrink.npz, two stages) ~3 MB
     assert m["regime"] == "general" and set(m["boosters"]) == {"point", "noise"}
     assert m["deshrink"]["file"] in m["sha256"] and m["deshrink"]["keep"] == 0.7
+    assert m["deshrink"]["stage2"]["keep2"] == general.GeneralConfig().deshrink_keep2
+    assert m["calibration"]["v0_cuts"] == list(general.GeneralConfig().interval_v0_cuts)
     assert m["flags"]["v0_range"][0] <= 0.8 and m["flags"]["v0_range"][1] >= 1.0
     assert m["flags"]["background_range"][0] <= 0.2 and m["flags"]["background_range"][1] >= 8.0
     assert m["data"]["space"]["d_range_nm"][0] <= 3 and m["data"]["space"]["d_range_nm"][1] >= 60
+
+
+def test_bundle_gets_second_stage_and_fresh_intervals(tiny_general, tmp_path):
+    """The two steps that built the shipped bundle's tables, on a copy of the tiny one."""
+    import shutil
+
+    out, manifest = tiny_general
+    b = tmp_path / "general"
+    shutil.copytree(out, b)
+    before = general.GeneralPredictor(b, backend="xgboost").model_id
+    m = general.recalibrate_intervals(b, rulers=30_000, seed=11, log=lambda *a: None)
+    cal = m["calibration"]
+    assert cal["data"] == {**cal["data"], "rulers": 30_000, "seed": 11}
+    assert len(cal["cells"]) == (len(cal["neff_cuts"]) + 1) * (len(cal["v0_cuts"]) + 1) == 2 * 7
+    assert cal["cells"] != manifest["calibration"]["cells"]
+    m = general.add_second_stage(b, rulers=10_000, keep2=0.4, log=lambda *a: None)
+    assert m["deshrink"]["stage2"]["keep2"] == 0.4 and m["deshrink"]["stage2"]["rulers"] == 10_000
+    p = general.GeneralPredictor(b, backend="xgboost")  # hashes checked on load
+    assert p.deshrink.resid2 is not None and p.model_id != before
+    rec = _rulers([20.0, 30.0], 0.9, 2.0, 300.0, 15.0, m=50, seed=3)
+    out_ = p.predict_with(rec.tuples, 0.9, 2.0)
+    inside = np.isfinite(out_.lower)
+    assert inside.mean() > 0.5 and (out_.lower[inside] <= out_.distance[inside]).all()
+
+
+class _Identity:
+    """A 'booster' whose prediction is the first input column (calibrate_intervals' MAPIE view of it)."""
+
+    def inplace_predict(self, X):
+        return np.asarray(X, np.float32)[:, 0]
+
+
+def test_intervals_cover_each_v0_class_when_calibrated_per_class():
+    """Equal information, errors 3x wider at v0 near 1: pooled cells over-cover one class and
+    under-cover the other; a cell per v0 class covers each at ~90 %."""
+    rng = np.random.default_rng(5)
+
+    def draw(n):
+        v0 = rng.choice([0.9, 0.999], n)
+        y = rng.uniform(5, 55, n)
+        d_hat = y + rng.normal(0, np.where(v0 > 0.99, 3.0, 1.0))
+        return np.column_stack([d_hat, v0]).astype(np.float32), y.astype(np.float32), v0
+    X, y, v0 = draw(40_000)
+    info = np.full(len(y), 100.0, np.float32)
+    Xt, yt, v0t = draw(20_000)
+    for cuts in ((), (0.95,)):
+        cal = general.calibrate_intervals(_Identity(), X, y, info, 0.0, 1, 10.0, 0.9, v0=v0, v0_cuts=cuts)
+        lo, hi, _ = general._Intervals(cal).apply(Xt[:, 0], np.full(len(yt), 100.0, np.float32), v0t)
+        inside = (lo <= yt) & (yt <= hi)
+        cov = [inside[v0t == v].mean() for v in (0.9, 0.999)]
+        if cuts:
+            assert 0.88 < min(cov) and max(cov) < 0.92, cov
+        else:  # one pooled cell: the narrow class over-covered, the wide one under
+            assert cov[0] > 0.97 and cov[1] < 0.85, cov
 
 
 def test_harmonic_terms_match_closed_form():
@@ -250,6 +309,18 @@ def test_offgrid_grid_evaluation_runs(tiny_general):
     assert 0 < res["summary"]["eligible_cells"] < 243
     md = offgrid.markdown(res, "test")
     assert "eligible cells pass all three" in md and md.count("\n|") > 243
+
+
+def test_trace_floor_falls_with_distance():
+    """The per-trace CRB floor: finite, and largest at the smallest distance (d^2 carries little
+    information near 0)."""
+    from streamer.modalities.minflux import offgrid
+
+    rows = offgrid.trace_floor(n_streams=2, tuples_per_trace=1500, seed=5)
+    assert [r["d"] for r in rows] == list(offgrid.D_GRID) and all(r["traces"] == 2 for r in rows)
+    crb = np.array([r["median_trace_crb"] for r in rows])
+    assert np.isfinite(crb).all() and (crb > 0).all() and crb[0] > 2 * crb[5]
+    assert all(r["se_of_mean"] > 0 for r in rows)
 
 
 def test_self_calibrated_grid_evaluation_runs(tiny_general):

@@ -45,6 +45,7 @@ GENERAL_FEATURES: tuple[str, ...] = (
     "vis_pool_x", "vis_pool_y", "dcf_pool",
 )
 
+_V0 = GENERAL_FEATURES.index("v0")
 _F32_K = np.float32(physics.K_NM)
 _SEP_SCALE = np.float32(physics.LAMBDA_NM / (2.0 * np.pi))
 
@@ -119,21 +120,40 @@ def _log_uniform(rng, lo_hi, n):
     return np.exp(rng.uniform(lo, hi, n))
 
 
-def simulate_general(n_rulers: int, tuples_per_ruler: int, seed: int = 0, space: Space | None = None) -> Recording:
-    """Rulers drawn over the whole :class:`Space` (the general model's training distribution)."""
+def draw_instruments(n: int, rng: np.random.Generator, space: Space) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(v0, b, L/2) of ``n`` instruments drawn over ``space`` as :func:`simulate_general` draws them."""
+    v0 = rng.uniform(*space.v0_range, n)
+    bg = _log_uniform(rng, space.background_range, n)
+    half_l = rng.uniform(*space.half_l_range_nm, n)
+    _near_one(rng, space, v0)
+    return v0, bg, half_l
+
+
+def _near_one(rng: np.random.Generator, space: Space, v0: np.ndarray) -> None:
+    if space.v0_near_one_fraction > 0 and space.v0_range[1] >= 1.0:
+        near = rng.random(len(v0)) < space.v0_near_one_fraction
+        v0[near] = 1.0 - _log_uniform(rng, space.v0_gap_range, int(near.sum()))
+
+
+def simulate_general(n_rulers: int, tuples_per_ruler: int, seed: int = 0, space: Space | None = None,
+                     instruments: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Recording:
+    """Rulers drawn over the whole :class:`Space` (the general model's training distribution);
+    ``instruments``: (v0, b, L/2) per ruler instead of drawn."""
     sp = space or Space()
     rng = np.random.default_rng(seed)
     r = n_rulers
     d = rng.uniform(*sp.d_range_nm, r)
     theta = rng.uniform(0.0, np.pi, r)
-    v0 = rng.uniform(*sp.v0_range, r)
-    bg = _log_uniform(rng, sp.background_range, r)
+    if instruments is None:  # the draw order of the bundles trained so far
+        v0 = rng.uniform(*sp.v0_range, r)
+        bg = _log_uniform(rng, sp.background_range, r)
     g2 = rng.uniform(*sp.brightness_ratio_range, r)
     photons = _log_uniform(rng, sp.photons_range, r)
-    half_l = rng.uniform(*sp.half_l_range_nm, r)
-    if sp.v0_near_one_fraction > 0 and sp.v0_range[1] >= 1.0:  # drawn last: the other draws stay as they were
-        near = rng.random(r) < sp.v0_near_one_fraction
-        v0[near] = 1.0 - _log_uniform(rng, sp.v0_gap_range, int(near.sum()))
+    if instruments is None:
+        half_l = rng.uniform(*sp.half_l_range_nm, r)
+        _near_one(rng, sp, v0)  # drawn last: the other draws stay as they were
+    else:
+        v0, bg, half_l = (np.broadcast_to(np.asarray(a, float), (r,)).copy() for a in instruments)
     return simulate_rulers(d, theta, v0, bg, g2, photons, half_l, tuples_per_ruler, rng, sp.photon_cv,
                            sp.centre_error_nm, {"regime": REGIME, "seed": seed, "n_rulers": r,
                                                 "tuples_per_ruler": tuples_per_ruler, "space": sp.to_dict()})
@@ -200,28 +220,57 @@ def _neff_bin(neff: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     return np.searchsorted(cuts, neff, side="right")
 
 
+#: a (v0 class, information bin) cell with fewer calibration tuples (or a distance bin of fewer than 100)
+#: uses its information bin's pooled quantiles
+MIN_CELL = 2000
+
+
 def calibrate_intervals(booster, X, y, neff, power, n_bins: int, bin_width: float, level: float,
-                        val_residual=None, val_neff=None) -> dict:
-    """Label-conditional split conformal per information quantile bin (MAPIE per cell, see core.conformal).
+                        val_residual=None, val_neff=None, v0=None, v0_cuts=(), val_v0=None) -> dict:
+    """Label-conditional split conformal per (v0 class x information quantile bin) cell (MAPIE per
+    cell, see core.conformal).
 
     ``power``: the score's exponent; refitted per cell on the validation residuals when given (the
-    information proxy's scaling is not one power law over three decades)."""
+    information proxy's scaling is not one power law over three decades). ``v0_cuts``: the v0 class
+    boundaries (``v0``, ``val_v0``: per tuple). The information proxy alone leaves the coverage of one
+    instrument off by up to ~8 points (v0 = 1 with a bright background under, v0 0.93 at 55 nm over):
+    tuples of equal predicted error but different v0 have differently shaped errors."""
     from ...core import conformal
 
     cuts = np.quantile(neff, np.linspace(0, 1, n_bins + 1)[1:-1])
+    v0_cuts = np.asarray(v0_cuts, np.float64)
     idx = _neff_bin(neff, cuts)
+    cls = np.zeros(len(y), np.int64) if v0 is None else np.searchsorted(v0_cuts, v0, side="right")
+    vidx = vcls = None
+    if val_residual is not None:
+        vidx = _neff_bin(val_neff, cuts)
+        vcls = np.zeros(len(val_residual), np.int64) if val_v0 is None else np.searchsorted(v0_cuts, val_v0, side="right")
     reg = conformal.BoosterRegressor(booster, X.shape[1])
-    cells = []
-    for k in range(n_bins):
+
+    def cell(sel, vsel):
         p_k = power
-        if val_residual is not None:
-            vk = _neff_bin(val_neff, cuts) == k
-            if vk.sum() > 1000:
-                p_k = conformal.fit_photon_power(val_residual[vk], val_neff[vk], 5)
-        cells.append(conformal.calibrate(reg, X[idx == k], y[idx == k], neff[idx == k], p_k, level, bin_width, 100))
-    return {"method": "split conformal, Mondrian by (information quantile bin) x (true-distance bin), MAPIE per cell",
+        if vsel is not None and vsel.sum() > 1000:
+            p_k = conformal.fit_photon_power(val_residual[vsel], val_neff[vsel], 5)
+        return conformal.calibrate(reg, X[sel], y[sel], neff[sel], p_k, level, bin_width, 100)
+
+    def enough(sel) -> bool:
+        """Every distance bin (sparse ones merged as conformal.calibrate merges them) holds 100 tuples."""
+        if sel.sum() < MIN_CELL:
+            return False
+        edges = conformal.merge_sparse_bins(y[sel], conformal.label_bins(y[sel], bin_width), 100)
+        return np.bincount(conformal.bin_index(y[sel], edges), minlength=len(edges) - 1).min() >= 100
+
+    pooled = [cell(idx == k, None if vidx is None else vidx == k) for k in range(n_bins)]
+    cells = []
+    for c in range(len(v0_cuts) + 1):
+        for k in range(n_bins):
+            sel = (cls == c) & (idx == k)
+            cells.append(cell(sel, None if vidx is None else (vcls == c) & (vidx == k)) if enough(sel)
+                         else {**pooled[k], "pooled": True})
+    return {"method": "split conformal, Mondrian by (v0 class) x (information quantile bin) x (true-distance bin), "
+                      "MAPIE per cell",
             "score": "|y - d_hat| * (info / 100)^p_cell", "photon_power": power, "confidence_level": level,
-            "neff_cuts": [float(v) for v in cuts], "cells": cells}
+            "neff_cuts": [float(v) for v in cuts], "v0_cuts": [float(v) for v in v0_cuts], "cells": cells}
 
 
 class _Intervals:
@@ -229,7 +278,10 @@ class _Intervals:
 
     def __init__(self, cal: dict):
         self.cuts = np.asarray(cal["neff_cuts"], np.float32)
+        self.v0_cuts = np.asarray(cal.get("v0_cuts", ()), np.float32)  # bundles before the v0 classes: one class
         cells = cal["cells"]
+        if len(cells) != (len(self.cuts) + 1) * (len(self.v0_cuts) + 1):
+            raise ValueError(f"calibration: {len(cells)} cells, not (information bins) x (v0 classes)")
         nb = max(len(c["q_bins"]) for c in cells)
         self.left = np.full((len(cells), nb), np.inf, np.float32)
         self.right = np.full((len(cells), nb), -np.inf, np.float32)
@@ -246,11 +298,13 @@ class _Intervals:
 
         warm_up()  # the compiled hull, at load time
 
-    def apply(self, raw: np.ndarray, info: np.ndarray):
+    def apply(self, raw: np.ndarray, info: np.ndarray, v0: np.ndarray | float = 1.0):
         """(lower, upper, empty): hull of {y : |y - raw| s(info) <= Q_cell,bin(y)} (core.conformal.apply_intervals)."""
         from ...core.conformal import PHOTON_REF, hull
 
         k = _neff_bin(info, self.cuts)
+        if len(self.v0_cuts):
+            k = k + np.searchsorted(self.v0_cuts, v0, side="right") * (len(self.cuts) + 1)
         d = np.asarray(raw, np.float32)
         n = np.maximum(np.asarray(info, np.float32), np.float32(1.0)) * np.float32(1.0 / PHOTON_REF)
         inv_s = n ** -self.power[k]
@@ -303,6 +357,11 @@ class GeneralConfig:
     #: tolerance left uncorrected (see :mod:`.deshrink`)
     deshrink_rulers: int = 7_500_000
     deshrink_keep: float = 0.7
+    #: rulers of the second stage (0: none) and the share of the tolerance it leaves (see :mod:`.deshrink`)
+    deshrink_stage2_rulers: int = 7_500_000
+    deshrink_keep2: float = 0.5
+    #: v0 class boundaries of the conformal cells (see :func:`calibrate_intervals`)
+    interval_v0_cuts: tuple[float, ...] = (0.88, 0.92, 0.96, 0.985, 0.995, 0.999)
     nthread: int = 2
     space: Space = field(default_factory=Space)
 
@@ -312,6 +371,7 @@ class GeneralConfig:
     def scale_rulers(self, n_rulers: int) -> None:
         """Train on ``n_rulers`` rulers; the response table's rulers scale with them."""
         self.deshrink_rulers = int(round(self.deshrink_rulers * n_rulers / self.n_rulers))
+        self.deshrink_stage2_rulers = int(round(self.deshrink_stage2_rulers * n_rulers / self.n_rulers))
         self.n_rulers = int(n_rulers)
 
 
@@ -376,9 +436,10 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
         bin_map["conditioned_on"] = "pseudo photon count 100 (10 nm / sigma_hat)^2 of the noise booster"
     power = conformal.fit_photon_power(raw_val - va.y, info["va"])
     calib = calibrate_intervals(point, ca.X, ca.y, info["ca"], power, cfg.neff_bins, cfg.bin_width_nm,
-                                cfg.confidence_level, raw_val - va.y, info["va"])
+                                cfg.confidence_level, raw_val - va.y, info["va"], ca.X[:, _V0], cfg.interval_v0_cuts,
+                                va.X[:, _V0])
     d_val = debias.apply(raw_val, bin_map, info["va"])
-    lo, hi, _ = _Intervals(calib).apply(raw_val, info["va"])
+    lo, hi, _ = _Intervals(calib).apply(raw_val, info["va"], va.X[:, _V0])
     lo, hi = np.minimum(lo, d_val), np.maximum(hi, d_val)
     metrics = {"validation": {"rmse_nm": float(np.sqrt(np.mean((d_val - va.y) ** 2))),
                               "bias_nm": float(np.mean(d_val - va.y)),
@@ -416,9 +477,12 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
         manifest["instrument"] = instrument
     tables = {}
     if cfg.deshrink_rulers > 0:
-        table = deshrink.fit_table(_posterior_mean_of(point, len(GENERAL_FEATURES)), simulate_general, sp,
-                                   cfg.deshrink_rulers, cfg.seed + 515, cfg.nthread, log)
+        raw_of = _posterior_mean_of(point, len(GENERAL_FEATURES))
+        table = deshrink.fit_table(raw_of, simulate_general, sp, cfg.deshrink_rulers, cfg.seed + 515, cfg.nthread, log)
         manifest["deshrink"] = deshrink.manifest_entry(cfg.deshrink_keep, table.pop("_info"))
+        if cfg.deshrink_stage2_rulers > 0:
+            table = _second_stage(raw_of, sp, table, cfg, cfg.seed + 516, log)
+            manifest["deshrink"]["stage2"] = table.pop("_info2")
         tables[deshrink.FILE.removesuffix(".npz")] = table
     if out_dir is not None:
         manifest = model_bundle.save_bundle(Path(out_dir), manifest, {"point": point, "noise": noise}, tables)
@@ -448,6 +512,83 @@ def add_response_table(bundle: str = REGIME, rulers: int | None = None, keep: fl
                                                                       table)
     model_bundle.write_manifest(directory, manifest)
     log(f"[deshrink] wrote {directory / name}")
+    return manifest
+
+
+def _second_stage(raw_of, space: Space, table: dict, cfg: GeneralConfig, seed: int, log) -> dict:
+    # ~375 rulers per instrument of the pool at the shipped size; fewer instruments for small trainings
+    pool = max(1, min(20_000, cfg.deshrink_stage2_rulers // 375))
+    return deshrink.fit_second_stage(raw_of, simulate_general, draw_instruments, space, table, cfg.deshrink_keep,
+                                     cfg.deshrink_keep2, cfg.deshrink_stage2_rulers, seed, pool, cfg.nthread, log)
+
+
+def add_second_stage(bundle: str = REGIME, rulers: int | None = None, keep2: float | None = None, log=print) -> dict:
+    """Learn the second stage of an existing general bundle's response table (:mod:`.deshrink`), its
+    boosters and first stage unchanged, and record it in the bundle's manifest."""
+    import xgboost as xgb
+
+    from ...core import model_bundle
+    from .model_predictor import bundle_path
+
+    manifest = model_bundle.load_manifest(bundle_path(bundle))
+    directory = Path(manifest["_dir"])
+    ds = manifest["deshrink"]
+    cfg = GeneralConfig(deshrink_keep=ds["keep"])
+    cfg.deshrink_stage2_rulers = rulers or cfg.deshrink_stage2_rulers
+    cfg.deshrink_keep2 = cfg.deshrink_keep2 if keep2 is None else keep2
+    point = xgb.Booster()
+    point.load_model(str(directory / manifest["boosters"]["point"]))
+    first = {k: v for k, v in np.load(directory / ds["file"]).items() if k != "resid2"}
+    table = _second_stage(_posterior_mean_of(point, len(manifest["feature_names"])), Space(**manifest["data"]["space"]),
+                          first, cfg, manifest["data"]["seed"] + 516, log)
+    ds["stage2"] = table.pop("_info2")
+    name, manifest["sha256"][ds["file"]] = model_bundle.write_table(directory, ds["file"].removesuffix(".npz"), table)
+    model_bundle.write_manifest(directory, manifest)
+    log(f"[deshrink] wrote {directory / name}")
+    return manifest
+
+
+def recalibrate_intervals(bundle: str = REGIME, rulers: int = 4_000_000, seed: int = 20261131,
+                          v0_cuts: tuple[float, ...] | None = None, log=print) -> dict:
+    """Conformalise an existing general bundle's intervals afresh (:func:`calibrate_intervals`) on
+    ``rulers`` new single-tuple rulers over its training space (its boosters unchanged): 30 % of them
+    fit the score's exponents, the rest the quantiles. Records the calibration in the manifest."""
+    import xgboost as xgb
+
+    from ...core import conformal, model_bundle
+    from .model_predictor import bundle_path
+
+    t0 = time.perf_counter()
+    manifest = model_bundle.load_manifest(bundle_path(bundle))
+    directory = Path(manifest["_dir"])
+    cfg = GeneralConfig()
+    n_features = len(manifest["feature_names"])
+    boosters = {}
+    for role in ("point", "noise"):
+        boosters[role] = xgb.Booster()
+        boosters[role].load_model(str(directory / manifest["boosters"][role]))
+    rec = simulate_general(rulers, 1, seed, Space(**manifest["data"]["space"]))
+    X = np.ascontiguousarray(instrument_features(rec.tuples.counts, rec.tuples.positions, rec.truth["v0"],
+                                                 rec.truth["background"])[:, :n_features])
+    y = rec.truth["d_nm"].astype(np.float32)
+    raw = boosters["point"].inplace_predict(X)
+    info = pseudo_photons(boosters["noise"].inplace_predict(np.column_stack([X, raw]).astype(np.float32)))
+    # one tuple per ruler: a split by tuple is by ruler. Its own stream: default_rng(seed) drew the distances
+    va = np.random.default_rng([seed, 1]).random(len(y)) < 0.3
+    log(f"[general] {len(y):,} calibration rulers; {time.perf_counter() - t0:.0f} s")
+    v0 = X[:, _V0]
+    power = conformal.fit_photon_power(raw[va] - y[va], info[va])
+    trained = manifest.get("training", {})  # the bundle's own bins
+    calib = calibrate_intervals(boosters["point"], X[~va], y[~va], info[~va], power,
+                                trained.get("neff_bins", cfg.neff_bins), trained.get("bin_width_nm", cfg.bin_width_nm),
+                                manifest["calibration"]["confidence_level"], raw[va] - y[va], info[va], v0[~va],
+                                cfg.interval_v0_cuts if v0_cuts is None else v0_cuts, v0[va])
+    manifest["calibration"] = {"score_uses": "posterior-mean booster output (before de-shrinking)", **calib,
+                               "q_bins": [], "bin_edges_nm": [],
+                               "data": {"rulers": int(rulers), "seed": int(seed), "power_fraction": 0.3,
+                                        "space": "the bundle's training space, rulers of their own"}}
+    model_bundle.write_manifest(directory, manifest)
+    log(f"[general] recalibrated {directory}: {len(calib['cells'])} cells; {time.perf_counter() - t0:.0f} s")
     return manifest
 
 
@@ -489,7 +630,8 @@ class GeneralPredictor:
         ds = self.manifest.get("deshrink")  # bundles trained before the response table ship the posterior mean
         if ds and ds["file"] not in self.manifest["sha256"]:
             raise ValueError(f"bundle {directory}: {ds['file']} has no sha256 in the manifest")
-        self.deshrink = (deshrink.Deshrink(np.load(directory / ds["file"]), ds["keep"]) if ds else None)
+        self.deshrink = (deshrink.Deshrink(np.load(directory / ds["file"]), ds["keep"],
+                                           ds["stage2"]["keep2"] if "stage2" in ds else None) if ds else None)
         self.intervals = _Intervals(self.manifest["calibration"])
         f = self.manifest["flags"]
         self._photons = (np.float32(f["low_photons_below"]), np.float32(f["out_of_range_photons_above"]))
@@ -533,7 +675,7 @@ class GeneralPredictor:
             d = self.deshrink.apply(raw, X[:, 8], v0, bg, hl)
         else:
             d = debias.apply(raw, self.debias, info)
-        lo, hi, empty = self.intervals.apply(raw, info)
+        lo, hi, empty = self.intervals.apply(raw, info, v0)
         lo, hi = np.minimum(lo, d), np.maximum(hi, d)
         tol = np.float32(1e-4)
         outside = ((photons > self._photons[1]) | empty

@@ -314,6 +314,26 @@ def evaluate_traces(n_streams: int = 200, tuples_per_trace: int = 4000, seed: in
             "traces": trace_rows}
 
 
+def trace_floor(n_streams: int = 200, tuples_per_trace: int = 4000, seed: int = 2727) -> list[dict]:
+    """Per grid distance, the physical floor of the per-trace table: each trace's CRB from the Fisher
+    information of its true 2-on tuples (summed), and the standard error of the mean over the
+    traces that an efficient unbiased per-trace estimator would have. Uses only the simulated truth
+    (no estimate), so it may use the table's own streams."""
+    from .crb import crb_for_recording
+    from .simulate import STATE_TWO
+
+    per = {d: [] for d in D_GRID}
+    for _, _, _, rec in _random_streams(n_streams, tuples_per_trace, seed):
+        t = rec.truth
+        two = t["state"] == STATE_TWO
+        crb = crb_for_recording({k: v[two] for k, v in t.items()}, rec.tuples.positions[two])
+        tid = rec.tuples.trace_id[two]
+        for k, d in enumerate(D_GRID):
+            per[d].append(1.0 / np.sqrt(np.sum(crb[tid == k] ** -2.0)))
+    return [{"d": d, "traces": len(c), "median_trace_crb": float(np.median(c)),
+             "se_of_mean": float(np.sqrt(np.mean(np.square(c)) / len(c)))} for d, c in per.items()]
+
+
 def evaluate_traces_merged(n_streams: int = 200, workers=(1, 2, 3), tuples_per_trace: int = 4000, seed: int = 3939,
                            packet: int = 1000, bundle: str = "general", backend: str = "auto", log=print) -> dict:
     """Per-trace answers merged from the partial sums of ``k`` self-calibrating workers that got the
