@@ -548,11 +548,12 @@ def add_second_stage(bundle: str = REGIME, rulers: int | None = None, keep2: flo
     return manifest
 
 
-def recalibrate_intervals(bundle: str = REGIME, rulers: int = 4_000_000, seed: int = 20261131,
-                          v0_cuts: tuple[float, ...] | None = None, log=print) -> dict:
+def recalibrate_intervals(bundle: str = REGIME, rulers: int = 12_000_000, seed: int = 20261131,
+                          v0_cuts: tuple[float, ...] | None = None, space: Space | None = None, log=print) -> dict:
     """Conformalise an existing general bundle's intervals afresh (:func:`calibrate_intervals`) on
-    ``rulers`` new single-tuple rulers over its training space (its boosters unchanged): 30 % of them
-    fit the score's exponents, the rest the quantiles. Records the calibration in the manifest."""
+    ``rulers`` new single-tuple rulers over ``space`` (default: its training space; its boosters
+    unchanged): 30 % of them fit the score's exponents, the rest the quantiles. Records the
+    calibration in the manifest."""
     import xgboost as xgb
 
     from ...core import conformal, model_bundle
@@ -567,7 +568,8 @@ def recalibrate_intervals(bundle: str = REGIME, rulers: int = 4_000_000, seed: i
     for role in ("point", "noise"):
         boosters[role] = xgb.Booster()
         boosters[role].load_model(str(directory / manifest["boosters"][role]))
-    rec = simulate_general(rulers, 1, seed, Space(**manifest["data"]["space"]))
+    space = Space(**manifest["data"]["space"]) if space is None else space
+    rec = simulate_general(rulers, 1, seed, space)
     X = np.ascontiguousarray(instrument_features(rec.tuples.counts, rec.tuples.positions, rec.truth["v0"],
                                                  rec.truth["background"])[:, :n_features])
     y = rec.truth["d_nm"].astype(np.float32)
@@ -586,7 +588,7 @@ def recalibrate_intervals(bundle: str = REGIME, rulers: int = 4_000_000, seed: i
     manifest["calibration"] = {"score_uses": "posterior-mean booster output (before de-shrinking)", **calib,
                                "q_bins": [], "bin_edges_nm": [],
                                "data": {"rulers": int(rulers), "seed": int(seed), "power_fraction": 0.3,
-                                        "space": "the bundle's training space, rulers of their own"}}
+                                        "space": space.to_dict()}}
     model_bundle.write_manifest(directory, manifest)
     log(f"[general] recalibrated {directory}: {len(calib['cells'])} cells; {time.perf_counter() - t0:.0f} s")
     return manifest
