@@ -25,8 +25,10 @@ is spread widely and the inverse is curved (E[m^-1(d_hat)] != d: v0 = 1 at 35-55
 nm). So a second stage (``resid2``, optional) learns the response of the first stage's output the
 same way, m2(d) = E[stage 1 | d, instrument, N], and inverts that, soft-thresholded at ``keep2``.
 Its rulers draw their instruments from a pool of instrument-code centres, so that the first stage
-they are scored with is exactly the one served (its tables are per code). Per instrument both stages
-are folded into one table over (photons, booster output): one bilinear lookup per tuple.
+they are scored with is exactly the one served (its tables are per code). ``keep2`` = 0.5 was chosen
+on the development grid: 0 / 0.3 / 0.5 met all three criteria in 61 / 72 / 72 of 90 cells (RMSE in
+85 / 89 / 90), the first stage alone in 69. Per instrument both stages are folded into one table
+over (photons, booster output): one bilinear lookup per tuple.
 """
 
 from __future__ import annotations
