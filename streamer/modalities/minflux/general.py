@@ -220,6 +220,9 @@ def _neff_bin(neff: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     return np.searchsorted(cuts, neff, side="right")
 
 
+#: seed offsets (from the bundle's training seed) of the rulers of the response table's two stages
+_STAGE1_SEED, _STAGE2_SEED = 515, 516
+
 #: a (v0 class, information bin) cell with fewer calibration tuples (or a distance bin of fewer than 100)
 #: uses its information bin's pooled quantiles
 MIN_CELL = 2000
@@ -453,9 +456,7 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
         "inputs": {"instrument": ["v0", "background"], "from_positions": ["half_l"]},
         "outputs": {"point": ["distance_nm"]},
         "debias": bin_map,
-        "calibration": {"score_uses": "posterior-mean booster output (before de-shrinking)", **calib,
-                        # the generic manifest check wants these keys; the cells hold the real ones
-                        "q_bins": [], "bin_edges_nm": []},
+        "calibration": _calibration_entry(calib),
         "flags": {
             "low_photons_below": float(np.quantile(ph_tr, 0.002)),
             "out_of_range_photons_above": float(np.quantile(ph_tr, 0.998)),
@@ -478,10 +479,11 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
     tables = {}
     if cfg.deshrink_rulers > 0:
         raw_of = _posterior_mean_of(point, len(GENERAL_FEATURES))
-        table = deshrink.fit_table(raw_of, simulate_general, sp, cfg.deshrink_rulers, cfg.seed + 515, cfg.nthread, log)
+        table = deshrink.fit_table(raw_of, simulate_general, sp, cfg.deshrink_rulers, cfg.seed + _STAGE1_SEED,
+                                   cfg.nthread, log)
         manifest["deshrink"] = deshrink.manifest_entry(cfg.deshrink_keep, table.pop("_info"))
         if cfg.deshrink_stage2_rulers > 0:
-            table = _second_stage(raw_of, sp, table, cfg, cfg.seed + 516, log)
+            table = _second_stage(raw_of, sp, table, cfg, cfg.seed + _STAGE2_SEED, log)
             manifest["deshrink"]["stage2"] = table.pop("_info2")
         tables[deshrink.FILE.removesuffix(".npz")] = table
     if out_dir is not None:
@@ -494,25 +496,13 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
 def add_response_table(bundle: str = REGIME, rulers: int | None = None, keep: float | None = None, log=print) -> dict:
     """Learn the response table (:mod:`.deshrink`) for an existing general bundle, its boosters
     unchanged, and record it in the bundle's manifest, with the settings of :class:`GeneralConfig`."""
-    import xgboost as xgb
-
-    from ...core import model_bundle
-    from .model_predictor import bundle_path
-
-    manifest = model_bundle.load_manifest(bundle_path(bundle))
-    directory = Path(manifest["_dir"])
+    manifest, directory, boosters = _open_bundle(bundle, ("point",))
     cfg = GeneralConfig()
-    point = xgb.Booster()
-    point.load_model(str(directory / manifest["boosters"]["point"]))
-    table = deshrink.fit_table(_posterior_mean_of(point, len(manifest["feature_names"])), simulate_general,
+    table = deshrink.fit_table(_posterior_mean_of(boosters["point"], len(manifest["feature_names"])), simulate_general,
                                Space(**manifest["data"]["space"]), rulers or cfg.deshrink_rulers,
-                               manifest["data"]["seed"] + 515, cfg.nthread, log)
+                               manifest["data"]["seed"] + _STAGE1_SEED, cfg.nthread, log)
     manifest["deshrink"] = deshrink.manifest_entry(cfg.deshrink_keep if keep is None else keep, table.pop("_info"))
-    name, manifest["sha256"][deshrink.FILE] = model_bundle.write_table(directory, deshrink.FILE.removesuffix(".npz"),
-                                                                      table)
-    model_bundle.write_manifest(directory, manifest)
-    log(f"[deshrink] wrote {directory / name}")
-    return manifest
+    return _write_response_table(directory, manifest, table, log)
 
 
 def _second_stage(raw_of, space: Space, table: dict, cfg: GeneralConfig, seed: int, log) -> dict:
@@ -525,27 +515,16 @@ def _second_stage(raw_of, space: Space, table: dict, cfg: GeneralConfig, seed: i
 def add_second_stage(bundle: str = REGIME, rulers: int | None = None, keep2: float | None = None, log=print) -> dict:
     """Learn the second stage of an existing general bundle's response table (:mod:`.deshrink`), its
     boosters and first stage unchanged, and record it in the bundle's manifest."""
-    import xgboost as xgb
-
-    from ...core import model_bundle
-    from .model_predictor import bundle_path
-
-    manifest = model_bundle.load_manifest(bundle_path(bundle))
-    directory = Path(manifest["_dir"])
+    manifest, directory, boosters = _open_bundle(bundle, ("point",))
     ds = manifest["deshrink"]
     cfg = GeneralConfig(deshrink_keep=ds["keep"])
     cfg.deshrink_stage2_rulers = rulers or cfg.deshrink_stage2_rulers
     cfg.deshrink_keep2 = cfg.deshrink_keep2 if keep2 is None else keep2
-    point = xgb.Booster()
-    point.load_model(str(directory / manifest["boosters"]["point"]))
     first = {k: v for k, v in np.load(directory / ds["file"]).items() if k != "resid2"}
-    table = _second_stage(_posterior_mean_of(point, len(manifest["feature_names"])), Space(**manifest["data"]["space"]),
-                          first, cfg, manifest["data"]["seed"] + 516, log)
+    table = _second_stage(_posterior_mean_of(boosters["point"], len(manifest["feature_names"])),
+                          Space(**manifest["data"]["space"]), first, cfg, manifest["data"]["seed"] + _STAGE2_SEED, log)
     ds["stage2"] = table.pop("_info2")
-    name, manifest["sha256"][ds["file"]] = model_bundle.write_table(directory, ds["file"].removesuffix(".npz"), table)
-    model_bundle.write_manifest(directory, manifest)
-    log(f"[deshrink] wrote {directory / name}")
-    return manifest
+    return _write_response_table(directory, manifest, table, log)
 
 
 def recalibrate_intervals(bundle: str = REGIME, rulers: int = 12_000_000, seed: int = 20261131,
@@ -554,20 +533,12 @@ def recalibrate_intervals(bundle: str = REGIME, rulers: int = 12_000_000, seed: 
     ``rulers`` new single-tuple rulers over ``space`` (default: its training space; its boosters
     unchanged): 30 % of them fit the score's exponents, the rest the quantiles. Records the
     calibration in the manifest."""
-    import xgboost as xgb
-
     from ...core import conformal, model_bundle
-    from .model_predictor import bundle_path
 
     t0 = time.perf_counter()
-    manifest = model_bundle.load_manifest(bundle_path(bundle))
-    directory = Path(manifest["_dir"])
+    manifest, directory, boosters = _open_bundle(bundle, ("point", "noise"))
     cfg = GeneralConfig()
     n_features = len(manifest["feature_names"])
-    boosters = {}
-    for role in ("point", "noise"):
-        boosters[role] = xgb.Booster()
-        boosters[role].load_model(str(directory / manifest["boosters"][role]))
     space = Space(**manifest["data"]["space"]) if space is None else space
     rec = simulate_general(rulers, 1, seed, space)
     X = np.ascontiguousarray(instrument_features(rec.tuples.counts, rec.tuples.positions, rec.truth["v0"],
@@ -585,13 +556,45 @@ def recalibrate_intervals(bundle: str = REGIME, rulers: int = 12_000_000, seed: 
                                 trained.get("neff_bins", cfg.neff_bins), trained.get("bin_width_nm", cfg.bin_width_nm),
                                 manifest["calibration"]["confidence_level"], raw[va] - y[va], info[va], v0[~va],
                                 cfg.interval_v0_cuts if v0_cuts is None else v0_cuts, v0[va])
-    manifest["calibration"] = {"score_uses": "posterior-mean booster output (before de-shrinking)", **calib,
-                               "q_bins": [], "bin_edges_nm": [],
-                               "data": {"rulers": int(rulers), "seed": int(seed), "power_fraction": 0.3,
-                                        "space": space.to_dict()}}
+    manifest["calibration"] = _calibration_entry(calib, data={"rulers": int(rulers), "seed": int(seed),
+                                                              "power_fraction": 0.3, "space": space.to_dict()})
     model_bundle.write_manifest(directory, manifest)
     log(f"[general] recalibrated {directory}: {len(calib['cells'])} cells; {time.perf_counter() - t0:.0f} s")
     return manifest
+
+
+def _open_bundle(bundle: str | Path, roles: tuple[str, ...]) -> tuple[dict, Path, dict]:
+    """(manifest, directory, {role: xgboost.Booster}) of an existing general bundle, to rework its tables."""
+    import xgboost as xgb
+
+    from ...core import model_bundle
+    from .model_predictor import bundle_path
+
+    manifest = model_bundle.load_manifest(bundle_path(bundle))
+    directory = Path(manifest["_dir"])
+    boosters = {}
+    for role in roles:
+        boosters[role] = xgb.Booster()
+        boosters[role].load_model(str(directory / manifest["boosters"][role]))
+    return manifest, directory, boosters
+
+
+def _write_response_table(directory: Path, manifest: dict, table: dict, log) -> dict:
+    """Write the response table of :mod:`.deshrink` into a bundle, its hash and the manifest with it."""
+    from ...core import model_bundle
+
+    file = manifest["deshrink"]["file"]
+    name, manifest["sha256"][file] = model_bundle.write_table(directory, file.removesuffix(".npz"), table)
+    model_bundle.write_manifest(directory, manifest)
+    log(f"[deshrink] wrote {directory / name}")
+    return manifest
+
+
+def _calibration_entry(calib: dict, **extra) -> dict:
+    """The manifest's ``calibration`` entry of :func:`calibrate_intervals`' result."""
+    # the generic manifest check wants q_bins / bin_edges_nm; the cells hold the real ones
+    return {"score_uses": "posterior-mean booster output (before de-shrinking)", **calib, "q_bins": [],
+            "bin_edges_nm": [], **extra}
 
 
 def _posterior_mean_of(point, n_features: int):
