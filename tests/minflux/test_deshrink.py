@@ -37,21 +37,34 @@ def test_full_inversion_undoes_a_known_pull_and_keep_leaves_at_most_its_share():
     assert np.all(np.abs(kept - full)[moved] < np.abs(raw - full)[moved])
 
 
-def test_second_stage_undoes_a_pull_left_by_the_first():
-    # stage 1 identity, stage 2 a known pull: with keep2 = 0 the second stage inverts it exactly;
-    # without keep2 (bundles before the second stage) it is ignored
+def test_later_stages_undo_pulls_left_by_the_earlier_ones():
+    # stage 1 identity, stage 2 a known pull, stage 3 another: with keep 0 each later stage inverts its
+    # pull exactly; stages without a keep (bundles before them) are ignored
     t = _table(lambda d: 0.0 * d)
     t["resid2"] = _table(lambda d: (35.0 - d) / 2.0)["resid"]
     d = np.array([6.0, 20.0, 35.0, 52.0], np.float32)
     raw = (35.0 + (d - 35.0) / 2.0).astype(np.float32)
     logn = np.full(len(d), np.log1p(300.0), np.float32)
-    both = deshrink.Deshrink(t, keep=0.7, keep2=0.0).apply(raw, logn, *_inst(len(d), 0.93, 2.0))
+    both = deshrink.Deshrink(t, keep=0.7, later=(0.0,)).apply(raw, logn, *_inst(len(d), 0.93, 2.0))
     np.testing.assert_allclose(both, d, atol=0.05)
     first_only = deshrink.Deshrink(t, keep=0.7).apply(raw, logn, *_inst(len(d), 0.93, 2.0))
     np.testing.assert_allclose(first_only, raw, atol=0.02)
+    # stage 3 sees stage 2's output: m3(d) = d + 1 (a constant pull) on top of the same raw values
+    t["resid3"] = _table(lambda d: 1.0 + 0.0 * d)["resid"]
+    three = deshrink.Deshrink(t, keep=0.7, later=(0.0, 0.0)).apply(raw + np.float32(0.5), logn, *_inst(len(d), 0.93, 2.0))
+    # raw + 0.5 -> stage 2 -> d + 1 (slope 2) -> stage 3 -> d
+    np.testing.assert_allclose(three, d, atol=0.06)
+    with pytest.raises(ValueError, match="resid4 missing"):
+        deshrink.Deshrink(t, keep=0.7, later=(0.5, 0.5, 0.5))
     t["resid2"] = t["resid2"][:, :, :, :, :10]
     with pytest.raises(ValueError, match="resid2 has shape"):
-        deshrink.Deshrink(t, keep=0.7, keep2=0.3)
+        deshrink.Deshrink(t, keep=0.7, later=(0.3,))
+
+
+def test_later_keeps_read_the_manifest_entry_in_order():
+    entry = {"keep": 0.7, "stage2": {"keep2": 0.5}, "stage3": {"keep3": 0.4}, "stage5": {"keep5": 0.1}}
+    assert deshrink.later_keeps(entry) == [0.5, 0.4]  # stage 5 without stage 4 is not a stage
+    assert deshrink.later_keeps({"keep": 0.7}) == []
 
 
 def test_identity_response_changes_nothing_and_instruments_group():

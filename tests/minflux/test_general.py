@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer.modalities.minflux import general, offgrid, traces
+from streamer.modalities.minflux import deshrink, general, offgrid, traces
 from streamer.modalities.minflux.prediction import FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL, FLAG_OUT_OF_RANGE
 from streamer.modalities.minflux.simulate import STATE_TWO
 
@@ -47,7 +47,8 @@ def tiny_general(tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "general"
     cfg = general.GeneralConfig(n_rulers=6000, tuples_per_ruler=2, max_rounds=8, noise_rounds=5, max_depth=4,
                                 noise_depth=3, neff_bins=2, bin_width_nm=11.0, nthread=1,
-                                deshrink_rulers=20_000, deshrink_stage2_rulers=20_000)
+                                deshrink_rulers=20_000, deshrink_later_rulers=20_000,
+                                deshrink_later_keeps=(0.5,))
     manifest = general.train_general(cfg, out, log=lambda *a: None)
     return out, manifest
 
@@ -61,7 +62,7 @@ def test_general_bundle_and_flags(tiny_general):
     cal = manifest["calibration"]
     assert len(cal["cells"]) == (len(cal["neff_cuts"]) + 1) * (len(cal["v0_cuts"]) + 1)
     p = general.GeneralPredictor(out, backend="xgboost")
-    assert p.deshrink is not None and p.deshrink.resid2 is not None and "+ds" in p.model_id
+    assert p.deshrink is not None and len(p.deshrink.stages) == 1 and "+ds" in p.model_id
     rec = _rulers([20.0, 30.0], 0.9, 2.0, 300.0, 15.0, m=50, seed=3)
     ok = p.predict_with(rec.tuples, 0.9, 2.0)
     assert np.isfinite(ok.distance).all()
@@ -117,17 +118,17 @@ def test_shipped_general_bundle_is_small_and_complete():
 
     m = model_bundle.load_manifest("minflux/general")
     size = sum(f.stat().st_size for f in model_bundle.bundle_dir("minflux/general").iterdir() if f.is_file())
-    assert size < 4_500_000  # of which the response tables (deshrink.npz, two stages) ~3 MB
+    assert size < 8_000_000  # of which the response tables (deshrink.npz, four stages) ~6.4 MB
     assert m["regime"] == "general" and set(m["boosters"]) == {"point", "noise"}
     assert m["deshrink"]["file"] in m["sha256"] and m["deshrink"]["keep"] == 0.7
-    assert m["deshrink"]["stage2"]["keep2"] == general.GeneralConfig().deshrink_keep2
+    assert deshrink.later_keeps(m["deshrink"]) == list(general.GeneralConfig().deshrink_later_keeps)
     assert m["calibration"]["v0_cuts"] == list(general.GeneralConfig().interval_v0_cuts)
     assert m["flags"]["v0_range"][0] <= 0.8 and m["flags"]["v0_range"][1] >= 1.0
     assert m["flags"]["background_range"][0] <= 0.2 and m["flags"]["background_range"][1] >= 8.0
     assert m["data"]["space"]["d_range_nm"][0] <= 3 and m["data"]["space"]["d_range_nm"][1] >= 60
 
 
-def test_bundle_gets_second_stage_and_fresh_intervals(tiny_general, tmp_path):
+def test_bundle_gets_later_stages_and_fresh_intervals(tiny_general, tmp_path):
     """The two steps that built the shipped bundle's tables, on a copy of the tiny one."""
     import shutil
 
@@ -140,10 +141,17 @@ def test_bundle_gets_second_stage_and_fresh_intervals(tiny_general, tmp_path):
     assert cal["data"] == {**cal["data"], "rulers": 30_000, "seed": 11}
     assert len(cal["cells"]) == (len(cal["neff_cuts"]) + 1) * (len(cal["v0_cuts"]) + 1) == 2 * 7
     assert cal["cells"] != manifest["calibration"]["cells"]
-    m = general.add_second_stage(b, rulers=10_000, keep2=0.4, log=lambda *a: None)
-    assert m["deshrink"]["stage2"]["keep2"] == 0.4 and m["deshrink"]["stage2"]["rulers"] == 10_000
+    m = general.add_stage(b, rulers=10_000, keep=0.4, log=lambda *a: None)  # the next: stage 3
+    assert m["deshrink"]["stage3"]["keep3"] == 0.4 and m["deshrink"]["stage3"]["rulers"] == 10_000
+    assert m["deshrink"]["stage3"]["seed"] == m["data"]["seed"] + 517
     p = general.GeneralPredictor(b, backend="xgboost")  # hashes checked on load
-    assert p.deshrink.resid2 is not None and p.model_id != before
+    assert [k for _, k in p.deshrink.stages] == [0.5, 0.4] and p.model_id != before
+    m = general.add_stage(b, rulers=10_000, stage=2, log=lambda *a: None)  # stage 2 relearned, stage 3 dropped
+    assert deshrink.later_keeps(m["deshrink"]) == [general.GeneralConfig().deshrink_later_keeps[0]]
+    assert "resid3" not in np.load(b / "deshrink.npz").files
+    with pytest.raises(ValueError, match="stage 4 asked for"):
+        general.add_stage(b, stage=4, log=lambda *a: None)
+    p = general.GeneralPredictor(b, backend="xgboost")
     rec = _rulers([20.0, 30.0], 0.9, 2.0, 300.0, 15.0, m=50, seed=3)
     out_ = p.predict_with(rec.tuples, 0.9, 2.0)
     inside = np.isfinite(out_.lower)
@@ -321,6 +329,21 @@ def test_trace_floor_falls_with_distance():
     crb = np.array([r["median_trace_crb"] for r in rows])
     assert np.isfinite(crb).all() and (crb > 0).all() and crb[0] > 2 * crb[5]
     assert all(r["se_of_mean"] > 0 for r in rows)
+
+
+def test_calibration_share_separates_the_streams_v0_error():
+    """Per-trace errors = a shared slope x the stream's relative v0 error + own noise + a bias: the
+    slope is recovered, and removing it leaves the noise and the bias (not the v0 part)."""
+    from streamer.modalities.minflux import offgrid
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(0.0, 2e-3, 400)
+    e = 0.3 + 1800.0 * x + rng.normal(0.0, 2.0, 400)
+    out = offgrid._calibration_share(np.r_[e, np.nan], np.r_[x, 0.0])  # an unanswered trace is left out
+    assert out["v0_slope_nm"] == pytest.approx(1800.0, rel=0.1)
+    assert out["rmse_v0_removed"] == pytest.approx(np.hypot(2.0, 0.3), rel=0.1)
+    assert np.sqrt(np.mean(e ** 2)) > 1.5 * out["rmse_v0_removed"]
+    assert np.isnan(offgrid._calibration_share(e, np.zeros(400))["v0_slope_nm"])  # instrument given: nothing to fit
 
 
 def test_self_calibrated_grid_evaluation_runs(tiny_general):

@@ -22,13 +22,17 @@ grid): 0.5 / 0.7 / 0.9 met all three criteria in 64 / 67 / 65 of 90 cells, full 
 
 Inverting the mean response does not make the de-shrunk output unbiased where the posterior mean
 is spread widely and the inverse is curved (E[m^-1(d_hat)] != d: v0 = 1 at 35-55 nm read +1 to +2.5
-nm). So a second stage (``resid2``, optional) learns the response of the first stage's output the
-same way, m2(d) = E[stage 1 | d, instrument, N], and inverts that, soft-thresholded at ``keep2``.
-Its rulers draw their instruments from a pool of instrument-code centres, so that the first stage
-they are scored with is exactly the one served (its tables are per code). ``keep2`` = 0.5 was chosen
-on the development grid: 0 / 0.3 / 0.5 met all three criteria in 61 / 72 / 72 of 90 cells (RMSE in
-85 / 89 / 90), the first stage alone in 69. Per instrument both stages are folded into one table
-over (photons, booster output): one bilinear lookup per tuple.
+nm). So later stages (``resid2``, ``resid3``, ..., optional) each learn the response of the output
+so far the same way, m_k(d) = E[output of stages < k | d, instrument, N], and invert that,
+soft-thresholded at their own ``keep``: an iterated bias correction toward E[output | d] = d. Their
+rulers draw their instruments from a pool of instrument-code centres, so that the earlier stages
+they are scored with are exactly the ones served (their tables are per code). Chosen on the
+development grid (cells meeting all three criteria of 90): stage 1 alone 69; stage 2 at keep 0 /
+0.3 / 0.5: 61 / 72 / 72 (RMSE in 85 / 89 / 90; 74 at 0.5 with the intervals shipped since); stage 3 on stage 2 at 0.5, keep 0 / 0.3 / 0.5 /
+0.7: 69 / 77 / 79 / 76 (RMSE in 83 / 89 / 90 / 90); stage 4 on stage 3 at 0.5, keep 0 / 0.3 /
+0.5 / 0.7: 71 / 78 / 82 / 81 (RMSE in 83 / 88 / 89 / 89). The shipped bundle has stages 1-4 (0.7,
+0.5, 0.5, 0.5). Per instrument all stages are folded into one table over (photons, booster output):
+one bilinear lookup per tuple.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import dataclasses
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -92,10 +97,19 @@ def response_inputs(d, v0, background, photons, half_l) -> np.ndarray:
 
 
 def manifest_entry(keep: float, info: dict) -> dict:
-    """The bundle manifest's ``deshrink`` entry (first stage; :func:`fit_second_stage` adds ``stage2``)."""
+    """The bundle manifest's ``deshrink`` entry (first stage; :func:`fit_later_stage` adds ``stage2``, ...)."""
     return {"file": FILE, "keep": keep, **info,
             "method": "inverse response curve per instrument and photon count, soft-thresholded at "
                       "keep x max(1 nm, 0.1 CRB)"}
+
+
+def later_keeps(entry: dict) -> list[float]:
+    """The keeps of the later stages a manifest's ``deshrink`` entry records (``stage2``, ``stage3``, ... in order)."""
+    keeps, k = [], 2
+    while f"stage{k}" in entry:
+        keeps.append(float(entry[f"stage{k}"][f"keep{k}"]))
+        k += 1
+    return keeps
 
 
 def table_arrays(resid: np.ndarray) -> dict:
@@ -160,22 +174,24 @@ def fit_table(raw_of, simulate, space, n_rulers: int, seed: int, nthread: int = 
     return {**table_arrays(resid), "_info": info}
 
 
-def fit_second_stage(raw_of, simulate, draw_instruments, space, arrays: dict, keep: float, keep2: float,
-                     n_rulers: int, seed: int, pool: int = 20_000, nthread: int = 2, log=print,
-                     chunk: int = 1_000_000) -> dict:
-    """The second stage for a first-stage table ``arrays`` (served with ``keep``): ``n_rulers``
-    rulers over :func:`response_design` whose instruments come from ``pool`` instrument-code centres
-    (``draw_instruments(n, rng, space)`` -> (v0, b, L/2); ``simulate(n, 1, seed, space,
-    instruments=(v0, b, L/2) per ruler)``), scored with the first stage as served, its response learned
-    and tabulated. Returns ``arrays`` plus ``resid2`` and ``_info2``."""
+def fit_later_stage(raw_of, simulate, draw_instruments, space, arrays: dict, keep: float, later: list[float],
+                    new_keep: float, n_rulers: int, seed: int, pool: int = 20_000, nthread: int = 2, log=print,
+                    chunk: int = 1_000_000) -> dict:
+    """The next stage (k = len(later) + 2) for a table ``arrays`` served with ``keep`` and the earlier
+    later stages' ``later`` keeps: ``n_rulers`` rulers over :func:`response_design` whose instruments
+    come from ``pool`` instrument-code centres (``draw_instruments(n, rng, space)`` -> (v0, b, L/2);
+    ``simulate(n, 1, seed, space, instruments=(v0, b, L/2) per ruler)``), scored with the stages so
+    far as served, their response learned and tabulated. Returns ``arrays`` plus ``resid<k>`` and
+    ``_info`` (what the manifest records as ``stage<k>``)."""
     from .tuples import half_l_of
 
     t0 = time.perf_counter()
+    k_stage = len(later) + 2
     design = response_design(space)
     rng = np.random.default_rng(seed)
     codes = Deshrink.codes(*draw_instruments(pool, rng, design))
     centres = np.array([_instrument(*(int(c) for c in code)) for code in codes])
-    first = Deshrink(arrays, keep)
+    so_far = Deshrink(arrays, keep, later)
     # rulers sorted by instrument, so each chunk covers a run of the pool and each instrument's
     # tables are built once (the per-code cache holds a few hundred)
     k_all = np.sort(rng.integers(0, pool, n_rulers))
@@ -190,16 +206,16 @@ def fit_second_stage(raw_of, simulate, draw_instruments, space, arrays: dict, ke
         est = np.empty_like(raw)
         bounds = np.r_[0, np.flatnonzero(np.diff(k)) + 1, r]
         for a, b in zip(bounds[:-1], bounds[1:]):
-            est[a:b] = first.apply_code(raw[a:b], log1p_n[a:b], tuple(int(c) for c in codes[k[a]]))
+            est[a:b] = so_far.apply_code(raw[a:b], log1p_n[a:b], tuple(int(c) for c in codes[k[a]]))
         xs.append(response_inputs(tr["d_nm"], tr["v0"], tr["background"], t.photons, half_l_of(t.positions)))
         zs.append((est - tr["d_nm"]).astype(np.float32))
     X, z = np.concatenate(xs), np.concatenate(zs)
-    log(f"[deshrink] stage 2: {len(z):,} simulated rulers on {pool:,} instruments; {time.perf_counter() - t0:.0f} s")
-    resid2, info = _fit_response(X, z, seed, nthread, log, t0)
-    return {**{k: v for k, v in arrays.items() if not k.startswith("_")}, "resid2": resid2,
-            "_info2": {**info, "instrument_pool": int(pool), "keep2": float(keep2),
-                       "method": "inverse response curve of the first stage's output, soft-thresholded at "
-                                 "keep2 x max(1 nm, 0.1 CRB)"}}
+    log(f"[deshrink] stage {k_stage}: {len(z):,} simulated rulers on {pool:,} instruments; {time.perf_counter() - t0:.0f} s")
+    resid, info = _fit_response(X, z, seed, nthread, log, t0)
+    return {**{name: v for name, v in arrays.items() if not name.startswith("_")}, f"resid{k_stage}": resid,
+            "_info": {**info, "instrument_pool": int(pool), f"keep{k_stage}": float(new_keep),
+                      "method": f"inverse response curve of the output of stages 1-{k_stage - 1}, soft-thresholded "
+                                f"at keep{k_stage} x max(1 nm, 0.1 CRB)"}}
 
 
 # --------------------------------------------------------------------------- run time
@@ -282,7 +298,9 @@ def _soft_step(x: np.ndarray, full: np.ndarray, tol: np.ndarray) -> np.ndarray:
 class Deshrink:
     """The shipped response table(s); per instrument (quantised, cached) the folded table."""
 
-    def __init__(self, arrays, keep: float, keep2: float | None = None, cache: int = 256):
+    def __init__(self, arrays, keep: float, later: Sequence[float] = (), cache: int = 256):
+        """``later``: the keeps of stages 2, 3, ... (their tables ``resid2``, ``resid3``, ... must be in
+        ``arrays``); tables of stages without a keep are not used (a bundle's manifest lists its stages)."""
         # u falls as v0 rises: the table's v0 axis reversed, so that u increases along it (np.interp)
         self.v0_u = v0_coordinate(np.asarray(arrays["v0"], np.float64))[::-1]
         self.log_b = np.asarray(arrays["log_b"], np.float64)
@@ -290,17 +308,22 @@ class Deshrink:
         self.log1p_n = np.asarray(arrays["log1p_n"], np.float64)
         self.d = np.asarray(arrays["d"], np.float64)
         self.resid = np.ascontiguousarray(np.asarray(arrays["resid"], np.float32)[::-1])
-        self.resid2 = (np.ascontiguousarray(np.asarray(arrays["resid2"], np.float32)[::-1])
-                       if "resid2" in arrays and keep2 is not None else None)
+        names = [f"resid{k}" for k in range(2, len(later) + 2)]
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise ValueError(f"deshrink table: {len(later)} later stages asked for, {', '.join(missing)} missing")
+        #: (response table, keep) of each later stage, in order
+        self.stages = [(np.ascontiguousarray(np.asarray(arrays[n], np.float32)[::-1]), float(k))
+                       for n, k in zip(names, later)]
         for name, nodes in (("v0", self.v0_u), ("log_b", self.log_b), ("half_l", self.half_l),
                             ("log1p_n", self.log1p_n), ("d", self.d)):
             if not np.all(np.diff(nodes) > 0):
                 raise ValueError(f"deshrink table: the {name} nodes are not strictly ordered")
-        for name in ("resid", "resid2"):
-            r = getattr(self, name)
-            if r is not None and r.shape != (len(self.v0_u), len(self.log_b), len(self.half_l), len(self.log1p_n), len(self.d)):
+        shape = (len(self.v0_u), len(self.log_b), len(self.half_l), len(self.log1p_n), len(self.d))
+        for name, r in [("resid", self.resid)] + [(n, r) for n, (r, _) in zip(names, self.stages)]:
+            if r.shape != shape:
                 raise ValueError(f"deshrink table: {name} has shape {r.shape}, not that of the nodes")
-        self.keep, self.keep2 = float(keep), (None if keep2 is None else float(keep2))
+        self.keep = float(keep)
         self._n_axis, self._f_axis = _Uniform(self.log1p_n), _Uniform(F_NODES)
         self._cache: OrderedDict = OrderedDict()
         self._floor: OrderedDict = OrderedDict()
@@ -345,7 +368,7 @@ class Deshrink:
 
     def table(self, key: tuple[int, int, int]) -> np.ndarray:
         """(K, F) raveled float32: the de-shrunk distance at each (photon node, booster output node) of
-        one instrument code, both stages folded in."""
+        one instrument code, all stages folded in."""
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
@@ -357,11 +380,11 @@ class Deshrink:
         for k in range(len(self.log1p_n)):
             full = np.interp(F_NODES, m1[k], self.d)
             out[k] = _soft_step(F_NODES, full, self.keep * np.interp(full, self.d, floor[k]))
-        if self.resid2 is not None:
-            m2 = _inverse_rows(self._curve(self.resid2, v0, b, hl), self.d)
+        for resid, keep in self.stages:
+            m = _inverse_rows(self._curve(resid, v0, b, hl), self.d)
             for k in range(len(self.log1p_n)):
-                full = np.interp(out[k], m2[k], self.d)
-                out[k] = _soft_step(out[k], full, self.keep2 * np.interp(full, self.d, floor[k]))
+                full = np.interp(out[k], m[k], self.d)
+                out[k] = _soft_step(out[k], full, keep * np.interp(full, self.d, floor[k]))
         folded = np.ascontiguousarray(out, np.float32).ravel()
         _lru_put(self._cache, key, folded, self._size)
         return folded

@@ -220,8 +220,9 @@ def _neff_bin(neff: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     return np.searchsorted(cuts, neff, side="right")
 
 
-#: seed offsets (from the bundle's training seed) of the rulers of the response table's two stages
-_STAGE1_SEED, _STAGE2_SEED = 515, 516
+#: seed offset (from the bundle's training seed) of the rulers of the response table's first stage;
+#: stage k's rulers use _STAGE1_SEED + k - 1
+_STAGE1_SEED = 515
 
 #: a (v0 class, information bin) cell with fewer calibration tuples (or a distance bin of fewer than 100)
 #: uses its information bin's pooled quantiles
@@ -360,9 +361,10 @@ class GeneralConfig:
     #: tolerance left uncorrected (see :mod:`.deshrink`)
     deshrink_rulers: int = 7_500_000
     deshrink_keep: float = 0.7
-    #: rulers of the second stage (0: none) and the share of the tolerance it leaves (see :mod:`.deshrink`)
-    deshrink_stage2_rulers: int = 7_500_000
-    deshrink_keep2: float = 0.5
+    #: rulers of each later stage (0: none) and the share of the tolerance each leaves: stage 2, 3, ...
+    #: (see :mod:`.deshrink`)
+    deshrink_later_rulers: int = 7_500_000
+    deshrink_later_keeps: tuple[float, ...] = (0.5, 0.5, 0.5)
     #: v0 class boundaries of the conformal cells (see :func:`calibrate_intervals`)
     interval_v0_cuts: tuple[float, ...] = (0.88, 0.92, 0.96, 0.985, 0.995, 0.999)
     nthread: int = 2
@@ -374,7 +376,7 @@ class GeneralConfig:
     def scale_rulers(self, n_rulers: int) -> None:
         """Train on ``n_rulers`` rulers; the response table's rulers scale with them."""
         self.deshrink_rulers = int(round(self.deshrink_rulers * n_rulers / self.n_rulers))
-        self.deshrink_stage2_rulers = int(round(self.deshrink_stage2_rulers * n_rulers / self.n_rulers))
+        self.deshrink_later_rulers = int(round(self.deshrink_later_rulers * n_rulers / self.n_rulers))
         self.n_rulers = int(n_rulers)
 
 
@@ -482,9 +484,9 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
         table = deshrink.fit_table(raw_of, simulate_general, sp, cfg.deshrink_rulers, cfg.seed + _STAGE1_SEED,
                                    cfg.nthread, log)
         manifest["deshrink"] = deshrink.manifest_entry(cfg.deshrink_keep, table.pop("_info"))
-        if cfg.deshrink_stage2_rulers > 0:
-            table = _second_stage(raw_of, sp, table, cfg, cfg.seed + _STAGE2_SEED, log)
-            manifest["deshrink"]["stage2"] = table.pop("_info2")
+        if cfg.deshrink_later_rulers > 0:
+            for keep in cfg.deshrink_later_keeps:
+                table = _later_stage(raw_of, sp, table, manifest["deshrink"], keep, cfg, cfg.seed, log)
         tables[deshrink.FILE.removesuffix(".npz")] = table
     if out_dir is not None:
         manifest = model_bundle.save_bundle(Path(out_dir), manifest, {"point": point, "noise": noise}, tables)
@@ -505,25 +507,42 @@ def add_response_table(bundle: str = REGIME, rulers: int | None = None, keep: fl
     return _write_response_table(directory, manifest, table, log)
 
 
-def _second_stage(raw_of, space: Space, table: dict, cfg: GeneralConfig, seed: int, log) -> dict:
+def _later_stage(raw_of, space: Space, table: dict, entry: dict, keep: float, cfg: GeneralConfig, seed: int,
+                 log) -> dict:
+    """Learn the next stage on ``table`` (whose stages the manifest ``entry`` lists) and record it in ``entry``."""
+    later = deshrink.later_keeps(entry)
+    k = len(later) + 2
     # ~375 rulers per instrument of the pool at the shipped size; fewer instruments for small trainings
-    pool = max(1, min(20_000, cfg.deshrink_stage2_rulers // 375))
-    return deshrink.fit_second_stage(raw_of, simulate_general, draw_instruments, space, table, cfg.deshrink_keep,
-                                     cfg.deshrink_keep2, cfg.deshrink_stage2_rulers, seed, pool, cfg.nthread, log)
+    pool = max(1, min(20_000, cfg.deshrink_later_rulers // 375))
+    table = deshrink.fit_later_stage(raw_of, simulate_general, draw_instruments, space, table, entry["keep"], later,
+                                     keep, cfg.deshrink_later_rulers, seed + _STAGE1_SEED + k - 1, pool, cfg.nthread,
+                                     log)
+    entry[f"stage{k}"] = table.pop("_info")
+    return table
 
 
-def add_second_stage(bundle: str = REGIME, rulers: int | None = None, keep2: float | None = None, log=print) -> dict:
-    """Learn the second stage of an existing general bundle's response table (:mod:`.deshrink`), its
-    boosters and first stage unchanged, and record it in the bundle's manifest."""
+def add_stage(bundle: str = REGIME, rulers: int | None = None, keep: float | None = None, stage: int | None = None,
+              log=print) -> dict:
+    """Learn one later stage of an existing general bundle's response table (:mod:`.deshrink`), its
+    boosters and earlier stages unchanged, and record it in the bundle's manifest. ``stage``: which
+    (2, 3, ...; default the next); that stage and any after it are replaced. ``keep``: default the
+    stage's in :class:`GeneralConfig` (its last one beyond)."""
     manifest, directory, boosters = _open_bundle(bundle, ("point",))
     ds = manifest["deshrink"]
-    cfg = GeneralConfig(deshrink_keep=ds["keep"])
-    cfg.deshrink_stage2_rulers = rulers or cfg.deshrink_stage2_rulers
-    cfg.deshrink_keep2 = cfg.deshrink_keep2 if keep2 is None else keep2
-    first = {k: v for k, v in np.load(directory / ds["file"]).items() if k != "resid2"}
-    table = _second_stage(_posterior_mean_of(boosters["point"], len(manifest["feature_names"])),
-                          Space(**manifest["data"]["space"]), first, cfg, manifest["data"]["seed"] + _STAGE2_SEED, log)
-    ds["stage2"] = table.pop("_info2")
+    have = len(deshrink.later_keeps(ds)) + 2  # the next stage
+    stage = have if stage is None else int(stage)
+    if not 2 <= stage <= have:
+        raise ValueError(f"bundle {directory}: stage {stage} asked for; it has stages 1-{have - 1}")
+    for k in range(stage, have):  # the stages replaced
+        del ds[f"stage{k}"]
+    cfg = GeneralConfig()
+    cfg.deshrink_later_rulers = rulers or cfg.deshrink_later_rulers
+    if keep is None:
+        keep = cfg.deshrink_later_keeps[min(stage - 2, len(cfg.deshrink_later_keeps) - 1)]
+    table = {name: v for name, v in np.load(directory / ds["file"]).items()
+             if not (name.startswith("resid") and name[5:].isdigit() and int(name[5:]) >= stage)}
+    table = _later_stage(_posterior_mean_of(boosters["point"], len(manifest["feature_names"])),
+                         Space(**manifest["data"]["space"]), table, ds, keep, cfg, manifest["data"]["seed"], log)
     return _write_response_table(directory, manifest, table, log)
 
 
@@ -635,8 +654,8 @@ class GeneralPredictor:
         ds = self.manifest.get("deshrink")  # bundles trained before the response table ship the posterior mean
         if ds and ds["file"] not in self.manifest["sha256"]:
             raise ValueError(f"bundle {directory}: {ds['file']} has no sha256 in the manifest")
-        self.deshrink = (deshrink.Deshrink(np.load(directory / ds["file"]), ds["keep"],
-                                           ds["stage2"]["keep2"] if "stage2" in ds else None) if ds else None)
+        self.deshrink = (deshrink.Deshrink(np.load(directory / ds["file"]), ds["keep"], deshrink.later_keeps(ds))
+                         if ds else None)
         self.intervals = _Intervals(self.manifest["calibration"])
         f = self.manifest["flags"]
         self._photons = (np.float32(f["low_photons_below"]), np.float32(f["out_of_range_photons_above"]))

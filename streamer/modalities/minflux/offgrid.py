@@ -262,6 +262,7 @@ def evaluate_traces(n_streams: int = 200, tuples_per_trace: int = 4000, seed: in
                 b_t, b_se = st.cal.trace_background_se(tr)
                 est = st.traces.estimate(tr, min(st.cal.v0, 1.0), b_t, st.cal.v0_se, b_se)
             trace_rows.append({"d": D_GRID[tr], "est": est[0], "lo": est[1], "hi": est[2], "v0": v0, "bg": bg,
+                               "v0_rel_err": 0.0 if true_instrument else min(st.cal.v0, 1.0) / v0 - 1.0,
                                "n2": int(np.sum((rec.tuples.trace_id == tr) & (true_state == 2)))})
         late = np.flatnonzero((true_state == 2) & (rec.truth["index_in_trace"] >= 2000))
         pick = rng.choice(late, min(len(late), max(1, mle_sample // n_streams)), replace=False) if len(late) else late
@@ -297,7 +298,9 @@ def evaluate_traces(n_streams: int = 200, tuples_per_trace: int = 4000, seed: in
         rs = [r for r in trace_rows if r["d"] == d]
         per_d.append({"d": d, "traces": len(rs), **_error_stats([r["est"] for r in rs], [r["lo"] for r in rs],
                                                                 [r["hi"] for r in rs], d),
-                      "n2_median": float(np.median([r["n2"] for r in rs]))})
+                      "n2_median": float(np.median([r["n2"] for r in rs])),
+                      **({} if true_instrument else _calibration_share([r["est"] - d for r in rs],
+                                                                        [r["v0_rel_err"] for r in rs]))})
     dv0 = np.array([r["v0_hat"] - r["v0"] for r in cal_rows])
     rb = np.array([r["bg_hat"] / r["bg"] - 1 for r in cal_rows])
     summary = {"streams": n_streams, "tuples_per_trace": tuples_per_trace, "seed": seed,
@@ -312,6 +315,20 @@ def evaluate_traces(n_streams: int = 200, tuples_per_trace: int = 4000, seed: in
                "seconds": round(time.perf_counter() - t0, 1)}
     return {"summary": summary, "per_distance": per_d, "per_tuple": tuple_rows, "calibration": cal_rows,
             "traces": trace_rows}
+
+
+def _calibration_share(err, v0_rel_err) -> dict:
+    """How much of the self-calibrated per-trace error is the stream's v0 error: the least-squares
+    slope of the traces' errors on their stream's relative v0 error (nm per unit), and the RMSE left
+    once that linear part is removed (what the traces would read with v0 exact, to first order)."""
+    e, x = np.asarray(err, float), np.asarray(v0_rel_err, float)
+    ok = np.isfinite(e)
+    e, x = e[ok], x[ok]
+    if len(e) < 3 or not x.std() > 0:
+        return {"v0_slope_nm": float("nan"), "rmse_v0_removed": float("nan")}
+    A = np.column_stack([np.ones(len(x)), x])
+    coef = np.linalg.lstsq(A, e, rcond=None)[0]
+    return {"v0_slope_nm": float(coef[1]), "rmse_v0_removed": float(np.sqrt(np.mean((e - coef[1] * x) ** 2)))}
 
 
 def trace_floor(n_streams: int = 200, tuples_per_trace: int = 4000, seed: int = 2727) -> list[dict]:

@@ -318,7 +318,8 @@ def general_block(command: str, quick: bool = False, log=print) -> tuple[str, di
     for a, b in zip(tr_true["per_distance"], tr_self["per_distance"]):
         per_d.append({"d": a["d"], "traces": a["traces"], "n2": a["n2_median"], "bias_t": a["bias"], "se_t": a["bias_se"],
                       "cov_t": a["coverage"], "width_t": a["width"], "bias_s": b["bias"], "cov_s": b["coverage"],
-                      "width_s": b["width"]})
+                      "width_s": b["width"], "rmse_t": a["rmse"], "rmse_s": b["rmse"],
+                      "rmse_s_v0": b["rmse_v0_removed"], "slope": b["v0_slope_nm"] / 100.0})
     lines = [
         f"Date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores shared with other work.",
         "",
@@ -377,6 +378,16 @@ def general_block(command: str, quick: bool = False, log=print) -> tuple[str, di
         markdown_table(per_d, ["d", "traces", "n2", "bias_t", "se_t", "cov_t", "width_t", "bias_s", "cov_s", "width_s"],
                        ["d (nm)", "traces", "median 2-on tuples", "bias (true)", "its s.e.", "coverage (true)",
                         "width (true)", "bias (self)", "coverage (self)", "width (self)"], 3),
+        "",
+        "How much of the self-calibrated per-trace error is the stream's v0 error (the traces of one stream "
+        "share it): RMSE over the traces with the true and with the self-calibrated instrument, the latter "
+        "once more with the linear effect of its stream's relative v0 error removed (least squares), and "
+        "that effect's size. At small d, d^2 moves ~(4/K)^2 = 41,500 nm^2 per unit of relative v0 error, so "
+        "a v0 error of 0.001 moves a 10 nm trace by ~2 nm; the interval carries the calibration's error.",
+        "",
+        markdown_table(per_d, ["d", "rmse_t", "rmse_s", "rmse_s_v0", "slope"],
+                       ["d (nm)", "RMSE (true)", "RMSE (self)", "RMSE (self, v0 error removed)",
+                        "nm per 1 % of v0 error"], 2),
         "",
         "### Per trace over several workers (merged partial sums)",
         "",
