@@ -283,6 +283,38 @@ def _lookup(raw, log1p_n, table, n0, ninv, nn, f0, finv, nf):
     return out
 
 
+@jit
+def _interp_rows(x, xp, fp):
+    """``np.interp(x[k], xp[k], fp[k])`` for every row k: x (K, F), xp (K, J) increasing, fp (K, J).
+    One compiled pass instead of a Python loop of np.interp per photon node and stage (a new
+    instrument code builds its table on the live path)."""
+    K, F = x.shape
+    J = xp.shape[1]
+    out = np.empty((K, F))
+    for k in range(K):
+        for i in range(F):
+            v = x[k, i]
+            if v <= xp[k, 0]:
+                out[k, i] = fp[k, 0]
+            elif v >= xp[k, J - 1]:
+                out[k, i] = fp[k, J - 1]
+            else:
+                lo, hi = 0, J - 1  # xp[k, lo] < v < xp[k, hi]
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    if xp[k, mid] <= v:
+                        lo = mid
+                    else:
+                        hi = mid
+                w = (v - xp[k, lo]) / (xp[k, hi] - xp[k, lo])
+                out[k, i] = fp[k, lo] + w * (fp[k, hi] - fp[k, lo])
+    return out
+
+
+def _rows(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(a, np.float64), shape))
+
+
 def _inverse_rows(resid: np.ndarray, d: np.ndarray) -> np.ndarray:
     """(K, J) response (minus d) -> (K, J) monotone mean output m(d) (ties broken upward, so np.interp
     with m as abscissa inverts it)."""
@@ -375,16 +407,13 @@ class Deshrink:
             return hit
         v0, b, hl = _instrument(*key)
         floor = self._tolerance_floor(key)
-        m1 = _inverse_rows(self._curve(self.resid, v0, b, hl), self.d)
-        out = np.empty((len(self.log1p_n), len(F_NODES)), np.float64)
-        for k in range(len(self.log1p_n)):
-            full = np.interp(F_NODES, m1[k], self.d)
-            out[k] = _soft_step(F_NODES, full, self.keep * np.interp(full, self.d, floor[k]))
-        for resid, keep in self.stages:
+        kj, kf = (len(self.log1p_n), len(self.d)), (len(self.log1p_n), len(F_NODES))
+        d_rows, floor = _rows(self.d, kj), _rows(floor, kj)
+        out = _rows(F_NODES, kf)
+        for resid, keep in [(self.resid, self.keep)] + self.stages:
             m = _inverse_rows(self._curve(resid, v0, b, hl), self.d)
-            for k in range(len(self.log1p_n)):
-                full = np.interp(out[k], m[k], self.d)
-                out[k] = _soft_step(out[k], full, keep * np.interp(full, self.d, floor[k]))
+            full = _interp_rows(out, m, d_rows)
+            out = _soft_step(out, full, keep * _interp_rows(full, d_rows, floor))
         folded = np.ascontiguousarray(out, np.float32).ravel()
         _lru_put(self._cache, key, folded, self._size)
         return folded
