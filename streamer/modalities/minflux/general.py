@@ -220,6 +220,15 @@ def _neff_bin(neff: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     return np.searchsorted(cuts, neff, side="right")
 
 
+def _cell_index(neff: np.ndarray, cuts: np.ndarray, v0, v0_cuts: np.ndarray) -> np.ndarray:
+    """The (v0 class, information bin) cell of each tuple, v0 class major: the order of the
+    calibration's cells (``v0`` None or no ``v0_cuts``: one class)."""
+    k = _neff_bin(neff, cuts)
+    if v0 is None or not len(v0_cuts):
+        return k
+    return k + np.searchsorted(v0_cuts, v0, side="right") * (len(cuts) + 1)
+
+
 #: seed offset (from the bundle's training seed) of the rulers of the response table's first stage;
 #: stage k's rulers use _STAGE1_SEED + k - 1
 _STAGE1_SEED = 515
@@ -243,12 +252,10 @@ def calibrate_intervals(booster, X, y, neff, power, n_bins: int, bin_width: floa
 
     cuts = np.quantile(neff, np.linspace(0, 1, n_bins + 1)[1:-1])
     v0_cuts = np.asarray(v0_cuts, np.float64)
-    idx = _neff_bin(neff, cuts)
-    cls = np.zeros(len(y), np.int64) if v0 is None else np.searchsorted(v0_cuts, v0, side="right")
-    vidx = vcls = None
+    idx, cell_of = _neff_bin(neff, cuts), _cell_index(neff, cuts, v0, v0_cuts)
+    vidx = vcell = None
     if val_residual is not None:
-        vidx = _neff_bin(val_neff, cuts)
-        vcls = np.zeros(len(val_residual), np.int64) if val_v0 is None else np.searchsorted(v0_cuts, val_v0, side="right")
+        vidx, vcell = _neff_bin(val_neff, cuts), _cell_index(val_neff, cuts, val_v0, v0_cuts)
     reg = conformal.BoosterRegressor(booster, X.shape[1])
 
     def cell(sel, vsel):
@@ -266,11 +273,10 @@ def calibrate_intervals(booster, X, y, neff, power, n_bins: int, bin_width: floa
 
     pooled = [cell(idx == k, None if vidx is None else vidx == k) for k in range(n_bins)]
     cells = []
-    for c in range(len(v0_cuts) + 1):
-        for k in range(n_bins):
-            sel = (cls == c) & (idx == k)
-            cells.append(cell(sel, None if vidx is None else (vcls == c) & (vidx == k)) if enough(sel)
-                         else {**pooled[k], "pooled": True})
+    for j in range((len(v0_cuts) + 1) * n_bins):
+        sel = cell_of == j
+        cells.append(cell(sel, None if vcell is None else vcell == j) if enough(sel)
+                     else {**pooled[j % n_bins], "pooled": True})
     return {"method": "split conformal, Mondrian by (v0 class) x (information quantile bin) x (true-distance bin), "
                       "MAPIE per cell",
             "score": "|y - d_hat| * (info / 100)^p_cell", "photon_power": power, "confidence_level": level,
@@ -306,9 +312,7 @@ class _Intervals:
         """(lower, upper, empty): hull of {y : |y - raw| s(info) <= Q_cell,bin(y)} (core.conformal.apply_intervals)."""
         from ...core.conformal import PHOTON_REF, hull
 
-        k = _neff_bin(info, self.cuts)
-        if len(self.v0_cuts):
-            k = k + np.searchsorted(self.v0_cuts, v0, side="right") * (len(self.cuts) + 1)
+        k = _cell_index(info, self.cuts, v0, self.v0_cuts)
         d = np.asarray(raw, np.float32)
         n = np.maximum(np.asarray(info, np.float32), np.float32(1.0)) * np.float32(1.0 / PHOTON_REF)
         inv_s = n ** -self.power[k]
