@@ -359,6 +359,9 @@ class Deshrink:
                 raise ValueError(f"deshrink table: {name} has shape {r.shape}, not that of the nodes")
         self.keep = float(keep)
         self._n_axis, self._f_axis = _Uniform(self.log1p_n), _Uniform(F_NODES)
+        # the distance and booster-output nodes as (photon node, node) rows, once: every table build reads them
+        self._d_rows = _rows(self.d, (len(self.log1p_n), len(self.d)))
+        self._f_rows = _rows(F_NODES, (len(self.log1p_n), len(F_NODES)))
         self._cache: OrderedDict = OrderedDict()
         self._floor: OrderedDict = OrderedDict()
         self._size = cache
@@ -396,7 +399,7 @@ class Deshrink:
         floor = self._floor.get(tkey)
         if floor is None:
             tv0, tb, hl = _instrument(*tkey, coarser=_TOL_COARSER)
-            floor = np.maximum(1.0, 0.1 * _crb_table(tv0, tb, hl, self.log1p_n, self.d))
+            floor = np.ascontiguousarray(np.maximum(1.0, 0.1 * _crb_table(tv0, tb, hl, self.log1p_n, self.d)))
             _lru_put(self._floor, tkey, floor, self._size)
         return floor
 
@@ -409,13 +412,11 @@ class Deshrink:
             return hit
         v0, b, hl = _instrument(*key)
         floor = self._tolerance_floor(key)
-        kj, kf = (len(self.log1p_n), len(self.d)), (len(self.log1p_n), len(F_NODES))
-        d_rows, floor = _rows(self.d, kj), _rows(floor, kj)
-        out = _rows(F_NODES, kf)
+        out = self._f_rows
         for resid, keep in [(self.resid, self.keep)] + self.stages:
             m = _inverse_rows(self._curve(resid, v0, b, hl), self.d)
-            full = _interp_rows(out, m, d_rows)
-            out = _soft_step(out, full, keep * _interp_rows(full, d_rows, floor))
+            full = _interp_rows(out, m, self._d_rows)
+            out = _soft_step(out, full, keep * _interp_rows(full, self._d_rows, floor))
         folded = np.ascontiguousarray(out, np.float32).ravel()
         _lru_put(self._cache, key, folded, self._size)
         return folded
