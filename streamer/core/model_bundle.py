@@ -59,7 +59,21 @@ def write_table(out_dir: Path, table: str, arrays: dict) -> tuple[str, str]:
 def write_manifest(out_dir: Path, manifest: dict) -> None:
     """Write ``manifest`` (its keys starting with ``_``, which :func:`load_manifest` adds, left out)."""
     body = {k: v for k, v in manifest.items() if not k.startswith("_")}
-    (Path(out_dir) / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
+    (Path(out_dir) / MANIFEST).write_text(dumps(body) + "\n")
+
+
+def dumps(obj, indent: int = 2, _level: int = 0) -> str:
+    """JSON as ``json.dumps(obj, indent=indent)`` reads it, but a list of scalars on one line: stored
+    tables (conformal quantiles per cell and bin) would otherwise take a line per number, ~3x the bytes."""
+    pad, inner = " " * (indent * _level), " " * (indent * (_level + 1))
+    if isinstance(obj, dict) and obj:
+        items = [f"{inner}{json.dumps(str(k))}: {dumps(v, indent, _level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, (list, tuple)) and obj:
+        if all(not isinstance(v, (dict, list, tuple)) for v in obj):
+            return json.dumps(list(obj))
+        return "[\n" + ",\n".join(inner + dumps(v, indent, _level + 1) for v in obj) + "\n" + pad + "]"
+    return json.dumps(obj)
 
 
 def load_manifest(directory: str | Path, verify: bool = True) -> dict:

@@ -60,7 +60,13 @@ def test_general_bundle_and_flags(tiny_general):
     assert manifest["deshrink"]["file"] in manifest["sha256"]
     assert manifest["deshrink"]["stage2"]["instrument_pool"] == 20_000 // 375
     cal = manifest["calibration"]
-    assert len(cal["cells"]) == (len(cal["neff_cuts"]) + 1) * (len(cal["v0_cuts"]) + 1)
+    cfg = general.GeneralConfig()
+    assert (cal["v0_cuts"], cal["background_cuts"], cal["photon_cuts"]) == (
+        list(cfg.interval_v0_cuts), list(cfg.interval_background_cuts), list(cfg.interval_photon_cuts))
+    assert len(cal["cells"]) == 7 * 4 * 16 and len(cal["pooled_cells"]) == len(cal["neff_cuts"]) + 1
+    # 12,000 tuples, 20 % of them calibrating: every instrument cell is sparse and falls back on its
+    # tuples' information bins (the intervals below are still served)
+    assert all("q_bins" not in c for c in cal["cells"]) and all("q_bins" in c for c in cal["pooled_cells"])
     p = general.GeneralPredictor(out, backend="xgboost")
     assert p.deshrink is not None and len(p.deshrink.stages) == 1 and "+ds" in p.model_id
     rec = _rulers([20.0, 30.0], 0.9, 2.0, 300.0, 15.0, m=50, seed=3)
@@ -139,8 +145,11 @@ def test_bundle_gets_later_stages_and_fresh_intervals(tiny_general, tmp_path):
     m = general.recalibrate_intervals(b, rulers=30_000, seed=11, log=lambda *a: None)
     cal = m["calibration"]
     assert cal["data"] == {**cal["data"], "rulers": 30_000, "seed": 11}
-    assert len(cal["cells"]) == (len(cal["neff_cuts"]) + 1) * (len(cal["v0_cuts"]) + 1) == 2 * 7
-    assert cal["cells"] != manifest["calibration"]["cells"]
+    assert len(cal["cells"]) == general.CellLayout.of(cal).n_cells == 7 * 4 * 16
+    assert cal["pooled_cells"] != manifest["calibration"]["pooled_cells"]
+    m = general.recalibrate_intervals(b, rulers=30_000, seed=11, log=lambda *a: None, background_cuts=(),
+                                      photon_cuts=())  # the earlier cells: v0 class x information bin
+    assert len(m["calibration"]["cells"]) == (len(cal["neff_cuts"]) + 1) * (len(cal["v0_cuts"]) + 1) == 2 * 7
     m = general.add_stage(b, rulers=10_000, keep=0.4, log=lambda *a: None)  # the next: stage 3
     assert m["deshrink"]["stage3"]["keep3"] == 0.4 and m["deshrink"]["stage3"]["rulers"] == 10_000
     assert m["deshrink"]["stage3"]["seed"] == m["data"]["seed"] + 517
@@ -187,6 +196,74 @@ def test_intervals_cover_each_v0_class_when_calibrated_per_class():
             assert 0.88 < min(cov) and max(cov) < 0.92, cov
         else:  # one pooled cell: the narrow class over-covered, the wide one under
             assert cov[0] > 0.97 and cov[1] < 0.85, cov
+
+
+def test_instrument_cells_cover_each_background_and_photon_class():
+    """Equal information, but errors 2x wider at a bright background and 1.5x wider at few photons:
+    information bins under-cover those tuples; a cell per (background x photon) class covers each at
+    ~90 %. A class with too few calibration tuples falls back on the pooled cell of each tuple's
+    information bin."""
+    rng = np.random.default_rng(6)
+
+    def draw(n):
+        b = rng.choice([0.5, 6.0], n)
+        photons = rng.choice([50.0, 800.0], n)
+        y = rng.uniform(5, 55, n)
+        d_hat = y + rng.normal(0, np.where(b > 3, 2.0, 1.0) * np.where(photons < 100, 1.5, 1.0))
+        return np.column_stack([d_hat, b]).astype(np.float32), y.astype(np.float32), b, photons
+    X, y, b, ph = draw(60_000)
+    info = np.full(len(y), 100.0, np.float32)
+    Xt, yt, bt, pht = draw(40_000)
+    cal = general.calibrate_intervals(_Identity(), X, y, info, 0.0, 1, 10.0, 0.9, background=b, photons=ph,
+                                      background_cuts=(3.0,), photon_cuts=(100.0,))
+    iv = general._Intervals(cal)
+    lo, hi, _ = iv.apply(Xt[:, 0], np.full(len(yt), 100.0, np.float32), 1.0, bt, pht)
+    inside = (lo <= yt) & (yt <= hi)
+    for bb in (0.5, 6.0):
+        for pp in (50.0, 800.0):
+            sel = (bt == bb) & (pht == pp)
+            assert 0.88 < inside[sel].mean() < 0.92, (bb, pp, inside[sel].mean())
+    pooled = general.calibrate_intervals(_Identity(), X, y, info, 0.0, 1, 10.0, 0.9)
+    lo, hi, _ = general._Intervals(pooled).apply(Xt[:, 0], np.full(len(yt), 100.0, np.float32))
+    wide = (bt == 6.0) & (pht == 50.0)
+    assert ((lo <= yt) & (yt <= hi))[wide].mean() < 0.8  # the information bin alone under-covers them
+    info_t = np.full(len(yt), 100.0, np.float32)
+    one_b = np.broadcast_to(np.float32(6.0), (len(yt),))  # a stream's background: one class search
+    assert np.array_equal(iv.rows(info_t, 1.0, one_b, pht), iv.rows(info_t, 1.0, np.array(one_b), pht))
+    with pytest.raises(ValueError, match="background and photon"):
+        iv.apply(Xt[:, 0], np.full(len(yt), 100.0, np.float32), 1.0)
+    # one class nearly empty: its cell is sparse, its tuples get the pooled quantiles
+    keep = ~((b == 6.0) & (ph == 50.0)) | (rng.random(len(y)) < 0.05)
+    cal = general.calibrate_intervals(_Identity(), X[keep], y[keep], info[keep], 0.0, 1, 10.0, 0.9,
+                                      background=b[keep], photons=ph[keep], background_cuts=(3.0,),
+                                      photon_cuts=(100.0,))
+    assert [("q_bins" in c) for c in cal["cells"]] == [True, True, False, True]  # (b class, photon class)
+    iv = general._Intervals(cal)
+    rows = iv.rows(np.full(len(yt), 100.0, np.float32), 1.0, bt, pht)
+    assert (rows[wide] == 4).all() and (rows[~wide] < 4).all()  # 4 cells, then the pooled row
+    lo2, hi2, _ = iv.apply(Xt[:, 0], np.full(len(yt), 100.0, np.float32), 1.0, bt, pht)
+    every_cell_pooled = {**cal, "cells": cal["pooled_cells"] * 4}  # one information bin
+    pl, ph_, _ = general._Intervals(every_cell_pooled).apply(Xt[:, 0], np.full(len(yt), 100.0, np.float32), 1.0,
+                                                             bt, pht)
+    assert np.array_equal(lo2[wide], pl[wide]) and np.array_equal(hi2[wide], ph_[wide])
+
+
+def test_intervals_read_calibrations_made_before_the_pooled_cells_were_stored():
+    """Earlier bundles kept a copy of the pooled quantiles in each sparse cell and no pooled list."""
+    rng = np.random.default_rng(7)
+    y = rng.uniform(5, 55, 20_000).astype(np.float32)
+    X = (y + rng.normal(0, 1.0, len(y))).astype(np.float32)[:, None]
+    info = rng.uniform(50.0, 500.0, len(y)).astype(np.float32)
+    cal = general.calibrate_intervals(_Identity(), X, y, info, 0.0, 2, 10.0, 0.9, v0=np.full(len(y), 0.9),
+                                      v0_cuts=(0.5,))
+    assert [("q_bins" in c) for c in cal["cells"]] == [False, False, True, True]  # no tuple has v0 < 0.5
+    old = {**cal, "cells": [{**cal["pooled_cells"][j % 2], "pooled": True} if "q_bins" not in c else c
+                            for j, c in enumerate(cal["cells"])]}
+    del old["pooled_cells"], old["background_cuts"], old["photon_cuts"]
+    Xt = X[:500, 0]
+    for v0 in (0.3, 0.9):  # a sparse class, a calibrated one
+        new_, old_ = (general._Intervals(c).apply(Xt, info[:500], v0) for c in (cal, old))
+        assert all(np.array_equal(a, b) for a, b in zip(new_, old_))
 
 
 def test_harmonic_terms_match_closed_form():

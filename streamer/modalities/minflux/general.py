@@ -176,6 +176,12 @@ def effective_photons(photons: np.ndarray, v0: np.ndarray, background: np.ndarra
     return np.maximum(np.asarray(v0, np.float32) ** 2 * sig * sig / n, np.float32(0.25))
 
 
+def photons_of(X: np.ndarray) -> np.ndarray:
+    """(n,) float32 total photon count of each tuple from its features (as the conformal cells and
+    flags see it)."""
+    return np.exp(X[:, 8]) - np.float32(1.0)
+
+
 def _visibility_separation(m1: np.ndarray, denom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per axis (n, 2): visibility m1 / denom (0 where the background-corrected level ``denom``, (n, 2)
     or (n, 1), is not positive) and the projected separation it gives."""
@@ -213,56 +219,122 @@ def instrument_features(counts: np.ndarray, positions: np.ndarray, v0, backgroun
     return out
 
 
-# --------------------------------------------------------------------------- intervals (Mondrian by N_eff x true d)
+# --------------------------------------------------------------------------- intervals (Mondrian cells x true d)
 
 
 def _neff_bin(neff: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     return np.searchsorted(cuts, neff, side="right")
 
 
-def _cell_index(neff: np.ndarray, cuts: np.ndarray, v0, v0_cuts: np.ndarray) -> np.ndarray:
-    """The (v0 class, information bin) cell of each tuple, v0 class major: the order of the
-    calibration's cells (``v0`` None or no ``v0_cuts``: one class)."""
-    k = _neff_bin(neff, cuts)
-    if v0 is None or not len(v0_cuts):
-        return k
-    return k + np.searchsorted(v0_cuts, v0, side="right") * (len(cuts) + 1)
+#: photon classes of the conformal cells: 16 geometric classes over the trained photon range
+PHOTON_CUTS: tuple[float, ...] = tuple(float(x) for x in np.geomspace(30.0, 1200.0, 17)[1:-1])
+
+
+def _classes(cuts: np.ndarray, x) -> np.ndarray | int:
+    """Class of each value; one search for a broadcast scalar (the stream's v0 or background)."""
+    x = np.asarray(x)
+    if x.ndim == 1 and len(x) and x.strides == (0,):
+        return int(np.searchsorted(cuts, x[0], side="right"))
+    return np.searchsorted(cuts, x, side="right")
+
+
+@dataclass(frozen=True)
+class CellLayout:
+    """Which conformal cell each tuple falls in (v0 class major).
+
+    Instrument cells (``background_cuts`` or ``photon_cuts`` given): v0 class x background class x
+    photon class, the variables a user's acquisition is described by. Otherwise (bundles calibrated
+    before them): v0 class x information bin. Either way the information bins (``info_cuts``) also
+    index the pooled cells a sparse cell falls back on."""
+
+    info_cuts: np.ndarray
+    v0_cuts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    background_cuts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    photon_cuts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @classmethod
+    def of(cls, cal: dict) -> "CellLayout":
+        """The layout a stored calibration was made with."""
+        return cls(*(np.asarray(cal.get(k, ()), np.float32) for k in
+                     ("neff_cuts", "v0_cuts", "background_cuts", "photon_cuts")))
+
+    @property
+    def by_instrument(self) -> bool:
+        return bool(len(self.background_cuts) or len(self.photon_cuts))
+
+    @property
+    def n_cells(self) -> int:
+        inner = ((len(self.background_cuts) + 1) * (len(self.photon_cuts) + 1) if self.by_instrument
+                 else len(self.info_cuts) + 1)
+        return (len(self.v0_cuts) + 1) * inner
+
+    def info_bin(self, info: np.ndarray) -> np.ndarray:
+        return _neff_bin(info, self.info_cuts)
+
+    def index(self, info, v0=None, background=None, photons=None) -> np.ndarray:
+        """(n,) cell of each tuple (``v0`` None: the first v0 class; background / photons are needed
+        by instrument cells)."""
+        v0c = 0 if v0 is None or not len(self.v0_cuts) else _classes(self.v0_cuts, v0)
+        if not self.by_instrument:
+            return self.info_bin(info) + v0c * (len(self.info_cuts) + 1)
+        if background is None or photons is None:
+            raise ValueError("instrument conformal cells need each tuple's background and photon count")
+        bc = _classes(self.background_cuts, background)
+        nc = np.searchsorted(self.photon_cuts, photons, side="right")
+        return (v0c * (len(self.background_cuts) + 1) + bc) * (len(self.photon_cuts) + 1) + nc
 
 
 #: seed offset (from the bundle's training seed) of the rulers of the response table's first stage;
 #: stage k's rulers use _STAGE1_SEED + k - 1
 _STAGE1_SEED = 515
 
-#: a (v0 class, information bin) cell with fewer calibration tuples (or a distance bin of fewer than 100)
-#: uses its information bin's pooled quantiles
+#: a cell with fewer calibration tuples (or a distance bin of fewer than 100) uses the pooled
+#: quantiles of each tuple's information bin
 MIN_CELL = 2000
 
 
-def calibrate_intervals(booster, X, y, neff, power, n_bins: int, bin_width: float, level: float,
-                        val_residual=None, val_neff=None, v0=None, v0_cuts=(), val_v0=None) -> dict:
-    """Label-conditional split conformal per (v0 class x information quantile bin) cell (MAPIE per
-    cell, see core.conformal).
+def _compact(cell: dict) -> dict:
+    """A calibrated cell as stored: what :class:`_Intervals` reads plus its counts (the method is
+    stated once for all cells), rounded far below what moves an interval (~1e-5 relative)."""
+    return {"bin_edges_nm": [round(float(e), 4) for e in cell["bin_edges_nm"]],
+            "q_bins": [round(float(q), 5) for q in cell["q_bins"]], "q_marginal": round(float(cell["q_marginal"]), 5),
+            "photon_power": float(cell["photon_power"]), "n_per_bin": cell["n_per_bin"],
+            "n_calibration": cell["n_calibration"]}
 
-    ``power``: the score's exponent; refitted per cell on the validation residuals when given (the
-    information proxy's scaling is not one power law over three decades). ``v0_cuts``: the v0 class
-    boundaries (``v0``, ``val_v0``: per tuple). The information proxy alone leaves the coverage of one
-    instrument off by up to ~8 points (v0 = 1 with a bright background under, v0 0.93 at 55 nm over):
-    tuples of equal predicted error but different v0 have differently shaped errors."""
+
+def calibrate_intervals(booster, X, y, neff, power, n_bins: int, bin_width: float, level: float,
+                        val_residual=None, val_neff=None, v0=None, v0_cuts=(), val_v0=None,
+                        background=None, photons=None, val_background=None, val_photons=None,
+                        background_cuts=(), photon_cuts=()) -> dict:
+    """Label-conditional split conformal per cell (MAPIE per cell, see core.conformal).
+
+    Cells (:class:`CellLayout`): v0 class x background class x photon class when ``background_cuts``
+    / ``photon_cuts`` are given (``background``, ``photons``: per tuple), else v0 class x
+    information quantile bin. ``power``: the score's exponent; refitted per cell on the validation
+    residuals when given (the information proxy's scaling is not one power law over three decades).
+
+    Why instrument cells: tuples of equal information but different instruments have differently
+    shaped errors given the true distance (the posterior mean shrinks differently), so information
+    bins left single instruments off by up to ~10 points (v0 = 1, b = 6, 200 photons at 12.5 nm:
+    0.80). Measured on two development grids of the issue (cells within 85-95 % of 90): 86 / 83
+    with 7 v0 classes x 16 information bins, 90 / 90 with 7 x 4 background x 16 photon classes
+    (90 / 89 with 12), and 2 nm narrower intervals on average."""
     from ...core import conformal
 
     cuts = np.quantile(neff, np.linspace(0, 1, n_bins + 1)[1:-1])
-    v0_cuts = np.asarray(v0_cuts, np.float64)
-    idx, cell_of = _neff_bin(neff, cuts), _cell_index(neff, cuts, v0, v0_cuts)
+    layout = CellLayout(np.asarray(cuts, np.float32), *(np.asarray(c, np.float32) for c in
+                                                        (v0_cuts, background_cuts, photon_cuts)))
+    idx, cell_of = layout.info_bin(neff), layout.index(neff, v0, background, photons)
     vidx = vcell = None
     if val_residual is not None:
-        vidx, vcell = _neff_bin(val_neff, cuts), _cell_index(val_neff, cuts, val_v0, v0_cuts)
+        vidx, vcell = layout.info_bin(val_neff), layout.index(val_neff, val_v0, val_background, val_photons)
     reg = conformal.BoosterRegressor(booster, X.shape[1])
 
     def cell(sel, vsel):
         p_k = power
         if vsel is not None and vsel.sum() > 1000:
             p_k = conformal.fit_photon_power(val_residual[vsel], val_neff[vsel], 5)
-        return conformal.calibrate(reg, X[sel], y[sel], neff[sel], p_k, level, bin_width, 100)
+        return _compact(conformal.calibrate(reg, X[sel], y[sel], neff[sel], p_k, level, bin_width, 100))
 
     def enough(sel) -> bool:
         """Every distance bin (sparse ones merged as conformal.calibrate merges them) holds 100 tuples."""
@@ -272,47 +344,68 @@ def calibrate_intervals(booster, X, y, neff, power, n_bins: int, bin_width: floa
         return np.bincount(conformal.bin_index(y[sel], edges), minlength=len(edges) - 1).min() >= 100
 
     pooled = [cell(idx == k, None if vidx is None else vidx == k) for k in range(n_bins)]
-    cells = []
-    for j in range((len(v0_cuts) + 1) * n_bins):
-        sel = cell_of == j
-        cells.append(cell(sel, None if vcell is None else vcell == j) if enough(sel)
-                     else {**pooled[j % n_bins], "pooled": True})
-    return {"method": "split conformal, Mondrian by (v0 class) x (information quantile bin) x (true-distance bin), "
-                      "MAPIE per cell",
+    cells = [cell(cell_of == j, None if vcell is None else vcell == j) if enough(cell_of == j) else {"pooled": True}
+             for j in range(layout.n_cells)]
+    axes = ("v0 class x background class x photon class" if layout.by_instrument
+            else "v0 class x information quantile bin")
+    return {"method": f"split conformal, Mondrian by ({axes}) x (true-distance bin), MAPIE per cell "
+                      f"(mapie.regression.SplitConformalRegressor(prefit=True, conformity_score='absolute'))",
             "score": "|y - d_hat| * (info / 100)^p_cell", "photon_power": power, "confidence_level": level,
-            "neff_cuts": [float(v) for v in cuts], "v0_cuts": [float(v) for v in v0_cuts], "cells": cells}
+            "neff_cuts": [float(v) for v in cuts], "v0_cuts": [float(v) for v in v0_cuts],
+            "background_cuts": [float(v) for v in background_cuts], "photon_cuts": [float(v) for v in photon_cuts],
+            "cells": cells, "pooled_cells": pooled}
 
 
 class _Intervals:
-    """All cells' stored quantiles as padded (cells, bins) tables: one vectorised pass per batch."""
+    """All cells' stored quantiles as padded (cells, bins) tables: one vectorised pass per batch.
+    Rows: the cells, then the pooled cells of the information bins; a sparse cell's tuples use the
+    pooled row of their information bin."""
 
     def __init__(self, cal: dict):
-        self.cuts = np.asarray(cal["neff_cuts"], np.float32)
-        self.v0_cuts = np.asarray(cal.get("v0_cuts", ()), np.float32)  # bundles before the v0 classes: one class
+        self.layout = CellLayout.of(cal)
         cells = cal["cells"]
-        if len(cells) != (len(self.cuts) + 1) * (len(self.v0_cuts) + 1):
-            raise ValueError(f"calibration: {len(cells)} cells, not (information bins) x (v0 classes)")
-        nb = max(len(c["q_bins"]) for c in cells)
-        self.left = np.full((len(cells), nb), np.inf, np.float32)
-        self.right = np.full((len(cells), nb), -np.inf, np.float32)
-        self.q = np.zeros((len(cells), nb), np.float32)
-        self.q_marginal = np.array([c["q_marginal"] for c in cells], np.float32)
-        self.lo_range = np.array([c["bin_edges_nm"][0] for c in cells], np.float32)
-        self.hi_range = np.array([c["bin_edges_nm"][-1] for c in cells], np.float32)
-        for k, c in enumerate(cells):
+        if len(cells) != self.layout.n_cells:
+            raise ValueError(f"calibration: {len(cells)} cells, not the {self.layout.n_cells} of its layout")
+        # bundles calibrated before the pooled cells were stored kept a copy of them in each sparse cell
+        pooled = cal.get("pooled_cells", [])
+        if len(pooled) not in (0, len(self.layout.info_cuts) + 1):
+            raise ValueError(f"calibration: {len(pooled)} pooled cells, not one per information bin")
+        self.sparse = np.array(["q_bins" not in c for c in cells], bool)
+        if self.sparse.any() and not pooled:
+            raise ValueError("calibration: sparse cells without pooled cells to fall back on")
+        rows = [c for c in cells] + list(pooled)
+        nb = max(len(c["q_bins"]) for c in rows if "q_bins" in c)
+        self.left = np.full((len(rows), nb), np.inf, np.float32)
+        self.right = np.full((len(rows), nb), -np.inf, np.float32)
+        self.q = np.zeros((len(rows), nb), np.float32)
+        self.q_marginal = np.zeros(len(rows), np.float32)
+        self.lo_range = np.zeros(len(rows), np.float32)
+        self.hi_range = np.zeros(len(rows), np.float32)
+        self.power = np.zeros(len(rows), np.float32)
+        for k, c in enumerate(rows):
+            if "q_bins" not in c:
+                continue  # never indexed: its tuples go to a pooled row
             e = np.asarray(c["bin_edges_nm"], np.float32)
             self.left[k, :len(e) - 1], self.right[k, :len(e) - 1] = e[:-1], e[1:]
             self.q[k, :len(e) - 1] = c["q_bins"]
-        self.power = np.array([c["photon_power"] for c in cells], np.float32)
+            self.q_marginal[k], self.power[k] = c["q_marginal"], c["photon_power"]
+            self.lo_range[k], self.hi_range[k] = e[0], e[-1]
         from ...core.conformal import warm_up
 
         warm_up()  # the compiled hull, at load time
 
-    def apply(self, raw: np.ndarray, info: np.ndarray, v0: np.ndarray | float = 1.0):
-        """(lower, upper, empty): hull of {y : |y - raw| s(info) <= Q_cell,bin(y)} (core.conformal.apply_intervals)."""
+    def rows(self, info, v0=None, background=None, photons=None) -> np.ndarray:
+        """(n,) table row of each tuple: its cell, or its information bin's pooled row."""
+        k = self.layout.index(info, v0, background, photons)
+        if self.sparse.any():
+            k = np.where(self.sparse[k], len(self.sparse) + self.layout.info_bin(info), k)
+        return k
+
+    def apply(self, raw: np.ndarray, info: np.ndarray, v0: np.ndarray | float = 1.0, background=None, photons=None):
+        """(lower, upper, empty): hull of {y : |y - raw| s(info) <= Q_row,bin(y)} (core.conformal.apply_intervals)."""
         from ...core.conformal import PHOTON_REF, hull
 
-        k = _cell_index(info, self.cuts, v0, self.v0_cuts)
+        k = self.rows(info, v0, background, photons)
         d = np.asarray(raw, np.float32)
         n = np.maximum(np.asarray(info, np.float32), np.float32(1.0)) * np.float32(1.0 / PHOTON_REF)
         inv_s = n ** -self.power[k]
@@ -369,8 +462,11 @@ class GeneralConfig:
     #: (see :mod:`.deshrink`)
     deshrink_later_rulers: int = 7_500_000
     deshrink_later_keeps: tuple[float, ...] = (0.5, 0.5, 0.5)
-    #: v0 class boundaries of the conformal cells (see :func:`calibrate_intervals`)
+    #: class boundaries of the conformal cells: v0, background (counts per exposure), photon count
+    #: (see :func:`calibrate_intervals`)
     interval_v0_cuts: tuple[float, ...] = (0.88, 0.92, 0.96, 0.985, 0.995, 0.999)
+    interval_background_cuts: tuple[float, ...] = (1.0, 2.5, 5.0)
+    interval_photon_cuts: tuple[float, ...] = PHOTON_CUTS
     nthread: int = 2
     space: Space = field(default_factory=Space)
 
@@ -444,11 +540,13 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
         bin_map = debias.fit_by_photons(raw_val, va.y, info["va"], edges, cfg.neff_bins, cfg.debias_iterations)
         bin_map["conditioned_on"] = "pseudo photon count 100 (10 nm / sigma_hat)^2 of the noise booster"
     power = conformal.fit_photon_power(raw_val - va.y, info["va"])
+    bg = {"va": rec.truth["background"][val], "ca": rec.truth["background"][cal]}
     calib = calibrate_intervals(point, ca.X, ca.y, info["ca"], power, cfg.neff_bins, cfg.bin_width_nm,
                                 cfg.confidence_level, raw_val - va.y, info["va"], ca.X[:, _V0], cfg.interval_v0_cuts,
-                                va.X[:, _V0])
+                                va.X[:, _V0], bg["ca"], photons_of(ca.X), bg["va"], photons_of(va.X),
+                                cfg.interval_background_cuts, cfg.interval_photon_cuts)
     d_val = debias.apply(raw_val, bin_map, info["va"])
-    lo, hi, _ = _Intervals(calib).apply(raw_val, info["va"], va.X[:, _V0])
+    lo, hi, _ = _Intervals(calib).apply(raw_val, info["va"], va.X[:, _V0], bg["va"], photons_of(va.X))
     lo, hi = np.minimum(lo, d_val), np.maximum(hi, d_val)
     metrics = {"validation": {"rmse_nm": float(np.sqrt(np.mean((d_val - va.y) ** 2))),
                               "bias_nm": float(np.mean(d_val - va.y)),
@@ -551,11 +649,14 @@ def add_stage(bundle: str = REGIME, rulers: int | None = None, keep: float | Non
 
 
 def recalibrate_intervals(bundle: str = REGIME, rulers: int = 12_000_000, seed: int = 20261131,
-                          v0_cuts: tuple[float, ...] | None = None, space: Space | None = None, log=print) -> dict:
+                          v0_cuts: tuple[float, ...] | None = None, space: Space | None = None, log=print,
+                          background_cuts: tuple[float, ...] | None = None,
+                          photon_cuts: tuple[float, ...] | None = None) -> dict:
     """Conformalise an existing general bundle's intervals afresh (:func:`calibrate_intervals`) on
     ``rulers`` new single-tuple rulers over ``space`` (default: its training space; its boosters
     unchanged): 30 % of them fit the score's exponents, the rest the quantiles. Records the
-    calibration in the manifest."""
+    calibration in the manifest. Cells: :class:`GeneralConfig`'s unless given (``background_cuts``
+    and ``photon_cuts`` both ``()``: v0 class x information bin)."""
     from ...core import conformal, model_bundle
 
     t0 = time.perf_counter()
@@ -572,17 +673,22 @@ def recalibrate_intervals(bundle: str = REGIME, rulers: int = 12_000_000, seed: 
     # one tuple per ruler: a split by tuple is by ruler. Its own stream: default_rng(seed) drew the distances
     va = np.random.default_rng([seed, 1]).random(len(y)) < 0.3
     log(f"[general] {len(y):,} calibration rulers; {time.perf_counter() - t0:.0f} s")
-    v0 = X[:, _V0]
+    v0, bg, photons = X[:, _V0], rec.truth["background"], photons_of(X)
     power = conformal.fit_photon_power(raw[va] - y[va], info[va])
     trained = manifest.get("training", {})  # the bundle's own bins
+    pick = lambda given, default: default if given is None else given  # noqa: E731
     calib = calibrate_intervals(boosters["point"], X[~va], y[~va], info[~va], power,
                                 trained.get("neff_bins", cfg.neff_bins), trained.get("bin_width_nm", cfg.bin_width_nm),
                                 manifest["calibration"]["confidence_level"], raw[va] - y[va], info[va], v0[~va],
-                                cfg.interval_v0_cuts if v0_cuts is None else v0_cuts, v0[va])
+                                pick(v0_cuts, cfg.interval_v0_cuts), v0[va], bg[~va], photons[~va], bg[va], photons[va],
+                                pick(background_cuts, cfg.interval_background_cuts),
+                                pick(photon_cuts, cfg.interval_photon_cuts))
     manifest["calibration"] = _calibration_entry(calib, data={"rulers": int(rulers), "seed": int(seed),
                                                               "power_fraction": 0.3, "space": space.to_dict()})
     model_bundle.write_manifest(directory, manifest)
-    log(f"[general] recalibrated {directory}: {len(calib['cells'])} cells; {time.perf_counter() - t0:.0f} s")
+    sparse = sum("q_bins" not in c for c in calib["cells"])
+    log(f"[general] recalibrated {directory}: {len(calib['cells'])} cells ({sparse} sparse: their information "
+        f"bin's pooled quantiles); {time.perf_counter() - t0:.0f} s")
     return manifest
 
 
@@ -694,7 +800,7 @@ class GeneralPredictor:
         v0 = np.broadcast_to(np.asarray(v0, np.float32), (n,))
         bg = np.broadcast_to(np.asarray(background, np.float32), (n,))
         X = self._features(batch, v0, bg, totals)
-        photons = np.exp(X[:, 8]) - np.float32(1.0)
+        photons = photons_of(X)
         neff = np.exp(X[:, 9])
         raw = np.asarray(self.backend.predict(X), np.float32).reshape(-1)
         info = pseudo_photons(np.asarray(self.noise.predict(np.column_stack([X, raw])), np.float32).reshape(-1))
@@ -703,7 +809,7 @@ class GeneralPredictor:
             d = self.deshrink.apply(raw, X[:, 8], v0, bg, hl)
         else:
             d = debias.apply(raw, self.debias, info)
-        lo, hi, empty = self.intervals.apply(raw, info, v0)
+        lo, hi, empty = self.intervals.apply(raw, info, v0, bg, photons)
         lo, hi = np.minimum(lo, d), np.maximum(hi, d)
         tol = np.float32(1e-4)
         outside = ((photons > self._photons[1]) | empty

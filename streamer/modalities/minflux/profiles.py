@@ -96,10 +96,10 @@ def check_trainable(profile) -> None:
 def train_for_profile(profile, out_dir: Path | None, n_rulers: int | None = None, seed: int = 20261414,
                       nthread: int = 2, progress: bool = True, log=print, **cfg) -> dict:
     """The instrument-aware model trained for ``profile``: same architecture and recipe as the
-    shipped ``general`` bundle (ruler split, point + noise boosters, Mondrian conformal per
-    information bin; ``n_rulers`` None: as many rulers), on v0 / background / L/2 drawn around the
-    profile; the manifest's ``instrument`` entry records the profile (name, hash, values,
-    provenance) and covered ranges."""
+    shipped ``general`` bundle (ruler split, point + noise boosters, Mondrian conformal per v0 x
+    background x photon class, sparse cells per information bin; ``n_rulers`` None: as many rulers),
+    on v0 / background / L/2 drawn around the profile; the manifest's ``instrument`` entry records
+    the profile (name, hash, values, provenance) and covered ranges."""
     from ...core.profile import Coverage
     from .general import GeneralConfig, Space, train_general
 
