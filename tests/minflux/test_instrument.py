@@ -161,8 +161,15 @@ def test_calibrate_train_serve_round_trip(tmp_path):
                  "--info-bins", "2", "--out", str(bundle)]) == 0
     import json
 
-    entry = json.loads((bundle / "manifest.json").read_text())["instrument"]
+    from streamer.modalities.minflux.general import GeneralConfig
+    from streamer.modalities.minflux.profiles import PROFILE_DESHRINK_RULERS
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    entry = manifest["instrument"]
     assert entry["hash"] == fitted.hash and entry["covers"]["half_l"] == [28.0, 32.0]
+    # a profile's de-shrinking stages: PROFILE_DESHRINK_RULERS each, scaled with the training rulers
+    scaled = round(PROFILE_DESHRINK_RULERS * 40_000 / GeneralConfig().n_rulers)
+    assert manifest["deshrink"]["rulers"] == manifest["deshrink"]["stage4"]["rulers"] == scaled
     served = Served({"minflux": "general"}, [fitted], models_dir=tmp_path / "models")
     assert "general-scopeB" in served.model_ids()
     b = rec.tuples[:1000]

@@ -373,7 +373,7 @@ class _Intervals:
         self.sparse = np.array(["q_bins" not in c for c in cells], bool)
         if self.sparse.any() and not pooled:
             raise ValueError("calibration: sparse cells without pooled cells to fall back on")
-        rows = [c for c in cells] + list(pooled)
+        rows = list(cells) + list(pooled)
         nb = max(len(c["q_bins"]) for c in rows if "q_bins" in c)
         self.left = np.full((len(rows), nb), np.inf, np.float32)
         self.right = np.full((len(rows), nb), -np.inf, np.float32)

@@ -93,6 +93,15 @@ def grid_table(rec, cells, distance, lower, upper, mle=None, crb=None) -> dict:
     return {"rows": rows, "summary": summ, "mle": mle, "crb": crb}
 
 
+def _deshrink_note(m: dict) -> str:
+    """", de-shrinking: k stages x n rulers" of a bundle's manifest ("" without the tables)."""
+    ds = m.get("deshrink")
+    if not ds:
+        return ""
+    stages = [ds] + [ds[k] for k in sorted(ds) if k.startswith("stage")]
+    return f"; de-shrinking: {len(stages)} stages x {ds['rulers']:,} rulers"
+
+
 def _fmt(s: dict) -> str:
     if not s["eligible"]:
         return "no eligible cell"
@@ -232,7 +241,7 @@ def run(workdir: Path, quick: bool = False, log=print) -> dict:
                         f"{fit['background_se']:.3f} (10), L/2 {fit['half_l']:.2f} nm (30), from one stream of "
                         f"{n_tr} bleaching traces x 4,000 tuples"),
         "training": f"{train_s:.0f} s ({n_rulers:,} rulers x 2 tuples, {m['training']['trees']['point']} + "
-                    f"{m['training']['trees']['noise']} trees)",
+                    f"{m['training']['trees']['noise']} trees{_deshrink_note(m)})",
         "B's model on B": ("PASS" if ok_bb else "FAIL") + f" {_fmt(fb)} (pass share {share_b:.0%} vs A's {share_a:.0%})",
         "A's model on A": _fmt(fa),
         "detail": detail,

@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--instrument", default=None, metavar="PROFILE.toml",
                    help="train the instrument-aware model for this profile (v0 +- 0.03, background x/÷ 1.3, L/2 +- 2 nm "
-                        "around it; ~1-3 min on 2 cores); writes compiled_models/minflux/general-<name> (or --out)")
+                        "around it; ~5 min on 2 cores: boosters and four de-shrinking stages); writes "
+                        "compiled_models/minflux/general-<name> (or --out)")
     p.add_argument("--info-bins", type=int, default=None,
                    help="with --instrument: information bins of the pooled conformal cells a sparse (v0 x background x "
                         "photon) cell falls back on (default 16; fewer for small --n-groups: every cell needs >= 100 "
