@@ -317,8 +317,9 @@ def calibrate_intervals(booster, X, y, neff, power, n_bins: int, bin_width: floa
     shaped errors given the true distance (the posterior mean shrinks differently), so information
     bins left single instruments off by up to ~10 points (v0 = 1, b = 6, 200 photons at 12.5 nm:
     0.80). Measured on two development grids of the issue (cells within 85-95 % of 90): 86 / 83
-    with 7 v0 classes x 16 information bins, 90 / 90 with 7 x 4 background x 16 photon classes
-    (90 / 89 with 12), and 2 nm narrower intervals on average."""
+    with 7 v0 classes x 16 information bins, 89 / 89 with 7 x 4 background x 16 photon classes
+    (the shipped calibrations; 90 / 90 in a scratch re-calibration on other rulers, 90 / 89 there
+    with 12 photon classes), and intervals ~2 nm narrower on average (bench/RESULTS.md)."""
     from ...core import conformal
 
     cuts = np.quantile(neff, np.linspace(0, 1, n_bins + 1)[1:-1])
