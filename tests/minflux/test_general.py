@@ -128,7 +128,10 @@ def test_shipped_general_bundle_is_small_and_complete():
     assert m["regime"] == "general" and set(m["boosters"]) == {"point", "noise"}
     assert m["deshrink"]["file"] in m["sha256"] and m["deshrink"]["keep"] == 0.7
     assert deshrink.later_keeps(m["deshrink"]) == list(general.GeneralConfig().deshrink_later_keeps)
-    assert m["calibration"]["v0_cuts"] == list(general.GeneralConfig().interval_v0_cuts)
+    cfg, cal = general.GeneralConfig(), m["calibration"]
+    assert (cal["v0_cuts"], cal["background_cuts"], cal["photon_cuts"]) == (
+        list(cfg.interval_v0_cuts), list(cfg.interval_background_cuts), list(cfg.interval_photon_cuts))
+    assert all("q_bins" in c for c in cal["cells"])  # 12 M calibration rulers: no cell falls back on a pooled one
     assert m["flags"]["v0_range"][0] <= 0.8 and m["flags"]["v0_range"][1] >= 1.0
     assert m["flags"]["background_range"][0] <= 0.2 and m["flags"]["background_range"][1] >= 8.0
     assert m["data"]["space"]["d_range_nm"][0] <= 3 and m["data"]["space"]["d_range_nm"][1] >= 60
