@@ -34,15 +34,10 @@ X_EDGES = np.arange(-10.0, 90.01, 0.5)
 
 def simulate(gp, d_values, rulers: int, v0: float, background: float, photons: float, half_l: float, seed: int):
     """(true d, posterior mean, shipped de-shrunk distance) of ``rulers`` one-tuple rulers per distance."""
-    from streamer.modalities.minflux.general import Space, simulate_rulers
+    from streamer.modalities.minflux.offgrid import simulate_rulers_as_graded
 
-    sp = Space()
-    rng = np.random.default_rng(seed)
     d = np.repeat(np.asarray(d_values, float), rulers)
-    n = len(d)
-    rec = simulate_rulers(d, rng.uniform(0, np.pi, n), np.full(n, v0), np.full(n, background),
-                          rng.uniform(*sp.brightness_ratio_range, n), np.full(n, photons), np.full(n, half_l), 1,
-                          rng, sp.photon_cv, sp.centre_error_nm, {})
+    rec = simulate_rulers_as_graded(d, v0, background, photons, half_l, 1, np.random.default_rng(seed), {})
     return d, gp.raw_distance(rec.tuples, v0, background), gp.predict_with(rec.tuples, v0, background).distance
 
 

@@ -345,8 +345,10 @@ def calibrate_intervals(booster, X, y, neff, power, n_bins: int, bin_width: floa
         return np.bincount(conformal.bin_index(y[sel], edges), minlength=len(edges) - 1).min() >= 100
 
     pooled = [cell(idx == k, None if vidx is None else vidx == k) for k in range(n_bins)]
-    cells = [cell(cell_of == j, None if vcell is None else vcell == j) if enough(cell_of == j) else {"pooled": True}
-             for j in range(layout.n_cells)]
+    cells = []
+    for j in range(layout.n_cells):
+        sel = cell_of == j
+        cells.append(cell(sel, None if vcell is None else vcell == j) if enough(sel) else {"pooled": True})
     axes = ("v0 class x background class x photon class" if layout.by_instrument
             else "v0 class x information quantile bin")
     return {"method": f"split conformal, Mondrian by ({axes}) x (true-distance bin), MAPIE per cell "

@@ -34,16 +34,13 @@ PHOTON_GRID = (50.0, 200.0, 800.0)
 
 def simulate_grid(v0: float, background: float, half_l: float, rulers_per_cell: int, tuples_per_ruler: int, seed: int):
     """Rulers of one instrument over distance x photons; ``truth['cell']`` indexes the cells."""
-    from .general import Space, simulate_rulers
+    from .offgrid import simulate_rulers_as_graded
 
-    sp = Space()
     rng = np.random.default_rng(seed)
     cells = list(itertools.product(D_GRID, PHOTON_GRID))
     grid = np.repeat(np.asarray(cells, float), rulers_per_cell, axis=0)
-    r = len(grid)
-    rec = simulate_rulers(grid[:, 0], rng.uniform(0, np.pi, r), np.full(r, v0), np.full(r, background),
-                          rng.uniform(*sp.brightness_ratio_range, r), grid[:, 1], np.full(r, half_l), tuples_per_ruler,
-                          rng, sp.photon_cv, sp.centre_error_nm, {"seed": seed})
+    rec = simulate_rulers_as_graded(grid[:, 0], v0, background, grid[:, 1], half_l, tuples_per_ruler, rng,
+                                    {"seed": seed})
     rec.truth["cell"] = np.repeat(np.arange(len(cells)), rulers_per_cell * tuples_per_ruler)
     return rec, cells
 
@@ -95,11 +92,12 @@ def grid_table(rec, cells, distance, lower, upper, mle=None, crb=None) -> dict:
 
 def _deshrink_note(m: dict) -> str:
     """", de-shrinking: k stages x n rulers" of a bundle's manifest ("" without the tables)."""
+    from .deshrink import later_keeps
+
     ds = m.get("deshrink")
     if not ds:
         return ""
-    stages = [ds] + [ds[k] for k in sorted(ds) if k.startswith("stage")]
-    return f"; de-shrinking: {len(stages)} stages x {ds['rulers']:,} rulers"
+    return f"; de-shrinking: {1 + len(later_keeps(ds))} stages x {ds['rulers']:,} rulers"
 
 
 def _fmt(s: dict) -> str:

@@ -22,21 +22,32 @@ BG_GRID = (0.5, 2.0, 6.0)
 PHOTON_GRID = (50.0, 200.0, 800.0)
 
 
-def simulate_grid(rulers_per_cell: int, tuples_per_ruler: int, seed: int, half_l: float = 15.0):
-    """One recording holding every cell; ``truth['cell']`` indexes :func:`cells`."""
+def simulate_rulers_as_graded(d, v0, background, photons, half_l, tuples_per_ruler: int,
+                              rng: np.random.Generator, meta: dict):
+    """Rulers as the evaluation grids draw them: per ruler the given distance, instrument and photon
+    budget (arrays of the rulers' length, or scalars), a random orientation and brightness ratio,
+    the training space's photon spread and centre error."""
     from .general import Space, simulate_rulers
 
     sp = Space()
+    d = np.asarray(d, float)
+    n = len(d)
+    full = lambda a: np.broadcast_to(np.asarray(a, float), (n,)).copy()  # noqa: E731
+    theta = rng.uniform(0.0, np.pi, n)
+    g2 = rng.uniform(*sp.brightness_ratio_range, n)
+    return simulate_rulers(d, theta, full(v0), full(background), g2, full(photons), full(half_l), tuples_per_ruler,
+                           rng, sp.photon_cv, sp.centre_error_nm, meta)
+
+
+def simulate_grid(rulers_per_cell: int, tuples_per_ruler: int, seed: int, half_l: float = 15.0):
+    """One recording holding every cell; ``truth['cell']`` indexes :func:`cells`."""
     rng = np.random.default_rng(seed)
     cells = list(itertools.product(D_GRID, V0_GRID, BG_GRID, PHOTON_GRID))
     r = rulers_per_cell
     grid = np.repeat(np.asarray(cells, float), r, axis=0)
-    n_r = len(grid)
-    theta = rng.uniform(0.0, np.pi, n_r)
-    g2 = rng.uniform(*sp.brightness_ratio_range, n_r)
-    rec = simulate_rulers(grid[:, 0], theta, grid[:, 1], grid[:, 2], g2, grid[:, 3], np.full(n_r, half_l),
-                          tuples_per_ruler, rng, sp.photon_cv, sp.centre_error_nm,
-                          {"regime": "offgrid", "seed": seed, "rulers_per_cell": r, "tuples_per_ruler": tuples_per_ruler})
+    rec = simulate_rulers_as_graded(grid[:, 0], grid[:, 1], grid[:, 2], grid[:, 3], half_l, tuples_per_ruler, rng,
+                                    {"regime": "offgrid", "seed": seed, "rulers_per_cell": r,
+                                     "tuples_per_ruler": tuples_per_ruler})
     rec.truth["cell"] = np.repeat(np.arange(len(cells)), r * tuples_per_ruler)
     return rec, cells
 
