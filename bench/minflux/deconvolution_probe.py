@@ -11,9 +11,12 @@ map T(x) minimising
     sum_d w_d (E[T(x) | d] - d)^2  +  mu sum_d w_d E[(T(x) - d)^2 | d]  +  lam |T''|^2
 
 (w_d = 1 on 3-60 nm, 0.2 outside), a linear least-squares problem: the squared bias plus mu times
-the mean squared error. It then scores T and the shipped de-shrunk distance on fresh rulers. Not
-served anywhere: the served form would need T per instrument node (like the response tables).
-Prints one row per (lam, mu) and distance: bias / RMSE of T against the shipped de-shrinking.
+the mean squared error. It then scores T and the bundle's served distance on fresh rulers. The
+served form (``streamer/modalities/minflux/deconvolution.py``, since the eleventh session) solves T
+per instrument and photon node with the issue's scales (bias / tolerance, error / CRB) and
+interpolates it between nodes; this probe stays a per-instrument diagnostic ("shipped" below is
+whatever the bundle serves: since then that served T).
+Prints one row per (lam, mu) and distance: bias / RMSE of T against the bundle's served distance.
 """
 
 from __future__ import annotations

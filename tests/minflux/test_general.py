@@ -48,7 +48,7 @@ def tiny_general(tmp_path_factory):
     cfg = general.GeneralConfig(n_rulers=6000, tuples_per_ruler=2, max_rounds=8, noise_rounds=5, max_depth=4,
                                 noise_depth=3, neff_bins=2, bin_width_nm=11.0, nthread=1,
                                 deshrink_rulers=20_000, deshrink_later_rulers=20_000,
-                                deshrink_later_keeps=(0.5,))
+                                deshrink_later_keeps=(0.5,), deconvolution_rulers_per_cell=0)
     manifest = general.train_general(cfg, out, log=lambda *a: None)
     return out, manifest
 
@@ -124,7 +124,7 @@ def test_shipped_general_bundle_is_small_and_complete():
 
     m = model_bundle.load_manifest("minflux/general")
     size = sum(f.stat().st_size for f in model_bundle.bundle_dir("minflux/general").iterdir() if f.is_file())
-    assert size < 8_000_000  # of which the response tables (deshrink.npz, four stages) ~6.4 MB
+    assert size < 10_000_000  # 9.6 MB, of which deshrink.npz (four stages, the deconvolution) 8.5 MB
     assert m["regime"] == "general" and set(m["boosters"]) == {"point", "noise"}
     assert m["deshrink"]["file"] in m["sha256"] and m["deshrink"]["keep"] == 0.7
     assert deshrink.later_keeps(m["deshrink"]) == list(general.GeneralConfig().deshrink_later_keeps)
@@ -168,6 +168,47 @@ def test_bundle_gets_later_stages_and_fresh_intervals(tiny_general, tmp_path):
     out_ = p.predict_with(rec.tuples, 0.9, 2.0)
     inside = np.isfinite(out_.lower)
     assert inside.mean() > 0.5 and (out_.lower[inside] <= out_.distance[inside]).all()
+
+
+def test_bundle_gets_a_deconvolution(tiny_general, tmp_path):
+    """general.add_deconvolution on a copy of the tiny bundle: simulated, solved, recorded, served; its
+    saved counts read back; counts of other rulers refused."""
+    import shutil
+
+    out, _ = tiny_general
+    b = tmp_path / "general"
+    shutil.copytree(out, b)
+    before = general.GeneralPredictor(b, backend="xgboost").model_id
+    counts = tmp_path / "counts.npz"
+    lines = []
+    m = general.add_deconvolution(b, rulers_per_cell=1, mu=3.0, workers=1, counts=counts, log=lines.append)
+    entry = m["deshrink"]["deconvolution"]
+    assert (entry["rulers_per_cell"], entry["mu"], entry["seed"]) == (1, 3.0, m["data"]["seed"] + 601)
+    assert counts.is_file() and any("counts saved" in line for line in lines)
+    p = general.GeneralPredictor(b, backend="xgboost")  # hashes checked on load
+    assert p.deshrink.deconv is not None and p.model_id != before
+    rec = _rulers([20.0, 30.0], 0.9, 2.0, 300.0, 15.0, m=50, seed=3)
+    got = p.predict_with(rec.tuples, 0.9, 2.0)
+    inside = np.isfinite(got.lower)
+    assert np.isfinite(got.distance).all() and (got.lower[inside] <= got.distance[inside]).all()
+    # the saved counts: each node from its own stream, so one node simulated alone gives the same counts
+    seed = entry["seed"]
+    saved = general._read_counts(counts, seed, 1)
+    alone = general._deconvolution_counts(str(b), [(3, 2, 1)], 1, seed)
+    assert np.array_equal(saved[(3, 2, 1)], alone[(3, 2, 1)]) and saved[(3, 2, 1)].sum() > 0
+    with pytest.raises(ValueError, match="rulers per cell"):
+        general.add_deconvolution(b, rulers_per_cell=2, workers=1, counts=counts, log=lambda *a: None)
+    # the trained-range flag reads the posterior mean, not the unclamped deconvolved distance: with
+    # T = x + 45 the served distances leave 2-68 nm, the posterior means do not
+    from streamer.modalities.minflux import deconvolution
+
+    arrays = dict(np.load(b / "deshrink.npz"))
+    arrays["deconv"] = np.broadcast_to(deconvolution.SERVED_X + 45.0, arrays["deconv"].shape).astype(np.float16)
+    general._write_response_table(b, m, arrays, lambda *a: None)
+    shifted = general.GeneralPredictor(b, backend="xgboost").predict_with(rec.tuples, 0.9, 2.0)
+    raw = p.raw_distance(rec.tuples, 0.9, 2.0)
+    assert np.allclose(shifted.distance, raw + 45.0, atol=0.1) and (shifted.distance > 68.0).mean() > 0.5
+    assert np.array_equal(shifted.flags & FLAG_OUT_OF_RANGE, got.flags & FLAG_OUT_OF_RANGE)
 
 
 class _Identity:

@@ -34,6 +34,10 @@ stage 4 on stage 3 at 0.5, keep 0 / 0.3 / 0.5 / 0.7: 71 / 78 / 82 / 81 (RMSE in 
 a fifth stage met 83 at best (not shipped). The shipped bundle has stages 1-4 (keeps 0.7, 0.5,
 0.5, 0.5). Per instrument all stages are folded into one table over (photons, booster output):
 one bilinear lookup per tuple.
+
+A bundle whose manifest records a ``deconvolution`` serves instead the maps T(booster output) of
+:mod:`.deconvolution`, solved per node for the bias directly (``deconv`` in the same file): per
+instrument they are interpolated between the nodes like the responses, and read by the same lookup.
 """
 
 from __future__ import annotations
@@ -222,7 +226,7 @@ def fit_later_stage(raw_of, simulate, draw_instruments, space, arrays: dict, kee
 # --------------------------------------------------------------------------- run time
 
 
-def _crb_table(v0: float, b: float, half_l: float, log1p_n: np.ndarray, d: np.ndarray, n_theta: int = 2) -> np.ndarray:
+def crb_table(v0: float, b: float, half_l: float, log1p_n: np.ndarray, d: np.ndarray, n_theta: int = 2) -> np.ndarray:
     """(K, J) RMS over orientation of the per-tuple CRB at the nodes (pair centred on the pattern).
 
     Computed on every 3rd photon node and every 4th distance node and interpolated (in log CRB) to
@@ -332,9 +336,12 @@ def _soft_step(x: np.ndarray, full: np.ndarray, tol: np.ndarray) -> np.ndarray:
 class Deshrink:
     """The shipped response table(s); per instrument (quantised, cached) the folded table."""
 
-    def __init__(self, arrays, keep: float, later: Sequence[float] = (), cache: int = 256):
+    def __init__(self, arrays, keep: float, later: Sequence[float] = (), cache: int = 256,
+                 deconvolution: bool = False):
         """``later``: the keeps of stages 2, 3, ... (their tables ``resid2``, ``resid3``, ... must be in
-        ``arrays``); tables of stages without a keep are not used (a bundle's manifest lists its stages)."""
+        ``arrays``); tables of stages without a keep are not used (a bundle's manifest lists its stages).
+        ``deconvolution``: serve the per-instrument maps T (``deconv`` on the nodes ``deconv_x``, see
+        :mod:`.deconvolution`) instead of the stages' folded table."""
         # u falls as v0 rises: the table's v0 axis reversed, so that u increases along it (np.interp)
         self.v0_u = v0_coordinate(np.asarray(arrays["v0"], np.float64))[::-1]
         self.log_b = np.asarray(arrays["log_b"], np.float64)
@@ -359,6 +366,15 @@ class Deshrink:
                 raise ValueError(f"deshrink table: {name} has shape {r.shape}, not that of the nodes")
         self.keep = float(keep)
         self._n_axis, self._f_axis = _Uniform(self.log1p_n), _Uniform(F_NODES)
+        self.deconv = None
+        if deconvolution:
+            if "deconv" not in arrays or "deconv_x" not in arrays:
+                raise ValueError("deshrink table: the deconvolution asked for, its deconv / deconv_x missing")
+            x = np.asarray(arrays["deconv_x"], np.float64)
+            self.deconv = np.ascontiguousarray(np.asarray(arrays["deconv"], np.float32)[::-1])
+            if self.deconv.shape != shape[:4] + (len(x),):
+                raise ValueError(f"deshrink table: deconv has shape {self.deconv.shape}, not that of the nodes")
+            self._f_axis = _Uniform(x)
         # the distance and booster-output nodes as (photon node, node) rows, once: every table build reads them
         self._d_rows = _rows(self.d, (len(self.log1p_n), len(self.d)))
         self._f_rows = _rows(F_NODES, (len(self.log1p_n), len(F_NODES)))
@@ -378,8 +394,9 @@ class Deshrink:
             np.round(np.asarray(half_l, np.float64) * _L_STEPS)]).astype(np.int64)
 
     def _curve(self, resid: np.ndarray, v0: float, b: float, hl: float) -> np.ndarray:
-        """(K, J) response of one instrument: multilinear in (u(v0), log b, L/2) over the 8 surrounding nodes."""
-        curve = np.zeros((len(self.log1p_n), len(self.d)), np.float64)
+        """(K, J) response (or map T) of one instrument: multilinear in (u(v0), log b, L/2) over the 8
+        surrounding nodes."""
+        curve = np.zeros(resid.shape[3:], np.float64)
         axes = [(self.v0_u, float(v0_coordinate(v0))), (self.log_b, math.log(b)), (self.half_l, hl)]
         pos = [_axis_position(x, nodes) for nodes, x in axes]
         for corner in range(8):
@@ -399,18 +416,22 @@ class Deshrink:
         floor = self._floor.get(tkey)
         if floor is None:
             tv0, tb, hl = _instrument(*tkey, coarser=_TOL_COARSER)
-            floor = np.ascontiguousarray(np.maximum(1.0, 0.1 * _crb_table(tv0, tb, hl, self.log1p_n, self.d)))
+            floor = np.ascontiguousarray(np.maximum(1.0, 0.1 * crb_table(tv0, tb, hl, self.log1p_n, self.d)))
             _lru_put(self._floor, tkey, floor, self._size)
         return floor
 
     def table(self, key: tuple[int, int, int]) -> np.ndarray:
         """(K, F) raveled float32: the de-shrunk distance at each (photon node, booster output node) of
-        one instrument code, all stages folded in."""
+        one instrument code, all stages folded in (or the deconvolution's map)."""
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
         v0, b, hl = _instrument(*key)
+        if self.deconv is not None:
+            folded = np.ascontiguousarray(self._curve(self.deconv, v0, b, hl), np.float32).ravel()
+            _lru_put(self._cache, key, folded, self._size)
+            return folded
         floor = self._tolerance_floor(key)
         out = self._f_rows
         for resid, keep in [(self.resid, self.keep)] + self.stages:

@@ -285,8 +285,9 @@ class CellLayout:
 
 
 #: seed offset (from the bundle's training seed) of the rulers of the response table's first stage;
-#: stage k's rulers use _STAGE1_SEED + k - 1
+#: stage k's rulers use _STAGE1_SEED + k - 1; the deconvolution's (:mod:`.deconvolution`) _DECONVOLUTION_SEED
 _STAGE1_SEED = 515
+_DECONVOLUTION_SEED = 601
 
 #: a cell with fewer calibration tuples (or a distance bin of fewer than 100) uses the pooled
 #: quantiles of each tuple's information bin
@@ -465,6 +466,12 @@ class GeneralConfig:
     #: (see :mod:`.deshrink`)
     deshrink_later_rulers: int = 7_500_000
     deshrink_later_keeps: tuple[float, ...] = (0.5, 0.5, 0.5)
+    #: rulers per (instrument node, photon node, distance node) of the deconvolution that replaces the
+    #: stages when served (0: none; see :mod:`.deconvolution`), its weight of the MSE against the
+    #: squared bias and its curvature penalty
+    deconvolution_rulers_per_cell: int = 700
+    deconvolution_mu: float = 3.0
+    deconvolution_lam: float = 1.0
     #: class boundaries of the conformal cells: v0, background (counts per exposure), photon count
     #: (see :func:`calibrate_intervals`)
     interval_v0_cuts: tuple[float, ...] = (0.88, 0.92, 0.96, 0.985, 0.995, 0.999)
@@ -480,6 +487,9 @@ class GeneralConfig:
         """Train on ``n_rulers`` rulers; the response table's rulers scale with them."""
         self.deshrink_rulers = int(round(self.deshrink_rulers * n_rulers / self.n_rulers))
         self.deshrink_later_rulers = int(round(self.deshrink_later_rulers * n_rulers / self.n_rulers))
+        if self.deconvolution_rulers_per_cell > 0:
+            self.deconvolution_rulers_per_cell = max(1, int(round(self.deconvolution_rulers_per_cell * n_rulers
+                                                                  / self.n_rulers)))
         self.n_rulers = int(n_rulers)
 
 
@@ -596,6 +606,9 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
     if out_dir is not None:
         manifest = model_bundle.save_bundle(Path(out_dir), manifest, {"point": point, "noise": noise}, tables)
         log(f"[general] wrote {out_dir}")
+        if tables and cfg.deconvolution_rulers_per_cell > 0:  # its workers read the saved boosters
+            manifest = add_deconvolution(out_dir, cfg.deconvolution_rulers_per_cell, cfg.deconvolution_mu,
+                                         cfg.deconvolution_lam, cfg.nthread, log=log)
     manifest["_boosters"] = {"point": point, "noise": noise}
     return manifest
 
@@ -649,6 +662,80 @@ def add_stage(bundle: str = REGIME, rulers: int | None = None, keep: float | Non
     table = _later_stage(_posterior_mean_of(boosters["point"], len(manifest["feature_names"])),
                          Space(**manifest["data"]["space"]), table, ds, keep, cfg, manifest["data"]["seed"], log)
     return _write_response_table(directory, manifest, table, log)
+
+
+def add_deconvolution(bundle: str | Path = REGIME, rulers_per_cell: int = 700, mu: float = 3.0, lam: float = 1.0,
+                      workers: int = 2, counts: str | Path | None = None, log=print) -> dict:
+    """Solve the per-instrument deconvolution tables (:mod:`.deconvolution`) of an existing general
+    bundle (its boosters, stages and intervals unchanged) and record them in its manifest: served,
+    they replace the stages' folded table. ``workers`` processes simulate the instrument nodes
+    (~540 x 67 x 24 x ``rulers_per_cell`` rulers: 6 x 10^8 at 700, ~20 min on 2 cores).
+    ``counts``: a file the simulated conditional counts are saved to, or read from when it exists
+    (to solve again with another ``mu`` / ``lam`` without simulating; it must match the seed and rulers).
+    The intervals stay as they are: they are calibrated around the posterior mean, and extended to
+    contain the served distance."""
+    from . import deconvolution
+
+    t0 = time.perf_counter()
+    manifest, directory, _ = _open_bundle(bundle, ())
+    ds = manifest.get("deshrink")
+    if not ds:
+        raise ValueError(f"bundle {directory}: no response table (deshrink) to add the deconvolution to")
+    seed = manifest["data"]["seed"] + _DECONVOLUTION_SEED
+    nodes = deconvolution.instrument_nodes()
+    if counts is not None and Path(counts).is_file():
+        tab = _read_counts(counts, seed, rulers_per_cell)
+        source = "read from a file of simulated counts"
+        log(f"[deconvolution] counts read from {counts}")
+    else:
+        shards = [nodes[i::workers] for i in range(max(1, workers))]
+        args = [(str(directory), shard, rulers_per_cell, seed) for shard in shards]
+        if len(shards) == 1:
+            parts = [_deconvolution_counts(*args[0])]
+        else:  # spawned, not forked: the parent's xgboost / OpenMP threads must not be copied mid-state
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(len(shards), mp_context=multiprocessing.get_context("spawn")) as ex:
+                parts = list(ex.map(_deconvolution_counts, *zip(*args)))
+        tab = {node: c for part in parts for node, c in part.items()}
+        source = f"simulated ({len(shards)} workers, {time.perf_counter() - t0:.0f} s)"
+        if counts is not None:
+            stacked = np.zeros(tuple(n + 1 for n in nodes[-1]) + next(iter(tab.values())).shape, np.float32)
+            for node, c in tab.items():
+                stacked[node] = c
+            np.savez(counts, counts=stacked, seed=seed, rulers_per_cell=rulers_per_cell)
+            log(f"[deconvolution] counts saved to {counts}")
+    tables = deconvolution.solve_tables(tab, mu, lam)
+    arrays = {name: v for name, v in np.load(directory / ds["file"]).items()}
+    arrays.update(deconv=tables.astype(np.float16), deconv_x=deconvolution.SERVED_X)
+    ds["deconvolution"] = deconvolution.manifest_entry(mu, lam, rulers_per_cell, seed, time.perf_counter() - t0, source)
+    log(f"[deconvolution] {len(nodes)} instrument nodes solved; {time.perf_counter() - t0:.0f} s")
+    return _write_response_table(directory, manifest, arrays, log)
+
+
+def _read_counts(path: str | Path, seed: int, rulers_per_cell: int) -> dict:
+    """The conditional counts :func:`add_deconvolution` saved, per instrument node; refused unless
+    they were simulated with ``seed`` and ``rulers_per_cell``."""
+    from . import deconvolution
+
+    with np.load(path) as z:
+        if int(z["seed"]) != seed or int(z["rulers_per_cell"]) != rulers_per_cell:
+            raise ValueError(f"{path}: counts of seed {int(z['seed'])}, {int(z['rulers_per_cell'])} rulers per "
+                             f"cell; this bundle needs seed {seed}, {rulers_per_cell}")
+        stacked = z["counts"]
+    return {node: stacked[node] for node in deconvolution.instrument_nodes()}
+
+
+def _deconvolution_counts(directory: str, nodes, rulers_per_cell: int, seed: int) -> dict:
+    """One worker's share of :func:`add_deconvolution`'s simulation (a top-level function: spawned)."""
+    from . import deconvolution
+
+    manifest, _, boosters = _open_bundle(directory, ("point",))
+    boosters["point"].set_param({"nthread": 1})
+    raw_of = _posterior_mean_of(boosters["point"], len(manifest["feature_names"]))
+    return deconvolution.simulate_counts(raw_of, simulate_rulers, Space(**manifest["data"]["space"]), rulers_per_cell,
+                                         seed, nodes)
 
 
 def recalibrate_intervals(bundle: str = REGIME, rulers: int = 12_000_000, seed: int = 20261131,
@@ -767,9 +854,10 @@ class GeneralPredictor:
         ds = self.manifest.get("deshrink")  # bundles trained before the response table ship the posterior mean
         if ds and ds["file"] not in self.manifest["sha256"]:
             raise ValueError(f"bundle {directory}: {ds['file']} has no sha256 in the manifest")
-        self.deshrink = (deshrink.Deshrink(np.load(directory / ds["file"]), ds["keep"], deshrink.later_keeps(ds))
-                         if ds else None)
+        self.deshrink = (deshrink.Deshrink(np.load(directory / ds["file"]), ds["keep"], deshrink.later_keeps(ds),
+                                           deconvolution="deconvolution" in ds) if ds else None)
         self.intervals = _Intervals(self.manifest["calibration"])
+        self._deconvolution = self.deshrink is not None and self.deshrink.deconv is not None
         f = self.manifest["flags"]
         self._photons = (np.float32(f["low_photons_below"]), np.float32(f["out_of_range_photons_above"]))
         self._v0, self._bg, self._hl = f["v0_range"], f["background_range"], f["half_l_range_nm"]
@@ -813,13 +901,17 @@ class GeneralPredictor:
         else:
             d = debias.apply(raw, self.debias, info)
         lo, hi, empty = self.intervals.apply(raw, info, v0, bg, photons)
+        # the trained distance range is checked on the posterior mean when the deconvolution serves: its
+        # estimate is unbiased, not clamped, so it leaves the range by noise where the posterior mean
+        # (a mean over trained distances) does not (the stages' inverse is clamped to the range)
+        ranged = raw if self._deconvolution else d
         lo, hi = np.minimum(lo, d), np.maximum(hi, d)
         tol = np.float32(1e-4)
         outside = ((photons > self._photons[1]) | empty
                    | (v0 < self._v0[0] - tol) | (v0 > self._v0[1] + tol)
                    | (bg < self._bg[0] - tol) | (bg > self._bg[1] + tol)
                    | (hl < self._hl[0] - 0.01) | (hl > self._hl[1] + 0.01)
-                   | (d < self._d[0]) | (d > self._d[1]))
+                   | (ranged < self._d[0]) | (ranged > self._d[1]))
         low = (photons < self._photons[0]) | (neff < self._neff_low) | (info < self._info_low)
         flags = np.where(outside, FLAG_OUT_OF_RANGE, 0).astype(np.uint8)
         flags |= np.where(low, FLAG_LOW_PHOTONS, 0).astype(np.uint8)

@@ -115,6 +115,9 @@ def train_for_profile(profile, out_dir: Path | None, n_rulers: int | None = None
     # de-shrinking rulers is still ~20x denser. Measured on bench/profiles.py's B: 286 s instead of
     # 1,219 s of training, 7 of 8 cells either way (max |bias| 1.56 against 1.51 nm)
     config.deshrink_rulers = config.deshrink_later_rulers = PROFILE_DESHRINK_RULERS
+    # the deconvolution simulates every node of the full table (~20 min on 2 cores), most of them
+    # outside a profile's space: a profile's bundle serves its de-shrinking stages
+    config.deconvolution_rulers_per_cell = 0
     if n_rulers is not None:
         config.scale_rulers(n_rulers)
     for k, v in cfg.items():
