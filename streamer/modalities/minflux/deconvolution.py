@@ -2,8 +2,8 @@
 
 The de-shrinking stages (:mod:`.deshrink`) invert the *mean* response of the posterior mean x.
 Where x spreads widely (few photons; v0 0.93 at 45 nm) inverting a mean leaves a bias,
-E[m^-1(x)] != m^-1(E[x]), and iterating it converges slowly: on the development grid four stages
-left 5 of 90 cells biased. Here the correction is solved for directly. Per instrument node
+E[m^-1(x)] != m^-1(E[x]), and iterating it converges slowly: four stages left 5 of the issue
+grid's 90 cells biased (3 on the development grid). Here the correction is solved for directly. Per instrument node
 (v0, b, L/2) and photon node N, rulers are simulated on the 1-nm distance nodes, P(x | d, N) is
 tabulated on 0.5-nm bins of x, and T is the map that minimises
 
@@ -19,8 +19,8 @@ Rulers are counted into photon nodes by their *measured* photon count (linear we
 log1p N), the quantity T is looked up with; their nominal budget is drawn log-uniformly over the
 photon nodes' span, so each (photon node, distance node) pair holds ~``rulers_per_cell``.
 
-``mu`` and the number of rulers were chosen on the development grid (seed 4242, never the test
-grid): bench/RESULTS.md, "a per-instrument deconvolution".
+``mu`` was chosen on the development grid (seed 4242, never the test grid), the number of rulers
+with the tenth session's probe there: bench/RESULTS.md, "the per-instrument deconvolution, served".
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def instrument_nodes() -> list[tuple[int, int, int]]:
 
 
 def node_instrument(node: tuple[int, int, int]) -> tuple[float, float, float]:
+    """(v0, b, L/2) of a node."""
     i, j, k = node
     return deshrink.V0_NODES[i], float(np.exp(deshrink.LOG_B_NODES[j])), deshrink.HALF_L_NODES[k]
 
