@@ -124,10 +124,11 @@ def test_shipped_general_bundle_is_small_and_complete():
 
     m = model_bundle.load_manifest("minflux/general")
     size = sum(f.stat().st_size for f in model_bundle.bundle_dir("minflux/general").iterdir() if f.is_file())
-    assert size < 10_000_000  # 9.6 MB, of which deshrink.npz (four stages, the deconvolution) 8.5 MB
+    assert size < 6_000_000  # 4.8 MB, of which deshrink.npz (stage 1 and its nodes, the deconvolution) 3.7 MB
     assert m["regime"] == "general" and set(m["boosters"]) == {"point", "noise"}
     assert m["deshrink"]["file"] in m["sha256"] and m["deshrink"]["keep"] == 0.7
-    assert deshrink.later_keeps(m["deshrink"]) == list(general.GeneralConfig().deshrink_later_keeps)
+    # the deconvolution serves; the later stages, which it replaces, are not shipped
+    assert "deconvolution" in m["deshrink"] and deshrink.later_keeps(m["deshrink"]) == []
     cfg, cal = general.GeneralConfig(), m["calibration"]
     assert (cal["v0_cuts"], cal["background_cuts"], cal["photon_cuts"]) == (
         list(cfg.interval_v0_cuts), list(cfg.interval_background_cuts), list(cfg.interval_photon_cuts))
@@ -170,6 +171,26 @@ def test_bundle_gets_later_stages_and_fresh_intervals(tiny_general, tmp_path):
     assert inside.mean() > 0.5 and (out_.lower[inside] <= out_.distance[inside]).all()
 
 
+def test_recipe_with_the_deconvolution_skips_the_later_stages(tmp_path, monkeypatch):
+    """train_general with the deconvolution on: stage 1 only, then add_deconvolution on the saved bundle."""
+    calls = []
+
+    def fake(out_dir, rulers_per_cell, mu, lam, workers, log=print):
+        calls.append((out_dir, rulers_per_cell, mu, lam, workers))
+        from streamer.core import model_bundle
+
+        return model_bundle.load_manifest(out_dir)
+
+    monkeypatch.setattr(general, "add_deconvolution", fake)
+    cfg = general.GeneralConfig(n_rulers=6000, tuples_per_ruler=2, max_rounds=4, noise_rounds=3, max_depth=3,
+                                noise_depth=2, neff_bins=2, bin_width_nm=11.0, nthread=1, deshrink_rulers=10_000,
+                                deshrink_later_rulers=10_000, deconvolution_rulers_per_cell=3, deconvolution_mu=2.0)
+    m = general.train_general(cfg, tmp_path / "g", log=lambda *a: None)
+    assert calls == [(tmp_path / "g", 3, 2.0, 1.0, 1)]
+    assert "deshrink" in m and deshrink.later_keeps(m["deshrink"]) == []
+    assert np.load(tmp_path / "g" / "deshrink.npz").files.count("resid2") == 0
+
+
 def test_bundle_gets_a_deconvolution(tiny_general, tmp_path):
     """general.add_deconvolution on a copy of the tiny bundle: simulated, solved, recorded, served; its
     saved counts read back; counts of other rulers refused."""
@@ -191,6 +212,12 @@ def test_bundle_gets_a_deconvolution(tiny_general, tmp_path):
     got = p.predict_with(rec.tuples, 0.9, 2.0)
     inside = np.isfinite(got.lower)
     assert np.isfinite(got.distance).all() and (got.lower[inside] <= got.distance[inside]).all()
+    # the later stages are not served with the deconvolution: dropped, the same answers from a smaller bundle
+    assert deshrink.later_keeps(m["deshrink"]) == [0.5]
+    m = general.drop_later_stages(b, log=lambda *a: None)
+    assert deshrink.later_keeps(m["deshrink"]) == [] and "resid2" not in np.load(b / "deshrink.npz").files
+    again = general.GeneralPredictor(b, backend="xgboost").predict_with(rec.tuples, 0.9, 2.0)
+    assert np.array_equal(again.distance, got.distance) and np.array_equal(again.lower, got.lower, equal_nan=True)
     # the saved counts: each node from its own stream, so one node simulated alone gives the same counts
     seed = entry["seed"]
     saved = general._read_counts(counts, seed, 1)
@@ -198,6 +225,8 @@ def test_bundle_gets_a_deconvolution(tiny_general, tmp_path):
     assert np.array_equal(saved[(3, 2, 1)], alone[(3, 2, 1)]) and saved[(3, 2, 1)].sum() > 0
     with pytest.raises(ValueError, match="rulers per cell"):
         general.add_deconvolution(b, rulers_per_cell=2, workers=1, counts=counts, log=lambda *a: None)
+    with pytest.raises(ValueError, match="no deconvolution"):
+        general.drop_later_stages(out, log=lambda *a: None)  # the original serves its stages
     # the trained-range flag reads the posterior mean, not the unclamped deconvolved distance: with
     # T = x + 45 the served distances leave 2-68 nm, the posterior means do not
     from streamer.modalities.minflux import deconvolution

@@ -31,9 +31,11 @@ development grid (cells meeting all three criteria of 90): stage 1 alone 69; sta
 0 / 0.3 / 0.5: 61 / 72 / 72 (RMSE in 85 / 89 / 90; 74 at 0.5 with the intervals shipped since);
 stage 3 on stage 2 at 0.5, keep 0 / 0.3 / 0.5 / 0.7: 69 / 77 / 79 / 76 (RMSE in 83 / 89 / 90 / 90);
 stage 4 on stage 3 at 0.5, keep 0 / 0.3 / 0.5 / 0.7: 71 / 78 / 82 / 81 (RMSE in 83 / 88 / 89 / 89);
-a fifth stage met 83 at best (not shipped). The shipped bundle has stages 1-4 (keeps 0.7, 0.5,
-0.5, 0.5). Per instrument all stages are folded into one table over (photons, booster output):
-one bilinear lookup per tuple.
+a fifth stage met 83 at best (not shipped). The recipe learns stages 1-4 (keeps 0.7, 0.5, 0.5,
+0.5) for bundles that serve them (trained for a profile); the shipped bundle served them until the
+eleventh session and now keeps stage 1 (its table's nodes) with the deconvolution below. Per
+instrument all stages are folded into one table over (photons, booster output): one bilinear
+lookup per tuple.
 
 A bundle whose manifest records a ``deconvolution`` serves instead the maps T(booster output) of
 :mod:`.deconvolution`, solved per node for the bias directly (``deconv`` in the same file): per

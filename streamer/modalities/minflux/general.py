@@ -463,7 +463,7 @@ class GeneralConfig:
     deshrink_rulers: int = 7_500_000
     deshrink_keep: float = 0.7
     #: rulers of each later stage (0: none) and the share of the tolerance each leaves: stage 2, 3, ...
-    #: (see :mod:`.deshrink`)
+    #: (see :mod:`.deshrink`); learned only without the deconvolution (below), which replaces them
     deshrink_later_rulers: int = 7_500_000
     deshrink_later_keeps: tuple[float, ...] = (0.5, 0.5, 0.5)
     #: rulers per (instrument node, photon node, distance node) of the deconvolution that replaces the
@@ -599,7 +599,9 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
         table = deshrink.fit_table(raw_of, simulate_general, sp, cfg.deshrink_rulers, cfg.seed + _STAGE1_SEED,
                                    cfg.nthread, log)
         manifest["deshrink"] = deshrink.manifest_entry(cfg.deshrink_keep, table.pop("_info"))
-        if cfg.deshrink_later_rulers > 0:
+        # the deconvolution, when it is solved, replaces what the later stages would serve: they are
+        # learned only for bundles without it (those trained for a profile)
+        if cfg.deshrink_later_rulers > 0 and cfg.deconvolution_rulers_per_cell <= 0:
             for keep in cfg.deshrink_later_keeps:
                 table = _later_stage(raw_of, sp, table, manifest["deshrink"], keep, cfg, cfg.seed, log)
         tables[deshrink.FILE.removesuffix(".npz")] = table
@@ -711,6 +713,23 @@ def add_deconvolution(bundle: str | Path = REGIME, rulers_per_cell: int = 700, m
     arrays.update(deconv=tables.astype(np.float16), deconv_x=deconvolution.SERVED_X)
     ds["deconvolution"] = deconvolution.manifest_entry(mu, lam, rulers_per_cell, seed, time.perf_counter() - t0, source)
     log(f"[deconvolution] {len(nodes)} instrument nodes solved; {time.perf_counter() - t0:.0f} s")
+    return _write_response_table(directory, manifest, arrays, log)
+
+
+def drop_later_stages(bundle: str | Path = REGIME, log=print) -> dict:
+    """Remove the later de-shrinking stages (2, 3, ...) of a bundle that serves the deconvolution:
+    its served distances do not read them (a smaller bundle, the same answers). Refused without the
+    deconvolution, where the stages are what is served."""
+    manifest, directory, _ = _open_bundle(bundle, ())
+    ds = manifest.get("deshrink") or {}
+    if "deconvolution" not in ds:
+        raise ValueError(f"bundle {directory}: serves its de-shrinking stages (no deconvolution); they stay")
+    dropped = [f"stage{k}" for k in range(2, len(deshrink.later_keeps(ds)) + 2)]
+    for key in dropped:
+        del ds[key]
+    arrays = {name: v for name, v in np.load(directory / ds["file"]).items()
+              if not (name.startswith("resid") and name[5:].isdigit())}
+    log(f"[deshrink] dropped {', '.join(dropped) or 'no stages'} of {directory}")
     return _write_response_table(directory, manifest, arrays, log)
 
 

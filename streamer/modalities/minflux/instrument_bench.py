@@ -97,9 +97,10 @@ def _deshrink_note(m: dict) -> str:
     ds = m.get("deshrink")
     if not ds:
         return ""
-    note = f"; de-shrinking: {1 + len(later_keeps(ds))} stages x {ds['rulers']:,} rulers"
     dc = ds.get("deconvolution")
-    return note + (f", served: deconvolution ({dc['rulers_per_cell']} rulers per cell, mu {dc['mu']:g})" if dc else "")
+    if dc:
+        return f"; de-shrinking: deconvolution ({dc['rulers_per_cell']} rulers per cell, mu {dc['mu']:g})"
+    return f"; de-shrinking: {1 + len(later_keeps(ds))} stages x {ds['rulers']:,} rulers"
 
 
 def _fmt(s: dict) -> str:

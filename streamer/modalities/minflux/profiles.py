@@ -132,7 +132,8 @@ def train_for_profile(profile, out_dir: Path | None, n_rulers: int | None = None
         # train_general logs once per stage: simulate+split, point booster, noise booster, calibration,
         # response tables (simulate, booster; per stage), save
         stages = (5 if out_dir is not None else 4) + (2 if config.deshrink_rulers > 0 else 0) + (
-            2 * len(config.deshrink_later_keeps) if config.deshrink_rulers > 0 and config.deshrink_later_rulers > 0 else 0)
+            2 * len(config.deshrink_later_keeps) if config.deshrink_rulers > 0 and config.deshrink_later_rulers > 0
+            and config.deconvolution_rulers_per_cell <= 0 else 0)
         bar = tqdm(total=stages, desc=f"train minflux for {profile.name}", unit="stage")
 
     def step(msg: str) -> None:

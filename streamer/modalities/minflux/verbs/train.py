@@ -16,8 +16,9 @@ REGIME_DEFAULTS = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--regime", nargs="+", default=["static", "dynamic"], choices=[*REGIME_DEFAULTS, "general"],
-                   help="'general': the instrument-aware model (continuous d, v0/b/L/2 inputs; ~40 min on 2 cores: "
-                        "boosters, four de-shrinking stages, the deconvolution's ~6 x 10^8 simulated rulers ~21 min)")
+                   help="'general': the instrument-aware model (continuous d, v0/b/L/2 inputs; ~30 min on 2 cores: "
+                        "boosters, the first de-shrinking stage, the deconvolution's ~6 x 10^8 simulated rulers "
+                        "~21 min)")
     p.add_argument("--out", default=None, help="bundle root (default: the repository's compiled_models/)")
     p.add_argument("--n-groups", type=int, default=None, help="rulers (static) / traces (dynamic) to simulate")
     p.add_argument("--tuples-per-group", type=int, default=None)
