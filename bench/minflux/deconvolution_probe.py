@@ -31,8 +31,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-D_NODES = np.arange(2.0, 68.01, 1.0)
-X_EDGES = np.arange(-10.0, 90.01, 0.5)
+from streamer.modalities.minflux import deconvolution, deshrink  # noqa: E402
+
+D_NODES = np.asarray(deshrink.D_NODES)
+X_EDGES = deconvolution.X_EDGES
 
 
 def simulate(gp, d_values, rulers: int, v0: float, background: float, photons: float, half_l: float, seed: int):
@@ -54,15 +56,10 @@ def conditional_table(d, x) -> np.ndarray:
 
 
 def solve(P: np.ndarray, mu: float, lam: float) -> np.ndarray:
-    """T on the x bins: squared bias + mu x MSE + lam x curvature, least squares (a tiny ridge toward
-    x keeps bins no distance reaches defined)."""
-    xc = 0.5 * (X_EDGES[1:] + X_EDGES[:-1])
-    w = np.where((D_NODES >= 3) & (D_NODES <= 60), 1.0, 0.2)
-    Pw = P * w[:, None]
-    D2 = np.diff(np.eye(len(xc)), 2, axis=0)
-    A = Pw.T @ P + mu * np.diag(Pw.sum(0)) + lam * D2.T @ D2 + 1e-6 * np.eye(len(xc))
-    b = (1.0 + mu) * Pw.T @ D_NODES + 1e-6 * xc
-    return np.linalg.solve(A, b)
+    """T on the x bins: squared bias + mu x MSE + lam x curvature, least squares. The served solver
+    (:func:`deconvolution.solve`) with a CRB of 1 nm at every node: its tolerance max(1 nm, 0.1 CRB)
+    is then 1 nm and its error scale 1, so its objective is this unscaled one."""
+    return deconvolution.solve(P, np.ones(len(D_NODES)), mu, lam)
 
 
 def main(argv=None) -> int:
@@ -87,7 +84,7 @@ def main(argv=None) -> int:
     print(f"v0 {args.v0:g}, b {args.background:g}, {args.photons:g} photons, L/2 {args.half_l:g} nm; "
           f"P(x | d) from {len(d):,} rulers, scored on {len(dt):,} ({time.time() - t0:.0f} s). "
           f"Per distance: bias / RMSE (nm) of T, then of the shipped de-shrinking")
-    xc = 0.5 * (X_EDGES[1:] + X_EDGES[:-1])
+    xc = deconvolution.X_NODES
     for lam in args.lam:
         for mu in args.mu:
             est = np.interp(xt, xc, solve(P, mu, lam))

@@ -431,15 +431,14 @@ class Deshrink:
             return hit
         v0, b, hl = _instrument(*key)
         if self.deconv is not None:
-            folded = np.ascontiguousarray(self._curve(self.deconv, v0, b, hl), np.float32).ravel()
-            _lru_put(self._cache, key, folded, self._size)
-            return folded
-        floor = self._tolerance_floor(key)
-        out = self._f_rows
-        for resid, keep in [(self.resid, self.keep)] + self.stages:
-            m = _inverse_rows(self._curve(resid, v0, b, hl), self.d)
-            full = _interp_rows(out, m, self._d_rows)
-            out = _soft_step(out, full, keep * _interp_rows(full, self._d_rows, floor))
+            out = self._curve(self.deconv, v0, b, hl)
+        else:
+            floor = self._tolerance_floor(key)
+            out = self._f_rows
+            for resid, keep in [(self.resid, self.keep)] + self.stages:
+                m = _inverse_rows(self._curve(resid, v0, b, hl), self.d)
+                full = _interp_rows(out, m, self._d_rows)
+                out = _soft_step(out, full, keep * _interp_rows(full, self._d_rows, floor))
         folded = np.ascontiguousarray(out, np.float32).ravel()
         _lru_put(self._cache, key, folded, self._size)
         return folded

@@ -594,6 +594,8 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
     if instrument is not None:
         manifest["instrument"] = instrument
     tables = {}
+    # the deconvolution's workers read the saved boosters, so it is solved for a saved bundle only
+    deconvolve = cfg.deshrink_rulers > 0 and cfg.deconvolution_rulers_per_cell > 0 and out_dir is not None
     if cfg.deshrink_rulers > 0:
         raw_of = _posterior_mean_of(point, len(GENERAL_FEATURES))
         table = deshrink.fit_table(raw_of, simulate_general, sp, cfg.deshrink_rulers, cfg.seed + _STAGE1_SEED,
@@ -601,14 +603,14 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
         manifest["deshrink"] = deshrink.manifest_entry(cfg.deshrink_keep, table.pop("_info"))
         # the deconvolution, when it is solved, replaces what the later stages would serve: they are
         # learned only for bundles without it (those trained for a profile)
-        if cfg.deshrink_later_rulers > 0 and cfg.deconvolution_rulers_per_cell <= 0:
+        if cfg.deshrink_later_rulers > 0 and not deconvolve:
             for keep in cfg.deshrink_later_keeps:
                 table = _later_stage(raw_of, sp, table, manifest["deshrink"], keep, cfg, cfg.seed, log)
         tables[deshrink.FILE.removesuffix(".npz")] = table
     if out_dir is not None:
         manifest = model_bundle.save_bundle(Path(out_dir), manifest, {"point": point, "noise": noise}, tables)
         log(f"[general] wrote {out_dir}")
-        if tables and cfg.deconvolution_rulers_per_cell > 0:  # its workers read the saved boosters
+        if deconvolve:
             manifest = add_deconvolution(out_dir, cfg.deconvolution_rulers_per_cell, cfg.deconvolution_mu,
                                          cfg.deconvolution_lam, cfg.nthread, log=log)
     manifest["_boosters"] = {"point": point, "noise": noise}

@@ -133,7 +133,7 @@ def train_for_profile(profile, out_dir: Path | None, n_rulers: int | None = None
         # response tables (simulate, booster; per stage), save
         stages = (5 if out_dir is not None else 4) + (2 if config.deshrink_rulers > 0 else 0) + (
             2 * len(config.deshrink_later_keeps) if config.deshrink_rulers > 0 and config.deshrink_later_rulers > 0
-            and config.deconvolution_rulers_per_cell <= 0 else 0)
+            and (config.deconvolution_rulers_per_cell <= 0 or out_dir is None) else 0)
         bar = tqdm(total=stages, desc=f"train minflux for {profile.name}", unit="stage")
 
     def step(msg: str) -> None:
