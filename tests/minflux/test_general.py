@@ -375,7 +375,7 @@ def test_segmentation_calibration_and_trace_distance():
     """One stream (v0 0.9, b 3): >= 95% state accuracy, v0 +-0.01, b +-10%, per-trace intervals."""
     rec = offgrid.simulate_stream(0.9, 3.0, 3000, seed=11, distances=(12.5, 35.0))
     t = rec.tuples
-    P, Q, m0, vpq, vm0 = traces.harmonic_terms(t.counts, t.positions)
+    P, Q, m0, vpq, vm0, vq = traces.harmonic_terms(t.counts, t.positions, with_var_q=True)
     n = t.counts.sum(axis=(1, 2)).astype(float)
     seg = traces.Segmenter()
     cal = traces.StreamCalibration()
@@ -386,9 +386,9 @@ def test_segmentation_calibration_and_trace_distance():
         tr = int(t.trace_id[sl][0])
         assert (t.trace_id[sl] == tr).all()
         s = seg.segment(tr, P[sl], Q[sl], vpq[sl], n[sl], cal.background)
-        cal.add(t.counts[sl], s, P[sl], Q[sl], m0[sl], vpq[sl], vm0[sl])
+        cal.add(t.counts[sl], s, P[sl], Q[sl], m0[sl], vpq[sl], vm0[sl], vq[sl])
         two = (s == STATE_TWO) & (rec.truth["state"][sl] == STATE_TWO)  # truth-filtered: tests the estimator
-        dist.add(tr, P[sl][two], Q[sl][two], m0[sl][two], vpq[sl][two], vm0[sl][two])
+        dist.add(tr, P[sl][two], Q[sl][two], m0[sl][two], vpq[sl][two], vm0[sl][two], vq[sl][two])
         states.append(s)
     acc = np.mean(np.concatenate(states) == rec.truth["state"])
     assert acc >= 0.95
@@ -515,9 +515,10 @@ def _v0_from_all_traces(cal: traces.StreamCalibration) -> float:
     keys = list(cal.trace_one)
     sums = np.array([cal.trace_one[k] for k in keys])
     b = np.array([cal.trace_background(k)[0] if k != -1 else cal.background for k in keys])
-    den = float((sums[:, 2] - 2.0 * b * sums[:, 1] + sums[:, 4] * b * b - sums[:, 3]).sum())
-    num = float(sums[:, 0].sum())
-    return cal.prior_v0 if den <= 0 or num <= 0 else float(np.sqrt(num / den))
+    s2 = float((sums[:, 2] - 2.0 * b * sums[:, 1] + sums[:, 4] * b * b - sums[:, 3]).sum())
+    s1 = float((sums[:, 1] - sums[:, 4] * b).sum())
+    v = traces.v0_from_sums(sums[:, 5].sum(), sums[:, 6].sum(), s1, s2)
+    return v if np.isfinite(v) else cal.prior_v0
 
 
 def test_running_v0_equals_the_per_trace_definition():
@@ -525,7 +526,7 @@ def test_running_v0_equals_the_per_trace_definition():
     some tuples without a trace id: the O(1) running v0 equals the sum over all traces, always."""
     rec = offgrid.simulate_stream(0.93, 2.0, 1200, seed=5)
     t = rec.tuples
-    P, Q, m0, vpq, vm0 = traces.harmonic_terms(t.counts, t.positions)
+    P, Q, m0, vpq, vm0, vq = traces.harmonic_terms(t.counts, t.positions, with_var_q=True)
     order = np.random.default_rng(2).permutation(len(t) // 200) * 200  # packets of 200 in shuffled order
     cal = traces.StreamCalibration(min_background_tuples=150, min_one_tuples=100)
     state = rec.truth["state"]
@@ -534,7 +535,7 @@ def test_running_v0_equals_the_per_trace_definition():
         sl = slice(a, a + 200)
         for tr in np.unique(t.trace_id[sl]):
             m = t.trace_id[sl] == tr
-            cal.add(t.counts[sl][m], state[sl][m], P[sl][m], Q[sl][m], m0[sl][m], vpq[sl][m], vm0[sl][m],
+            cal.add(t.counts[sl][m], state[sl][m], P[sl][m], Q[sl][m], m0[sl][m], vpq[sl][m], vm0[sl][m], vq[sl][m],
                     trace=None if k % 7 == 0 else int(tr))
         if cal.one_n >= 2 * cal.min_one_tuples:
             assert cal.v0 == pytest.approx(_v0_from_all_traces(cal), rel=1e-9)

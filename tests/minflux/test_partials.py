@@ -29,12 +29,13 @@ def test_rows_are_exactly_the_sums_the_worker_added(stream):
     st = lp.streams["s"]
     for o in outs:  # every row points at a tuple of its own packet
         assert ((o["item"] >= 0) & (o["item"] < 500)).all() and len(o["item"]) == len(o["part_n"])
-    assert cat["part_sums"].shape == (len(cat["part_n"]), 2, 4)
+    assert cat["part_sums"].shape == (len(cat["part_n"]), 2, 6)
     kind, n, s, tr = cat["part_kind"], cat["part_n"], cat["part_sums"], cat["part_trace"]
     assert n[kind == STATE_BACKGROUND].sum() == st.cal.bg_n
     assert np.isclose(s[kind == STATE_BACKGROUND, 0, 0].sum(), st.cal.bg_sum, rtol=1e-12)
     assert 2 * n[kind == STATE_ONE].sum() == st.cal.one_n
-    assert np.isclose(s[kind == STATE_ONE, :, 0].sum(), st.cal.v_num, rtol=1e-9)
+    assert np.isclose(s[kind == STATE_ONE, :, 4].sum(), st.cal.p_sum, rtol=1e-9)
+    assert np.isclose(s[kind == STATE_ONE, :, 5].sum(), st.cal.q_sum, rtol=1e-9)
     for t, acc in st.traces.traces.items():
         rows = (kind == STATE_TWO) & (tr == t)
         assert n[rows].sum() == len(acc.blocks) * st.traces.block + acc.cur_n
@@ -88,7 +89,7 @@ def test_pipeline_persists_partials_and_traces_merges_them(tmp_path):
                                  out_dir=str(tmp_path), timeout=120)
     assert summary["tuples"] == len(rec) and summary["gaps"] == summary["rejected"] == 0
     res = load_results(tmp_path, "minflux")
-    assert res["det_part_sums"].shape[1:] == (2, 4)
+    assert res["det_part_sums"].shape[1:] == (2, 6)
     assert len(np.unique(res["packet_seq"])) == len(res["packet_seq"]) == 8  # each packet once
     table = per_trace(res)
     assert list(table["trace_id"]) == [0, 1]

@@ -82,9 +82,9 @@ class LivePredictor:
         fixed_v0 = measured.get("v0", self.fixed_v0)
         fixed_bg = measured.get("background", self.fixed_bg)
         st = self.stream(stream)
-        P, Q, m0, var_pq, var_m0 = harmonic_terms(batch.counts, batch.positions)
+        P, Q, m0, var_pq, var_m0, var_q = harmonic_terms(batch.counts, batch.positions, with_var_q=True)
         n_tot = count_totals(batch.counts)
-        terms_all = np.stack([P, Q, m0, var_pq, var_m0], axis=1)  # (n, 5, 2): one copy per packet, views per trace
+        terms_all = np.stack([P, Q, m0, var_pq, var_m0, var_q], axis=1)  # (n, 6, 2): one copy per packet, views per trace
         state = np.full(n, STATE_UNKNOWN, np.uint8)
         masks, keys = _trace_selections(batch.trace_id)
         for t, m in zip(keys, masks):  # segmentation (published with every tuple)
@@ -94,11 +94,11 @@ class LivePredictor:
         # segmentation mislabels a few tuples next to each change point, and a handful of 2-on tuples
         # among the 1-on ones would pull v0 down (measured: -3e-4 at v0 = 1, -0.3 nm at 15 nm per trace)
         w = self.window
-        conf = []  # per trace: (terms (k, 5, 2), n_tot (k,), confirmed state (k,), 255 = not confirmed)
+        conf = []  # per trace: (terms (k, 6, 2), n_tot (k,), confirmed state (k,), 255 = not confirmed)
         for t, m in zip(keys, masks):
             terms = terms_all[m]
             old_terms, old_n, old_state, start = st.pending.get(
-                t, (np.zeros((0, 5, 2)), np.zeros(0), np.zeros(0, np.uint8), 0))
+                t, (np.zeros((0, 6, 2)), np.zeros(0), np.zeros(0, np.uint8), 0))
             A_terms = np.concatenate([old_terms, terms])
             A_n = np.concatenate([old_n, n_tot[m]])
             A_state = np.concatenate([old_state, state[m]])

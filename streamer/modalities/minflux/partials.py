@@ -11,12 +11,15 @@ result).
 
 Rows (``kind`` = the state the sums belong to):
 
-* 2 (2-on): per axis (sum of P^2 + Q^2 - var PQ, sum m0, sum m0^2, sum var m0) over a chunk of at
-  most ``block`` consecutive confirmed 2-on tuples of one trace: the jackknife's blocks;
-* 1 (1-on): the same four sums over the packet's confirmed 1-on tuples of the trace (v0);
+* 2 (2-on): per axis (sum of P^2 + Q^2 - var PQ, sum m0, sum m0^2, sum var m0, sum P,
+  sum Q^2 - var Q) (:func:`.traces.sum_rows`) over a chunk of at most ``block`` consecutive confirmed
+  2-on tuples of one trace: the jackknife's blocks (the first four columns);
+* 1 (1-on): the same six sums over the packet's confirmed 1-on tuples of the trace (v0:
+  :func:`.traces.v0_from_sums`);
 * 0 (background-only): ``sums[0, 0]`` = their total counts (b).
 
-``n`` is the number of tuples of the row.
+``n`` is the number of tuples of the row. Partials persisted before the last two columns
+(``(2, 4)`` sums) are still read; their v0 is the squared-form ratio they were made with.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
-from .traces import (StreamCalibration, background_spread, estimate_from_blocks, pooled_den,
-                     trace_background_and_se)
+from .traces import (LEGACY_SUM_COLUMNS, SUM_COLUMNS, StreamCalibration, background_spread, estimate_from_blocks,
+                     pooled_den, trace_background_and_se, v0_from_sums)
 
 # the live calibration's thresholds, so merged and live answers call the same streams calibrated
 MIN_BACKGROUND_TUPLES = StreamCalibration.min_background_tuples
@@ -36,7 +39,7 @@ MIN_ONE_TUPLES = StreamCalibration.min_one_tuples
 
 @dataclass
 class Partials:
-    """One packet's rows (all (m,) but ``sums`` (m, 2, 4))."""
+    """One packet's rows (all (m,) but ``sums`` (m, 2, 6))."""
 
     item: np.ndarray   # int32: index (in the packet) of the trace's last tuple, for ordering
     trace: np.ndarray  # int64
@@ -47,7 +50,7 @@ class Partials:
     @classmethod
     def empty(cls) -> "Partials":
         return cls(np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.int32),
-                   np.zeros((0, 2, 4)))
+                   np.zeros((0, 2, SUM_COLUMNS)))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The declared result columns (``item`` + ``part_*``)."""
@@ -62,7 +65,7 @@ def _chunks(k: int, block: int) -> list[int]:
 
 
 def packet_partials(confirmed: list, last_index: dict[int, int], block: int) -> Partials:
-    """Rows for one packet: ``confirmed`` = [(trace, 2-on summands (k, 2, 4) of :func:`sum_rows` or
+    """Rows for one packet: ``confirmed`` = [(trace, 2-on summands (k, 2, 6) of :func:`sum_rows` or
     None, 1-on summands or None, total counts of the background-only tuples, their number)], the
     sums the worker adds to its own state."""
     item, trace, kind, n, sums = [], [], [], [], []
@@ -79,13 +82,13 @@ def packet_partials(confirmed: list, last_index: dict[int, int], block: int) -> 
         if rows1 is not None and len(rows1):
             row(t, STATE_ONE, len(rows1), rows1.sum(axis=0))
         if n_bg:
-            s = np.zeros((2, 4))
+            s = np.zeros((2, SUM_COLUMNS))
             s[0, 0] = bg_total
             row(t, STATE_BACKGROUND, n_bg, s)
     if not item:
         return Partials.empty()
     return Partials(np.array(item, np.int32), np.array(trace, np.int64), np.array(kind, np.uint8),
-                    np.array(n, np.int32), np.array(sums, np.float64).reshape(-1, 2, 4))
+                    np.array(n, np.int32), np.array(sums, np.float64).reshape(-1, 2, SUM_COLUMNS))
 
 
 def _den(sums: np.ndarray, n: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -93,12 +96,36 @@ def _den(sums: np.ndarray, n: np.ndarray, b: np.ndarray) -> np.ndarray:
     return pooled_den(sums[:, :, 1], sums[:, :, 2], sums[:, :, 3], n[:, None] * 1.0, b[:, None]).sum(axis=1)
 
 
+def _as_sums(sums) -> np.ndarray:
+    """(m, 2, k) float64 rows, k = 6 or, from partials persisted before the v0 columns, 4."""
+    sums = np.asarray(sums, np.float64)
+    k = sums.shape[-1] if sums.ndim == 3 and sums.shape[-1] in (SUM_COLUMNS, LEGACY_SUM_COLUMNS) else SUM_COLUMNS
+    return sums.reshape(-1, 2, k)
+
+
+def _v0_rows(sums: np.ndarray, n: np.ndarray, b_row: np.ndarray) -> tuple[float, np.ndarray]:
+    """v0 from 1-on rows and, per row, v0 without that row (the jackknife's)."""
+    if sums.shape[-1] < SUM_COLUMNS or not np.isfinite(sums[:, :, 4:]).all():  # legacy rows: the squared form
+        num = sums[:, :, 0].sum(axis=1)
+        den = _den(sums, n, b_row)
+        N, D = num.sum(), den.sum()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            v = np.sqrt(N / D) if N > 0 and D > 0 else np.nan
+            loo = np.sqrt(np.clip((N - num) / np.where(D - den > 0, D - den, np.nan), 0, None))
+        return float(v), loo
+    sp, sq = sums[:, :, 4].sum(axis=1), sums[:, :, 5].sum(axis=1)
+    s1 = (sums[:, :, 1] - n[:, None] * b_row[:, None]).sum(axis=1)
+    s2 = _den(sums, n, b_row)
+    v = v0_from_sums(sp.sum(), sq.sum(), s1.sum(), s2.sum())
+    return v, v0_from_sums(sp.sum() - sp, sq.sum() - sq, s1.sum() - s1, s2.sum() - s2)
+
+
 def calibration(trace, kind, n, sums) -> dict:
     """One stream's instrument from its merged rows: b (stream and per trace with its own), v0 with a
     delete-one-row jackknife standard error over the 1-on rows, and whether it is calibrated.
     Vectorised over rows (the monitor calls it on every refresh)."""
     trace, kind, n = np.asarray(trace, np.int64), np.asarray(kind), np.asarray(n, np.int64)
-    sums = np.asarray(sums, np.float64).reshape(-1, 2, 4)
+    sums = _as_sums(sums)
     bg = kind == STATE_BACKGROUND
     n_bg = int(n[bg].sum())
     b = float(sums[bg, 0, 0].sum() / (6.0 * n_bg)) if n_bg else float("nan")
@@ -123,16 +150,12 @@ def calibration(trace, kind, n, sums) -> dict:
         pos = np.minimum(np.searchsorted(ids, trace[one]), len(ids) - 1)
         mine = (ids[pos] == trace[one]) & has[pos]
         b_row[mine] = c_t[pos[mine]] / (6.0 * k_t[pos[mine]])
-    num = sums[one, :, 0].sum(axis=1)
-    den = _den(sums[one], n[one], b_row)
-    N, D = num.sum(), den.sum()
-    if N <= 0 or D <= 0:
+    v, loo = _v0_rows(sums[one], n[one], b_row)
+    if not np.isfinite(v):
         return out
-    out["v0"] = float(np.sqrt(N / D))
+    out["v0"] = v
     k = len(one)
     if k >= 2:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            loo = np.sqrt(np.clip((N - num) / np.where(D - den > 0, D - den, np.nan), 0, None))
         out["v0_se"] = float(np.sqrt((k - 1) / k * np.nansum((loo - np.nanmean(loo)) ** 2)))
     return out
 
@@ -144,7 +167,7 @@ def reduce(stream: np.ndarray, trace: np.ndarray, kind: np.ndarray, n: np.ndarra
     merged calibration (or the given ``v0`` / ``background``, then exact: no calibration error)."""
     stream = np.asarray(stream).astype(str)
     trace, kind, n = np.asarray(trace, np.int64), np.asarray(kind, np.uint8), np.asarray(n, np.int64)
-    sums = np.asarray(sums, np.float64).reshape(-1, 2, 4)
+    sums = _as_sums(sums)
     cols: dict[str, list] = {k: [] for k in ("stream", "trace_id", "distance", "lower", "upper", "two_on_tuples",
                                               "blocks", "v0", "background", "calibrated")}
     for s in np.unique(stream):
@@ -164,7 +187,7 @@ def reduce(stream: np.ndarray, trace: np.ndarray, kind: np.ndarray, n: np.ndarra
 
 def trace_answer(cal: dict, trace: int, sums: np.ndarray, n: np.ndarray, v0: float | None = None,
                  background: float | None = None, min_blocks: int = 4, sys_nm: float = 0.0):
-    """One trace's (distance, lower, upper) from its merged 2-on rows ``sums`` (k, 2, 4) of ``n`` (k,)
+    """One trace's (distance, lower, upper) from its merged 2-on rows ``sums`` (k, 2, 4 or 6) of ``n`` (k,)
     tuples, with its stream's :func:`calibration` ``cal`` (or the given ``v0`` / ``background``, then
     exact); also returns the v0 and background used."""
     v = min(cal["v0"], 1.0) if v0 is None else float(v0)  # v0 <= 1 physically (as the live path)
@@ -176,6 +199,7 @@ def trace_answer(cal: dict, trace: int, sums: np.ndarray, n: np.ndarray, v0: flo
                                             cal["background_se"], cal["background_spread"])
     if not (np.isfinite(v) and np.isfinite(b_t)):
         return (np.nan, np.nan, np.nan), v, b_t
-    est = estimate_from_blocks(np.asarray(sums, np.float64).reshape(-1, 2, 4), np.asarray(n, float), np.zeros((2, 4)),
+    sums = _as_sums(sums)
+    est = estimate_from_blocks(sums, np.asarray(n, float), np.zeros(sums.shape[1:]),
                                0.0, v, b_t, v_se if np.isfinite(v_se) else 0.0, b_se, min_blocks, sys_nm)
     return est, v, b_t

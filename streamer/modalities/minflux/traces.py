@@ -14,20 +14,27 @@ signal. The trailing window mislabels ~window/2 tuples after each change point.
 
 **Self-calibration** (per stream: v0 and b are instrument properties shared by its traces):
 b = mean count per exposure over background-only tuples. v0 from 1-on tuples: for one emitter the
-per-axis harmonic amplitude over the background-corrected mean is exactly v0, so
-v0^2 = sum(P^2 + Q^2 - var P - var Q) / sum((m0 - b)^2 - var m0), both sums bias-corrected for
-Poisson noise with the count-estimated variances.
+per-axis harmonic amplitude w = sqrt(P^2 + Q^2) over the background-corrected mean u = m0 - b is
+exactly v0 (:func:`v0_from_sums`). P (the curvature of the three counts) is the noisy term: its
+Poisson variance is several times its square at ~100 photons, so the squared form
+sum(P^2 + Q^2 - var) / sum(u^2 - var) loses most of the information (measured: 2.1-2.4x the
+spread of v0 at v0 = 0.85). The feedback loop centres the emitter, so w = P + Q^2 / (w + P) ~
+P + Q^2 / (2w): v0 sum u = sum P + sum Q^2 / (2 v0 u), linear in P, whose noise then partly cancels
+between numerator and denominator (m0 = centre count + P); the small Q term is bias-corrected and
+scaled by pooled moments.
 
-**Per-trace distance** (:class:`TraceDistance`, streaming): pooled, noise-corrected visibility of
-the trace's 2-on tuples per axis -> d^2, with a delete-one-block jackknife over blocks of ``block``
-consecutive 2-on tuples (honest under the correlated errors of a drifting centre: blocks are longer
-than the correlation), Student-t with K - 1 degrees of freedom, plus the calibration's uncertainty.
-:func:`per_trace_table` is the fallback over persisted per-tuple distances (weighted mean, batch
-means), for when only results are at hand.
+**Per-trace distance** (:class:`TraceDistance`, streaming): pooled visibility of the trace's 2-on
+tuples per axis, in the same linear form (a pair is centred like a lone emitter) -> d^2, with a
+delete-one-block jackknife over blocks of ``block`` consecutive 2-on tuples (honest under the
+correlated errors of a drifting centre: blocks are longer than the correlation), Student-t with
+K - 1 degrees of freedom, plus the calibration's uncertainty. :func:`per_trace_table` is the
+fallback over persisted per-tuple distances (weighted mean, batch means), for when only results are
+at hand.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,8 +48,9 @@ STATE_UNKNOWN = 255
 # --------------------------------------------------------------------------- per-tuple harmonic terms
 
 
-def harmonic_terms(counts: np.ndarray, positions: np.ndarray, dtype=np.float32):
-    """Per axis (n, 2): P, Q, m0 and the Poisson variances var(P) + var(Q), var(m0) (counts as means).
+def harmonic_terms(counts: np.ndarray, positions: np.ndarray, dtype=np.float32, with_var_q: bool = False):
+    """Per axis (n, 2): P, Q, m0 and the Poisson variances var(P) + var(Q), var(m0) (counts as means);
+    with ``with_var_q`` also var(Q) alone (the v0 calibration's Q term).
 
     float32 (the sums that use them accumulate in float64); the coefficients of the 3 counts in
     P, Q and m0 = c1 + P are written out instead of stacked (this runs on every tuple)."""
@@ -63,6 +71,8 @@ def harmonic_terms(counts: np.ndarray, positions: np.ndarray, dtype=np.float32):
     var_pq = ((s2 * s2 + u2 * u2) * n0 + ((s1 + s2) ** 2 + (u2 - u1) ** 2) * n1 + (s1 * s1 + u1 * u1) * n2) * inv2
     a1 = 1 - (s1 + s2) * inv
     var_m0 = (s2 * s2 * n0 + s1 * s1 * n2) * inv2 + a1 * a1 * n1
+    if with_var_q:
+        return P, Q, m0, var_pq, var_m0, (u2 * u2 * n0 + (u2 - u1) ** 2 * n1 + u1 * u1 * n2) * inv2
     return P, Q, m0, var_pq, var_m0
 
 
@@ -85,18 +95,49 @@ def pooled_den(s1, s2, sv, n, b):
     return s2 - 2.0 * b * s1 + n * b * b - sv
 
 
-def _den_terms(sums: np.ndarray, b: float) -> float:
-    """One trace's (or a group's) part of v0's denominator over its 1-on axis-tuples, from its sums
-    (num, sum m0, sum m0^2, sum var m0, axis-tuples)."""
-    return float(pooled_den(sums[1], sums[2], sums[3], sums[4], b))
+def _den_terms(sums: np.ndarray, b: float) -> np.ndarray:
+    """One trace's (or a group's) background-dependent v0 sums over its 1-on axis-tuples, from its sums
+    (num, sum m0, sum m0^2, sum var m0, axis-tuples, ...): (sum (m0 - b)^2 - var m0, sum m0 - b)."""
+    return np.array([pooled_den(sums[1], sums[2], sums[3], sums[4], b), sums[1] - sums[4] * b])
+
+
+#: columns of the per-axis sums (:func:`sum_rows`, the partials): P^2 + Q^2 - var PQ, m0, m0^2,
+#: var m0 (the pooled visibility), then P and Q^2 - var Q (the v0 calibration, :func:`v0_from_sums`)
+SUM_COLUMNS = 6
+LEGACY_SUM_COLUMNS = 4  # partials persisted before the P and Q^2 columns
 
 
 def sum_rows(terms: np.ndarray) -> np.ndarray:
-    """(k, 2, 4) float64 per-tuple summands from harmonic terms (k, 5, 2) = P, Q, m0, var_pq, var_m0:
-    per axis P^2 + Q^2 - var PQ, m0, m0^2, var m0 (what TraceDistance and the partials sum)."""
+    """(k, 2, 6) float64 per-tuple summands from harmonic terms (k, 6, 2) = P, Q, m0, var_pq, var_m0,
+    var_q: per axis P^2 + Q^2 - var PQ, m0, m0^2, var m0, P, Q^2 - var Q (what TraceDistance and the
+    partials sum); from (k, 5, 2) terms (no var_q) the first four only."""
     t = np.asarray(terms, np.float64)
     P, Q, m0, vpq, vm0 = (t[:, j] for j in range(5))
-    return np.stack([P * P + Q * Q - vpq, m0, m0 * m0, vm0], axis=-1)
+    cols = [P * P + Q * Q - vpq, m0, m0 * m0, vm0]
+    if t.shape[1] > 5:
+        cols += [P, Q * Q - t[:, 5]]
+    return np.stack(cols, axis=-1)
+
+
+def v0_from_sums(sp, sq, s1, s2):
+    """v0 from pooled 1-on sums (scalars or arrays): ``sp`` = sum P, ``sq`` = sum(Q^2 - var Q),
+    ``s1`` = sum(m0 - b), ``s2`` = sum((m0 - b)^2 - var m0), over axis-tuples; NaN where undefined.
+
+    Per axis-tuple w = P + Q^2 / (w + P) exactly; the emitter sits near the line minimum (Q << P), so
+    sum w ~ sum P + sum Q^2 / (2 w). With w = v0 u and the Q term's 1 / u weights replaced by their
+    pooled mean (sum u / sum u^2, the emitter's offset does not depend on its brightness): v0 s1 =
+    sp + sq s1 / (2 v0 s2), a quadratic in v0. The Q term is ~0.2% of v0 at a 3-nm centring error."""
+    if not any(np.ndim(x) for x in (sp, sq, s1, s2)):  # one stream's (per packet): plain floats
+        sp, sq, s1, s2 = float(sp), float(sq), float(s1), float(s2)
+        if s1 <= 0 or sp <= 0:
+            return float("nan")
+        corr = 2.0 * s1 * s1 * max(sq, 0.0) / s2 if s2 > 0 else 0.0
+        return (sp + math.sqrt(sp * sp + corr)) / (2.0 * s1)
+    sp, sq, s1, s2 = np.broadcast_arrays(*(np.asarray(x, np.float64) for x in (sp, sq, s1, s2)))
+    # no np.errstate (it costs more than the arithmetic here): undefined entries divide by inf / NaN
+    corr = 2.0 * s1 * s1 * np.maximum(sq, 0.0) / np.where(s2 > 0, s2, np.inf)
+    v = (sp + np.sqrt(sp * sp + corr)) / (2.0 * np.where(s1 > 0, s1, np.nan))
+    return np.where(sp > 0, v, np.nan)
 
 
 def trace_background_and_se(own: tuple[float, int] | None, b_stream: float, se_stream: float,
@@ -118,38 +159,38 @@ class StreamCalibration:
     prior_background: float = 1.0
     bg_sum: float = 0.0
     bg_n: int = 0
-    v_num: float = 0.0
-    m0_sum: float = 0.0
-    m0_sq: float = 0.0
-    m0_var: float = 0.0
+    p_sum: float = 0.0  # sum P over 1-on axis-tuples (background-free)
+    q_sum: float = 0.0  # sum Q^2 - var Q
     one_n: int = 0  # axis-tuples
-    # for the v0 standard error (ratio estimator): sums of x^2, y^2, x y with x = P^2 + Q^2 - var,
-    # y = (m0 - b)^2 - var m0 at the background estimate of the moment they were added
+    # for the v0 standard error (delta method on sum P / sum u): sums of P^2, u^2, P u with
+    # u = m0 - b at the background estimate of the moment they were added
     xx: float = 0.0
     yy: float = 0.0
     xy: float = 0.0
-    sx: float = 0.0
-    sy: float = 0.0
 
     min_background_tuples: int = 200
     min_one_tuples: int = 500
     trace_bg: dict = field(default_factory=dict)  # trace -> [sum of counts, tuples] of background-only tuples
-    trace_one: dict = field(default_factory=dict)  # trace -> 1-on sums (num, sum m0, sum m0^2, sum var m0, axis-tuples)
-    # v0's denominator kept up to date as tuples arrive (O(1) per packet, not O(traces seen)): the
-    # 1-on sums of traces on the stream background, and the summed terms of traces with their own
-    _shared: np.ndarray = field(default_factory=lambda: np.zeros(5))
-    _own_den: float = 0.0
+    #: trace -> 1-on sums (sum P^2 + Q^2 - var, sum m0, sum m0^2, sum var m0, axis-tuples, sum P, sum Q^2 - var Q)
+    trace_one: dict = field(default_factory=dict)
+    # v0's background-dependent sums kept up to date as tuples arrive (O(1) per packet, not O(traces
+    # seen)): the 1-on sums of traces on the stream background, and, summed, the terms
+    # (sum (m0 - b)^2 - var m0, sum m0 - b) of traces with their own
+    _shared: np.ndarray = field(default_factory=lambda: np.zeros(7))
+    _own_den: np.ndarray = field(default_factory=lambda: np.zeros(2))
     # the traces with their own background, summed (count, sum b, sum b^2, sum b / (6 n)): the
     # between-trace spread in O(1) per packet
     _own_bg: np.ndarray = field(default_factory=lambda: np.zeros(4))
 
-    def add(self, counts: np.ndarray, state: np.ndarray, P, Q, m0, var_pq, var_m0, trace: int | None = None) -> None:
-        """Add tuples (``counts``: per tuple (n, 2, 3) or totals (n,)) with their states; ``trace``: all
-        from that trace (the v0 sums are kept per trace, so each trace's own background applies)."""
-        self.add_terms(counts, state, np.stack([P, Q, m0, var_pq, var_m0], axis=1), trace)
+    def add(self, counts: np.ndarray, state: np.ndarray, P, Q, m0, var_pq, var_m0, var_q,
+            trace: int | None = None) -> None:
+        """Add tuples (``counts``: per tuple (n, 2, 3) or totals (n,)) with their states and harmonic
+        terms (``harmonic_terms(..., with_var_q=True)``); ``trace``: all from that trace (the v0 sums
+        are kept per trace, so each trace's own background applies)."""
+        self.add_terms(counts, state, np.stack([P, Q, m0, var_pq, var_m0, var_q], axis=1), trace)
 
     def add_terms(self, counts: np.ndarray, state: np.ndarray, terms: np.ndarray, trace: int | None = None) -> None:
-        """:meth:`add` with the harmonic terms as one (n, 5, 2) array (P, Q, m0, var_pq, var_m0)."""
+        """:meth:`add` with the harmonic terms as one (n, 6, 2) array (P, Q, m0, var_pq, var_m0, var_q)."""
         bg = state == STATE_BACKGROUND
         if bg.any():
             total = float(counts[bg].sum(dtype=np.float64))
@@ -175,28 +216,27 @@ class StreamCalibration:
                     self._own_den += _den_terms(s_t, b_new)
         one = state == STATE_ONE
         if one.any():
+            if terms.shape[1] < 6:
+                raise ValueError("1-on tuples need var(Q) in their harmonic terms "
+                                 "(harmonic_terms(..., with_var_q=True))")
             sel = np.asarray(terms[one], np.float64)  # one gather, then column views
-            P1, Q1, m1, v1, w1 = (sel[:, j] for j in range(5))
-            x = P1**2 + Q1**2 - v1
-            sums = np.array([x.sum(), m1.sum(), (m1**2).sum(), w1.sum(), 2.0 * one.sum()])
+            P1, Q1, m1, v1, w1, q1 = (sel[:, j] for j in range(6))
+            sums = np.array([(P1**2 + Q1**2 - v1).sum(), m1.sum(), (m1**2).sum(), w1.sum(), 2.0 * one.sum(),
+                             P1.sum(), (Q1**2 - q1).sum()])
             key = -1 if trace is None else trace
             self.trace_one[key] = self.trace_one.get(key, 0.0) + sums
             b_own, own = self.trace_background(key) if key != -1 else (0.0, False)
-            if own:  # the terms are linear in the sums at a fixed background
+            if own:  # the terms are polynomials in b whose coefficients are the sums
                 self._own_den += _den_terms(sums, b_own)
             else:
                 self._shared += sums
-            self.v_num += float(sums[0])
-            self.m0_sum += float(sums[1])
-            self.m0_sq += float(sums[2])
-            self.m0_var += float(sums[3])
+            self.p_sum += float(sums[5])
+            self.q_sum += float(sums[6])
             self.one_n += int(one.sum()) * 2
-            y = (m1 - self.background) ** 2 - w1
-            self.xx += float((x * x).sum())
-            self.yy += float((y * y).sum())
-            self.xy += float((x * y).sum())
-            self.sx += float(x.sum())
-            self.sy += float(y.sum())
+            u = m1 - self.background
+            self.xx += float((P1 * P1).sum())
+            self.yy += float((u * u).sum())
+            self.xy += float((P1 * u).sum())
 
     @property
     def background(self) -> float:
@@ -230,27 +270,26 @@ class StreamCalibration:
 
     @property
     def v0(self) -> float:
-        """Pooled over traces, each 1-on sum with its own trace's background (background can differ
-        between traces; one stream-wide b biased v0 by ~-2e-4 at v0 = 1 with b ~ U(0.5, 2) per trace)."""
+        """:func:`v0_from_sums` pooled over traces, each 1-on sum with its own trace's background
+        (background can differ between traces; one stream-wide b biased v0 by ~-2e-4 at v0 = 1 with
+        b ~ U(0.5, 2) per trace)."""
         if self.one_n < 2 * self.min_one_tuples:
             return self.prior_v0
-        den = self._own_den + _den_terms(self._shared, self.background)
-        num = self.v_num
-        if den <= 0 or num <= 0:
-            return self.prior_v0
-        return float(np.sqrt(num / den))
+        s2, s1 = self._own_den + _den_terms(self._shared, self.background)
+        v = v0_from_sums(self.p_sum, self.q_sum, s1, s2)
+        return v if np.isfinite(v) else self.prior_v0
 
     @property
     def v0_se(self) -> float:
-        """Standard error of :attr:`v0` (delta method on the ratio estimator; 0.05 before calibration)."""
-        n = self.one_n
-        if n < 2 * self.min_one_tuples or self.sy <= 0:
+        """Standard error of :attr:`v0` (delta method on sum P / sum u, whose error the small Q term
+        hardly changes; 0.05 before calibration)."""
+        if self.one_n < 2 * self.min_one_tuples:
             return 0.05
-        R = self.sx / self.sy
-        mx, my = self.sx / n, self.sy / n
-        vx, vy, cxy = self.xx / n - mx * mx, self.yy / n - my * my, self.xy / n - mx * my
-        var_r = max(vx - 2 * R * cxy + R * R * vy, 0.0) / (n * my * my)
-        return float(np.sqrt(var_r) / (2.0 * np.sqrt(max(R, 1e-12))))
+        s1 = float(_den_terms(self._shared, self.background)[1] + self._own_den[1])
+        if s1 <= 0:
+            return 0.05
+        R = self.p_sum / s1
+        return float(np.sqrt(max(self.xx - 2 * R * self.xy + R * R * self.yy, 0.0)) / s1)
 
     @property
     def background_se(self) -> float:
@@ -358,8 +397,8 @@ def squared_separation(r: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _TraceAcc:
-    blocks: list = field(default_factory=list)  # (2, 4) per completed block: num, sum m0, sum m0^2, sum var m0
-    cur: np.ndarray = field(default_factory=lambda: np.zeros((2, 4)))
+    blocks: list = field(default_factory=list)  # (2, 6) per completed block: the columns of sum_rows
+    cur: np.ndarray = field(default_factory=lambda: np.zeros((2, SUM_COLUMNS)))
     cur_n: int = 0
     n_blocks_n: list = field(default_factory=list)
 
@@ -367,9 +406,11 @@ class _TraceAcc:
 class TraceDistance:
     """Streaming per-trace distance + 90% interval from the trace's 2-on tuples (pooled visibility).
 
-    Per axis the pooled, noise-corrected ratio r_a = sum(P^2 + Q^2 - var) / sum((m0 - b)^2 - var m0) / v0^2
-    estimates cos^2(K d_a / 2) consistently whatever each tuple's photon count (a per-tuple
-    estimator's bias does not average away; this one's does), so d^2 = sum_a d_a^2(r_a). The
+    Per axis the pooled visibility V_a (:func:`v0_from_sums` on the axis's sums) gives
+    r_a = (V_a / v0)^2, which estimates cos^2(K d_a / 2) consistently whatever each tuple's photon
+    count (a per-tuple estimator's bias does not average away; this one's does), so
+    d^2 = sum_a d_a^2(r_a). (The squared form sum(P^2 + Q^2 - var) / sum((m0 - b)^2 - var m0), which
+    it replaced, spread 1.2-2x wider over development traces, most at large d.) The
     interval is a delete-one-block jackknife over blocks of ``block`` consecutive 2-on tuples
     (honest under correlated errors within a block), Student-t with K - 1 degrees of freedom on d^2,
     then square-rooted (clipped at 0); the distance itself is sqrt(d^2) corrected for the bias of the
@@ -380,12 +421,12 @@ class TraceDistance:
         self.block, self.min_blocks, self.sys_nm = block, min_blocks, sys_nm
         self.traces: dict[int, _TraceAcc] = {}
 
-    def add(self, trace: int, P, Q, m0, var_pq, var_m0) -> None:
+    def add(self, trace: int, P, Q, m0, var_pq, var_m0, var_q) -> None:
         """One trace's 2-on tuples, in order (arrays (k, 2))."""
-        self.add_rows(trace, sum_rows(np.stack([P, Q, m0, var_pq, var_m0], axis=1)))
+        self.add_rows(trace, sum_rows(np.stack([P, Q, m0, var_pq, var_m0, var_q], axis=1)))
 
     def add_rows(self, trace: int, rows: np.ndarray) -> None:
-        """:meth:`add` with the per-tuple summands (k, 2, 4) float64 already formed (:func:`sum_rows`)."""
+        """:meth:`add` with the per-tuple summands (k, 2, 6) float64 already formed (:func:`sum_rows`)."""
         acc = self.traces.setdefault(trace, _TraceAcc())
         i, n, b = 0, len(rows), self.block
         while i < n:
@@ -406,7 +447,7 @@ class TraceDistance:
         acc = self.traces.get(trace)
         if acc is None or (not acc.blocks and acc.cur_n == 0):
             return (np.nan, np.nan, np.nan)
-        blocks = np.asarray(acc.blocks).reshape(-1, 2, 4)
+        blocks = np.asarray(acc.blocks).reshape(-1, 2, SUM_COLUMNS)
         return estimate_from_blocks(blocks, np.full(len(blocks), float(self.block)), acc.cur, acc.cur_n, v0,
                                     background, v0_se, background_se, self.min_blocks, self.sys_nm)
 
@@ -414,7 +455,8 @@ class TraceDistance:
 def estimate_from_blocks(blocks: np.ndarray, nb: np.ndarray, extra: np.ndarray, extra_n: float, v0: float,
                          background: float, v0_se: float = 0.0, background_se: float = 0.0, min_blocks: int = 4,
                          sys_nm: float = 0.0) -> tuple[float, float, float]:
-    """(distance, lower, upper) from blocks of 2-on sums (k, 2, 4) of ``nb`` (k,) tuples each, plus
+    """(distance, lower, upper) from blocks of 2-on sums (k, 2, 6) (or, persisted before the last two
+    columns, (k, 2, 4): the squared form, see :func:`_d2`) of ``nb`` (k,) tuples each, plus
     ``extra`` sums of ``extra_n`` tuples that count in the estimate but not as a jackknife block (a
     block still filling). Shared by the live :class:`TraceDistance` and the merged partials."""
     total = blocks.sum(axis=0) + extra
@@ -431,7 +473,7 @@ def estimate_from_blocks(blocks: np.ndarray, nb: np.ndarray, extra: np.ndarray, 
     var_v0 = [(v0 + v0_se, background), (v0 - v0_se, background)] if v0_se > 0 else []
     var_b = [(v0, background + background_se), (v0, max(background - background_se, 0.0))] if background_se > 0 else []
     extra_rows = var_v0 + var_b
-    sums = np.concatenate([total[None], full[None] - blocks, np.broadcast_to(total, (len(extra_rows), 2, 4))])
+    sums = np.concatenate([total[None], full[None] - blocks, np.broadcast_to(total, (len(extra_rows), *total.shape))])
     ns = np.concatenate([[n_total], nb.sum() - nb, np.full(len(extra_rows), n_total)])
     v0s = np.array([v0] * (k + 1) + [a for a, _ in extra_rows], float)
     bs = np.array([background] * (k + 1) + [b for _, b in extra_rows], float)
@@ -480,14 +522,23 @@ def debiased_sqrt(d2: float, sd: float) -> float:
 
 
 def _d2(sums: np.ndarray, n, v0, b):
-    """d^2 from pooled sums (2, 4) (-> float) or a stack (k, 2, 4) with n (k,) (-> (k,)); v0 and b
-    scalars or (k,) (one instrument per stacked sum)."""
+    """d^2 from pooled sums (2, 6) (-> float) or a stack (k, 2, 6) with n (k,) (-> (k,)); v0 and b
+    scalars or (k,) (one instrument per stacked sum).
+
+    Per axis the pair's visibility V_a (harmonic amplitude over m0 - b) by :func:`v0_from_sums` on the
+    axis's sums (the feedback loop centres the pair as it centres a lone emitter), r_a = (V_a / v0)^2;
+    from (2, 4) sums (partials persisted before the P and Q^2 columns) the squared form
+    r_a = sum(P^2 + Q^2 - var) / sum((m0 - b)^2 - var m0) / v0^2."""
     n = np.asarray(n, float)[..., None]
     v0 = np.asarray(v0, float)[..., None] if np.ndim(v0) else v0
     b = np.asarray(b, float)[..., None] if np.ndim(b) else b
     num, s1, s2, sv = sums[..., 0], sums[..., 1], sums[..., 2], sums[..., 3]
     den = pooled_den(s1, s2, sv, n, b)
-    r = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0) / (v0 * v0)
+    if sums.shape[-1] >= SUM_COLUMNS and np.isfinite(sums[..., 4:]).all():
+        vis = v0_from_sums(sums[..., 4], sums[..., 5], s1 - n * b, den)
+        r = np.where(np.isfinite(vis), vis * vis, 0.0) / (v0 * v0)
+    else:
+        r = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0) / (v0 * v0)
     out = squared_separation(r).sum(axis=-1)
     return float(out) if out.ndim == 0 else out
 

@@ -30,8 +30,17 @@ COLUMNS = {
     "background": np.float32,
 }
 #: rows of the per-trace partial-sum table kept (partials.py): ~5 per packet of 1,000 tuples
-PARTIAL_COLUMNS = {"stream": np.int32, "trace": np.int64, "kind": np.uint8, "n": np.int64, "sums": (np.float64, (2, 4))}
+PARTIAL_COLUMNS = {"stream": np.int32, "trace": np.int64, "kind": np.uint8, "n": np.int64, "sums": (np.float64, (2, 6))}
 STATE_NAMES = {2: "2-on", 1: "1-on", 0: "background"}
+
+
+def _six_columns(sums, m: int) -> np.ndarray:
+    """A result's partial sums as (m, 2, 6); a worker from before the v0 columns sends (m, 2, 4):
+    NaN in the two it lacks (its streams' v0 is then the squared form, :mod:`.partials`)."""
+    a = np.asarray(sums, np.float64)
+    if a.size == m * 2 * 4:
+        return np.concatenate([a.reshape(m, 2, 4), np.full((m, 2, 2), np.nan)], axis=2)
+    return a.reshape(m, 2, 6)
 
 FLAG_NAMES = {
     FLAG_NO_INTERVAL: "no interval",
@@ -154,7 +163,8 @@ class MinfluxViewModel:
                                                       for r, c in zip(parts, code)]),
                                **{k: np.concatenate([np.asarray(r[f"part_{k}"]).reshape(len(r["part_n"]), *shape)
                                                      for r in parts])
-                                  for k, shape in (("trace", ()), ("kind", ()), ("n", ()), ("sums", (2, 4)))})
+                                  for k, shape in (("trace", ()), ("kind", ()), ("n", ()))},
+                               sums=np.concatenate([_six_columns(r["part_sums"], len(r["part_n"])) for r in parts]))
             self.version += 1
         cols: dict[str, np.ndarray] = {}
         for key, (arg, dtype, fill) in RESULT_COLUMNS.items():

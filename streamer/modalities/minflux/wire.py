@@ -64,8 +64,9 @@ RESULTS = ResultSpec(
         ArraySpec("part_trace", "<i8", ("m",), required=False, doc="trace the sums belong to"),
         ArraySpec("part_kind", "u1", ("m",), required=False, doc="2: a block of 2-on tuples, 1: 1-on, 0: background-only"),
         ArraySpec("part_n", "<i4", ("m",), required=False, doc="tuples summed"),
-        ArraySpec("part_sums", "<f8", ("m", 2, 4), required=False,
-                  doc="per axis: sum(P^2+Q^2-var), sum m0, sum m0^2, sum var m0 (kind 0: [0,0] = total counts)"),
+        ArraySpec("part_sums", "<f8", ("m", 2, 6), required=False,
+                  doc="per axis: sum(P^2+Q^2-var), sum m0, sum m0^2, sum var m0, sum P, sum(Q^2-var Q) "
+                      "(kind 0: [0,0] = total counts)"),
     ),
     detection_noun="per-trace partial sums",
     flags={FLAG_NO_INTERVAL: "no interval", FLAG_LOW_PHOTONS: "low photons",
