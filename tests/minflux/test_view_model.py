@@ -170,3 +170,13 @@ def test_self_calibrating_results_show_states_calibration_and_merged_trace_answe
     assert inst.trace_two_on == red["two_on_tuples"][1] > 1000
     assert np.isclose(inst.trace_distance, red["distance"][1]) and abs(inst.trace_distance - 30.0) < 4
     assert "trace 1: " in format_instrument(inst)
+    # an older worker's results carry (m, 2, 4) sums: read with the squared form, nothing lost
+    legacy = [{**r, "part_sums": np.asarray(r["part_sums"]).reshape(-1, 2, 6)[:, :, :4].copy()}
+              if r.get("part_sums") is not None else r for r in decoded]
+    old_vm = MinfluxViewModel(capacity=20_000)
+    old_vm.ingest_results(legacy)
+    old_vm.select_trace(1)
+    old_inst = old_vm.instrument()
+    old_cal = partials.calibration(cat["part_trace"], cat["part_kind"], cat["part_n"], cat["part_sums"][:, :, :4])
+    assert np.isclose(old_inst.v0, old_cal["v0"]) and not np.isclose(old_inst.v0, inst.v0, rtol=1e-9, atol=0)
+    assert abs(old_inst.v0 - 0.93) < 0.02 and abs(old_inst.trace_distance - 30.0) < 4
