@@ -124,3 +124,14 @@ def test_per_trace_d2_from_the_linear_visibility_is_tighter_and_reads_legacy_sum
     for est in (new, old):
         assert est[1] <= est[0] <= est[2] and abs(est[0] - d) < 5
     assert new[0] != old[0]
+
+
+def test_terms_without_var_q_are_refused_where_they_are_needed():
+    rng = np.random.default_rng(2)
+    counts, pos = _one_on(0.9, 1.0, 50, rng)
+    five = np.stack(traces.harmonic_terms(counts, pos), axis=1)
+    with pytest.raises(ValueError, match="var"):
+        traces.StreamCalibration().add_terms(counts, np.full(50, STATE_ONE, np.uint8), five)
+    with pytest.raises(ValueError, match="6 columns"):
+        traces.TraceDistance().add_rows(0, traces.sum_rows(five))
+    traces.StreamCalibration().add_terms(counts, np.full(50, STATE_BACKGROUND, np.uint8), five)  # b needs no Q

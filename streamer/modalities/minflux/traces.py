@@ -427,6 +427,9 @@ class TraceDistance:
 
     def add_rows(self, trace: int, rows: np.ndarray) -> None:
         """:meth:`add` with the per-tuple summands (k, 2, 6) float64 already formed (:func:`sum_rows`)."""
+        if rows.shape[-1] != SUM_COLUMNS:
+            raise ValueError(f"per-trace rows need the {SUM_COLUMNS} columns of sum_rows (harmonic terms with var(Q)), "
+                             f"got {rows.shape[-1]}")
         acc = self.traces.setdefault(trace, _TraceAcc())
         i, n, b = 0, len(rows), self.block
         while i < n:
