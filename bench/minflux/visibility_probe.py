@@ -14,15 +14,17 @@ import argparse
 
 import numpy as np
 
-from streamer.modalities.minflux import offgrid, physics, traces
+from streamer.modalities.minflux import offgrid, partials, physics, traces
 from streamer.modalities.minflux.live import LivePredictor
 from streamer.modalities.minflux.prediction import Prediction
 
 INSTRUMENTS = ((0.85, 6.0), (0.85, 0.5), (0.93, 2.0), (1.0, 6.0))
 
 
-def _run(rec) -> "object":
-    """The stream through a self-calibrating predictor whose model is skipped; its stream state."""
+def _run(rec):
+    """The stream through a self-calibrating predictor whose model is skipped: its stream state, and
+    the squared-form v0 of the same stream (the merged calibration of its partials' first four
+    columns, the form partials persisted before the v0 columns are read with)."""
     lp = LivePredictor()
 
     def no_model(batch, state, v0, bg, totals):
@@ -30,17 +32,11 @@ def _run(rec) -> "object":
         return Prediction(z, z, z, np.zeros(len(batch), np.uint8), "none")
 
     lp._two_on_only = no_model
-    for i in range(0, len(rec), 1000):
-        lp.process("s", rec.tuples[i:i + 1000])
-    return lp.streams["s"]
-
-
-def _squared_v0(cal: traces.StreamCalibration) -> float:
-    """The squared-form v0 sqrt(sum(P^2 + Q^2 - var) / sum((m0 - b)^2 - var m0)) from the same sums."""
-    keys = list(cal.trace_one)
-    s = np.array([cal.trace_one[k] for k in keys])
-    b = np.array([cal.trace_background(k)[0] if k != -1 else cal.background for k in keys])
-    return float(np.sqrt(s[:, 0].sum() / (s[:, 2] - 2 * b * s[:, 1] + s[:, 4] * b * b - s[:, 3]).sum()))
+    outs = [lp.process("s", rec.tuples[i:i + 1000]) for i in range(0, len(rec), 1000)]
+    part = {k: np.concatenate([o[k] for o in outs]) for k in ("part_trace", "part_kind", "part_n", "part_sums")}
+    squared = partials.calibration(part["part_trace"], part["part_kind"], part["part_n"],
+                                   part["part_sums"][..., :traces.LEGACY_SUM_COLUMNS])["v0"]
+    return lp.streams["s"], squared
 
 
 def v0_crb(rec, v0: float, b: float) -> float:
@@ -74,8 +70,8 @@ def v0_table(n: int) -> str:
         lin, sq, crb = [], [], []
         for k in range(n):
             rec = offgrid.simulate_stream(v0, b, 4000, 90000 + k)
-            cal = _run(rec).cal
-            lin.append(cal.v0 - v0), sq.append(_squared_v0(cal) - v0)
+            st, v_sq = _run(rec)
+            lin.append(st.cal.v0 - v0), sq.append(v_sq - v0)
             if v0 < 1:  # v0 = 1 is the boundary of the parameter space: no Cramer-Rao bound there
                 crb.append(v0_crb(rec, v0, b))
         lin, sq = np.array(lin), np.array(sq)
@@ -91,9 +87,9 @@ def trace_table(n: int, seeds: list[int]) -> str:
     recs = []
     for seed in seeds:
         for _, v0, bg, rec in offgrid._random_streams(n, 4000, seed):
-            st = _run(rec)
+            st, v_sq = _run(rec)
             cal = st.cal
-            v_lin, v_sq = min(cal.v0, 1.0), min(_squared_v0(cal), 1.0)
+            v_lin, v_sq = min(cal.v0, 1.0), min(v_sq, 1.0)
             for tr, acc in st.traces.traces.items():
                 blocks = np.asarray(acc.blocks).reshape(-1, 2, traces.SUM_COLUMNS)
                 nb = np.full(len(blocks), float(st.traces.block))

@@ -515,9 +515,9 @@ def _v0_from_all_traces(cal: traces.StreamCalibration) -> float:
     keys = list(cal.trace_one)
     sums = np.array([cal.trace_one[k] for k in keys])
     b = np.array([cal.trace_background(k)[0] if k != -1 else cal.background for k in keys])
-    s2 = float((sums[:, 2] - 2.0 * b * sums[:, 1] + sums[:, 4] * b * b - sums[:, 3]).sum())
-    s1 = float((sums[:, 1] - sums[:, 4] * b).sum())
-    v = traces.v0_from_sums(sums[:, 5].sum(), sums[:, 6].sum(), s1, s2)
+    s2 = float((sums[:, 1] - 2.0 * b * sums[:, 0] + sums[:, 3] * b * b - sums[:, 2]).sum())
+    s1 = float((sums[:, 0] - sums[:, 3] * b).sum())
+    v = traces.v0_from_sums(cal.p_sum, cal.q_sum, s1, s2)  # sum P and sum Q^2 - var Q do not depend on b
     return v if np.isfinite(v) else cal.prior_v0
 
 

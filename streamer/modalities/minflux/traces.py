@@ -97,8 +97,8 @@ def pooled_den(s1, s2, sv, n, b):
 
 def _den_terms(sums: np.ndarray, b: float) -> np.ndarray:
     """One trace's (or a group's) background-dependent v0 sums over its 1-on axis-tuples, from its sums
-    (num, sum m0, sum m0^2, sum var m0, axis-tuples, ...): (sum (m0 - b)^2 - var m0, sum m0 - b)."""
-    return np.array([pooled_den(sums[1], sums[2], sums[3], sums[4], b), sums[1] - sums[4] * b])
+    (sum m0, sum m0^2, sum var m0, axis-tuples): (sum (m0 - b)^2 - var m0, sum m0 - b)."""
+    return np.array([pooled_den(sums[0], sums[1], sums[2], sums[3], b), sums[0] - sums[3] * b])
 
 
 #: columns of the per-axis sums (:func:`sum_rows`, the partials): P^2 + Q^2 - var PQ, m0, m0^2,
@@ -171,12 +171,13 @@ class StreamCalibration:
     min_background_tuples: int = 200
     min_one_tuples: int = 500
     trace_bg: dict = field(default_factory=dict)  # trace -> [sum of counts, tuples] of background-only tuples
-    #: trace -> 1-on sums (sum P^2 + Q^2 - var, sum m0, sum m0^2, sum var m0, axis-tuples, sum P, sum Q^2 - var Q)
+    #: trace -> the background-dependent 1-on sums (sum m0, sum m0^2, sum var m0, axis-tuples); sum P
+    #: and sum Q^2 - var Q do not depend on b and are kept for the stream only (p_sum, q_sum)
     trace_one: dict = field(default_factory=dict)
     # v0's background-dependent sums kept up to date as tuples arrive (O(1) per packet, not O(traces
     # seen)): the 1-on sums of traces on the stream background, and, summed, the terms
     # (sum (m0 - b)^2 - var m0, sum m0 - b) of traces with their own
-    _shared: np.ndarray = field(default_factory=lambda: np.zeros(7))
+    _shared: np.ndarray = field(default_factory=lambda: np.zeros(4))
     _own_den: np.ndarray = field(default_factory=lambda: np.zeros(2))
     # the traces with their own background, summed (count, sum b, sum b^2, sum b / (6 n)): the
     # between-trace spread in O(1) per packet
@@ -220,9 +221,8 @@ class StreamCalibration:
                 raise ValueError("1-on tuples need var(Q) in their harmonic terms "
                                  "(harmonic_terms(..., with_var_q=True))")
             sel = np.asarray(terms[one], np.float64)  # one gather, then column views
-            P1, Q1, m1, v1, w1, q1 = (sel[:, j] for j in range(6))
-            sums = np.array([(P1**2 + Q1**2 - v1).sum(), m1.sum(), (m1**2).sum(), w1.sum(), 2.0 * one.sum(),
-                             P1.sum(), (Q1**2 - q1).sum()])
+            P1, Q1, m1, _, w1, q1 = (sel[:, j] for j in range(6))  # var(P) + var(Q) is not used here
+            sums = np.array([m1.sum(), (m1**2).sum(), w1.sum(), 2.0 * one.sum()])
             key = -1 if trace is None else trace
             self.trace_one[key] = self.trace_one.get(key, 0.0) + sums
             b_own, own = self.trace_background(key) if key != -1 else (0.0, False)
@@ -230,8 +230,8 @@ class StreamCalibration:
                 self._own_den += _den_terms(sums, b_own)
             else:
                 self._shared += sums
-            self.p_sum += float(sums[5])
-            self.q_sum += float(sums[6])
+            self.p_sum += float(P1.sum())
+            self.q_sum += float((Q1**2 - q1).sum())
             self.one_n += int(one.sum()) * 2
             u = m1 - self.background
             self.xx += float((P1 * P1).sum())
