@@ -9,6 +9,7 @@ import pytest
 
 from streamer.modalities.minflux import live, offgrid, partials
 from streamer.modalities.minflux.simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
+from streamer.modalities.minflux.traces import STATE_UNKNOWN
 
 
 def _run(rec, workers: int, packet: int = 500, **kw):
@@ -171,3 +172,107 @@ def test_one_vectorised_d2_call_equals_one_call_per_term():
         half = float(np.sqrt(_t95(np.asarray(k - 1)) ** 2 * var + 1.6449**2 * cal2))
         est, lo, hi = estimate_from_blocks(blocks, nb, np.zeros((2, 4)), 0.0, v0, b, v0_se, b_se)
         assert lo == float(np.sqrt(max(d2 - half, 0.0))) and hi == float(np.sqrt(max(d2 + half, 0.0)))
+
+
+def _level_rows(levels, n, b):
+    """2-on rows whose per-axis mean m0 is ``level + b`` (the level the merge reads)."""
+    n = np.asarray(n, np.int64)
+    sums = np.zeros((len(n), 2, 6))
+    sums[:, :, 1] = (n * (np.asarray(levels, float) + b))[:, None]
+    return sums
+
+
+def test_merge_relabels_rows_by_the_trace_level_all_workers_saw():
+    """A worker that never saw a trace's pair calls its lone emitter 2-on: the merge compares each 2-on
+    row's level with the trace's 2-on level over every worker's rows (the segmenter's own fractions)."""
+    b = 2.0
+    trace = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    levels = [100, 98, 103, 75, 52, 1.0, 50, 49]  # trace 1: only a lone emitter's rows, no pair to compare with
+    n = [200, 200, 200, 200, 150, 100, 200, 200]
+    sums = _level_rows(levels, n, b)
+    cal = {"background": b, "own_background": {}}
+    kind = partials.relabel(trace, np.full(8, STATE_TWO, np.uint8), n, sums, cal)
+    assert list(kind) == [STATE_TWO] * 4 + [STATE_UNKNOWN] * 2 + [STATE_TWO] * 2
+    # a trace's own background sets its levels: b = 26 on trace 0 puts 75 + 2 - 26 = 51 below 0.72 x (100 + 2 - 26)
+    own = partials.relabel(trace, np.full(8, STATE_TWO, np.uint8), n, sums,
+                           {"background": b, "own_background": {0: (26.0, 500)}})
+    assert own[3] == STATE_UNKNOWN and own[6] == STATE_TWO
+    # no background yet: nothing to compare a level with, rows unchanged
+    same = np.full(8, STATE_TWO, np.uint8)
+    assert partials.relabel(trace, same, n, sums, {"background": float("nan"), "own_background": {}}) is same
+
+
+def test_four_workers_merge_with_their_lone_emitter_rows_relabelled():
+    """Traces of 4 packets to 4 workers in turn: each worker sees one packet of each trace, and one that
+    gets only packets after the first bleaching step calls the survivor 2-on. Merged, those rows are
+    set aside and the 2-on rows are the pair's tuples again; with one worker the merge changes nothing."""
+    rec = offgrid.simulate_stream(0.93, 2.0, 2000, seed=21, distances=(10.0, 30.0, 50.0))
+    truth = rec.truth["state"]
+    for workers in (1, 4):
+        _, outs, cat = _run(rec, workers)
+        packet = np.concatenate([np.full(len(o["part_n"]), j) for j, o in enumerate(outs)])
+        kind, cal = partials.merge(cat["part_trace"], cat["part_kind"], cat["part_n"], cat["part_sums"])
+        if workers == 1:
+            assert (kind == cat["part_kind"]).all()
+            continue
+
+        def two_on_share(k):  # of the tuples in the 2-on rows' (packet, trace): truly 2-on, tuple-weighted
+            rows = np.flatnonzero(k == STATE_TWO)
+            share = [np.mean(truth[p * 500:(p + 1) * 500][rec.tuples.trace_id[p * 500:(p + 1) * 500] == t] == STATE_TWO)
+                     for p, t in zip(packet[rows], cat["part_trace"][rows])]
+            return np.average(share, weights=cat["part_n"][rows])
+
+        moved = kind != cat["part_kind"]
+        assert moved.sum() >= 2 and (kind[moved] == STATE_UNKNOWN).all()
+        assert two_on_share(cat["part_kind"]) < 0.8 and two_on_share(kind) > 0.9
+        assert cal["calibrated"] and abs(cal["v0"] - 0.93) < 0.01
+        red = partials.reduce(np.full(len(packet), "s"), cat["part_trace"], cat["part_kind"], cat["part_n"],
+                              cat["part_sums"])
+        assert abs(red["distance"][2] - 50.0) < 4.0
+
+
+def test_a_worker_that_sees_only_background_calls_it_background():
+    """Windows of background-only tuples pass a permissive modulation test by chance; as the first
+    emitter windows of a trace's view their level (~0) would become its 2-on level and every later
+    background tuple "2-on". Two guards: the level floor (with the stream's background) and, for a
+    trace not seen modulated yet, the strict first threshold z_first (what holds while the
+    background is still the prior, 1 count against 4 here, and the floor passes everything)."""
+    from streamer.modalities.minflux import traces
+
+    rec = offgrid.simulate_stream(0.93, 4.0, 3000, seed=5, distances=(30.0, 30.0, 30.0))
+    bg = rec.truth["state"] == STATE_BACKGROUND
+    t = rec.tuples[bg]
+    P, Q, m0, vpq, vm0 = traces.harmonic_terms(t.counts, t.positions)
+    n = t.counts.sum(axis=(1, 2)).astype(float)
+    assert len(t) > 1000
+
+    def background_share(b, **kw):
+        seg = traces.Segmenter(**kw)  # each 100 tuples a new trace's only view
+        s = np.concatenate([seg.segment(tr, P[i:i + 100], Q[i:i + 100], vpq[i:i + 100], n[i:i + 100], b)
+                            for tr, i in enumerate(range(0, len(t), 100))])
+        return np.mean(s == STATE_BACKGROUND)
+
+    assert background_share(4.0, z_first=2.0) == 1.0  # the floor
+    assert background_share(4.0, z_first=2.0, floor_z=0.0) < 0.95  # neither guard
+    assert background_share(1.0) > 0.99  # z_first
+    assert background_share(1.0, z_first=2.0) < 0.95  # the floor alone, on the prior background
+
+
+def test_a_worker_that_sees_the_pair_briefly_calls_the_survivor_one_on():
+    """A packet in which the pair bleaches after ~60 tuples: more survivor than pair windows, so the
+    level quantile alone is the survivor's; the level of the 40th highest window is the pair's."""
+    from streamer.modalities.minflux import traces
+
+    rec = offgrid.simulate_stream(0.93, 2.0, 4000, seed=8, distances=(30.0,))
+    truth = rec.truth["state"]
+    step = int(np.flatnonzero(truth == STATE_ONE)[0])
+    sl = slice(step - 60, step + 600)
+    assert (truth[sl][:60] == STATE_TWO).all() and (truth[sl][60:] == STATE_ONE).all()
+    t = rec.tuples[sl]
+    P, Q, m0, vpq, vm0 = traces.harmonic_terms(t.counts, t.positions)
+    n = t.counts.sum(axis=(1, 2)).astype(float)
+    one = {}
+    for top_windows in (40, 10**9):  # 10**9: the quantile alone
+        s = traces.Segmenter(top_windows=top_windows).segment(0, P, Q, vpq, n, 2.0)
+        one[top_windows] = np.mean(s[100:] == STATE_ONE)  # the survivor, past the trailing window
+    assert one[40] > 0.95 and one[10**9] < 0.5

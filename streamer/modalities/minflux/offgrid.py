@@ -362,7 +362,7 @@ def trace_floor(n_streams: int = 200, tuples_per_trace: int = 4000, seed: int = 
              "se_of_mean": float(np.sqrt(np.mean(np.square(c)) / len(c)))} for d, c in per.items()]
 
 
-def evaluate_traces_merged(n_streams: int = 200, workers=(1, 2, 3), tuples_per_trace: int = 4000, seed: int = 3939,
+def evaluate_traces_merged(n_streams: int = 200, workers=(1, 2, 3, 4), tuples_per_trace: int = 4000, seed: int = 3939,
                            packet: int = 1000, bundle: str = "general", backend: str = "auto", log=print) -> dict:
     """Per-trace answers merged from the partial sums of ``k`` self-calibrating workers that got the
     stream's packets in turn (packet i to worker i mod k), for each k in ``workers``: bias and 90%

@@ -308,6 +308,17 @@ class StreamCalibration:
 
 _LEVEL_EDGES = np.geomspace(1.0, 1e5, 401)  # per-trace histogram of emitter-window signal levels
 
+#: an emitter's signal level above this share of its trace's 2-on level is 2-on: one of the pair gives
+#: at most ~0.56 of it (brightness ratio 0.8-1); the trace's 2-on level is the TOP_QUANTILE of its
+#: emitter levels (shared by :class:`Segmenter` and the merged partials' relabelling)
+TWO_FRACTION = 0.72
+TOP_QUANTILE = 0.75
+
+
+def _edge(j: int) -> float:
+    """Lower edge of level-histogram bin ``j`` (the bins of ``np.searchsorted(_LEVEL_EDGES, level)``)."""
+    return float(_LEVEL_EDGES[min(max(j, 1), len(_LEVEL_EDGES) - 1) - 1])
+
 
 @dataclass
 class _TraceSeg:
@@ -322,12 +333,17 @@ class Segmenter:
     A window holds an emitter when its modulation is significant (Z > ``z_signal``) or its signal
     level (mean counts - 6 b) exceeds ``one_fraction`` of the trace's 2-on level; the 2-on level is
     the ``top_quantile`` of the trace's emitter-window levels so far (a histogram per trace), and
-    an emitter window is 2-on above ``two_fraction`` of it.
+    an emitter window is 2-on above ``two_fraction`` of it, or of the level of the ``top_windows``-th
+    highest window where that is a distinct, higher level (the pair seen briefly, then its survivor
+    long). A modulated window counts as an emitter's only with a level ``floor_z`` standard errors
+    above the background's; in a trace not seen modulated yet, only with Z > ``z_first``.
     """
 
-    def __init__(self, window: int = 40, z_signal: float = 12.0, two_fraction: float = 0.72,
-                 one_fraction: float = 0.2, top_quantile: float = 0.75):
-        self.window, self.z_signal, self.two_fraction = window, z_signal, two_fraction
+    def __init__(self, window: int = 40, z_signal: float = 12.0, two_fraction: float = TWO_FRACTION,
+                 one_fraction: float = 0.2, top_quantile: float = TOP_QUANTILE, floor_z: float = 4.0,
+                 top_windows: int = 40, z_first: float = 24.0):
+        self.window, self.z_signal, self.two_fraction, self.floor_z = window, z_signal, two_fraction, floor_z
+        self.top_windows, self.z_first = top_windows, z_first
         self.one_fraction, self.top_quantile = one_fraction, top_quantile
         self.traces: dict[int, _TraceSeg] = {}
 
@@ -352,12 +368,31 @@ class Segmenter:
         cnt = np.minimum(np.arange(1, len(aN) + 1), w)
         z = ((sP**2 + sQ**2) / np.maximum(sV, 1e-9)).sum(axis=1)[k:]
         level = (sN / cnt - 6.0 * background)[k:]
-        modulated = z > self.z_signal * np.sqrt(cnt[k:] / w)
+        # an emitter window also needs a signal level above the background's noise (floor_z standard
+        # errors of a mean of cnt tuples of ~6 b counts each): a short window of background-only tuples
+        # passes the modulation test by chance (the threshold shrinks with the window so that a trace's
+        # first tuples are found), and its level ~0 taken as the trace's 2-on level would make every later
+        # background tuple "2-on" -- what a worker that gets only a trace's last packets sees
+        floor = self.floor_z * np.sqrt(max(6.0 * background, 1.0) / cnt[k:])
+        # (the background is the prior until calibrated, so the floor alone does not hold then: a trace
+        # not seen modulated yet needs z_first, which no window of background-only tuples reached on
+        # development streams -- max 20 over 16,500 full windows, z_signal in 0.5 % of them)
+        thr = self.z_signal * np.sqrt(cnt[k:] / w) if st.hist.any() else self.z_first
+        modulated = (z > thr) & (level > floor)
         st.hist += np.bincount(np.searchsorted(_LEVEL_EDGES, level[modulated]), minlength=len(st.hist))
         total = st.hist.sum()
         if total:
-            j = int(np.searchsorted(np.cumsum(st.hist), self.top_quantile * total))
-            top = float(_LEVEL_EDGES[min(max(j, 1), len(_LEVEL_EDGES) - 1) - 1])
+            cum = np.cumsum(st.hist)
+            top = _edge(int(np.searchsorted(cum, self.top_quantile * total)))
+            # a worker that gets a packet in which the pair bleaches after a few dozen tuples sees more
+            # survivor than pair windows: the quantile is then the survivor's level, so the survivor would
+            # be called 2-on. The level of the top_windows-th highest window is the pair's once the pair has
+            # been seen that long; it replaces the quantile where it is a distinct level above it (two
+            # emitters against one), so a trace seen from its start keeps the quantile
+            if total > self.top_windows:
+                top_m = _edge(int(np.searchsorted(cum, total - self.top_windows, side="right")))
+                if top_m * self.two_fraction > top:
+                    top = top_m
         else:
             top = np.inf
         sig = modulated | (level > self.one_fraction * top)

@@ -320,7 +320,7 @@ class MinfluxViewModel:
 
     def instrument(self) -> Instrument:
         """Live calibration of the newest stream and the selected trace's merged answer."""
-        from .partials import calibration, trace_answer
+        from .partials import merge, trace_answer
         from .simulate import STATE_TWO
 
         out = Instrument(stream=self.newest_stream or "", trace=self.selected_trace)
@@ -333,13 +333,13 @@ class MinfluxViewModel:
             return out
         rows = self.partials.columns()
         mine = rows["stream"] == code
-        cal = calibration(rows["trace"][mine], rows["kind"][mine], rows["n"][mine], rows["sums"][mine])
+        kind, cal = merge(rows["trace"][mine], rows["kind"][mine], rows["n"][mine], rows["sums"][mine])
         out.v0, out.v0_se, out.calibrated = cal["v0"], cal["v0_se"], cal["calibrated"]
         out.background, out.background_se = cal["background"], cal["background_se"]
         if self.selected_trace is not None:
             # the trace's 2-on rows with the stream's calibration just computed (as `streamer traces`)
-            sel = mine & (rows["trace"] == self.selected_trace) & (rows["kind"] == STATE_TWO)
-            if sel.any():
+            sel = np.flatnonzero(mine)[(rows["trace"][mine] == self.selected_trace) & (kind == STATE_TWO)]
+            if len(sel):
                 (d, lo, hi), *_ = trace_answer(cal, self.selected_trace, rows["sums"][sel], rows["n"][sel])
                 out.trace_distance, out.trace_lower, out.trace_upper = float(d), float(lo), float(hi)
                 out.trace_two_on = int(rows["n"][sel].sum())

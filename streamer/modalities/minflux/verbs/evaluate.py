@@ -395,9 +395,11 @@ def general_block(command: str, quick: bool = False, log=print) -> tuple[str, di
         "to k self-calibrating workers in turn (packet i to worker i mod k); each worker returns the sums "
         "it added as the result's partial-sum table, and `streamer traces` merges them: each trace's "
         "distance and 90% interval from all its 2-on tuples, the stream's calibration from all its 1-on and "
-        "background-only tuples. A worker still segments only the packets it gets (the trace's 2-on level "
-        "comes from what it saw of the trace), so the answers degrade once a worker sees few packets of a "
-        "trace (k = 3 with 4-packet traces).",
+        "background-only tuples. A worker segments only the packets it gets: one that sees only packets "
+        "after a trace's first bleaching step takes the survivor's level for the 2-on level and calls it "
+        "2-on. The merge relabels such rows with the segmenter's own rule against the trace's 2-on level over "
+        "every worker's rows (`partials.relabel`); with k = 4 and 4-packet traces each worker sees one packet "
+        "of each trace.",
         "",
         markdown_table(merged["rows"], ["workers", "d", "traces", "bias", "bias_se", "coverage", "with_interval", "width"],
                        ["workers", "d (nm)", "traces", "bias", "its s.e.", "coverage", "with interval", "width"], 3),
