@@ -162,12 +162,7 @@ def calibration(trace, kind, n, sums) -> dict:
     if not calibrated or len(one) == 0:
         return out
     # each 1-on row with its trace's own background where it has one (as the live calibration)
-    b_row = np.full(len(one), b)
-    if len(ids):
-        pos = np.minimum(np.searchsorted(ids, trace[one]), len(ids) - 1)
-        mine = (ids[pos] == trace[one]) & has[pos]
-        b_row[mine] = c_t[pos[mine]] / (6.0 * k_t[pos[mine]])
-    v, loo = _v0_rows(sums[one], n[one], b_row)
+    v, loo = _v0_rows(sums[one], n[one], _row_backgrounds(trace[one], out))
     if not np.isfinite(v):
         return out
     out["v0"] = v
