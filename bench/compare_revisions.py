@@ -5,7 +5,8 @@
 Each revision is checked out (``git worktree``) into a temporary folder and run with this venv's
 packages through ``PYTHONPATH`` (its own ``streamer`` wins over the editable install); its model
 libraries are compiled there once. Every round runs ``streamer run --simulate static`` for each
-revision, alternating the order, with identical data (same seed) and settings; the table gives the
+revision (``--regime dynamic --predictor minflux:general``: the self-calibrating predictor on dynamic
+traces), alternating the order, with identical data (same seed) and settings; the table gives the
 median tuples/s at the sink and the ratio of each revision to the first. Appends the table to the
 "## Layout comparison" section of bench/RESULTS.md with the command.
 """
@@ -43,9 +44,10 @@ def checkout(rev: str, into: Path) -> Path:
 
 def run_once(path: Path, args: argparse.Namespace, out: Path, persist: Path | None = None) -> float:
     env = {**os.environ, "PYTHONPATH": str(path)}
-    cmd = [sys.executable, "-m", "streamer.cli", "run", "--simulate", "static", "--traces", str(args.traces),
+    cmd = [sys.executable, "-m", "streamer.cli", "run", "--simulate", args.regime, "--traces", str(args.traces),
            "--tuples-per-trace", str(args.tuples_per_trace), "--seed", "7", "--packet-size", str(args.packet_size),
-           "--repeat", str(args.repeat), "-w", "2", "--json", str(out)] + (["--out", str(persist)] if persist else [])
+           "--repeat", str(args.repeat), "-w", "2", "--json", str(out)] + (["--out", str(persist)] if persist else []) + (
+        ["--predictor", args.predictor] if args.predictor else [])
     subprocess.run(cmd, cwd=path, env=env, check=True, capture_output=True, timeout=900)
     s = json.loads(out.read_text())
     assert s["tuples"] == s["publisher"]["tuples"], "lost tuples"
@@ -63,6 +65,8 @@ def main() -> int:
     p.add_argument("--persist", action="append", default=[], metavar="REV",
                    help="run this revision with --out (results persisted) too")
     p.add_argument("--section", default=SECTION)
+    p.add_argument("--regime", default="static", choices=("static", "dynamic"), help="what --simulate replays")
+    p.add_argument("--predictor", default=None, help="[modality:]name the workers serve (default: the shipped one)")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="streamer-revs-") as tmp:
@@ -94,8 +98,9 @@ def main() -> int:
     print(table)
     if not args.no_write:
         cmd = "  ".join(["`.venv/bin/python bench/compare_revisions.py", *map(shlex.quote, sys.argv[1:])]) + "`"
-        body = (f"MINFLUX end to end (`streamer run --simulate static`, {args.traces * args.tuples_per_trace:,} tuples x "
-                f"{args.repeat}, packets of {args.packet_size}, 2 workers, trained static model), {args.rounds} "
+        served = f"predictor {args.predictor}" if args.predictor else "trained static model"
+        body = (f"MINFLUX end to end (`streamer run --simulate {args.regime}`, {args.traces * args.tuples_per_trace:,} tuples x "
+                f"{args.repeat}, packets of {args.packet_size}, 2 workers, {served}), {args.rounds} "
                 f"rounds alternating the order, same machine, same run. Command: {cmd}\n\n{table}\n")
         write_sections(ROOT / "bench" / "RESULTS.md", {args.section: f"{args.section}\n\n{body}"})
     return 0

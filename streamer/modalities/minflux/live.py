@@ -1,6 +1,7 @@
 """The ``general`` worker predictor: instrument-aware model + live self-calibration + per-trace distance.
 
-Per packet (vectorised; a Python loop only over the traces present in the packet):
+Per packet (vectorised; a Python loop only over the traces present in the packet, whose per-trace
+steps -- window statistics, confirmation, sums, the pooled estimate -- are compiled, :mod:`.trace_kernels`):
 
 1. per-axis harmonic terms of every tuple (:func:`traces.harmonic_terms`);
 2. per trace: streaming 2-on / 1-on / background segmentation (:class:`traces.Segmenter`);
@@ -30,7 +31,8 @@ from .general import REGIME, GeneralPredictor
 from .partials import packet_partials
 from .prediction import FLAG_NO_INTERVAL, FLAG_NOT_TWO_ON, FLAG_UNCALIBRATED, Prediction
 from .simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
-from .traces import STATE_UNKNOWN, Segmenter, StreamCalibration, TraceDistance, harmonic_terms, sum_rows
+from .trace_kernels import confirmed_states, rows_where
+from .traces import STATE_UNKNOWN, Segmenter, StreamCalibration, TraceDistance, harmonic_terms
 from .tuples import TupleBatch, count_totals
 
 ENV_V0 = "STREAMER_MINFLUX_V0"
@@ -98,21 +100,14 @@ class LivePredictor:
         for t, m in zip(keys, masks):
             terms = terms_all[m]
             old_terms, old_n, old_state, start = st.pending.get(
-                t, (np.zeros((0, 6, 2)), np.zeros(0), np.zeros(0, np.uint8), 0))
+                t, (np.zeros((0, 6, 2), terms.dtype), np.zeros(0, n_tot.dtype), np.zeros(0, np.uint8), 0))
             A_terms = np.concatenate([old_terms, terms])
             A_n = np.concatenate([old_n, n_tot[m]])
             A_state = np.concatenate([old_state, state[m]])
             ready_end = len(A_state) - w
             if ready_end > start:
-                idx = np.arange(start, ready_end)
                 ready = slice(start, ready_end)
-                lo = np.maximum(idx - w, 0)
-                cstate = np.full(len(idx), STATE_UNKNOWN, np.uint8)
-                for s_ in (0, 1, STATE_TWO):
-                    bad = np.concatenate([[0], np.cumsum(A_state != s_)])
-                    ok = (bad[idx + w + 1] - bad[lo]) == 0
-                    cstate[ok] = s_
-                conf.append((t, A_terms[ready], A_n[ready], cstate))
+                conf.append((t, A_terms[ready], A_n[ready], confirmed_states(A_state, start, ready_end, w, STATE_UNKNOWN)))
                 cut = max(0, ready_end - w)
                 st.pending[t] = (A_terms[cut:], A_n[cut:], A_state[cut:], ready_end - cut)
             else:
@@ -121,12 +116,12 @@ class LivePredictor:
         summed = []  # per trace: what it adds to the trace sums and the calibration (also the partials)
         for t, x, nt, cs in conf:
             st.cal.add_terms(nt, cs, x, trace=t)
-            two, one, bgm = cs == STATE_TWO, cs == STATE_ONE, cs == STATE_BACKGROUND
-            rows2 = sum_rows(x[two]) if two.any() else None
-            if rows2 is not None:
+            bgm = cs == STATE_BACKGROUND
+            rows2 = rows_where(x, cs, STATE_TWO)
+            if len(rows2):
                 st.traces.add_rows(t, rows2)
             n_bg = int(bgm.sum())
-            summed.append((t, rows2, sum_rows(x[one]) if one.any() else None,
+            summed.append((t, rows2, rows_where(x, cs, STATE_ONE),
                            float(nt[bgm].sum(dtype=np.float64)) if n_bg else 0.0, n_bg))
         partials = packet_partials(summed, last, self.block)
         v0 = fixed_v0 if fixed_v0 is not None else min(st.cal.v0, 1.0)  # v0 <= 1 physically

@@ -41,6 +41,7 @@ import numpy as np
 
 from . import physics
 from .simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
+from .trace_kernels import pooled_estimate, sum_rows, window_stats  # noqa: F401 (sum_rows: also this module's API)
 
 STATE_UNKNOWN = 255
 
@@ -105,18 +106,6 @@ def _den_terms(sums: np.ndarray, b: float) -> np.ndarray:
 #: var m0 (the pooled visibility), then P and Q^2 - var Q (the v0 calibration, :func:`v0_from_sums`)
 SUM_COLUMNS = 6
 LEGACY_SUM_COLUMNS = 4  # partials persisted before the P and Q^2 columns
-
-
-def sum_rows(terms: np.ndarray) -> np.ndarray:
-    """(k, 2, 6) float64 per-tuple summands from harmonic terms (k, 6, 2) = P, Q, m0, var_pq, var_m0,
-    var_q: per axis P^2 + Q^2 - var PQ, m0, m0^2, var m0, P, Q^2 - var Q (what TraceDistance and the
-    partials sum); from (k, 5, 2) terms (no var_q) the first four only."""
-    t = np.asarray(terms, np.float64)
-    P, Q, m0, vpq, vm0 = (t[:, j] for j in range(5))
-    cols = [P * P + Q * Q - vpq, m0, m0 * m0, vm0]
-    if t.shape[1] > 5:
-        cols += [P, Q * Q - t[:, 5]]
-    return np.stack(cols, axis=-1)
 
 
 def v0_from_sums(sp, sq, s1, s2):
@@ -355,31 +344,20 @@ class Segmenter:
             st = _TraceSeg()
             self.traces[trace] = st
         k = len(st.tail)
-        # one (k + m, 7) block and one running sum for all columns (cumsum runs down each column
-        # separately: the same sums as four arrays, a quarter of the numpy calls)
         a = np.empty((k + len(n_tot), 7))
         a[:k] = st.tail
         a[k:, 0:2], a[k:, 2:4], a[k:, 4:6], a[k:, 6] = P, Q, var_pq, n_tot
-        cs = np.cumsum(a, axis=0)
-        sums = cs.copy()
-        sums[w:] = cs[w:] - cs[:-w]
-        sP, sQ, sV, sN = sums[:, 0:2], sums[:, 2:4], sums[:, 4:6], sums[:, 6]
-        aN = a[:, 6]
-        cnt = np.minimum(np.arange(1, len(aN) + 1), w)
-        z = ((sP**2 + sQ**2) / np.maximum(sV, 1e-9)).sum(axis=1)[k:]
-        level = (sN / cnt - 6.0 * background)[k:]
-        # an emitter window also needs a signal level above the background's noise (floor_z standard
+        # Z of the trailing window's modulation; its threshold shrinks with the window (a trace's first
+        # tuples are found) once the trace has been seen modulated, before that it is z_first. An
+        # emitter window also needs a signal level above the background's noise (floor_z standard
         # errors of a mean of cnt tuples of ~6 b counts each): a short window of background-only tuples
-        # passes the modulation test by chance (the threshold shrinks with the window so that a trace's
-        # first tuples are found), and its level ~0 taken as the trace's 2-on level would make every later
-        # background tuple "2-on" -- what a worker that gets only a trace's last packets sees
-        floor = self.floor_z * np.sqrt(max(6.0 * background, 1.0) / cnt[k:])
-        # (the background is the prior until calibrated, so the floor alone does not hold then: a trace
-        # not seen modulated yet needs z_first, which no window of background-only tuples reached on
-        # development streams -- max 20 over 16,500 full windows, z_signal in 0.5 % of them)
-        thr = self.z_signal * np.sqrt(cnt[k:] / w) if st.hist.any() else self.z_first
-        modulated = (z > thr) & (level > floor)
-        st.hist += np.bincount(np.searchsorted(_LEVEL_EDGES, level[modulated]), minlength=len(st.hist))
+        # passes the modulation test by chance, and its level ~0 taken as the trace's 2-on level would
+        # make every later background tuple "2-on" -- what a worker that gets only a trace's last
+        # packets sees. (The background is the prior until calibrated, so the floor alone does not hold
+        # then: z_first, which no window of background-only tuples reached on development streams --
+        # max 20 over 16,500 full windows, z_signal in 0.5 % of them.)
+        modulated, level = window_stats(a, k, w, background, self.z_signal, self.z_first, bool(st.hist.any()),
+                                        self.floor_z, _LEVEL_EDGES, st.hist)
         total = st.hist.sum()
         if total:
             cum = np.cumsum(st.hist)
@@ -398,7 +376,7 @@ class Segmenter:
         sig = modulated | (level > self.one_fraction * top)
         states = np.where(sig, np.where(level > self.two_fraction * top, STATE_TWO, STATE_ONE),
                           STATE_BACKGROUND).astype(np.uint8)
-        keep = max(0, len(aN) - (w - 1))
+        keep = max(0, len(a) - (w - 1))
         st.tail = a[keep:].copy()  # (a copy: the packet's block is not kept alive by a view)
         return states
 
@@ -409,14 +387,19 @@ class Segmenter:
 _T95_TABLE: np.ndarray | None = None
 
 
-def _t95(dof: np.ndarray) -> np.ndarray:
-    """Student-t 95% quantile (two-sided 90%), tabulated for dof 1..1000."""
+def _t95_table() -> np.ndarray:
+    """Student-t 95% quantiles (two-sided 90%) for dof 1..1000 (computed once)."""
     global _T95_TABLE
     if _T95_TABLE is None:
         from scipy.stats import t
 
         _T95_TABLE = t.ppf(0.95, np.arange(1, 1001))
-    return _T95_TABLE[np.clip(np.asarray(dof, int), 1, 1000) - 1]
+    return _T95_TABLE
+
+
+def _t95(dof: np.ndarray) -> np.ndarray:
+    """Student-t 95% quantile (two-sided 90%), tabulated for dof 1..1000."""
+    return _t95_table()[np.clip(np.asarray(dof, int), 1, 1000) - 1]
 
 
 _D2_SCALE = (2.0 / physics.K_NM) ** 2  # d_a^2 = (2/K)^2 arccos(c_a)^2
@@ -496,7 +479,14 @@ def estimate_from_blocks(blocks: np.ndarray, nb: np.ndarray, extra: np.ndarray, 
     """(distance, lower, upper) from blocks of 2-on sums (k, 2, 6) (or, persisted before the last two
     columns, (k, 2, 4): the squared form, see :func:`_d2`) of ``nb`` (k,) tuples each, plus
     ``extra`` sums of ``extra_n`` tuples that count in the estimate but not as a jackknife block (a
-    block still filling). Shared by the live :class:`TraceDistance` and the merged partials."""
+    block still filling). Shared by the live :class:`TraceDistance` and the merged partials.
+
+    Compiled (:func:`.trace_kernels.pooled_estimate`) for blocks with the v0 columns; the numpy steps
+    below are its reference and serve the squared form."""
+    fast = pooled_estimate(blocks, nb, extra, extra_n, v0, background, v0_se, background_se, min_blocks, sys_nm,
+                           _t95_table(), _GH_X, _GH_W)
+    if fast is not None:
+        return fast
     total = blocks.sum(axis=0) + extra
     n_total = nb.sum() + extra_n
     if n_total <= 0:
