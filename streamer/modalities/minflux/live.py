@@ -31,7 +31,7 @@ from .general import REGIME, GeneralPredictor
 from .partials import packet_partials
 from .prediction import FLAG_NO_INTERVAL, FLAG_NOT_TWO_ON, FLAG_UNCALIBRATED, Prediction
 from .simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
-from .trace_kernels import confirmed_states, rows_where
+from .trace_kernels import confirmed_states, rows_where, warm_up
 from .traces import STATE_UNKNOWN, Segmenter, StreamCalibration, TraceDistance, harmonic_terms
 from .tuples import TupleBatch, count_totals
 
@@ -58,6 +58,7 @@ class LivePredictor:
     def __init__(self, bundle: str | Path = REGIME, v0: float | None = None, background: float | None = None,
                  backend: str = "auto", window: int = 40, block: int = 200) -> None:
         self.model = GeneralPredictor(bundle, backend=backend)
+        warm_up()  # the compiled per-trace steps, at load time
         self.fixed_v0 = v0 if v0 is not None else _env_float(ENV_V0)
         self.fixed_bg = background if background is not None else _env_float(ENV_BACKGROUND)
         tc = self.model.manifest.get("trace_calibration", {})
