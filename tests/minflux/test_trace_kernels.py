@@ -82,3 +82,24 @@ def test_pooled_estimate_matches_numpy(k, monkeypatch):
     bad[0, 4] = np.nan
     assert tk.pooled_estimate(blocks, np.full(k, 200.0), bad, 57.0, 0.9, 2.0, 0, 0, 4, 0.0,
                               traces._t95_table(), traces._GH_X, traces._GH_W) is None
+
+
+def test_one_sums_match_numpy_and_feed_calibration_and_partials_alike():
+    """One summation of the 1-on tuples serves the calibration and the packet's partial-sum row."""
+    rng = np.random.default_rng(6)
+    terms = rng.normal(10.0, 5.0, (700, 6, 2)).astype(np.float32)
+    states = rng.choice([STATE_BACKGROUND, STATE_ONE, STATE_TWO], 700).astype(np.uint8)
+    row, n, xx, yy, xy = tk.one_sums(terms, states, STATE_ONE, 1.7)
+    r_row, r_n, r_xx, r_yy, r_xy = tk._one_sums_numpy(terms, states, STATE_ONE, 1.7)
+    assert n == r_n == (states == STATE_ONE).sum() and np.array_equal(row, r_row)  # summed in the same order
+    assert np.allclose([xx, yy, xy], [r_xx, r_yy, r_xy], rtol=1e-12)
+    assert np.array_equal(row, traces.sum_rows(terms[states == STATE_ONE]).sum(axis=0))
+    assert tk.one_sums(terms, states, 77, 1.0)[1] == 0
+    # add_terms (one call) and add_background + add_one (the live path) leave the same state
+    a, b = traces.StreamCalibration(), traces.StreamCalibration()
+    counts = rng.poisson(12.0, 700).astype(float)
+    a.add_terms(counts, states, terms, trace=3)
+    b.add_background(counts, states, trace=3)
+    b.add_one(*tk.one_sums(terms, states, STATE_ONE, b.background), trace=3)
+    assert a.p_sum == b.p_sum and a.one_n == b.one_n == 2 * n and a.xx == b.xx and a.bg_n == b.bg_n
+    assert np.array_equal(a.trace_one[3], b.trace_one[3])

@@ -31,7 +31,7 @@ from .general import REGIME, GeneralPredictor
 from .partials import packet_partials
 from .prediction import FLAG_NO_INTERVAL, FLAG_NOT_TWO_ON, FLAG_UNCALIBRATED, Prediction
 from .simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
-from .trace_kernels import confirmed_states, rows_where, warm_up
+from .trace_kernels import confirmed_states, one_sums, rows_where, warm_up
 from .traces import STATE_UNKNOWN, Segmenter, StreamCalibration, TraceDistance, harmonic_terms
 from .tuples import TupleBatch, count_totals
 
@@ -116,13 +116,15 @@ class LivePredictor:
         last = {t: (m.stop - 1 if isinstance(m, slice) else int(np.flatnonzero(m)[-1])) for t, m in zip(keys, masks)}
         summed = []  # per trace: what it adds to the trace sums and the calibration (also the partials)
         for t, x, nt, cs in conf:
-            st.cal.add_terms(nt, cs, x, trace=t)
+            st.cal.add_background(nt, cs, trace=t)
+            one = one_sums(x, cs, STATE_ONE, st.cal.background)  # one summation: calibration and partials
+            st.cal.add_one(*one, trace=t)
             bgm = cs == STATE_BACKGROUND
             rows2 = rows_where(x, cs, STATE_TWO)
             if len(rows2):
                 st.traces.add_rows(t, rows2)
             n_bg = int(bgm.sum())
-            summed.append((t, rows2, rows_where(x, cs, STATE_ONE),
+            summed.append((t, rows2, one[:2] if one[1] else None,
                            float(nt[bgm].sum(dtype=np.float64)) if n_bg else 0.0, n_bg))
         partials = packet_partials(summed, last, self.block)
         v0 = fixed_v0 if fixed_v0 is not None else min(st.cal.v0, 1.0)  # v0 <= 1 physically

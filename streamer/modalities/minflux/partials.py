@@ -83,21 +83,21 @@ def _chunks(k: int, block: int) -> list[int]:
 
 def packet_partials(confirmed: list, last_index: dict[int, int], block: int) -> Partials:
     """Rows for one packet: ``confirmed`` = [(trace, 2-on summands (k, 2, 6) of :func:`sum_rows` or
-    None, 1-on summands or None, total counts of the background-only tuples, their number)], the
-    sums the worker adds to its own state."""
+    None, (the 1-on summands summed (2, 6), their number) or None, total counts of the background-only
+    tuples, their number)], the sums the worker adds to its own state."""
     item, trace, kind, n, sums = [], [], [], [], []
 
     def row(t, k_, n_, s_):
         item.append(last_index[t]), trace.append(t), kind.append(k_), n.append(n_), sums.append(s_)
 
-    for t, rows2, rows1, bg_total, n_bg in confirmed:
+    for t, rows2, one, bg_total, n_bg in confirmed:
         if rows2 is not None and len(rows2):
             cuts = _chunks(len(rows2), block)
             c = np.add.reduceat(rows2, cuts[:-1], axis=0)
             for j in range(len(c)):
                 row(t, STATE_TWO, cuts[j + 1] - cuts[j], c[j])
-        if rows1 is not None and len(rows1):
-            row(t, STATE_ONE, len(rows1), rows1.sum(axis=0))
+        if one is not None and one[1]:
+            row(t, STATE_ONE, int(one[1]), one[0])
         if n_bg:
             s = np.zeros((2, SUM_COLUMNS))
             s[0, 0] = bg_total

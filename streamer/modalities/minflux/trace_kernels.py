@@ -1,9 +1,14 @@
-"""Compiled per-packet steps of the live trace analysis (:mod:`.traces`, :mod:`.live`).
+"""Compiled per-packet steps of the live trace analysis (:mod:`.traces`, :mod:`.live`): the
+segmenter's window statistics, the confirmation of states, the per-tuple sums of one state (2-on:
+per tuple, for the blocks; 1-on: summed once for the calibration and the partials alike) and the
+pooled per-trace estimate.
 
 Each step runs per trace and packet on a few hundred tuples, where numpy's per-call overhead, not
 the arithmetic, was the cost (two dozen array calls per step). Each kernel does the float64 steps
-of its numpy reference in the same order (``tests/minflux/test_trace_kernels.py`` checks they
-agree exactly); without numba the reference runs.
+of its numpy reference, sums along the tuples in the same order (the window statistics, states and
+per-tuple and 1-on partial sums agree exactly; the per-trace estimate's jackknife mean and
+Gauss-Hermite sum and v0's error sums may differ in the last bits: numpy sums those pairwise);
+``tests/minflux/test_trace_kernels.py`` checks both. Without numba the references run.
 """
 
 from __future__ import annotations
@@ -246,5 +251,48 @@ def warm_up() -> None:
     window_stats(a, 1, 2, 1.0, 12.0, 24.0, False, 4.0, np.array([1.0, 2.0]), np.zeros(3, np.int64))
     confirmed_states(np.zeros(5, np.uint8), 0, 3, 2, 255)
     rows_where(np.zeros((2, 6, 2), np.float32), np.zeros(2, np.uint8), 2)
+    one_sums(np.zeros((2, 6, 2), np.float32), np.zeros(2, np.uint8), 1, 1.0)
     pooled_estimate(np.zeros((1, 2, 6)), np.ones(1), np.zeros((2, 6)), 0.0, 0.9, 1.0, 0.0, 0.0, 4, 0.0,
                     np.ones(3), np.zeros(1), np.ones(1))
+
+
+def one_sums(terms: np.ndarray, states: np.ndarray, state: int, background: float):
+    """What the tuples in ``state`` add to the v0 calibration and the partials, in one pass:
+    (row (2, 6): the columns of :func:`sum_rows` summed over them, in order; their number; and over
+    both axes the sums of P^2, u^2 and P u with u = m0 - ``background``)."""
+    if HAVE_NUMBA and terms.ndim == 3 and terms.shape[1:] == (6, 2):
+        return _one_sums(terms, states, state, float(background))
+    return _one_sums_numpy(terms, states, state, background)
+
+
+def _one_sums_numpy(terms, states, state, background):
+    """Reference of :func:`_one_sums` (and the path without numba); xx, yy, xy in numpy's summation order."""
+    sel = terms[states == state]
+    t = np.asarray(sel, np.float64)
+    P, u = t[:, 0], t[:, 2] - background
+    row = sum_rows(sel).sum(axis=0) if len(sel) else np.zeros((2, 6))
+    return row, len(sel), float((P * P).sum()), float((u * u).sum()), float((P * u).sum())
+
+
+@jit
+def _one_sums(terms, states, state, background):  # pragma: no cover - compiled; sum_rows' steps, summed in order
+    row = np.zeros((2, 6))
+    n = 0
+    xx = yy = xy = 0.0
+    for i in range(states.shape[0]):
+        if states[i] != state:
+            continue
+        n += 1
+        for ax in range(2):
+            p, q, m0 = np.float64(terms[i, 0, ax]), np.float64(terms[i, 1, ax]), np.float64(terms[i, 2, ax])
+            row[ax, 0] += p * p + q * q - np.float64(terms[i, 3, ax])
+            row[ax, 1] += m0
+            row[ax, 2] += m0 * m0
+            row[ax, 3] += np.float64(terms[i, 4, ax])
+            row[ax, 4] += p
+            row[ax, 5] += q * q - np.float64(terms[i, 5, ax])
+            u = m0 - background
+            xx += p * p
+            yy += u * u
+            xy += p * u
+    return row, n, xx, yy, xy

@@ -41,7 +41,7 @@ import numpy as np
 
 from . import physics
 from .simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
-from .trace_kernels import pooled_estimate, sum_rows, window_stats  # noqa: F401 (sum_rows: also this module's API)
+from .trace_kernels import one_sums, pooled_estimate, sum_rows, window_stats  # noqa: F401 (sum_rows: also this module's API)
 
 STATE_UNKNOWN = 255
 
@@ -181,51 +181,61 @@ class StreamCalibration:
 
     def add_terms(self, counts: np.ndarray, state: np.ndarray, terms: np.ndarray, trace: int | None = None) -> None:
         """:meth:`add` with the harmonic terms as one (n, 6, 2) array (P, Q, m0, var_pq, var_m0, var_q)."""
-        bg = state == STATE_BACKGROUND
-        if bg.any():
-            total = float(counts[bg].sum(dtype=np.float64))
-            self.bg_sum += total
-            self.bg_n += int(bg.sum())
-            if trace is not None:
-                tb = self.trace_bg.setdefault(trace, [0.0, 0])
-                b_old, own_old = self.trace_background(trace)
-                n_old = tb[1]
-                tb[0] += total
-                tb[1] += int(bg.sum())
-                b_new, own_new = self.trace_background(trace)
-                if own_old:
-                    self._own_bg -= (1.0, b_old, b_old * b_old, max(b_old, 1e-3) / (6.0 * n_old))
-                if own_new:
-                    self._own_bg += (1.0, b_new, b_new * b_new, max(b_new, 1e-3) / (6.0 * tb[1]))
-                s_t = self.trace_one.get(trace)
-                if own_new and s_t is not None:  # its 1-on sums now count with its (new) own background
-                    if own_old:
-                        self._own_den -= _den_terms(s_t, b_old)
-                    else:
-                        self._shared -= s_t
-                    self._own_den += _den_terms(s_t, b_new)
-        one = state == STATE_ONE
-        if one.any():
+        self.add_background(counts, state, trace)
+        if (state == STATE_ONE).any():
             if terms.shape[1] < 6:
                 raise ValueError("1-on tuples need var(Q) in their harmonic terms "
                                  "(harmonic_terms(..., with_var_q=True))")
-            sel = np.asarray(terms[one], np.float64)  # one gather, then column views
-            P1, Q1, m1, _, w1, q1 = (sel[:, j] for j in range(6))  # var(P) + var(Q) is not used here
-            sums = np.array([m1.sum(), (m1**2).sum(), w1.sum(), 2.0 * one.sum()])
-            key = -1 if trace is None else trace
-            self.trace_one[key] = self.trace_one.get(key, 0.0) + sums
-            b_own, own = self.trace_background(key) if key != -1 else (0.0, False)
-            if own:  # the terms are polynomials in b whose coefficients are the sums
-                self._own_den += _den_terms(sums, b_own)
+            self.add_one(*one_sums(terms, state, STATE_ONE, self.background), trace=trace)
+
+    def add_background(self, counts: np.ndarray, state: np.ndarray, trace: int | None = None) -> None:
+        """The background-only tuples among ``counts`` (per tuple (n, 2, 3) or totals (n,))."""
+        bg = state == STATE_BACKGROUND
+        if not bg.any():
+            return
+        total = float(counts[bg].sum(dtype=np.float64))
+        self.bg_sum += total
+        self.bg_n += int(bg.sum())
+        if trace is None:
+            return
+        tb = self.trace_bg.setdefault(trace, [0.0, 0])
+        b_old, own_old = self.trace_background(trace)
+        n_old = tb[1]
+        tb[0] += total
+        tb[1] += int(bg.sum())
+        b_new, own_new = self.trace_background(trace)
+        if own_old:
+            self._own_bg -= (1.0, b_old, b_old * b_old, max(b_old, 1e-3) / (6.0 * n_old))
+        if own_new:
+            self._own_bg += (1.0, b_new, b_new * b_new, max(b_new, 1e-3) / (6.0 * tb[1]))
+        s_t = self.trace_one.get(trace)
+        if own_new and s_t is not None:  # its 1-on sums now count with its (new) own background
+            if own_old:
+                self._own_den -= _den_terms(s_t, b_old)
             else:
-                self._shared += sums
-            self.p_sum += float(P1.sum())
-            self.q_sum += float((Q1**2 - q1).sum())
-            self.one_n += int(one.sum()) * 2
-            u = m1 - self.background
-            self.xx += float((P1 * P1).sum())
-            self.yy += float((u * u).sum())
-            self.xy += float((P1 * u).sum())
+                self._shared -= s_t
+            self._own_den += _den_terms(s_t, b_new)
+
+    def add_one(self, row: np.ndarray, n: int, xx: float, yy: float, xy: float, trace: int | None = None) -> None:
+        """``n`` 1-on tuples by their sums (:func:`.trace_kernels.one_sums` at :attr:`background`): ``row``
+        (2, 6) the columns of :func:`sum_rows` (the packet's 1-on partial sums, the same numbers), and
+        the sums of P^2, u^2, P u for v0's standard error."""
+        if not n:
+            return
+        sums = np.array([row[0, 1] + row[1, 1], row[0, 2] + row[1, 2], row[0, 3] + row[1, 3], 2.0 * n])
+        key = -1 if trace is None else trace
+        self.trace_one[key] = self.trace_one.get(key, 0.0) + sums
+        b_own, own = self.trace_background(key) if key != -1 else (0.0, False)
+        if own:  # the terms are polynomials in b whose coefficients are the sums
+            self._own_den += _den_terms(sums, b_own)
+        else:
+            self._shared += sums
+        self.p_sum += float(row[0, 4] + row[1, 4])
+        self.q_sum += float(row[0, 5] + row[1, 5])
+        self.one_n += 2 * int(n)
+        self.xx += xx
+        self.yy += yy
+        self.xy += xy
 
     @property
     def background(self) -> float:
