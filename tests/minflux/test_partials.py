@@ -226,6 +226,9 @@ def test_four_workers_merge_with_their_lone_emitter_rows_relabelled():
         assert moved.sum() >= 2 and (kind[moved] == STATE_UNKNOWN).all()
         assert two_on_share(cat["part_kind"]) < 0.8 and two_on_share(kind) > 0.9
         assert cal["calibrated"] and abs(cal["v0"] - 0.93) < 0.01
+        # relabelling touches 2-on rows only, and the calibration reads none: merge's one call holds
+        again = partials.calibration(cat["part_trace"], kind, cat["part_n"], cat["part_sums"])
+        assert again.keys() == cal.keys() and all(again[k] == cal[k] for k in cal)
         red = partials.reduce(np.full(len(packet), "s"), cat["part_trace"], cat["part_kind"], cat["part_n"],
                               cat["part_sums"])
         assert abs(red["distance"][2] - 50.0) < 4.0

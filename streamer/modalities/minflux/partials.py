@@ -221,12 +221,11 @@ def merge(trace, kind, n, sums, background: float | None = None) -> tuple[np.nda
     """One stream's merged rows: the kinds after :func:`relabel` (levels above the given
     ``background`` when there is one) and the :func:`calibration` they give."""
     kind = np.asarray(kind, np.uint8)
+    # the calibration reads only background-only and 1-on rows, which relabelling leaves as they are:
+    # one call serves the relabelled kinds too
     cal = calibration(trace, kind, n, sums)
     given = cal if background is None else {**cal, "background": float(background), "own_background": {}}
-    kind2 = relabel(trace, kind, n, sums, given)
-    if kind2 is not kind:
-        cal = calibration(trace, kind2, n, sums)
-    return kind2, cal
+    return relabel(trace, kind, n, sums, given), cal
 
 
 def reduce(stream: np.ndarray, trace: np.ndarray, kind: np.ndarray, n: np.ndarray, sums: np.ndarray,
