@@ -7,7 +7,9 @@ Each case simulates its recording once (the modality's own simulator and options
 through the local pipeline (replay publisher -> sink -> 2 worker processes, no --out) for each
 predictor, alternating the order over ``--rounds``; the median items/s at the sink is compared with
 the target and the first predictor's ratio to the others is reported (same data, same run). Writes
-"## End to end per modality" in bench/RESULTS.md with the command.
+"## End to end per modality" in bench/RESULTS.md with the command: the section is rewritten whole
+(the rows of the cases not run are kept, text under the table is not), so notes on its rows belong
+in a section of their own.
 """
 
 from __future__ import annotations
