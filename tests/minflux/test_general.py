@@ -62,7 +62,7 @@ def test_general_bundle_and_flags(tiny_general):
     cal = manifest["calibration"]
     cfg = general.GeneralConfig()
     assert (cal["v0_cuts"], cal["background_cuts"]) == (list(cfg.interval_v0_cuts), list(cfg.interval_background_cuts))
-    # (the photon cuts come from np.geomspace, whose last bit depends on the CPU's vector path)
+    # (the photon cuts come from np.geomspace, whose last bit depends on the numpy build and the CPU's vector path)
     assert np.allclose(cal["photon_cuts"], cfg.interval_photon_cuts, rtol=1e-12, atol=0)
     assert len(cal["cells"]) == 7 * 4 * 16 and len(cal["pooled_cells"]) == len(cal["neff_cuts"]) + 1
     # 12,000 tuples, 20 % of them calibrating: every instrument cell is sparse and falls back on its
@@ -132,7 +132,7 @@ def test_shipped_general_bundle_is_small_and_complete():
     assert "deconvolution" in m["deshrink"] and deshrink.later_keeps(m["deshrink"]) == []
     cfg, cal = general.GeneralConfig(), m["calibration"]
     assert (cal["v0_cuts"], cal["background_cuts"]) == (list(cfg.interval_v0_cuts), list(cfg.interval_background_cuts))
-    # (the photon cuts come from np.geomspace, whose last bit depends on the CPU's vector path)
+    # (the photon cuts come from np.geomspace, whose last bit depends on the numpy build and the CPU's vector path)
     assert np.allclose(cal["photon_cuts"], cfg.interval_photon_cuts, rtol=1e-12, atol=0)
     assert all("q_bins" in c for c in cal["cells"])  # 12 M calibration rulers: no cell falls back on a pooled one
     assert m["flags"]["v0_range"][0] <= 0.8 and m["flags"]["v0_range"][1] >= 1.0
