@@ -103,3 +103,18 @@ def test_one_sums_match_numpy_and_feed_calibration_and_partials_alike():
     b.add_one(*tk.one_sums(terms, states, STATE_ONE, b.background), trace=3)
     assert a.p_sum == b.p_sum and a.one_n == b.one_n == 2 * n and a.xx == b.xx and a.bg_n == b.bg_n
     assert np.array_equal(a.trace_one[3], b.trace_one[3])
+
+
+def test_harmonic_block_matches_the_stacked_terms():
+    """The live path's per-tuple terms in one pass: the same float32 values as the stacked reference."""
+    from streamer.modalities.minflux import offgrid
+
+    rec = offgrid.simulate_stream(0.95, 3.0, 1000, seed=9, distances=(8.0, 40.0))
+    t = rec.tuples
+    ref = np.stack(traces.harmonic_terms(t.counts, t.positions, with_var_q=True), axis=1)
+    got = tk.harmonic_block(t.counts, t.positions)
+    assert got.dtype == np.float32 and np.array_equal(got, ref)
+    odd = t.positions.copy()
+    odd[:, :, 0] -= 2.0  # an asymmetric pattern: any 3 distinct positions
+    assert np.array_equal(tk.harmonic_block(t.counts, odd),
+                          np.stack(traces.harmonic_terms(t.counts, odd, with_var_q=True), axis=1))

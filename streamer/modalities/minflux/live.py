@@ -31,8 +31,8 @@ from .general import REGIME, GeneralPredictor
 from .partials import packet_partials
 from .prediction import FLAG_NO_INTERVAL, FLAG_NOT_TWO_ON, FLAG_UNCALIBRATED, Prediction
 from .simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
-from .trace_kernels import confirmed_states, one_sums, rows_where, warm_up
-from .traces import STATE_UNKNOWN, Segmenter, StreamCalibration, TraceDistance, harmonic_terms
+from .trace_kernels import confirmed_states, harmonic_block, one_sums, rows_where, warm_up
+from .traces import STATE_UNKNOWN, Segmenter, StreamCalibration, TraceDistance
 from .tuples import TupleBatch, count_totals
 
 ENV_V0 = "STREAMER_MINFLUX_V0"
@@ -85,9 +85,9 @@ class LivePredictor:
         fixed_v0 = measured.get("v0", self.fixed_v0)
         fixed_bg = measured.get("background", self.fixed_bg)
         st = self.stream(stream)
-        P, Q, m0, var_pq, var_m0, var_q = harmonic_terms(batch.counts, batch.positions, with_var_q=True)
+        terms_all = harmonic_block(batch.counts, batch.positions)  # (n, 6, 2): P, Q, m0, var_pq, var_m0, var_q
+        P, Q, var_pq = terms_all[:, 0], terms_all[:, 1], terms_all[:, 3]
         n_tot = count_totals(batch.counts)
-        terms_all = np.stack([P, Q, m0, var_pq, var_m0, var_q], axis=1)  # (n, 6, 2): one copy per packet, views per trace
         state = np.full(n, STATE_UNKNOWN, np.uint8)
         masks, keys = _trace_selections(batch.trace_id)
         for t, m in zip(keys, masks):  # segmentation (published with every tuple)

@@ -1,5 +1,5 @@
 """Compiled per-packet steps of the live trace analysis (:mod:`.traces`, :mod:`.live`): the
-segmenter's window statistics, the confirmation of states, the per-tuple sums of one state (2-on:
+per-tuple harmonic terms, the segmenter's window statistics, the confirmation of states, the per-tuple sums of one state (2-on:
 per tuple, for the blocks; 1-on: summed once for the calibration and the partials alike) and the
 pooled per-trace estimate.
 
@@ -247,6 +247,7 @@ def warm_up() -> None:
     a worker's first packet does not wait for it (~3 s to compile, ~30 ms to load)."""
     if not HAVE_NUMBA:
         return
+    harmonic_block(np.ones((1, 2, 3), np.uint16), np.array([[[-15.0, 0.0, 15.0]] * 2], np.float32))
     a = np.zeros((3, 7))
     window_stats(a, 1, 2, 1.0, 12.0, 24.0, False, 4.0, np.array([1.0, 2.0]), np.zeros(3, np.int64))
     confirmed_states(np.zeros(5, np.uint8), 0, 3, 2, 255)
@@ -296,3 +297,71 @@ def _one_sums(terms, states, state, background):  # pragma: no cover - compiled;
             yy += u * u
             xy += p * u
     return row, n, xx, yy, xy
+
+
+def harmonic_terms(counts: np.ndarray, positions: np.ndarray, dtype=np.float32, with_var_q: bool = False):
+    """Per axis (n, 2): P, Q, m0 and the Poisson variances var(P) + var(Q), var(m0) (counts as means);
+    with ``with_var_q`` also var(Q) alone (the v0 calibration's Q term).
+
+    float32 (the sums that use them accumulate in float64); the coefficients of the 3 counts in
+    P, Q and m0 = c1 + P are written out instead of stacked (this runs on every tuple)."""
+    c = counts.astype(dtype, copy=False)
+    p = positions.astype(dtype, copy=False)
+    k = dtype(physics.K_NM)
+    h1 = k * (p[..., 1] - p[..., 0])
+    h2 = k * (p[..., 2] - p[..., 1])
+    c1, s1, c2, s2 = np.cos(h1), np.sin(h1), np.cos(h2), np.sin(h2)
+    u1, u2 = 1 - c1, 1 - c2
+    inv = 1 / (u1 * s2 + u2 * s1)
+    n0, n1, n2 = c[..., 0], c[..., 1], c[..., 2]
+    dm, dp = n0 - n1, n2 - n1
+    P = (dm * s2 + dp * s1) * inv
+    Q = (dp * u1 - dm * u2) * inv
+    m0 = n1 + P
+    inv2 = inv * inv
+    var_pq = ((s2 * s2 + u2 * u2) * n0 + ((s1 + s2) ** 2 + (u2 - u1) ** 2) * n1 + (s1 * s1 + u1 * u1) * n2) * inv2
+    a1 = 1 - (s1 + s2) * inv
+    var_m0 = (s2 * s2 * n0 + s1 * s1 * n2) * inv2 + a1 * a1 * n1
+    if with_var_q:
+        return P, Q, m0, var_pq, var_m0, (u2 * u2 * n0 + (u2 - u1) ** 2 * n1 + u1 * u1 * n2) * inv2
+    return P, Q, m0, var_pq, var_m0
+
+
+def harmonic_block(counts: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """(n, 6, 2) float32: ``np.stack(traces.harmonic_terms(counts, positions, with_var_q=True), axis=1)``
+    (P, Q, m0, var(P)+var(Q), var(m0), var(Q) per axis) written in one pass; the trigonometry stays
+    numpy's (its float32 cos / sin round as the references' do), the rest is the same float32 steps."""
+    p = positions.astype(np.float32, copy=False)
+    k = np.float32(physics.K_NM)
+    h1 = k * (p[..., 1] - p[..., 0])
+    h2 = k * (p[..., 2] - p[..., 1])
+    c1, s1, c2, s2 = np.cos(h1), np.sin(h1), np.cos(h2), np.sin(h2)
+    c = counts.astype(np.float32, copy=False)
+    if HAVE_NUMBA:
+        return _harmonic_block(c, c1, s1, c2, s2)
+    return np.stack(harmonic_terms(counts, positions, with_var_q=True), axis=1)
+
+
+@jit
+def _harmonic_block(c, c1, s1, c2, s2):  # pragma: no cover - compiled; traces.harmonic_terms' float32 steps
+    n = c.shape[0]
+    out = np.empty((n, 6, 2), np.float32)
+    one = np.float32(1.0)
+    for i in range(n):
+        for ax in range(2):
+            a1, b1, a2, b2 = c1[i, ax], s1[i, ax], c2[i, ax], s2[i, ax]
+            u1, u2 = one - a1, one - a2
+            inv = one / (u1 * b2 + u2 * b1)
+            n0, n1, n2 = c[i, ax, 0], c[i, ax, 1], c[i, ax, 2]
+            dm, dp = n0 - n1, n2 - n1
+            P = (dm * b2 + dp * b1) * inv
+            out[i, 0, ax] = P
+            out[i, 1, ax] = (dp * u1 - dm * u2) * inv
+            out[i, 2, ax] = n1 + P
+            inv2 = inv * inv
+            sb, du = b1 + b2, u2 - u1
+            out[i, 3, ax] = ((b2 * b2 + u2 * u2) * n0 + (sb * sb + du * du) * n1 + (b1 * b1 + u1 * u1) * n2) * inv2
+            a = one - sb * inv
+            out[i, 4, ax] = (b2 * b2 * n0 + b1 * b1 * n2) * inv2 + a * a * n1
+            out[i, 5, ax] = (u2 * u2 * n0 + du * du * n1 + u1 * u1 * n2) * inv2
+    return out

@@ -41,40 +41,11 @@ import numpy as np
 
 from . import physics
 from .simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
-from .trace_kernels import one_sums, pooled_estimate, sum_rows, window_stats  # noqa: F401 (sum_rows: also this module's API)
+from .trace_kernels import harmonic_terms, one_sums, pooled_estimate, sum_rows, window_stats  # noqa: F401 (harmonic_terms, sum_rows: also this module's API)
 
 STATE_UNKNOWN = 255
 
-
-# --------------------------------------------------------------------------- per-tuple harmonic terms
-
-
-def harmonic_terms(counts: np.ndarray, positions: np.ndarray, dtype=np.float32, with_var_q: bool = False):
-    """Per axis (n, 2): P, Q, m0 and the Poisson variances var(P) + var(Q), var(m0) (counts as means);
-    with ``with_var_q`` also var(Q) alone (the v0 calibration's Q term).
-
-    float32 (the sums that use them accumulate in float64); the coefficients of the 3 counts in
-    P, Q and m0 = c1 + P are written out instead of stacked (this runs on every tuple)."""
-    c = counts.astype(dtype, copy=False)
-    p = positions.astype(dtype, copy=False)
-    k = dtype(physics.K_NM)
-    h1 = k * (p[..., 1] - p[..., 0])
-    h2 = k * (p[..., 2] - p[..., 1])
-    c1, s1, c2, s2 = np.cos(h1), np.sin(h1), np.cos(h2), np.sin(h2)
-    u1, u2 = 1 - c1, 1 - c2
-    inv = 1 / (u1 * s2 + u2 * s1)
-    n0, n1, n2 = c[..., 0], c[..., 1], c[..., 2]
-    dm, dp = n0 - n1, n2 - n1
-    P = (dm * s2 + dp * s1) * inv
-    Q = (dp * u1 - dm * u2) * inv
-    m0 = n1 + P
-    inv2 = inv * inv
-    var_pq = ((s2 * s2 + u2 * u2) * n0 + ((s1 + s2) ** 2 + (u2 - u1) ** 2) * n1 + (s1 * s1 + u1 * u1) * n2) * inv2
-    a1 = 1 - (s1 + s2) * inv
-    var_m0 = (s2 * s2 * n0 + s1 * s1 * n2) * inv2 + a1 * a1 * n1
-    if with_var_q:
-        return P, Q, m0, var_pq, var_m0, (u2 * u2 * n0 + (u2 - u1) ** 2 * n1 + u1 * u1 * n2) * inv2
-    return P, Q, m0, var_pq, var_m0
+# (the per-tuple harmonic terms, harmonic_terms, live in .trace_kernels next to their compiled form)
 
 
 # --------------------------------------------------------------------------- calibration state
