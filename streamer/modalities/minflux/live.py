@@ -3,7 +3,8 @@
 Per packet (vectorised; a Python loop only over the traces present in the packet, whose per-trace
 steps -- window statistics, confirmation, sums, the pooled estimate -- are compiled, :mod:`.trace_kernels`):
 
-1. per-axis harmonic terms of every tuple (:func:`traces.harmonic_terms`);
+1. per-axis harmonic terms of every tuple (:func:`.trace_kernels.harmonic_block`, the block of
+   :func:`traces.harmonic_terms`);
 2. per trace: streaming 2-on / 1-on / background segmentation (:class:`traces.Segmenter`);
 3. per stream: calibration sums (b from background-only tuples, v0 from 1-on tuples);
 4. the general model with the stream's instrument, on the tuples segmented 2-on (the others have
@@ -30,7 +31,7 @@ import numpy as np
 from .general import REGIME, GeneralPredictor
 from .partials import packet_partials
 from .prediction import FLAG_NO_INTERVAL, FLAG_NOT_TWO_ON, FLAG_UNCALIBRATED, Prediction
-from .simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
+from .simulate import STATE_ONE, STATE_TWO
 from .trace_kernels import confirmed_states, harmonic_block, one_sums, rows_where, warm_up
 from .traces import STATE_UNKNOWN, Segmenter, StreamCalibration, TraceDistance
 from .tuples import TupleBatch, count_totals
@@ -108,24 +109,22 @@ class LivePredictor:
             ready_end = len(A_state) - w
             if ready_end > start:
                 ready = slice(start, ready_end)
-                conf.append((t, A_terms[ready], A_n[ready], confirmed_states(A_state, start, ready_end, w, STATE_UNKNOWN)))
+                cstate = confirmed_states(A_state, start, ready_end, w, STATE_UNKNOWN)
+                conf.append((t, A_terms[ready], A_n[ready], cstate))
                 cut = max(0, ready_end - w)
                 st.pending[t] = (A_terms[cut:], A_n[cut:], A_state[cut:], ready_end - cut)
             else:
                 st.pending[t] = (A_terms, A_n, A_state, start)
         last = {t: (m.stop - 1 if isinstance(m, slice) else int(np.flatnonzero(m)[-1])) for t, m in zip(keys, masks)}
         summed = []  # per trace: what it adds to the trace sums and the calibration (also the partials)
-        for t, x, nt, cs in conf:
-            st.cal.add_background(nt, cs, trace=t)
-            one = one_sums(x, cs, STATE_ONE, st.cal.background)  # one summation: calibration and partials
+        for t, x, nt, cs in conf:  # each sum once, for the calibration (or distance) and the partials alike
+            bg_total, n_bg = st.cal.add_background(nt, cs, trace=t)
+            one = one_sums(x, cs, STATE_ONE, st.cal.background)
             st.cal.add_one(*one, trace=t)
-            bgm = cs == STATE_BACKGROUND
             rows2 = rows_where(x, cs, STATE_TWO)
             if len(rows2):
                 st.traces.add_rows(t, rows2)
-            n_bg = int(bgm.sum())
-            summed.append((t, rows2, one[:2] if one[1] else None,
-                           float(nt[bgm].sum(dtype=np.float64)) if n_bg else 0.0, n_bg))
+            summed.append((t, rows2, one[:2] if one[1] else None, bg_total, n_bg))
         partials = packet_partials(summed, last, self.block)
         v0 = fixed_v0 if fixed_v0 is not None else min(st.cal.v0, 1.0)  # v0 <= 1 physically
         bg = fixed_bg if fixed_bg is not None else st.cal.background

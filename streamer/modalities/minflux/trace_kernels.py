@@ -1,7 +1,7 @@
 """Compiled per-packet steps of the live trace analysis (:mod:`.traces`, :mod:`.live`): the
-per-tuple harmonic terms, the segmenter's window statistics, the confirmation of states, the per-tuple sums of one state (2-on:
-per tuple, for the blocks; 1-on: summed once for the calibration and the partials alike) and the
-pooled per-trace estimate.
+per-tuple harmonic terms, the segmenter's window statistics, the confirmation of states, the
+per-tuple sums of one state (2-on: per tuple, for the blocks; 1-on: summed once for the calibration
+and the partials alike) and the pooled per-trace estimate.
 
 Each step runs per trace and packet on a few hundred tuples, where numpy's per-call overhead, not
 the arithmetic, was the cost (two dozen array calls per step). Each kernel does the float64 steps
@@ -195,7 +195,8 @@ def _d2_of(s, n, v0, b):  # pragma: no cover - compiled; traces._d2's float64 st
 
 
 @jit
-def _pooled_estimate(blocks, nb, extra, extra_n, v0, b, v0_se, b_se, min_blocks, sys_nm, t95, gh_x, gh_w):  # pragma: no cover
+def _pooled_estimate(blocks, nb, extra, extra_n, v0, b, v0_se, b_se, min_blocks, sys_nm, t95, gh_x,
+                     gh_w):  # pragma: no cover - compiled; traces.estimate_from_blocks' steps
     k = blocks.shape[0]
     full = np.zeros((2, 6))
     for i in range(k):  # blocks.sum(axis=0): sequential over blocks
@@ -306,11 +307,7 @@ def harmonic_terms(counts: np.ndarray, positions: np.ndarray, dtype=np.float32, 
     float32 (the sums that use them accumulate in float64); the coefficients of the 3 counts in
     P, Q and m0 = c1 + P are written out instead of stacked (this runs on every tuple)."""
     c = counts.astype(dtype, copy=False)
-    p = positions.astype(dtype, copy=False)
-    k = dtype(physics.K_NM)
-    h1 = k * (p[..., 1] - p[..., 0])
-    h2 = k * (p[..., 2] - p[..., 1])
-    c1, s1, c2, s2 = np.cos(h1), np.sin(h1), np.cos(h2), np.sin(h2)
+    c1, s1, c2, s2 = _phases(positions, dtype)
     u1, u2 = 1 - c1, 1 - c2
     inv = 1 / (u1 * s2 + u2 * s1)
     n0, n1, n2 = c[..., 0], c[..., 1], c[..., 2]
@@ -331,15 +328,18 @@ def harmonic_block(counts: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """(n, 6, 2) float32: ``np.stack(traces.harmonic_terms(counts, positions, with_var_q=True), axis=1)``
     (P, Q, m0, var(P)+var(Q), var(m0), var(Q) per axis) written in one pass; the trigonometry stays
     numpy's (its float32 cos / sin round as the references' do), the rest is the same float32 steps."""
-    p = positions.astype(np.float32, copy=False)
-    k = np.float32(physics.K_NM)
+    if not HAVE_NUMBA:
+        return np.stack(harmonic_terms(counts, positions, with_var_q=True), axis=1)
+    return _harmonic_block(counts.astype(np.float32, copy=False), *_phases(positions, np.float32))
+
+
+def _phases(positions: np.ndarray, dtype) -> tuple[np.ndarray, ...]:
+    """cos and sin of K times each axis's two beam steps, (n, 2) each: (c1, s1, c2, s2)."""
+    p = positions.astype(dtype, copy=False)
+    k = dtype(physics.K_NM)
     h1 = k * (p[..., 1] - p[..., 0])
     h2 = k * (p[..., 2] - p[..., 1])
-    c1, s1, c2, s2 = np.cos(h1), np.sin(h1), np.cos(h2), np.sin(h2)
-    c = counts.astype(np.float32, copy=False)
-    if HAVE_NUMBA:
-        return _harmonic_block(c, c1, s1, c2, s2)
-    return np.stack(harmonic_terms(counts, positions, with_var_q=True), axis=1)
+    return np.cos(h1), np.sin(h1), np.cos(h2), np.sin(h2)
 
 
 @jit

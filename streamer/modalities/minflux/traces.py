@@ -41,11 +41,10 @@ import numpy as np
 
 from . import physics
 from .simulate import STATE_BACKGROUND, STATE_ONE, STATE_TWO
-from .trace_kernels import harmonic_terms, one_sums, pooled_estimate, sum_rows, window_stats  # noqa: F401 (harmonic_terms, sum_rows: also this module's API)
+# harmonic_terms, sum_rows: also this module's API (they live next to their compiled forms)
+from .trace_kernels import harmonic_terms, one_sums, pooled_estimate, sum_rows, window_stats  # noqa: F401
 
 STATE_UNKNOWN = 255
-
-# (the per-tuple harmonic terms, harmonic_terms, live in .trace_kernels next to their compiled form)
 
 
 # --------------------------------------------------------------------------- calibration state
@@ -159,21 +158,23 @@ class StreamCalibration:
                                  "(harmonic_terms(..., with_var_q=True))")
             self.add_one(*one_sums(terms, state, STATE_ONE, self.background), trace=trace)
 
-    def add_background(self, counts: np.ndarray, state: np.ndarray, trace: int | None = None) -> None:
-        """The background-only tuples among ``counts`` (per tuple (n, 2, 3) or totals (n,))."""
+    def add_background(self, counts: np.ndarray, state: np.ndarray, trace: int | None = None) -> tuple[float, int]:
+        """The background-only tuples among ``counts`` (per tuple (n, 2, 3) or totals (n,)); returns
+        their total count and number (the packet's background partial-sum row)."""
         bg = state == STATE_BACKGROUND
-        if not bg.any():
-            return
+        n_bg = int(bg.sum())
+        if not n_bg:
+            return 0.0, 0
         total = float(counts[bg].sum(dtype=np.float64))
         self.bg_sum += total
-        self.bg_n += int(bg.sum())
+        self.bg_n += n_bg
         if trace is None:
-            return
+            return total, n_bg
         tb = self.trace_bg.setdefault(trace, [0.0, 0])
         b_old, own_old = self.trace_background(trace)
         n_old = tb[1]
         tb[0] += total
-        tb[1] += int(bg.sum())
+        tb[1] += n_bg
         b_new, own_new = self.trace_background(trace)
         if own_old:
             self._own_bg -= (1.0, b_old, b_old * b_old, max(b_old, 1e-3) / (6.0 * n_old))
@@ -186,6 +187,7 @@ class StreamCalibration:
             else:
                 self._shared -= s_t
             self._own_den += _den_terms(s_t, b_new)
+        return total, n_bg
 
     def add_one(self, row: np.ndarray, n: int, xx: float, yy: float, xy: float, trace: int | None = None) -> None:
         """``n`` 1-on tuples by their sums (:func:`.trace_kernels.one_sums` at :attr:`background`): ``row``
