@@ -46,6 +46,7 @@ GENERAL_FEATURES: tuple[str, ...] = (
 )
 
 _V0 = GENERAL_FEATURES.index("v0")
+_HALF_L = GENERAL_FEATURES.index("half_l")
 _F32_K = np.float32(physics.K_NM)
 _SEP_SCALE = np.float32(physics.LAMBDA_NM / (2.0 * np.pi))
 
@@ -240,48 +241,61 @@ def _classes(cuts: np.ndarray, x) -> np.ndarray | int:
 
 @dataclass(frozen=True)
 class CellLayout:
-    """Which conformal cell each tuple falls in (v0 class major).
+    """Which conformal cell each tuple falls in (L/2 class major, then v0 class).
 
     Instrument cells (``background_cuts`` or ``photon_cuts`` given): v0 class x background class x
     photon class, the variables a user's acquisition is described by. Otherwise (bundles calibrated
     before them): v0 class x information bin. Either way the information bins (``info_cuts``) also
-    index the pooled cells a sparse cell falls back on."""
+    index the pooled cells a sparse cell falls back on. ``half_l_cuts`` (calibrations since the
+    fifteenth session) repeat the cells once per L/2 class of the beam pattern."""
 
     info_cuts: np.ndarray
     v0_cuts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     background_cuts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     photon_cuts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    half_l_cuts: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @classmethod
     def of(cls, cal: dict) -> "CellLayout":
         """The layout a stored calibration was made with."""
         return cls(*(np.asarray(cal.get(k, ()), np.float32) for k in
-                     ("neff_cuts", "v0_cuts", "background_cuts", "photon_cuts")))
+                     ("neff_cuts", "v0_cuts", "background_cuts", "photon_cuts", "half_l_cuts")))
 
     @property
     def by_instrument(self) -> bool:
         return bool(len(self.background_cuts) or len(self.photon_cuts))
 
     @property
-    def n_cells(self) -> int:
+    def n_instrument_cells(self) -> int:
+        """Cells of one L/2 class."""
         inner = ((len(self.background_cuts) + 1) * (len(self.photon_cuts) + 1) if self.by_instrument
                  else len(self.info_cuts) + 1)
         return (len(self.v0_cuts) + 1) * inner
 
+    @property
+    def n_cells(self) -> int:
+        return (len(self.half_l_cuts) + 1) * self.n_instrument_cells
+
     def info_bin(self, info: np.ndarray) -> np.ndarray:
         return _neff_bin(info, self.info_cuts)
 
-    def index(self, info, v0=None, background=None, photons=None) -> np.ndarray:
+    def index(self, info, v0=None, background=None, photons=None, half_l=None) -> np.ndarray:
         """(n,) cell of each tuple (``v0`` None: the first v0 class; background / photons are needed
-        by instrument cells)."""
+        by instrument cells, ``half_l`` (nm, per tuple or one value) by L/2 classes)."""
         v0c = 0 if v0 is None or not len(self.v0_cuts) else _classes(self.v0_cuts, v0)
         if not self.by_instrument:
-            return self.info_bin(info) + v0c * (len(self.info_cuts) + 1)
-        if background is None or photons is None:
-            raise ValueError("instrument conformal cells need each tuple's background and photon count")
-        bc = _classes(self.background_cuts, background)
-        nc = np.searchsorted(self.photon_cuts, photons, side="right")
-        return (v0c * (len(self.background_cuts) + 1) + bc) * (len(self.photon_cuts) + 1) + nc
+            k = self.info_bin(info) + v0c * (len(self.info_cuts) + 1)
+        else:
+            if background is None or photons is None:
+                raise ValueError("instrument conformal cells need each tuple's background and photon count")
+            bc = _classes(self.background_cuts, background)
+            nc = np.searchsorted(self.photon_cuts, photons, side="right")
+            k = (v0c * (len(self.background_cuts) + 1) + bc) * (len(self.photon_cuts) + 1) + nc
+        if len(self.half_l_cuts):
+            if half_l is None:
+                raise ValueError("L/2 conformal classes need each tuple's L/2")
+            k = k + self.n_instrument_cells * _classes(self.half_l_cuts, half_l)
+        return k
 
 
 #: seed offset (from the bundle's training seed) of the rulers of the response table's first stage;
@@ -303,61 +317,74 @@ def _compact(cell: dict) -> dict:
             "n_calibration": cell["n_calibration"]}
 
 
+def _groups(labels: np.ndarray, n: int) -> list[np.ndarray]:
+    """Indices of each label 0..n-1 (one stable sort instead of n masks over tens of millions of tuples)."""
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(n + 1))
+    return [order[bounds[k]:bounds[k + 1]] for k in range(n)]
+
+
 def calibrate_intervals(booster, X, y, neff, power, n_bins: int, bin_width: float, level: float,
                         val_residual=None, val_neff=None, v0=None, v0_cuts=(), val_v0=None,
                         background=None, photons=None, val_background=None, val_photons=None,
-                        background_cuts=(), photon_cuts=()) -> dict:
+                        background_cuts=(), photon_cuts=(), half_l=None, val_half_l=None, half_l_cuts=()) -> dict:
     """Label-conditional split conformal per cell (MAPIE per cell, see core.conformal).
 
     Cells (:class:`CellLayout`): v0 class x background class x photon class when ``background_cuts``
     / ``photon_cuts`` are given (``background``, ``photons``: per tuple), else v0 class x
-    information quantile bin. ``power``: the score's exponent; refitted per cell on the validation
-    residuals when given (the information proxy's scaling is not one power law over three decades).
+    information quantile bin; with ``half_l_cuts`` (``half_l``: per tuple) once per L/2 class.
+    ``power``: the score's exponent; refitted per cell on the validation residuals when given (the
+    information proxy's scaling is not one power law over three decades).
 
     Why instrument cells: tuples of equal information but different instruments have differently
     shaped errors given the true distance (the posterior mean shrinks differently), so information
     bins left single instruments off by up to ~10 points (v0 = 1, b = 6, 200 photons at 12.5 nm:
     0.80). Measured on two development grids of the issue (cells within 85-95 % of 90): 86 / 83
-    with 7 v0 classes x 16 information bins, 89 / 89 with 7 x 4 background x 16 photon classes
-    (the shipped calibrations; 90 / 90 in a scratch re-calibration on other rulers, 90 / 89 there
-    with 12 photon classes), and intervals ~2 nm narrower on average (bench/RESULTS.md)."""
+    with 7 v0 classes x 16 information bins, 89 / 89 with 7 x 4 background x 16 photon classes,
+    and intervals ~2 nm narrower on average (bench/RESULTS.md).
+
+    Why L/2 classes: within one instrument cell the coverage at a fixed instrument still moved with
+    the beam pattern's L/2 (0.97 at 10 nm to 0.86 at 25 nm for 5 nm, v0 = 1, b = 6, 800 photons),
+    which the information proxy does not carry into the score (bench/RESULTS.md, "MINFLUX per-tuple
+    intervals: L/2 classes and 72 M calibration rulers")."""
     from ...core import conformal
 
     cuts = np.quantile(neff, np.linspace(0, 1, n_bins + 1)[1:-1])
     layout = CellLayout(np.asarray(cuts, np.float32), *(np.asarray(c, np.float32) for c in
-                                                        (v0_cuts, background_cuts, photon_cuts)))
-    idx, cell_of = layout.info_bin(neff), layout.index(neff, v0, background, photons)
-    vidx = vcell = None
+                                                        (v0_cuts, background_cuts, photon_cuts, half_l_cuts)))
+    idx, cell_of = layout.info_bin(neff), layout.index(neff, v0, background, photons, half_l)
+    by_bin, by_cell = _groups(idx, n_bins), _groups(cell_of, layout.n_cells)
+    val_bin, val_cell = [None] * n_bins, [None] * layout.n_cells
     if val_residual is not None:
-        vidx, vcell = layout.info_bin(val_neff), layout.index(val_neff, val_v0, val_background, val_photons)
+        val_bin = _groups(layout.info_bin(val_neff), n_bins)
+        val_cell = _groups(layout.index(val_neff, val_v0, val_background, val_photons, val_half_l), layout.n_cells)
     reg = conformal.BoosterRegressor(booster, X.shape[1])
 
     def cell(sel, vsel):
         p_k = power
-        if vsel is not None and vsel.sum() > 1000:
+        if vsel is not None and len(vsel) > 1000:
             p_k = conformal.fit_photon_power(val_residual[vsel], val_neff[vsel], 5)
         return _compact(conformal.calibrate(reg, X[sel], y[sel], neff[sel], p_k, level, bin_width, 100))
 
     def enough(sel) -> bool:
         """Every distance bin (sparse ones merged as conformal.calibrate merges them) holds 100 tuples."""
-        if sel.sum() < MIN_CELL:
+        if len(sel) < MIN_CELL:
             return False
         edges = conformal.merge_sparse_bins(y[sel], conformal.label_bins(y[sel], bin_width), 100)
         return np.bincount(conformal.bin_index(y[sel], edges), minlength=len(edges) - 1).min() >= 100
 
-    pooled = [cell(idx == k, None if vidx is None else vidx == k) for k in range(n_bins)]
-    cells = []
-    for j in range(layout.n_cells):
-        sel = cell_of == j
-        cells.append(cell(sel, None if vcell is None else vcell == j) if enough(sel) else {"pooled": True})
+    pooled = [cell(by_bin[k], val_bin[k]) for k in range(n_bins)]
+    cells = [cell(by_cell[j], val_cell[j]) if enough(by_cell[j]) else {"pooled": True} for j in range(layout.n_cells)]
     axes = ("v0 class x background class x photon class" if layout.by_instrument
             else "v0 class x information quantile bin")
+    if len(layout.half_l_cuts):
+        axes = "L/2 class x " + axes
     return {"method": f"split conformal, Mondrian by ({axes}) x (true-distance bin), MAPIE per cell "
                       f"(mapie.regression.SplitConformalRegressor(prefit=True, conformity_score='absolute'))",
             "score": "|y - d_hat| * (info / 100)^p_cell", "photon_power": power, "confidence_level": level,
             "neff_cuts": [float(v) for v in cuts], "v0_cuts": [float(v) for v in v0_cuts],
             "background_cuts": [float(v) for v in background_cuts], "photon_cuts": [float(v) for v in photon_cuts],
-            "cells": cells, "pooled_cells": pooled}
+            "half_l_cuts": [float(v) for v in half_l_cuts], "cells": cells, "pooled_cells": pooled}
 
 
 class _Intervals:
@@ -398,18 +425,19 @@ class _Intervals:
 
         warm_up()  # the compiled hull, at load time
 
-    def rows(self, info, v0=None, background=None, photons=None) -> np.ndarray:
+    def rows(self, info, v0=None, background=None, photons=None, half_l=None) -> np.ndarray:
         """(n,) table row of each tuple: its cell, or its information bin's pooled row."""
-        k = self.layout.index(info, v0, background, photons)
+        k = self.layout.index(info, v0, background, photons, half_l)
         if self.sparse.any():
             k = np.where(self.sparse[k], len(self.sparse) + self.layout.info_bin(info), k)
         return k
 
-    def apply(self, raw: np.ndarray, info: np.ndarray, v0: np.ndarray | float = 1.0, background=None, photons=None):
+    def apply(self, raw: np.ndarray, info: np.ndarray, v0: np.ndarray | float = 1.0, background=None, photons=None,
+              half_l=None):
         """(lower, upper, empty): hull of {y : |y - raw| s(info) <= Q_row,bin(y)} (core.conformal.apply_intervals)."""
         from ...core.conformal import PHOTON_REF, hull
 
-        k = self.rows(info, v0, background, photons)
+        k = self.rows(info, v0, background, photons, half_l)
         d = np.asarray(raw, np.float32)
         n = np.maximum(np.asarray(info, np.float32), np.float32(1.0)) * np.float32(1.0 / PHOTON_REF)
         inv_s = n ** -self.power[k]
@@ -477,11 +505,19 @@ class GeneralConfig:
     interval_v0_cuts: tuple[float, ...] = (0.88, 0.92, 0.96, 0.985, 0.995, 0.999)
     interval_background_cuts: tuple[float, ...] = (1.0, 2.5, 5.0)
     interval_photon_cuts: tuple[float, ...] = PHOTON_CUTS
+    #: L/2 classes (nm) of the conformal cells, 3 nm wide with the nominal 15 nm in the middle of its
+    #: class. Only the cuts inside the space's L/2 range are used (a bundle trained for one profile has none)
+    interval_half_l_cuts: tuple[float, ...] = (13.5, 16.5, 19.5, 22.5)
     nthread: int = 2
     space: Space = field(default_factory=Space)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def half_l_cuts_within(self, space: Space) -> tuple[float, ...]:
+        """The L/2 class cuts strictly inside ``space``'s L/2 range."""
+        lo, hi = space.half_l_range_nm
+        return tuple(c for c in self.interval_half_l_cuts if lo < c < hi)
 
     def scale_rulers(self, n_rulers: int) -> None:
         """Train on ``n_rulers`` rulers; the response table's rulers scale with them."""
@@ -557,9 +593,11 @@ def train_general(cfg: GeneralConfig, out_dir: Path | None = None, log=print, in
     calib = calibrate_intervals(point, ca.X, ca.y, info["ca"], power, cfg.neff_bins, cfg.bin_width_nm,
                                 cfg.confidence_level, raw_val - va.y, info["va"], ca.X[:, _V0], cfg.interval_v0_cuts,
                                 va.X[:, _V0], bg["ca"], photons_of(ca.X), bg["va"], photons_of(va.X),
-                                cfg.interval_background_cuts, cfg.interval_photon_cuts)
+                                cfg.interval_background_cuts, cfg.interval_photon_cuts, ca.X[:, _HALF_L],
+                                va.X[:, _HALF_L], cfg.half_l_cuts_within(cfg.space))
     d_val = debias.apply(raw_val, bin_map, info["va"])
-    lo, hi, _ = _Intervals(calib).apply(raw_val, info["va"], va.X[:, _V0], bg["va"], photons_of(va.X))
+    lo, hi, _ = _Intervals(calib).apply(raw_val, info["va"], va.X[:, _V0], bg["va"], photons_of(va.X),
+                                        va.X[:, _HALF_L])
     lo, hi = np.minimum(lo, d_val), np.maximum(hi, d_val)
     metrics = {"validation": {"rmse_nm": float(np.sqrt(np.mean((d_val - va.y) ** 2))),
                               "bias_nm": float(np.mean(d_val - va.y)),
@@ -759,15 +797,21 @@ def _deconvolution_counts(directory: str, nodes, rulers_per_cell: int, seed: int
                                          seed, nodes)
 
 
-def recalibrate_intervals(bundle: str = REGIME, rulers: int = 12_000_000, seed: int = 20261131,
+def recalibrate_intervals(bundle: str = REGIME, rulers: int = 72_000_000, seed: int = 20261131,
                           v0_cuts: tuple[float, ...] | None = None, space: Space | None = None, log=print,
                           background_cuts: tuple[float, ...] | None = None,
-                          photon_cuts: tuple[float, ...] | None = None) -> dict:
+                          photon_cuts: tuple[float, ...] | None = None,
+                          half_l_cuts: tuple[float, ...] | None = None, chunk: int = 12_000_000) -> dict:
     """Conformalise an existing general bundle's intervals afresh (:func:`calibrate_intervals`) on
     ``rulers`` new single-tuple rulers over ``space`` (default: its training space; its boosters
-    unchanged): 30 % of them fit the score's exponents, the rest the quantiles. Records the
-    calibration in the manifest. Cells: :class:`GeneralConfig`'s unless given (``background_cuts``
-    and ``photon_cuts`` both ``()``: v0 class x information bin)."""
+    unchanged), simulated in chunks of ``chunk`` (chunk k with seed ``seed + k``): 30 % of them fit
+    the score's exponents, the rest the quantiles. Records the calibration in the manifest. Cells:
+    :class:`GeneralConfig`'s unless given (``background_cuts`` and ``photon_cuts`` both ``()``: v0
+    class x information bin; ``half_l_cuts`` ``()``: no L/2 classes).
+
+    Why 72 M rulers: with 12 M and no L/2 classes the median (cell, distance bin) quantile came from
+    ~390 tuples, whose own sampling spreads the coverage it gives by ~1.5 points (binomial at 90 %);
+    72 M keep ~1.2x that per cell with five L/2 classes (bench/RESULTS.md)."""
     from ...core import conformal, model_bundle
 
     t0 = time.perf_counter()
@@ -775,16 +819,22 @@ def recalibrate_intervals(bundle: str = REGIME, rulers: int = 12_000_000, seed: 
     cfg = GeneralConfig()
     n_features = len(manifest["feature_names"])
     space = Space(**manifest["data"]["space"]) if space is None else space
-    rec = simulate_general(rulers, 1, seed, space)
-    X = np.ascontiguousarray(instrument_features(rec.tuples.counts, rec.tuples.positions, rec.truth["v0"],
-                                                 rec.truth["background"])[:, :n_features])
-    y = rec.truth["d_nm"].astype(np.float32)
-    raw = boosters["point"].inplace_predict(X)
-    info = pseudo_photons(boosters["noise"].inplace_predict(np.column_stack([X, raw]).astype(np.float32)))
-    # one tuple per ruler: a split by tuple is by ruler. Its own stream: default_rng(seed) drew the distances
-    va = np.random.default_rng([seed, 1]).random(len(y)) < 0.3
-    log(f"[general] {len(y):,} calibration rulers; {time.perf_counter() - t0:.0f} s")
-    v0, bg, photons = X[:, _V0], rec.truth["background"], photons_of(X)
+    parts = []
+    for k, start in enumerate(range(0, rulers, chunk)):
+        rec = simulate_general(min(chunk, rulers - start), 1, seed + k, space)
+        X = np.ascontiguousarray(instrument_features(rec.tuples.counts, rec.tuples.positions, rec.truth["v0"],
+                                                     rec.truth["background"])[:, :n_features])
+        raw = boosters["point"].inplace_predict(X)
+        info = pseudo_photons(boosters["noise"].inplace_predict(np.column_stack([X, raw]).astype(np.float32)))
+        # one tuple per ruler: a split by tuple is by ruler. Its own stream: default_rng(seed) drew the distances
+        va = np.random.default_rng([seed + k, 1]).random(len(raw)) < 0.3
+        parts.append((X, rec.truth["d_nm"].astype(np.float32), raw, info,
+                      rec.truth["background"].astype(np.float32), va))
+        del rec
+        log(f"[general] calibration rulers: chunk {k + 1}, {len(raw):,}; {time.perf_counter() - t0:.0f} s")
+    X, y, raw, info, bg, va = (np.concatenate(a) for a in zip(*parts))
+    del parts
+    v0, hl, photons = X[:, _V0], X[:, _HALF_L], photons_of(X)
     power = conformal.fit_photon_power(raw[va] - y[va], info[va])
     trained = manifest.get("training", {})  # the bundle's own bins
     pick = lambda given, default: default if given is None else given  # noqa: E731
@@ -793,9 +843,12 @@ def recalibrate_intervals(bundle: str = REGIME, rulers: int = 12_000_000, seed: 
                                 manifest["calibration"]["confidence_level"], raw[va] - y[va], info[va], v0[~va],
                                 pick(v0_cuts, cfg.interval_v0_cuts), v0[va], bg[~va], photons[~va], bg[va], photons[va],
                                 pick(background_cuts, cfg.interval_background_cuts),
-                                pick(photon_cuts, cfg.interval_photon_cuts))
-    manifest["calibration"] = _calibration_entry(calib, data={"rulers": int(rulers), "seed": int(seed),
-                                                              "power_fraction": 0.3, "space": space.to_dict()})
+                                pick(photon_cuts, cfg.interval_photon_cuts), hl[~va], hl[va],
+                                pick(half_l_cuts, cfg.half_l_cuts_within(space)))
+    seeds = list(range(seed, seed + len(range(0, rulers, chunk))))
+    manifest["calibration"] = _calibration_entry(calib, data={"rulers": int(rulers), "seed": int(seed), "seeds": seeds,
+                                                              "chunk": int(chunk), "power_fraction": 0.3,
+                                                              "space": space.to_dict()})
     model_bundle.write_manifest(directory, manifest)
     sparse = sum("q_bins" not in c for c in calib["cells"])
     log(f"[general] recalibrated {directory}: {len(calib['cells'])} cells ({sparse} sparse: their information "
@@ -916,12 +969,12 @@ class GeneralPredictor:
         neff = np.exp(X[:, 9])
         raw = np.asarray(self.backend.predict(X), np.float32).reshape(-1)
         info = pseudo_photons(np.asarray(self.noise.predict(np.column_stack([X, raw])), np.float32).reshape(-1))
-        hl = X[:, 12]
+        hl = X[:, _HALF_L]
         if self.deshrink is not None:
             d = self.deshrink.apply(raw, X[:, 8], v0, bg, hl)
         else:
             d = debias.apply(raw, self.debias, info)
-        lo, hi, empty = self.intervals.apply(raw, info, v0, bg, photons)
+        lo, hi, empty = self.intervals.apply(raw, info, v0, bg, photons, hl)
         # the trained distance range is checked on the posterior mean when the deconvolution serves: its
         # estimate is unbiased, not clamped, so it leaves the range by noise where the posterior mean
         # (a mean over trained distances) does not (the stages' inverse is clamped to the range)

@@ -118,6 +118,8 @@ def train_for_profile(profile, out_dir: Path | None, n_rulers: int | None = None
     # the deconvolution simulates every node of the full table (~20 min on 2 cores), most of them
     # outside a profile's space: a profile's bundle serves its de-shrinking stages
     config.deconvolution_rulers_per_cell = 0
+    # the profile's L/2 spans ~5 nm: one L/2 class (cells split further would fall back on the pooled ones)
+    config.interval_half_l_cuts = ()
     if n_rulers is not None:
         config.scale_rulers(n_rulers)
     for k, v in cfg.items():
