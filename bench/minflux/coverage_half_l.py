@@ -47,6 +47,7 @@ def coverage_rows(predictors: dict, seed: int, half_l: float, rulers: int) -> di
     """Per predictor: (coverage, width) of every eligible cell of the grid at ``half_l``."""
     from streamer.modalities.minflux import offgrid
     from streamer.modalities.minflux.crb import crb_for_recording
+    from streamer.modalities.minflux.offgrid import _error_stats
 
     rec, cells = offgrid.simulate_grid(rulers, 1, seed, half_l=half_l)
     y, cell = rec.truth["d_nm"], rec.truth["cell"]
@@ -56,12 +57,10 @@ def coverage_rows(predictors: dict, seed: int, half_l: float, rulers: int) -> di
     out = {}
     for name, p in predictors.items():
         pred = p.predict_with(rec.tuples, rec.truth["v0"], rec.truth["background"])
-        cov, wid = [], []
-        for i in eligible:
-            s = groups[i][np.isfinite(pred.lower[groups[i]])]
-            cov.append(float(np.mean((pred.lower[s] <= y[s]) & (y[s] <= pred.upper[s]))))
-            wid.append(float(np.mean(pred.upper[s] - pred.lower[s])))
-        out[name] = (np.array(cov), np.array(wid), [cells[i] for i in eligible])
+        stats = [_error_stats(pred.distance[groups[i]], pred.lower[groups[i]], pred.upper[groups[i]], y[groups[i]])
+                 for i in eligible]
+        out[name] = (np.array([s["coverage"] for s in stats]), np.array([s["width"] for s in stats]),
+                     [cells[i] for i in eligible])
     return out
 
 

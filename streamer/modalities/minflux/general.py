@@ -819,8 +819,8 @@ def recalibrate_intervals(bundle: str = REGIME, rulers: int = 72_000_000, seed: 
     cfg = GeneralConfig()
     n_features = len(manifest["feature_names"])
     space = Space(**manifest["data"]["space"]) if space is None else space
-    parts = []
-    for k, start in enumerate(range(0, rulers, chunk)):
+    parts, starts = [], range(0, rulers, chunk)
+    for k, start in enumerate(starts):
         rec = simulate_general(min(chunk, rulers - start), 1, seed + k, space)
         X = np.ascontiguousarray(instrument_features(rec.tuples.counts, rec.tuples.positions, rec.truth["v0"],
                                                      rec.truth["background"])[:, :n_features])
@@ -845,8 +845,8 @@ def recalibrate_intervals(bundle: str = REGIME, rulers: int = 72_000_000, seed: 
                                 pick(background_cuts, cfg.interval_background_cuts),
                                 pick(photon_cuts, cfg.interval_photon_cuts), hl[~va], hl[va],
                                 pick(half_l_cuts, cfg.half_l_cuts_within(space)))
-    seeds = list(range(seed, seed + len(range(0, rulers, chunk))))
-    manifest["calibration"] = _calibration_entry(calib, data={"rulers": int(rulers), "seed": int(seed), "seeds": seeds,
+    manifest["calibration"] = _calibration_entry(calib, data={"rulers": int(rulers), "seed": int(seed),
+                                                              "seeds": [seed + k for k in range(len(starts))],
                                                               "chunk": int(chunk), "power_fraction": 0.3,
                                                               "space": space.to_dict()})
     model_bundle.write_manifest(directory, manifest)
