@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import debias, deshrink, physics
+from . import debias, deshrink, general_kernels, physics
 from .estimators.closed_form import harmonic_fit
 from .features import count_sums
 from .prediction import FLAG_LOW_PHOTONS, FLAG_NO_INTERVAL, FLAG_OUT_OF_RANGE, Prediction
@@ -193,7 +193,15 @@ def _visibility_separation(m1: np.ndarray, denom: np.ndarray) -> tuple[np.ndarra
 def instrument_features(counts: np.ndarray, positions: np.ndarray, v0, background,
                         totals: np.ndarray | None = None) -> np.ndarray:
     """(n, 16) float32 features (:data:`GENERAL_FEATURES`) with per-tuple (or scalar) v0 and background.
-    ``totals``: :func:`.tuples.count_totals` of integer ``counts`` when the caller has them already."""
+    ``totals``: :func:`.tuples.count_totals` of integer ``counts`` when the caller has them already.
+    Integer counts take the compiled pass (:mod:`.general_kernels`, the same values)."""
+    X = general_kernels.instrument_features(counts, positions, v0, background)
+    return X if X is not None else instrument_features_numpy(counts, positions, v0, background, totals)
+
+
+def instrument_features_numpy(counts: np.ndarray, positions: np.ndarray, v0, background,
+                              totals: np.ndarray | None = None) -> np.ndarray:
+    """The reference of :func:`instrument_features` (numpy, any count dtype)."""
     n = len(counts)
     c = counts.astype(np.float32)
     v0 = np.broadcast_to(np.asarray(v0, np.float32), (n,))
@@ -421,8 +429,11 @@ class _Intervals:
             self.q[k, :len(e) - 1] = c["q_bins"]
             self.q_marginal[k], self.power[k] = c["q_marginal"], c["photon_power"]
             self.lo_range[k], self.hi_range[k] = e[0], e[-1]
-        from ...core.conformal import warm_up
+        from ...core.conformal import PHOTON_REF, warm_up
 
+        self._photon_ref_inv = np.float32(1.0 / PHOTON_REF)
+        #: rows, scale and checks compiled in one pass each (instrument cells; the others keep numpy)
+        self.compiled = general_kernels.HAVE_NUMBA and self.layout.by_instrument
         warm_up()  # the compiled hull, at load time
 
     def rows(self, info, v0=None, background=None, photons=None, half_l=None) -> np.ndarray:
@@ -431,6 +442,15 @@ class _Intervals:
         if self.sparse.any():
             k = np.where(self.sparse[k], len(self.sparse) + self.layout.info_bin(info), k)
         return k
+
+    def rows_and_scale(self, info, v0, background, photons, half_l) -> tuple[np.ndarray, np.ndarray]:
+        """(row, 1 / conformal scale) of each tuple, as :meth:`apply` takes them (compiled; all per-tuple
+        float32 arrays, instrument cells)."""
+        L = self.layout
+        rows, norm, neg_power = general_kernels.table_rows(
+            info, v0, background, photons, half_l, L.info_cuts, L.v0_cuts, L.background_cuts, L.photon_cuts,
+            L.half_l_cuts, self.sparse, self.power, self._photon_ref_inv)
+        return rows, norm ** neg_power
 
     def apply(self, raw: np.ndarray, info: np.ndarray, v0: np.ndarray | float = 1.0, background=None, photons=None,
               half_l=None):
@@ -938,6 +958,12 @@ class GeneralPredictor:
         self._d = f["distance_range_nm"]
         self._neff_low = np.float32(f["low_neff_below"])
         self._info_low = np.float32(f["low_info_below"])
+        tol = np.float32(1e-4)
+        # the float32 thresholds numpy compares with in _finish_numpy (a Python float meets a float32
+        # array as float32), in the order general_kernels.finish reads them
+        self._limits = np.array([self._photons[1], self._v0[0] - tol, self._v0[1] + tol, self._bg[0] - tol,
+                                 self._bg[1] + tol, self._hl[0] - 0.01, self._hl[1] + 0.01, self._d[0], self._d[1],
+                                 self._photons[0], self._neff_low, self._info_low], np.float32)
         self.v0, self.background = float(v0), float(background)
         self.model_id = model_bundle.model_id(self.manifest)
         if ds:  # results must tell which table de-shrank them (the point booster's hash does not)
@@ -974,11 +1000,25 @@ class GeneralPredictor:
             d = self.deshrink.apply(raw, X[:, 8], v0, bg, hl)
         else:
             d = debias.apply(raw, self.debias, info)
-        lo, hi, empty = self.intervals.apply(raw, info, v0, bg, photons, hl)
         # the trained distance range is checked on the posterior mean when the deconvolution serves: its
         # estimate is unbiased, not clamped, so it leaves the range by noise where the posterior mean
         # (a mean over trained distances) does not (the stages' inverse is clamped to the range)
         ranged = raw if self._deconvolution else d
+        finish = self._finish if self.intervals.compiled else self._finish_numpy
+        lo, hi, flags = finish(raw, d, ranged, info, v0, bg, photons, hl, neff)
+        return Prediction(d, lo, hi, flags, self.model_id)
+
+    def _finish(self, raw, d, ranged, info, v0, bg, photons, hl, neff):
+        """(lower, upper, flags): the interval and the checks, compiled (:mod:`.general_kernels`)."""
+        rows, inv_s = self.intervals.rows_and_scale(info, v0, bg, photons, hl)
+        iv = self.intervals
+        return general_kernels.finish(raw, d, ranged, inv_s, rows, iv.left, iv.right, iv.q, iv.q_marginal, iv.lo_range,
+                                      iv.hi_range, photons, info, neff, v0, bg, hl, self._limits,
+                                      np.uint8(FLAG_OUT_OF_RANGE), np.uint8(FLAG_LOW_PHOTONS), np.uint8(FLAG_NO_INTERVAL))
+
+    def _finish_numpy(self, raw, d, ranged, info, v0, bg, photons, hl, neff):
+        """The reference of :meth:`_finish` (and its path without numba or instrument cells)."""
+        lo, hi, empty = self.intervals.apply(raw, info, v0, bg, photons, hl)
         lo, hi = np.minimum(lo, d), np.maximum(hi, d)
         tol = np.float32(1e-4)
         outside = ((photons > self._photons[1]) | empty
@@ -994,4 +1034,4 @@ class GeneralPredictor:
             lo = np.where(drop, np.float32(np.nan), lo)
             hi = np.where(drop, np.float32(np.nan), hi)
             flags |= np.where(drop, FLAG_NO_INTERVAL, 0).astype(np.uint8)
-        return Prediction(d, lo, hi, flags, self.model_id)
+        return lo, hi, flags
