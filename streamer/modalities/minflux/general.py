@@ -922,6 +922,12 @@ def _posterior_mean_of(point, n_features: int):
 # --------------------------------------------------------------------------- predictor
 
 
+def _warm_up_batch() -> TupleBatch:
+    """Two nominal tuples (L/2 15 nm, 20 counts per exposure)."""
+    pattern = np.array([-15.0, 0.0, 15.0], np.float32)
+    return TupleBatch.build(np.full((2, 2, 3), 20, np.uint16), np.broadcast_to(pattern, (2, 2, 3)).copy())
+
+
 class GeneralPredictor:
     """Instrument-aware distance + 90% interval; the instrument is fixed (``v0``, ``background``) or
     supplied per call (:meth:`predict_with`).
@@ -972,6 +978,9 @@ class GeneralPredictor:
         if names != GENERAL_FEATURES[:len(names)]:
             raise ValueError(f"bundle {self.model_id}: features {names} are not these ({GENERAL_FEATURES})")
         self._n_features = len(names)
+        # the compiled steps (general_kernels) loaded -- or compiled, once per machine -- now, with the
+        # types the live path gives them, not in a worker's first packet
+        self.predict_with(_warm_up_batch(), self.v0, self.background)
 
     def _features(self, batch: TupleBatch, v0, background, totals=None) -> np.ndarray:
         X = instrument_features(batch.counts, batch.positions, v0, background, totals)
@@ -1010,11 +1019,15 @@ class GeneralPredictor:
 
     def _finish(self, raw, d, ranged, info, v0, bg, photons, hl, neff):
         """(lower, upper, flags): the interval and the checks, compiled (:mod:`.general_kernels`)."""
-        rows, inv_s = self.intervals.rows_and_scale(info, v0, bg, photons, hl)
+        from ...core.conformal import hull
+
         iv = self.intervals
-        return general_kernels.finish(raw, d, ranged, inv_s, rows, iv.left, iv.right, iv.q, iv.q_marginal, iv.lo_range,
-                                      iv.hi_range, photons, info, neff, v0, bg, hl, self._limits,
-                                      np.uint8(FLAG_OUT_OF_RANGE), np.uint8(FLAG_LOW_PHOTONS), np.uint8(FLAG_NO_INTERVAL))
+        rows, inv_s = iv.rows_and_scale(info, v0, bg, photons, hl)
+        lo, hi = hull(raw, inv_s, iv.left, iv.right, iv.q, rows)
+        flags = general_kernels.finish(raw, d, ranged, inv_s, rows, lo, hi, iv.q_marginal, iv.lo_range, iv.hi_range,
+                                       photons, info, neff, v0, bg, hl, self._limits, np.uint8(FLAG_OUT_OF_RANGE),
+                                       np.uint8(FLAG_LOW_PHOTONS), np.uint8(FLAG_NO_INTERVAL))
+        return lo, hi, flags
 
     def _finish_numpy(self, raw, d, ranged, info, v0, bg, photons, hl, neff):
         """The reference of :meth:`_finish` (and its path without numba or instrument cells)."""

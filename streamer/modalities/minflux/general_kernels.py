@@ -188,34 +188,19 @@ def _nan_min(a, b):  # np.minimum
 
 
 @jit
-def finish(raw, d, ranged, inv_s, rows, left, right, q, q_marginal, lo_range, hi_range, photons, info, neff,
-           v0, background, half_l, limits, flag_out, flag_low, flag_none):  # pragma: no cover - compiled
-    """(lower, upper, flags): the conformal hull around ``raw`` (core.conformal.hull; where every bin is
-    empty, the marginal quantile clipped to the row's range), widened to hold the reported ``d``, and
-    the out-of-range / low-information checks of :meth:`.general.GeneralPredictor.predict_with`
-    (``limits``: its float32 thresholds, see ``_Checks``), which drop the interval."""
+def finish(raw, d, ranged, inv_s, rows, lo, hi, q_marginal, lo_range, hi_range, photons, info, neff, v0, background,
+           half_l, limits, flag_out, flag_low, flag_none):  # pragma: no cover - compiled
+    """Flags; ``lo`` / ``hi`` (the conformal hull around ``raw``, core.conformal.hull) finished in place:
+    where every bin is empty, the marginal quantile clipped to the row's range; widened to hold the
+    reported ``d``; dropped (NaN) by the out-of-range / low-information checks of
+    :meth:`.general.GeneralPredictor.predict_with` (``limits``: its float32 thresholds)."""
     n = raw.shape[0]
-    lo = np.empty(n, np.float32)
-    hi = np.empty(n, np.float32)
     flags = np.zeros(n, np.uint8)
-    bins = q.shape[1]
     nan = np.float32(np.nan)
     inf = np.float32(np.inf)
     for i in range(n):
         c = rows[i]
-        a = inf
-        b = -inf
-        for k in range(bins):  # core.conformal._hull's steps
-            half = q[c, k] * inv_s[i]
-            lb = raw[i] - half
-            hb = raw[i] + half
-            if lb < left[c, k]:
-                lb = left[c, k]
-            if hb > right[c, k]:
-                hb = right[c, k]
-            if lb <= hb:
-                a = min(a, lb)
-                b = max(b, hb)
+        a, b = lo[i], hi[i]
         empty = not (a > -inf and a < inf)  # ~np.isfinite(lo)
         if empty:
             sm = inv_s[i] * q_marginal[c]
@@ -240,4 +225,4 @@ def finish(raw, d, ranged, inv_s, rows, left, right, q, q_marginal, lo_range, hi
         lo[i] = a
         hi[i] = b
         flags[i] = f
-    return lo, hi, flags
+    return flags
