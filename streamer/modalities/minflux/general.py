@@ -455,11 +455,11 @@ class _Intervals:
     def apply(self, raw: np.ndarray, info: np.ndarray, v0: np.ndarray | float = 1.0, background=None, photons=None,
               half_l=None):
         """(lower, upper, empty): hull of {y : |y - raw| s(info) <= Q_row,bin(y)} (core.conformal.apply_intervals)."""
-        from ...core.conformal import PHOTON_REF, hull
+        from ...core.conformal import hull
 
         k = self.rows(info, v0, background, photons, half_l)
         d = np.asarray(raw, np.float32)
-        n = np.maximum(np.asarray(info, np.float32), np.float32(1.0)) * np.float32(1.0 / PHOTON_REF)
+        n = np.maximum(np.asarray(info, np.float32), np.float32(1.0)) * self._photon_ref_inv
         inv_s = n ** -self.power[k]
         lo, hi = hull(d, inv_s, self.left, self.right, self.q, k)
         empty = ~np.isfinite(lo)

@@ -18,18 +18,10 @@ import numpy as np
 
 from ...core.jit import HAVE_NUMBA, jit
 from . import physics
+from .trace_kernels import beam_phases
 
 _K = np.float32(physics.K_NM)
 _SEP = np.float32(physics.LAMBDA_NM / (2.0 * np.pi))
-
-
-def phases(positions: np.ndarray) -> tuple[np.ndarray, ...]:
-    """cos and sin of K times each axis's two beam steps, (n, 2) float32 each: (c1, s1, c2, s2) --
-    the values :func:`.estimators.closed_form.harmonic_fit` computes in float32."""
-    p = positions.astype(np.float32, copy=False)
-    h1 = _K * (p[..., 1] - p[..., 0])
-    h2 = _K * (p[..., 2] - p[..., 1])
-    return np.cos(h1), np.sin(h1), np.cos(h2), np.sin(h2)
 
 
 def instrument_features(counts: np.ndarray, positions: np.ndarray, v0, background) -> np.ndarray | None:
@@ -42,7 +34,7 @@ def instrument_features(counts: np.ndarray, positions: np.ndarray, v0, backgroun
     v0 = np.broadcast_to(np.asarray(v0, np.float32), (n,))
     b = np.broadcast_to(np.asarray(background, np.float32), (n,))
     out = np.empty((n, 16), np.float32)
-    P, Q, m0, tot, neff = _harmonic(counts, p, *phases(p), v0, b, out)
+    P, Q, m0, tot, neff = _harmonic(counts, p, *beam_phases(p, np.float32), v0, b, out)
     out[:, 8] = np.log1p(tot)
     out[:, 9] = np.log(neff)
     clipped = _levels(m0, np.hypot(P, Q), np.arctan2(Q, P), v0, b, out)

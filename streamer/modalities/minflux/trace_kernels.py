@@ -307,7 +307,7 @@ def harmonic_terms(counts: np.ndarray, positions: np.ndarray, dtype=np.float32, 
     float32 (the sums that use them accumulate in float64); the coefficients of the 3 counts in
     P, Q and m0 = c1 + P are written out instead of stacked (this runs on every tuple)."""
     c = counts.astype(dtype, copy=False)
-    c1, s1, c2, s2 = _phases(positions, dtype)
+    c1, s1, c2, s2 = beam_phases(positions, dtype)
     u1, u2 = 1 - c1, 1 - c2
     inv = 1 / (u1 * s2 + u2 * s1)
     n0, n1, n2 = c[..., 0], c[..., 1], c[..., 2]
@@ -330,11 +330,12 @@ def harmonic_block(counts: np.ndarray, positions: np.ndarray) -> np.ndarray:
     numpy's (its float32 cos / sin round as the references' do), the rest is the same float32 steps."""
     if not HAVE_NUMBA:
         return np.stack(harmonic_terms(counts, positions, with_var_q=True), axis=1)
-    return _harmonic_block(counts.astype(np.float32, copy=False), *_phases(positions, np.float32))
+    return _harmonic_block(counts.astype(np.float32, copy=False), *beam_phases(positions, np.float32))
 
 
-def _phases(positions: np.ndarray, dtype) -> tuple[np.ndarray, ...]:
-    """cos and sin of K times each axis's two beam steps, (n, 2) each: (c1, s1, c2, s2)."""
+def beam_phases(positions: np.ndarray, dtype) -> tuple[np.ndarray, ...]:
+    """cos and sin of K times each axis's two beam steps, (n, 2) each: (c1, s1, c2, s2) (in float32
+    the values closed_form.harmonic_fit computes; the general model's features use them too)."""
     p = positions.astype(dtype, copy=False)
     k = dtype(physics.K_NM)
     h1 = k * (p[..., 1] - p[..., 0])
