@@ -103,6 +103,17 @@ class CompiledBackend:
         self.num_target = int(self._lib.get_num_target())
         self.nthread = int(nthread)
         self.name = name or f"compiled[{self.nthread}t]"
+        # the array layout's AVX-512 walk (see streamer.core.compile): built in where it applies,
+        # taken where the CPU has AVX-512F and STREAMER_TREES_VECTOR is not 0; same sums either way
+        walk = getattr(self._lib, "streamer_vector_walk", None)
+        if walk is not None:
+            walk.restype, walk.argtypes = ctypes.c_int, [ctypes.c_int]
+        self._vector_walk = walk
+
+    @property
+    def vector(self) -> bool:
+        """Whether this library walks rows 16 per vector (AVX-512) on this CPU."""
+        return bool(self._vector_walk(-1)) if self._vector_walk is not None else False
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = _as_features(X, self.num_feature)

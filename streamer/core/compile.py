@@ -8,6 +8,11 @@ by :class:`streamer.backends.CompiledBackend`) plus ``get_num_feature``/``get_nu
     right), float32 threshold, 2**depth leaves. A row walks exactly ``depth`` levels without a
     data-dependent branch (``i = 2i + 1 + (x >= thr)``); within a row block each tree walks 8
     rows in lock-step so their loads overlap; a lone row walks 8 trees in lock-step instead.
+    Single-output trees of depth <= 6 also get an AVX-512 walk, taken at run time where the CPU
+    has AVX-512F: 16 rows per vector, each level's features and thresholds held in one or two
+    registers (a permute picks a lane's node), so only the rows' feature values are gathered
+    (~3x faster on 600-1,000 rows; rows add their trees in the same order, so the sums are the
+    scalar walk's bit for bit). ``STREAMER_TREES_VECTOR=0`` turns it off.
     Compiles in seconds (it is mostly constant data).
 ``tl2cgen``
     TL2cgen's nested if/else code, one C function ("unit") per few trees. TL2cgen's own
@@ -50,7 +55,7 @@ from pathlib import Path
 #: library cache (git-ignored) for models outside a bundle, relative to the working directory
 DEFAULT_LIB_DIR = Path("compiled_models") / "lib"
 #: bump when the generated batch code or build recipe changes, so old libraries are rebuilt
-BUILD_VERSION = 6
+BUILD_VERSION = 7
 LAYOUTS = ("array", "tl2cgen")
 #: deepest tree the array layout pads to a complete tree (2**depth leaves per tree)
 MAX_ARRAY_DEPTH = 12
@@ -73,6 +78,8 @@ class CompileOptions:
     openmp:         build with OpenMP so ``nthread > 1`` splits row blocks over threads.
     annotate:       branch annotation (TL2cgen ``annotate_in``) from the model's own node cover
                     statistics (training-data counts), which adds likely/unlikely hints.
+    simd:           array layout, single-output trees of depth <= 6: also build the AVX-512 walk
+                    (16 rows per vector), used at run time where the CPU has AVX-512F.
     cc:             C compiler.
     """
 
@@ -83,6 +90,7 @@ class CompileOptions:
     march: str | None = None
     openmp: bool = True
     annotate: bool = False
+    simd: bool = True
     cc: str = "gcc"
 
     def __post_init__(self) -> None:
@@ -413,12 +421,13 @@ def _generate_array_sources(tl_model, src_dir: Path, options: CompileOptions) ->
     feat = np.concatenate([p[0] for p in parts])
     thr = np.concatenate([p[1] for p in parts])
     leaf = np.concatenate([p[2] for p in parts])
+    vector = _vector_walk_source(parts, depth, num_target, options) if options.simd else ""
     code = _ARRAY_C.format(
         num_feature=num_feature, num_target=num_target, num_tree=len(trees), depth=depth,
         block=options.block_rows, interleave=options.interleave,
         feat=",".join(map(str, feat.tolist())), thr=_c_floats(thr), leaf=_c_floats(leaf),
         target=",".join(str(max(int(t), 0)) for t in targets),
-        base_stmts="\n  ".join(f"result[{i}] += {v!r};" for i, v in enumerate(base)))
+        base_stmts="\n  ".join(f"result[{i}] += {v!r};" for i, v in enumerate(base)), vector=vector)
     (src_dir / "model.c").write_text(code + _ENTRY_C)
     return {"num_tree": len(trees), "num_feature": num_feature, "units": 1, "depth": depth, "sources": ["model"]}
 
@@ -490,6 +499,7 @@ static void predict_row(const float* x, float* o) {{
   }}
 }}
 
+{vector}
 /* Full groups of R rows walk each tree together (the tree's arrays stay in L1 for the block);
    leftover rows use predict_row. Per row, trees are summed in model order either way. */
 static ALWAYS_INLINE void walk_groups(const float* X, int64_t nfull, float* out, const int nan_aware) {{
@@ -510,12 +520,18 @@ static ALWAYS_INLINE void walk_groups(const float* X, int64_t nfull, float* out,
 
 static void predict_block(const float* X, int64_t nrow, float* out) {{
   memset(out, 0, sizeof(float) * (size_t)(nrow * NT));
-  int64_t nfull = nrow - nrow % R;
+  int64_t done = 0;  /* rows the vector walk took (whole vectors of 16) */
+#ifdef VECTOR_WALK
+  if (vector_on()) done = vector_walk(X, nrow, out);
+#endif
+  const float* Xr = X + done * NF;
+  float* outr = out + done * NT;
+  int64_t left = nrow - done, nfull = left - left % R;
   /* blocks without missing values (the usual case) skip the default-direction term */
   int has_nan = 0;
-  for (int64_t i = 0; i < nfull * NF; ++i) has_nan |= (X[i] != X[i]);
-  if (has_nan) walk_groups(X, nfull, out, 1); else walk_groups(X, nfull, out, 0);
-  for (int64_t r = nfull; r < nrow; ++r) predict_row(X + r * NF, out + r * NT);
+  for (int64_t i = 0; i < nfull * NF; ++i) has_nan |= (Xr[i] != Xr[i]);
+  if (has_nan) walk_groups(Xr, nfull, outr, 1); else walk_groups(Xr, nfull, outr, 0);
+  for (int64_t r = nfull; r < left; ++r) predict_row(Xr + r * NF, outr + r * NT);
   for (int64_t r = 0; r < nrow; ++r) apply_base(out + r * NT);
 }}
 
@@ -523,6 +539,135 @@ static void predict_block(const float* X, int64_t nrow, float* out) {{
 #define ENTRY_NT NT
 #define ENTRY_BLOCK BLOCK
 #define ENTRY_BLOCK_FN predict_block
+"""
+
+def _vector_walk_source(parts, depth: int, num_target: int, options: CompileOptions) -> str:
+    """C for the AVX-512 walk of the array layout ("" where it does not apply).
+
+    The level-order arrays again, per tree and level, padded to one (levels of <= 16 nodes) or two
+    (32 nodes) vector registers, so a node's feature and threshold come from a register permute
+    instead of a memory load; only the row's feature value is gathered (one gather per level for 16
+    rows). Each row still adds its trees in model order, so the sums are the scalar walk's bit for bit.
+    """
+    import numpy as np
+
+    if num_target != 1 or depth > 6:
+        return ""
+    widths = [16 if (1 << d) <= 16 else 32 for d in range(depth)]
+    offsets = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(int)
+    words = int(sum(widths))
+    vfeat = np.zeros((len(parts), words), np.int32)
+    vthr = np.zeros((len(parts), words), np.float32)
+    vleaf = np.zeros((len(parts), 64), np.float32)
+    for t, (feat, thr, leaf) in enumerate(parts):
+        for d in range(depth):
+            first, k, o = (1 << d) - 1, 1 << d, offsets[d]
+            vfeat[t, o:o + k] = feat[first:first + k]
+            vthr[t, o:o + k] = thr[first:first + k]
+        vleaf[t, :len(leaf)] = leaf
+    return (_VECTOR_C.replace("@LW@", str(words))
+            .replace("@FEAT@", ",".join(map(str, vfeat.reshape(-1).tolist())))
+            .replace("@THR@", _c_floats(vthr.reshape(-1)))
+            .replace("@LEAF@", _c_floats(vleaf.reshape(-1)))
+            .replace("@OFF@", ",".join(map(str, offsets.tolist())))
+            .replace("@WIDE@", ",".join("1" if w == 32 else "0" for w in widths)))
+
+
+#: AVX-512 walk, compiled for that target only (function attributes), chosen at run time: the
+#: library stays portable and a CPU without AVX-512F takes the scalar walk. STREAMER_TREES_VECTOR=0
+#: in the environment (or streamer_vector_walk(0)) turns it off, e.g. to compare the two.
+_VECTOR_C = r"""
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define VECTOR_WALK 1
+#include <immintrin.h>
+#include <stdlib.h>
+#define LW @LW@
+#define VG 4 /* vectors of 16 rows walked in lock-step: independent gather chains overlap */
+static const int32_t vfeat[(size_t)NTREE * LW] = { @FEAT@ };
+static const float vthr[(size_t)NTREE * LW] = { @THR@ };
+static const float vleaf[(size_t)NTREE * 64] = { @LEAF@ };
+static const int voff[DEPTH] = { @OFF@ };
+static const int vwide[DEPTH] = { @WIDE@ };
+static int vector_state = -1; /* -1 not decided yet, 0 scalar walk, 1 vector walk */
+
+/* set < 0: ask; 0: off; 1: on where the CPU has AVX-512F. Returns whether the vector walk is used. */
+int streamer_vector_walk(int set) {
+  if (set >= 0 || vector_state < 0) {
+    __builtin_cpu_init();
+    const char* env = getenv("STREAMER_TREES_VECTOR");
+    int want = set >= 0 ? set : !(env != NULL && env[0] == '0');
+    vector_state = (want && __builtin_cpu_supports("avx512f")) ? 1 : 0;
+  }
+  return vector_state;
+}
+
+static int vector_on(void) { return vector_state >= 0 ? vector_state : streamer_vector_walk(-1); }
+
+/* One level for 16 rows: j = node index within the level; right iff x >= thr (false for NaN) or
+   x is NaN and the node's missing default is right -- the scalar STEP_NAN, lane by lane. */
+__attribute__((target("avx512f"))) static inline __m512i vstep(
+    __m512i j, const int32_t* F, const float* T, int wide, const float* Xv, __m512i lane, int nan_aware) {
+  __m512i f;
+  __m512 th;
+  if (wide) {
+    f = _mm512_permutex2var_epi32(_mm512_loadu_si512(F), j, _mm512_loadu_si512(F + 16));
+    th = _mm512_permutex2var_ps(_mm512_loadu_ps(T), j, _mm512_loadu_ps(T + 16));
+  } else {
+    f = _mm512_permutexvar_epi32(j, _mm512_loadu_si512(F));
+    th = _mm512_permutexvar_ps(j, _mm512_loadu_ps(T));
+  }
+  __m512 x = _mm512_i32gather_ps(_mm512_add_epi32(lane, _mm512_and_si512(f, _mm512_set1_epi32(0x7fff))), Xv, 4);
+  __mmask16 right = _mm512_cmp_ps_mask(x, th, _CMP_GE_OQ);
+  if (nan_aware)
+    right |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q) & _mm512_test_epi32_mask(f, _mm512_set1_epi32(0x8000));
+  __m512i jj = _mm512_add_epi32(j, j);
+  return _mm512_mask_add_epi32(jj, right, jj, _mm512_set1_epi32(1));
+}
+
+__attribute__((target("avx512f"))) static inline void vleaf_add(__m512i j, const float* L, float* o) {
+#if DEPTH == 6
+  __m512 lo = _mm512_permutex2var_ps(_mm512_loadu_ps(L), j, _mm512_loadu_ps(L + 16));
+  __m512 hi = _mm512_permutex2var_ps(_mm512_loadu_ps(L + 32), j, _mm512_loadu_ps(L + 48));
+  __m512 v = _mm512_mask_blend_ps(_mm512_test_epi32_mask(j, _mm512_set1_epi32(32)), lo, hi);
+#elif DEPTH == 5
+  __m512 v = _mm512_permutex2var_ps(_mm512_loadu_ps(L), j, _mm512_loadu_ps(L + 16));
+#else
+  __m512 v = _mm512_permutexvar_ps(j, _mm512_loadu_ps(L));
+#endif
+  _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), v));
+}
+
+/* Rows [0, 16 * (nrow / 16)) of a block, tree by tree; returns how many rows it walked. */
+__attribute__((target("avx512f"))) static int64_t vector_walk(const float* X, int64_t nrow, float* out) {
+  int64_t nv = nrow / 16;
+  if (nv == 0) return 0;
+  int nan_aware = 0;
+  for (int64_t i = 0; i < nv * 16 * NF; ++i) nan_aware |= (X[i] != X[i]);
+  const __m512i lane = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(NF));
+  for (int t = 0; t < NTREE; ++t) {
+    const int32_t* F = vfeat + (size_t)t * LW;
+    const float* T = vthr + (size_t)t * LW;
+    const float* L = vleaf + (size_t)t * 64;
+    int64_t v = 0;
+    for (; v + VG <= nv; v += VG) {
+      __m512i j[VG];
+      for (int k = 0; k < VG; ++k) j[k] = _mm512_setzero_si512();
+      for (int d = 0; d < DEPTH; ++d)
+        for (int k = 0; k < VG; ++k)
+          j[k] = vstep(j[k], F + voff[d], T + voff[d], vwide[d], X + (v + k) * 16 * NF, lane, nan_aware);
+      for (int k = 0; k < VG; ++k) vleaf_add(j[k], L, out + (v + k) * 16);
+    }
+    for (; v < nv; ++v) {
+      __m512i j = _mm512_setzero_si512();
+      for (int d = 0; d < DEPTH; ++d)
+        j = vstep(j, F + voff[d], T + voff[d], vwide[d], X + v * 16 * NF, lane, nan_aware);
+      vleaf_add(j, L, out + v * 16);
+    }
+  }
+  return nv * 16;
+}
+#endif
 """
 
 #: the batch entry point both layouts export; each template defines ENTRY_NF, ENTRY_NT,

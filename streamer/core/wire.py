@@ -383,38 +383,53 @@ def encode_result(packet: Packet, spec: ResultSpec, out: Mapping[str, np.ndarray
                            "seq": packet.seq, "n": packet.n, "t_acq": packet.t_acq,
                            "t_done": float(time.time() if t_done is None else t_done), "model": model_id}
     m = None
-    det_optional = not any(a.required for a in spec.detections)
+    item_rows, det_rows, det_optional = _result_rows(spec)
     if spec.detections and not (det_optional and "item" not in out):
         item = out.get("item")
         if item is None:
             raise ValueError("predictor returned detections without 'item'")
         m = len(item)
         msg["m"] = m
-        det_specs = (ArraySpec("item", ("<i4",), ("m",), finite=False), *spec.detections)
     else:
-        det_specs = ()
-    for axis, specs, rows in (("n", spec.items, packet.n), ("m", det_specs, m)):
-        for a in specs:
-            arr = out.get(a.name)
+        det_rows = ()
+    for specs, rows in ((item_rows, packet.n), (det_rows, m)):
+        for name, dt, tail, axis, required in specs:
+            arr = out.get(name)
             if arr is None:
-                if a.required:
-                    raise ValueError(f"predictor did not return {a.name!r}")
+                if required:
+                    raise ValueError(f"predictor did not return {name!r}")
                 continue
             arr = np.asarray(arr)
-            tail = tuple(s for s in a.shape[1:])
             if arr.shape != (rows, *tail):
-                raise ValueError(f"{a.name}: shape {arr.shape}, declared {(rows, *tail)}")
-            dt = a.dtype
+                raise ValueError(f"{name}: shape {arr.shape}, declared {(rows, *tail)}")
             # a byte view, not tobytes(): msgpack copies once into the message instead of twice
             # (flattened first: memoryview cannot cast an empty multi-dimensional array)
-            msg[a.name] = memoryview(np.ascontiguousarray(arr, dt).reshape(-1)).cast("B")
-            layout[a.name] = [dt.str, list(tail), axis]
+            msg[name] = memoryview(np.ascontiguousarray(arr, dt).reshape(-1)).cast("B")
+            layout[name] = [dt.str, list(tail), axis]
     if packet.invalid is not None and packet.invalid.any():
         _mark_invalid(msg, layout, packet, spec)
     if packet.invalid_reasons:  # flagged items by reason (invalid input, instrument mismatch)
         msg["invalid"] = dict(packet.invalid_reasons)
     msg["layout"] = layout
     return pack(msg)
+
+
+_RESULT_ROWS: dict[int, tuple] = {}
+
+
+def _result_rows(spec: ResultSpec) -> tuple[tuple, tuple, bool]:
+    """(item arrays, detection arrays with ``item`` first, every detection array optional) of
+    ``spec``, each array as (name, dtype, tail shape, axis, required): worked out once per spec
+    (specs live as long as their modality), not per result."""
+    got = _RESULT_ROWS.get(id(spec))
+    if got is None or got[0] is not spec:
+        def rows(specs, axis):
+            return tuple((a.name, a.dtype, tuple(a.shape[1:]), axis, a.required) for a in specs)
+
+        item = ArraySpec("item", ("<i4",), ("m",), finite=False)
+        got = _RESULT_ROWS[id(spec)] = (spec, rows(spec.items, "n"), rows((item, *spec.detections), "m"),
+                                        not any(a.required for a in spec.detections))
+    return got[1:]
 
 
 def _mark_invalid(msg: dict, layout: dict, packet: Packet, spec: ResultSpec) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +93,55 @@ def test_threads_and_batch_slicing_do_not_change_results(models, lib_dir, eval_r
         np.testing.assert_array_equal(CompiledBackend(lib).predict(eval_rows[:n]), one[:n])
     strided = np.asfortranarray(eval_rows[:500].astype(np.float64))
     np.testing.assert_array_equal(CompiledBackend(lib).predict(strided), one[:500])
+
+
+def test_vector_walk_sums_as_the_scalar_walk_bit_for_bit(models, lib_dir, eval_rows, tmp_path):
+    # a depth-6 booster with uneven trees (leaves above the last level are padded in both walks)
+    X, y = _data(20_000, 5)
+    deep = xgb.train({"max_depth": 6, "eta": 0.3, "nthread": 1, "min_child_weight": 200},
+                     xgb.DMatrix(_with_missing(X, 6), y), 25)
+    deep.save_model(str(tmp_path / "deep.ubj"))
+    # single-output trees of depth <= 6 carry the walk; multi-output or deeper ones do not
+    too_deep = xgb.train({"max_depth": 8, "eta": 0.3, "nthread": 1}, xgb.DMatrix(X, y), 5)
+    too_deep.save_model(str(tmp_path / "too_deep.ubj"))
+    for path in (models["quant"], tmp_path / "too_deep.ubj"):
+        b = CompiledBackend(ensure_library(path, CompileOptions(), lib_dir=lib_dir))
+        assert b._vector_walk is None and not b.vector
+    clean, _ = _data(3000, 7)
+    for path, booster in ((models["single"], xgb.Booster(model_file=str(models["single"]))), (tmp_path / "deep.ubj", deep)):
+        # rows whose features sit exactly on the model's split values: x == threshold goes right
+        splits = booster.trees_to_dataframe().query("Feature != 'Leaf'")
+        rng = np.random.default_rng(8)
+        edge = clean.copy()
+        for f, g in splits.groupby("Feature"):
+            edge[:, int(f[1:])] = rng.choice(g["Split"].to_numpy(np.float32), len(edge))
+        b = CompiledBackend(ensure_library(path, CompileOptions(), lib_dir=lib_dir))
+        assert b._vector_walk is not None
+        ref = XGBoostBackend(path).predict(eval_rows[:5000])
+        b._vector_walk(0)
+        assert not b.vector
+        sets = (eval_rows, clean, edge)
+        scalar = {n: [b.predict(x[:n]) for x in sets] for n in (1, 15, 16, 17, 64, 65, 100, 1001, 3000)}
+        assert np.max(np.abs(b.predict(eval_rows[:5000]) - ref)) < TOL_NM
+        assert np.max(np.abs(b.predict(edge) - XGBoostBackend(path).predict(edge))) < TOL_NM
+        on = b._vector_walk(1)  # 1 where the CPU has AVX-512F, else the scalar walk stays
+        assert b.vector == bool(on)
+        for n, before in scalar.items():  # whole vectors, a tail of scalar rows, both
+            for x, y in zip(sets, before):
+                assert np.array_equal(b.predict(x[:n]).view(np.uint32), y.view(np.uint32)), n
+        assert np.array_equal(CompiledBackend(b.library, nthread=2).predict(eval_rows), b.predict(eval_rows))
+    if not on:
+        pytest.skip("no AVX-512F on this CPU: only the scalar walk ran (the comparison above is scalar vs scalar)")
+
+
+def test_vector_walk_is_off_with_the_environment_switch(models, lib_dir):
+    lib = ensure_library(models["single"], CompileOptions(), lib_dir=lib_dir)
+    code = ("import sys; from streamer.core.backends import CompiledBackend; "
+            f"print(int(CompiledBackend({str(lib)!r}).vector))")
+    got = {v: subprocess.run([sys.executable, "-c", code], env={**os.environ, "STREAMER_TREES_VECTOR": v},
+                             capture_output=True, text=True, check=True).stdout.strip() for v in ("0", "1")}
+    assert got["0"] == "0"
+    assert got["1"] == str(int(CompiledBackend(lib)._vector_walk(1)))
 
 
 def test_empty_batch_and_bad_shape(models, lib_dir):

@@ -51,6 +51,7 @@ class _Stream:
         self.seg = Segmenter(window=window)
         self.traces = TraceDistance(block=block, sys_nm=sys_nm)
         self.pending: dict[int, tuple] = {}  # trace -> (terms, n_tot, states, first unconfirmed) of the last tuples
+        self.given: tuple[float, float] | None = None  # (v0, background) the model was given for the last packet
 
 
 class LivePredictor:
@@ -128,6 +129,7 @@ class LivePredictor:
         partials = packet_partials(summed, last, self.block)
         v0 = fixed_v0 if fixed_v0 is not None else min(st.cal.v0, 1.0)  # v0 <= 1 physically
         bg = fixed_bg if fixed_bg is not None else st.cal.background
+        st.given = (v0, bg)
         pred = self._two_on_only(batch, state, np.float32(v0), np.float32(bg), n_tot)
         flags = pred.flags
         if (fixed_v0 is None or fixed_bg is None) and not st.cal.calibrated:
@@ -225,9 +227,9 @@ class LiveModalityPredictor:
             if st.cal.calibrated:  # two scalars per packet: the values the model was just given
                 live = {}
                 if fixed_v0 is None:
-                    live["v0"] = min(st.cal.v0, 1.0)
+                    live["v0"] = st.given[0]
                 if fixed_bg is None:
-                    live["background"] = st.cal.background
+                    live["background"] = st.given[1]
                 if self.coverage.outside(live):
                     bad = np.ones(packet.n, bool)
         if bad is not None:
