@@ -47,13 +47,13 @@ def boosters() -> list[tuple[str, CompiledBackend]]:
     out = []
     for path in sorted((ROOT / "compiled_models").glob("*/*/*.ubj")):
         b = CompiledBackend(ensure_library(path))
-        if b._vector_walk is not None:
+        if b.vector_built:
             out.append((str(path.relative_to(ROOT / "compiled_models")), b))
     return out
 
 
 def time_walk(b: CompiledBackend, X: np.ndarray, on: int, reps: int) -> float:
-    b._vector_walk(on)
+    b.set_vector(bool(on))
     b.predict(X)
     t = time.perf_counter()
     for _ in range(reps):
@@ -70,7 +70,7 @@ def main() -> int:
     args = p.parse_args()
     cmd = "`.venv/bin/python bench/bench_tree_walk.py " + " ".join(map(shlex.quote, sys.argv[1:])) + "`"
     found = boosters()
-    if not found or not found[0][1]._vector_walk(1):
+    if not found or not found[0][1].set_vector(True):
         print("this CPU has no AVX-512F: only the scalar walk runs here")
         return 0
     rng = np.random.default_rng(20261202)
@@ -85,9 +85,9 @@ def main() -> int:
             Xnan[rng.random(X.shape) < 0.01] = np.nan  # the missing-value directions are checked too
             same = True
             for x in (X, Xnan):
-                b._vector_walk(1)
+                b.set_vector(True)
                 a = b.predict(x)
-                b._vector_walk(0)
+                b.set_vector(False)
                 same &= np.array_equal(a.view(np.uint32), b.predict(x).view(np.uint32))
             t = {1: [], 0: []}
             for r in range(args.rounds):

@@ -111,9 +111,19 @@ class CompiledBackend:
         self._vector_walk = walk
 
     @property
+    def vector_built(self) -> bool:
+        """Whether the library holds the AVX-512 walk (array layout, one output, depth <= 6)."""
+        return self._vector_walk is not None
+
+    @property
     def vector(self) -> bool:
         """Whether this library walks rows 16 per vector (AVX-512) on this CPU."""
         return bool(self._vector_walk(-1)) if self._vector_walk is not None else False
+
+    def set_vector(self, on: bool) -> bool:
+        """Turn the AVX-512 walk on (where the CPU has it) or off, for this library in this process
+        (every backend loaded from the same file shares the switch); returns :attr:`vector`."""
+        return bool(self._vector_walk(int(bool(on)))) if self._vector_walk is not None else False
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = _as_features(X, self.num_feature)

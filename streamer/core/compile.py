@@ -421,7 +421,7 @@ def _generate_array_sources(tl_model, src_dir: Path, options: CompileOptions) ->
     feat = np.concatenate([p[0] for p in parts])
     thr = np.concatenate([p[1] for p in parts])
     leaf = np.concatenate([p[2] for p in parts])
-    vector = _vector_walk_source(parts, depth, num_target, options) if options.simd else ""
+    vector = _vector_walk_source(parts, depth, num_target) if options.simd else ""
     code = _ARRAY_C.format(
         num_feature=num_feature, num_target=num_target, num_tree=len(trees), depth=depth,
         block=options.block_rows, interleave=options.interleave,
@@ -541,7 +541,7 @@ static void predict_block(const float* X, int64_t nrow, float* out) {{
 #define ENTRY_BLOCK_FN predict_block
 """
 
-def _vector_walk_source(parts, depth: int, num_target: int, options: CompileOptions) -> str:
+def _vector_walk_source(parts, depth: int, num_target: int) -> str:
     """C for the AVX-512 walk of the array layout ("" where it does not apply).
 
     The level-order arrays again, per tree and level, padded to one (levels of <= 16 nodes) or two
@@ -575,7 +575,7 @@ def _vector_walk_source(parts, depth: int, num_target: int, options: CompileOpti
 
 #: AVX-512 walk, compiled for that target only (function attributes), chosen at run time: the
 #: library stays portable and a CPU without AVX-512F takes the scalar walk. STREAMER_TREES_VECTOR=0
-#: in the environment (or streamer_vector_walk(0)) turns it off, e.g. to compare the two.
+#: in the environment (or CompiledBackend.set_vector(False)) turns it off, e.g. to compare the two.
 _VECTOR_C = r"""
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define VECTOR_WALK 1

@@ -106,7 +106,7 @@ def test_vector_walk_sums_as_the_scalar_walk_bit_for_bit(models, lib_dir, eval_r
     too_deep.save_model(str(tmp_path / "too_deep.ubj"))
     for path in (models["quant"], tmp_path / "too_deep.ubj"):
         b = CompiledBackend(ensure_library(path, CompileOptions(), lib_dir=lib_dir))
-        assert b._vector_walk is None and not b.vector
+        assert not b.vector_built and not b.vector and not b.set_vector(True)
     clean, _ = _data(3000, 7)
     for path, booster in ((models["single"], xgb.Booster(model_file=str(models["single"]))), (tmp_path / "deep.ubj", deep)):
         # rows whose features sit exactly on the model's split values: x == threshold goes right
@@ -116,16 +116,15 @@ def test_vector_walk_sums_as_the_scalar_walk_bit_for_bit(models, lib_dir, eval_r
         for f, g in splits.groupby("Feature"):
             edge[:, int(f[1:])] = rng.choice(g["Split"].to_numpy(np.float32), len(edge))
         b = CompiledBackend(ensure_library(path, CompileOptions(), lib_dir=lib_dir))
-        assert b._vector_walk is not None
+        assert b.vector_built
         ref = XGBoostBackend(path).predict(eval_rows[:5000])
-        b._vector_walk(0)
-        assert not b.vector
+        assert not b.set_vector(False) and not b.vector
         sets = (eval_rows, clean, edge)
         scalar = {n: [b.predict(x[:n]) for x in sets] for n in (1, 15, 16, 17, 64, 65, 100, 1001, 3000)}
         assert np.max(np.abs(b.predict(eval_rows[:5000]) - ref)) < TOL_NM
         assert np.max(np.abs(b.predict(edge) - XGBoostBackend(path).predict(edge))) < TOL_NM
-        on = b._vector_walk(1)  # 1 where the CPU has AVX-512F, else the scalar walk stays
-        assert b.vector == bool(on)
+        on = b.set_vector(True)  # True where the CPU has AVX-512F, else the scalar walk stays
+        assert b.vector == on
         for n, before in scalar.items():  # whole vectors, a tail of scalar rows, both
             for x, y in zip(sets, before):
                 assert np.array_equal(b.predict(x[:n]).view(np.uint32), y.view(np.uint32)), n
@@ -141,7 +140,7 @@ def test_vector_walk_is_off_with_the_environment_switch(models, lib_dir):
     got = {v: subprocess.run([sys.executable, "-c", code], env={**os.environ, "STREAMER_TREES_VECTOR": v},
                              capture_output=True, text=True, check=True).stdout.strip() for v in ("0", "1")}
     assert got["0"] == "0"
-    assert got["1"] == str(int(CompiledBackend(lib)._vector_walk(1)))
+    assert got["1"] == str(int(CompiledBackend(lib).set_vector(True)))
 
 
 def test_empty_batch_and_bad_shape(models, lib_dir):
