@@ -78,7 +78,7 @@ class CompileOptions:
     openmp:         build with OpenMP so ``nthread > 1`` splits row blocks over threads.
     annotate:       branch annotation (TL2cgen ``annotate_in``) from the model's own node cover
                     statistics (training-data counts), which adds likely/unlikely hints.
-    simd:           array layout, single-output trees of depth <= 6: also build the AVX-512 walk
+    vector:         array layout, single-output trees of depth <= 6: also build the AVX-512 walk
                     (16 rows per vector), used at run time where the CPU has AVX-512F.
     cc:             C compiler.
     """
@@ -90,7 +90,7 @@ class CompileOptions:
     march: str | None = None
     openmp: bool = True
     annotate: bool = False
-    simd: bool = True
+    vector: bool = True
     cc: str = "gcc"
 
     def __post_init__(self) -> None:
@@ -421,7 +421,7 @@ def _generate_array_sources(tl_model, src_dir: Path, options: CompileOptions) ->
     feat = np.concatenate([p[0] for p in parts])
     thr = np.concatenate([p[1] for p in parts])
     leaf = np.concatenate([p[2] for p in parts])
-    vector = _vector_walk_source(parts, depth, num_target) if options.simd else ""
+    vector = _vector_walk_source(parts, depth, num_target) if options.vector else ""
     code = _ARRAY_C.format(
         num_feature=num_feature, num_target=num_target, num_tree=len(trees), depth=depth,
         block=options.block_rows, interleave=options.interleave,

@@ -422,7 +422,7 @@ def _result_rows(spec: ResultSpec) -> tuple[tuple, tuple, bool]:
     ``spec``, each array as (name, dtype, tail shape, axis, required): worked out once per spec
     (specs live as long as their modality), not per result."""
     got = _RESULT_ROWS.get(id(spec))
-    if got is None or got[0] is not spec:
+    if got is None:  # the entry holds the spec itself, so its id cannot be reused by another
         def rows(specs, axis):
             return tuple((a.name, a.dtype, tuple(a.shape[1:]), axis, a.required) for a in specs)
 

@@ -104,8 +104,9 @@ def test_vector_walk_sums_as_the_scalar_walk_bit_for_bit(models, lib_dir, eval_r
     # single-output trees of depth <= 6 carry the walk; multi-output or deeper ones do not
     too_deep = xgb.train({"max_depth": 8, "eta": 0.3, "nthread": 1}, xgb.DMatrix(X, y), 5)
     too_deep.save_model(str(tmp_path / "too_deep.ubj"))
-    for path in (models["quant"], tmp_path / "too_deep.ubj"):
-        b = CompiledBackend(ensure_library(path, CompileOptions(), lib_dir=lib_dir))
+    for path, options in ((models["quant"], CompileOptions()), (tmp_path / "too_deep.ubj", CompileOptions()),
+                          (models["single"], CompileOptions(vector=False))):
+        b = CompiledBackend(ensure_library(path, options, lib_dir=lib_dir))
         assert not b.vector_built and not b.vector and not b.set_vector(True)
     clean, _ = _data(3000, 7)
     for path, booster in ((models["single"], xgb.Booster(model_file=str(models["single"]))), (tmp_path / "deep.ubj", deep)):
