@@ -8,11 +8,11 @@ by :class:`streamer.backends.CompiledBackend`) plus ``get_num_feature``/``get_nu
     right), float32 threshold, 2**depth leaves. A row walks exactly ``depth`` levels without a
     data-dependent branch (``i = 2i + 1 + (x >= thr)``); within a row block each tree walks 8
     rows in lock-step so their loads overlap; a lone row walks 8 trees in lock-step instead.
-    Single-output trees of depth <= 6 also get an AVX-512 walk, taken at run time where the CPU
-    has AVX-512F: 16 rows per vector, each level's features and thresholds held in one or two
-    registers (a permute picks a lane's node), so only the rows' feature values are gathered
-    (~3x faster on 600-1,000 rows; rows add their trees in the same order, so the sums are the
-    scalar walk's bit for bit). ``STREAMER_TREES_VECTOR=0`` turns it off.
+    The library also holds an AVX-512 walk, taken at run time where the CPU has AVX-512F: 16 rows
+    per vector; the features and thresholds of levels of up to 32 nodes are held in one or two
+    registers (a permute picks a lane's node), so only the rows' feature values are gathered there
+    (~3x faster for depth <= 6 on 600-1,000 rows); rows add their trees in the same order, so the
+    sums are the scalar walk's bit for bit. ``STREAMER_TREES_VECTOR=0`` turns it off.
     Compiles in seconds (it is mostly constant data).
 ``tl2cgen``
     TL2cgen's nested if/else code, one C function ("unit") per few trees. TL2cgen's own
@@ -55,7 +55,7 @@ from pathlib import Path
 #: library cache (git-ignored) for models outside a bundle, relative to the working directory
 DEFAULT_LIB_DIR = Path("compiled_models") / "lib"
 #: bump when the generated batch code or build recipe changes, so old libraries are rebuilt
-BUILD_VERSION = 7
+BUILD_VERSION = 8
 LAYOUTS = ("array", "tl2cgen")
 #: deepest tree the array layout pads to a complete tree (2**depth leaves per tree)
 MAX_ARRAY_DEPTH = 12
@@ -78,8 +78,8 @@ class CompileOptions:
     openmp:         build with OpenMP so ``nthread > 1`` splits row blocks over threads.
     annotate:       branch annotation (TL2cgen ``annotate_in``) from the model's own node cover
                     statistics (training-data counts), which adds likely/unlikely hints.
-    vector:         array layout, single-output trees of depth <= 6: also build the AVX-512 walk
-                    (16 rows per vector), used at run time where the CPU has AVX-512F.
+    vector:         array layout: also build the AVX-512 walk (16 rows per vector), used at run
+                    time where the CPU has AVX-512F.
     cc:             C compiler.
     """
 
@@ -542,35 +542,35 @@ static void predict_block(const float* X, int64_t nrow, float* out) {{
 """
 
 def _vector_walk_source(parts, depth: int, num_target: int) -> str:
-    """C for the AVX-512 walk of the array layout ("" where it does not apply).
+    """C for the AVX-512 walk of the array layout.
 
-    The level-order arrays again, per tree and level, padded to one (levels of <= 16 nodes) or two
-    (32 nodes) vector registers, so a node's feature and threshold come from a register permute
-    instead of a memory load; only the row's feature value is gathered (one gather per level for 16
-    rows). Each row still adds its trees in model order, so the sums are the scalar walk's bit for bit.
+    The level-order arrays again, per tree and level: levels of up to 16 nodes padded to one vector
+    register and the 32-node level to two, so a node's feature and threshold come from a register
+    permute instead of a memory load and only the row's feature value is gathered (one gather per
+    level for 16 rows); deeper levels gather feature and threshold too. Each row still adds its trees
+    in model order (per output), so the sums are the scalar walk's bit for bit.
     """
     import numpy as np
 
-    if num_target != 1 or depth > 6:
-        return ""
-    widths = [16 if (1 << d) <= 16 else 32 for d in range(depth)]
+    kinds = [0 if (1 << d) <= 16 else (1 if (1 << d) == 32 else 2) for d in range(depth)]
+    widths = [max(16, 1 << d) for d in range(depth)]
     offsets = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(int)
-    words = int(sum(widths))
+    words, leaves = int(sum(widths)), max(64, 1 << depth)
     vfeat = np.zeros((len(parts), words), np.int32)
     vthr = np.zeros((len(parts), words), np.float32)
-    vleaf = np.zeros((len(parts), 64), np.float32)
+    vleaf = np.zeros((len(parts), leaves), np.float32)
     for t, (feat, thr, leaf) in enumerate(parts):
         for d in range(depth):
             first, k, o = (1 << d) - 1, 1 << d, offsets[d]
             vfeat[t, o:o + k] = feat[first:first + k]
             vthr[t, o:o + k] = thr[first:first + k]
         vleaf[t, :len(leaf)] = leaf
-    return (_VECTOR_C.replace("@LW@", str(words))
+    return (_VECTOR_C.replace("@LW@", str(words)).replace("@LL@", str(leaves))
             .replace("@FEAT@", ",".join(map(str, vfeat.reshape(-1).tolist())))
             .replace("@THR@", _c_floats(vthr.reshape(-1)))
             .replace("@LEAF@", _c_floats(vleaf.reshape(-1)))
             .replace("@OFF@", ",".join(map(str, offsets.tolist())))
-            .replace("@WIDE@", ",".join("1" if w == 32 else "0" for w in widths)))
+            .replace("@KIND@", ",".join(map(str, kinds))))
 
 
 #: AVX-512 walk, compiled for that target only (function attributes), chosen at run time: the
@@ -581,13 +581,14 @@ _VECTOR_C = r"""
 #define VECTOR_WALK 1
 #include <immintrin.h>
 #include <stdlib.h>
-#define LW @LW@
+#define LW @LW@ /* level-table entries per tree */
+#define LL @LL@ /* leaf-table entries per tree */
 #define VG 4 /* vectors of 16 rows walked in lock-step: independent gather chains overlap */
 static const int32_t vfeat[(size_t)NTREE * LW] = { @FEAT@ };
 static const float vthr[(size_t)NTREE * LW] = { @THR@ };
-static const float vleaf[(size_t)NTREE * 64] = { @LEAF@ };
+static const float vleaf[(size_t)NTREE * LL] = { @LEAF@ };
 static const int voff[DEPTH] = { @OFF@ };
-static const int vwide[DEPTH] = { @WIDE@ };
+static const int vkind[DEPTH] = { @KIND@ }; /* 0: one register, 1: two registers, 2: gathered */
 static int vector_state = -1; /* -1 not decided yet, 0 scalar walk, 1 vector walk */
 
 /* set < 0: ask; 0: off; 1: on where the CPU has AVX-512F. Returns whether the vector walk is used. */
@@ -606,15 +607,18 @@ static int vector_on(void) { return vector_state >= 0 ? vector_state : streamer_
 /* One level for 16 rows: j = node index within the level; right iff x >= thr (false for NaN) or
    x is NaN and the node's missing default is right -- the scalar STEP_NAN, lane by lane. */
 __attribute__((target("avx512f"))) static inline __m512i vstep(
-    __m512i j, const int32_t* F, const float* T, int wide, const float* Xv, __m512i lane, int nan_aware) {
+    __m512i j, const int32_t* F, const float* T, int kind, const float* Xv, __m512i lane, int nan_aware) {
   __m512i f;
   __m512 th;
-  if (wide) {
+  if (kind == 0) {
+    f = _mm512_permutexvar_epi32(j, _mm512_loadu_si512(F));
+    th = _mm512_permutexvar_ps(j, _mm512_loadu_ps(T));
+  } else if (kind == 1) {
     f = _mm512_permutex2var_epi32(_mm512_loadu_si512(F), j, _mm512_loadu_si512(F + 16));
     th = _mm512_permutex2var_ps(_mm512_loadu_ps(T), j, _mm512_loadu_ps(T + 16));
   } else {
-    f = _mm512_permutexvar_epi32(j, _mm512_loadu_si512(F));
-    th = _mm512_permutexvar_ps(j, _mm512_loadu_ps(T));
+    f = _mm512_i32gather_epi32(j, F, 4);
+    th = _mm512_i32gather_ps(j, T, 4);
   }
   __m512 x = _mm512_i32gather_ps(_mm512_add_epi32(lane, _mm512_and_si512(f, _mm512_set1_epi32(0x7fff))), Xv, 4);
   __mmask16 right = _mm512_cmp_ps_mask(x, th, _CMP_GE_OQ);
@@ -624,17 +628,28 @@ __attribute__((target("avx512f"))) static inline __m512i vstep(
   return _mm512_mask_add_epi32(jj, right, jj, _mm512_set1_epi32(1));
 }
 
-__attribute__((target("avx512f"))) static inline void vleaf_add(__m512i j, const float* L, float* o) {
+/* Adds each lane's leaf to its row's output ``tgt`` (o: the first of the 16 rows' outputs). */
+__attribute__((target("avx512f"))) static inline void vleaf_add(__m512i j, const float* L, float* o, int tgt) {
 #if DEPTH == 6
   __m512 lo = _mm512_permutex2var_ps(_mm512_loadu_ps(L), j, _mm512_loadu_ps(L + 16));
   __m512 hi = _mm512_permutex2var_ps(_mm512_loadu_ps(L + 32), j, _mm512_loadu_ps(L + 48));
   __m512 v = _mm512_mask_blend_ps(_mm512_test_epi32_mask(j, _mm512_set1_epi32(32)), lo, hi);
 #elif DEPTH == 5
   __m512 v = _mm512_permutex2var_ps(_mm512_loadu_ps(L), j, _mm512_loadu_ps(L + 16));
-#else
+#elif DEPTH <= 4
   __m512 v = _mm512_permutexvar_ps(j, _mm512_loadu_ps(L));
+#else
+  __m512 v = _mm512_i32gather_ps(j, L, 4);
 #endif
+#if NT == 1
+  (void)tgt;
   _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), v));
+#else /* rows are NT floats apart; the 16 lanes hit 16 different rows */
+  __m512i at = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
+                                                                     14, 15), _mm512_set1_epi32(NT)),
+                                _mm512_set1_epi32(tgt));
+  _mm512_i32scatter_ps(o, at, _mm512_add_ps(_mm512_i32gather_ps(at, o, 4), v), 4);
+#endif
 }
 
 /* Rows [0, 16 * (nrow / 16)) of a block, tree by tree; returns how many rows it walked. */
@@ -648,21 +663,22 @@ __attribute__((target("avx512f"))) static int64_t vector_walk(const float* X, in
   for (int t = 0; t < NTREE; ++t) {
     const int32_t* F = vfeat + (size_t)t * LW;
     const float* T = vthr + (size_t)t * LW;
-    const float* L = vleaf + (size_t)t * 64;
+    const float* L = vleaf + (size_t)t * LL;
+    const int tgt = target[t];
     int64_t v = 0;
     for (; v + VG <= nv; v += VG) {
       __m512i j[VG];
       for (int k = 0; k < VG; ++k) j[k] = _mm512_setzero_si512();
       for (int d = 0; d < DEPTH; ++d)
         for (int k = 0; k < VG; ++k)
-          j[k] = vstep(j[k], F + voff[d], T + voff[d], vwide[d], X + (v + k) * 16 * NF, lane, nan_aware);
-      for (int k = 0; k < VG; ++k) vleaf_add(j[k], L, out + (v + k) * 16);
+          j[k] = vstep(j[k], F + voff[d], T + voff[d], vkind[d], X + (v + k) * 16 * NF, lane, nan_aware);
+      for (int k = 0; k < VG; ++k) vleaf_add(j[k], L, out + (v + k) * 16 * NT, tgt);
     }
     for (; v < nv; ++v) {
       __m512i j = _mm512_setzero_si512();
       for (int d = 0; d < DEPTH; ++d)
-        j = vstep(j, F + voff[d], T + voff[d], vwide[d], X + v * 16 * NF, lane, nan_aware);
-      vleaf_add(j, L, out + v * 16);
+        j = vstep(j, F + voff[d], T + voff[d], vkind[d], X + v * 16 * NF, lane, nan_aware);
+      vleaf_add(j, L, out + v * 16 * NT, tgt);
     }
   }
   return nv * 16;

@@ -96,39 +96,37 @@ def test_threads_and_batch_slicing_do_not_change_results(models, lib_dir, eval_r
 
 
 def test_vector_walk_sums_as_the_scalar_walk_bit_for_bit(models, lib_dir, eval_rows, tmp_path):
-    # a depth-6 booster with uneven trees (leaves above the last level are padded in both walks)
+    # depth 6 with uneven trees (leaves above the last level are padded in both walks), and depth 8
+    # (levels past 32 nodes and the leaves gathered instead of permuted from registers)
     X, y = _data(20_000, 5)
-    deep = xgb.train({"max_depth": 6, "eta": 0.3, "nthread": 1, "min_child_weight": 200},
-                     xgb.DMatrix(_with_missing(X, 6), y), 25)
-    deep.save_model(str(tmp_path / "deep.ubj"))
-    # single-output trees of depth <= 6 carry the walk; multi-output or deeper ones do not
-    too_deep = xgb.train({"max_depth": 8, "eta": 0.3, "nthread": 1}, xgb.DMatrix(X, y), 5)
-    too_deep.save_model(str(tmp_path / "too_deep.ubj"))
-    for path, options in ((models["quant"], CompileOptions()), (tmp_path / "too_deep.ubj", CompileOptions()),
-                          (models["single"], CompileOptions(vector=False))):
-        b = CompiledBackend(ensure_library(path, options, lib_dir=lib_dir))
+    for name, depth, child, rounds in (("deep", 6, 200, 25), ("deeper", 8, 1, 8)):
+        xgb.train({"max_depth": depth, "eta": 0.3, "nthread": 1, "min_child_weight": child},
+                  xgb.DMatrix(_with_missing(X, 6), y), rounds).save_model(str(tmp_path / f"{name}.ubj"))
+    # the switch exists only where the walk was built: the array layout unless told otherwise
+    for options in (CompileOptions(vector=False), CompileOptions(layout="tl2cgen")):
+        b = CompiledBackend(ensure_library(models["single"], options, lib_dir=lib_dir))
         assert not b.vector_built and not b.vector and not b.set_vector(True)
     clean, _ = _data(3000, 7)
-    for path, booster in ((models["single"], xgb.Booster(model_file=str(models["single"]))), (tmp_path / "deep.ubj", deep)):
+    on = False
+    for path in (models["single"], models["quant"], tmp_path / "deep.ubj", tmp_path / "deeper.ubj"):
         # rows whose features sit exactly on the model's split values: x == threshold goes right
-        splits = booster.trees_to_dataframe().query("Feature != 'Leaf'")
+        splits = xgb.Booster(model_file=str(path)).trees_to_dataframe().query("Feature != 'Leaf'")
         rng = np.random.default_rng(8)
         edge = clean.copy()
         for f, g in splits.groupby("Feature"):
             edge[:, int(f[1:])] = rng.choice(g["Split"].to_numpy(np.float32), len(edge))
         b = CompiledBackend(ensure_library(path, CompileOptions(), lib_dir=lib_dir))
         assert b.vector_built
-        ref = XGBoostBackend(path).predict(eval_rows[:5000])
         assert not b.set_vector(False) and not b.vector
         sets = (eval_rows, clean, edge)
         scalar = {n: [b.predict(x[:n]) for x in sets] for n in (1, 15, 16, 17, 64, 65, 100, 1001, 3000)}
-        assert np.max(np.abs(b.predict(eval_rows[:5000]) - ref)) < TOL_NM
-        assert np.max(np.abs(b.predict(edge) - XGBoostBackend(path).predict(edge))) < TOL_NM
+        for x in (eval_rows[:5000], edge):
+            assert np.max(np.abs(b.predict(x) - XGBoostBackend(path).predict(x))) < TOL_NM
         on = b.set_vector(True)  # True where the CPU has AVX-512F, else the scalar walk stays
         assert b.vector == on
         for n, before in scalar.items():  # whole vectors, a tail of scalar rows, both
             for x, y in zip(sets, before):
-                assert np.array_equal(b.predict(x[:n]).view(np.uint32), y.view(np.uint32)), n
+                assert np.array_equal(b.predict(x[:n]).view(np.uint32), y.view(np.uint32)), (path.name, n)
         assert np.array_equal(CompiledBackend(b.library, nthread=2).predict(eval_rows), b.predict(eval_rows))
     if not on:
         pytest.skip("no AVX-512F on this CPU: only the scalar walk ran (the comparison above is scalar vs scalar)")
