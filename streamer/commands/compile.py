@@ -114,10 +114,13 @@ def run(args: argparse.Namespace) -> int:
             info = json.loads(Path(str(lib) + ".json").read_text())
             status = (f"built in {info['compile_s']:.1f} s ({info['num_tree']} trees, depth {info['depth']}, "
                       f"layout {info['options']['layout']})")
-        line = f"{model} -> {lib}: {status}"
-        if args.parity_rows > 0:
+        compiled = CompiledBackend(lib)
+        walk = ("AVX-512 walk" if compiled.vector
+                else "scalar walk (no AVX-512F here)" if compiled.vector_built else "scalar walk")
+        line = f"{model} -> {lib}: {status}; {walk}"
+        if args.parity_rows > 0:  # with the walk the workers will take
             X = random_features(model, args.parity_rows, seed=7)
-            diff = float(np.max(np.abs(CompiledBackend(lib).predict(X) - XGBoostBackend(model).predict(X))))
+            diff = float(np.max(np.abs(compiled.predict(X) - XGBoostBackend(model).predict(X))))
             ok = diff < PARITY_TOLERANCE_NM
             failed += not ok
             line += f"; parity max|diff| {diff:.2e} on {args.parity_rows} rows {'ok' if ok else 'FAILED'}"

@@ -213,6 +213,7 @@ def test_cli_compiles_every_booster_of_a_manifest(models, lib_dir, tmp_path, cap
     out = capsys.readouterr().out
     assert rc == 0, out
     assert out.count("parity max|diff|") == 2 and "FAILED" not in out
+    assert out.count(" walk") == 2  # which walk the workers take
     assert ensure_library(bundle / "quant.json", lib_dir=lib_dir, build=False).is_file()
     # --prune keeps exactly the libraries of the current bundles
     own = tmp_path / "own_lib"
