@@ -77,7 +77,7 @@ def main() -> int:
     rows = ["| booster | trees | depth | rows | vector (us) | scalar (us) | scalar / vector | bit-identical |",
             "|---|---|---|---|---|---|---|---|"]
     for name, b in found:
-        info = ensure_library(ROOT / "compiled_models" / name).with_suffix(".so.json")
+        info = Path(str(b.library) + ".json")  # written beside the library when it was built
         meta = json.loads(info.read_text()) if info.is_file() else {}
         for n in (600, 1000):
             X = rng.normal(0.0, 3.0, size=(n, b.num_feature)).astype(np.float32)
